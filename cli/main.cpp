@@ -1,0 +1,60 @@
+// linearize: the one executable. Parses flags and calls the library; maps errors to exit codes:
+// 0 success, 1 a check failed, 2 bad input or usage, 3 internal error.
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "converter/inspect.h"
+#include "formats/error.h"
+
+namespace {
+
+constexpr int kExitBadInput = 2;
+constexpr int kExitInternal = 3;
+
+void add_inspect(CLI::App& app) {
+  auto* cmd = app.add_subcommand("inspect", "Show what a checkpoint directory holds (architecture, sizes, RoPE, windows, shards)");
+  static std::string dir;
+  static bool as_json = false;
+  cmd->add_option("dir", dir, "Hugging Face checkpoint directory")->required();
+  cmd->add_flag("--json", as_json, "Print machine-readable JSON");
+  cmd->callback([] {
+    const auto report = linearize::inspect_checkpoint(dir);
+    std::cout << (as_json ? report.dump(2) + "\n" : linearize::format_inspection(report));
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"linearize: convert softmax-attention transformers into verified linear-attention RNNs"};
+  app.set_version_flag("--version", LINEARIZE_VERSION);
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.parse_complete_callback([&] {
+    auto logger = spdlog::stderr_color_mt("linearize");
+    logger->set_pattern("[%H:%M:%S] %^%l%$ %v");
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(log_level));
+  });
+  add_inspect(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints help/version to stdout, usage errors to stderr
+    return code == 0 ? 0 : kExitBadInput;
+  } catch (const linearize::InputError& e) {
+    std::cerr << "error: " << e.what() << '\n';
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::cerr << "internal error: " << e.what() << '\n';
+    return kExitInternal;
+  }
+  return 0;
+}

@@ -1,0 +1,115 @@
+#include "converter/inspect.h"
+
+#include <map>
+#include <sstream>
+
+#include "formats/checkpoint.h"
+#include "formats/hf_config.h"
+
+namespace linearize {
+namespace {
+
+nlohmann::ordered_json rope_json(const RopeConfig& rope) {
+  nlohmann::ordered_json j;
+  j["type"] = rope_type_name(rope.type);
+  j["theta"] = rope.theta;
+  if (rope.partial_rotary_factor != 1.0) j["partial_rotary_factor"] = rope.partial_rotary_factor;
+  if (rope.type != RopeType::Default) j["factor"] = rope.factor;
+  if (rope.low_freq_factor) j["low_freq_factor"] = *rope.low_freq_factor;
+  if (rope.high_freq_factor) j["high_freq_factor"] = *rope.high_freq_factor;
+  if (rope.original_max_position_embeddings) j["original_max_position_embeddings"] = *rope.original_max_position_embeddings;
+  if (rope.attention_factor) j["attention_factor"] = *rope.attention_factor;
+  if (rope.type == RopeType::Yarn) {
+    j["beta_fast"] = rope.beta_fast;
+    j["beta_slow"] = rope.beta_slow;
+  }
+  return j;
+}
+
+nlohmann::ordered_json window_json(const ModelConfig& cfg) {
+  nlohmann::ordered_json j;
+  j["sliding_window"] = cfg.sliding_window ? nlohmann::ordered_json(*cfg.sliding_window) : nullptr;
+  if (cfg.model_type == "qwen2") {
+    j["use_sliding_window"] = cfg.use_sliding_window;
+    j["max_window_layers"] = cfg.max_window_layers ? nlohmann::ordered_json(*cfg.max_window_layers) : nullptr;
+  }
+  std::vector<std::int64_t> sliding;
+  for (std::size_t i = 0; i < cfg.layer_types.size(); ++i)
+    if (cfg.layer_types[i] == AttentionKind::Sliding) sliding.push_back(static_cast<std::int64_t>(i));
+  j["sliding_layers"] = sliding;
+  return j;
+}
+
+}  // namespace
+
+nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
+  const ModelConfig cfg = load_model_config(dir / "config.json");
+  const CheckpointWeights weights = CheckpointWeights::open(dir);
+
+  std::uint64_t parameters = 0, bytes = 0;
+  std::map<std::string, std::uint64_t> params_by_dtype;
+  nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+  for (const auto& shard : weights.shards()) {
+    std::uint64_t shard_bytes = 0;
+    for (const auto& t : shard.header().tensors) {
+      parameters += t.numel();
+      params_by_dtype[dtype_name(t.dtype)] += t.numel();
+      shard_bytes += t.nbytes();
+    }
+    bytes += shard_bytes;
+    shards.push_back({{"file", std::filesystem::path(shard.path()).filename().string()},
+                      {"tensors", shard.header().tensors.size()},
+                      {"bytes", shard_bytes}});
+  }
+
+  nlohmann::ordered_json r;
+  r["directory"] = dir.string();
+  r["architecture"] = cfg.architecture;
+  r["model_type"] = cfg.model_type;
+  r["parameters"] = parameters;
+  r["config_dtype"] = cfg.dtype;
+  r["tensor_dtypes"] = params_by_dtype;
+  r["layers"] = cfg.num_hidden_layers;
+  r["hidden_size"] = cfg.hidden_size;
+  r["intermediate_size"] = cfg.intermediate_size;
+  r["vocab_size"] = cfg.vocab_size;
+  r["heads"] = cfg.num_attention_heads;
+  r["kv_heads"] = cfg.num_key_value_heads;
+  r["head_dim"] = cfg.head_dim;
+  r["max_position_embeddings"] = cfg.max_position_embeddings;
+  r["rms_norm_eps"] = cfg.rms_norm_eps;
+  r["rope"] = rope_json(cfg.rope);
+  r["attention_window"] = window_json(cfg);
+  r["tie_word_embeddings"] = cfg.tie_word_embeddings;
+  r["attention_bias"] = cfg.attention_bias;
+  r["mlp_bias"] = cfg.mlp_bias;
+  r["tensors"] = weights.names().size();
+  r["bytes"] = bytes;
+  r["sharded"] = weights.sharded();
+  if (weights.declared_total_size()) r["index_total_size"] = *weights.declared_total_size();
+  r["shards"] = shards;
+  return r;
+}
+
+std::string format_inspection(const nlohmann::ordered_json& report) {
+  std::ostringstream out;
+  const auto line = [&](const std::string& key, const std::string& value) {
+    out << key << ':' << std::string(key.size() < 24 ? 24 - key.size() : 1, ' ') << value << '\n';
+  };
+  const auto text = [](const nlohmann::ordered_json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
+  for (const auto& [key, value] : report.items()) {
+    if (key == "shards") continue;
+    if (value.is_object()) {
+      std::string joined;
+      for (const auto& [k, v] : value.items()) joined += (joined.empty() ? "" : ", ") + k + "=" + text(v);
+      line(key, joined);
+    } else {
+      line(key, text(value));
+    }
+  }
+  for (const auto& shard : report["shards"])
+    line("shard", text(shard["file"]) + " (" + text(shard["tensors"]) + " tensors, " + text(shard["bytes"]) + " bytes)");
+  return out.str();
+}
+
+}  // namespace linearize

@@ -1,0 +1,44 @@
+// A Hugging Face weights directory: `model.safetensors`, or shards listed by
+// `model.safetensors.index.json`, whose weight_map is checked against the shard headers both ways.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "formats/safetensors.h"
+
+namespace linearize {
+
+inline constexpr const char* kSingleWeightsFile = "model.safetensors";
+inline constexpr const char* kShardIndexFile = "model.safetensors.index.json";
+
+class CheckpointWeights {
+ public:
+  // Opens (maps) every shard and validates the index; throws InputError naming the file and field.
+  static CheckpointWeights open(const std::filesystem::path& dir);
+
+  const std::vector<SafetensorsFile>& shards() const { return shards_; }
+  bool sharded() const { return index_path_.has_value(); }
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  const TensorEntry& entry(const std::string& name) const;
+  const SafetensorsFile& shard_of(const std::string& name) const;
+  at::Tensor tensor(const std::string& name) const;  // a view of the mapping
+  // Names the source of a tensor in errors: the shard's path.
+  std::string file_of(const std::string& name) const { return shard_of(name).path(); }
+  std::optional<std::uint64_t> declared_total_size() const { return declared_total_size_; }
+
+ private:
+  std::vector<SafetensorsFile> shards_;
+  std::unordered_map<std::string, std::size_t> where_;  // tensor -> shard
+  std::optional<std::filesystem::path> index_path_;
+  std::optional<std::uint64_t> declared_total_size_;
+};
+
+}  // namespace linearize

@@ -1,0 +1,217 @@
+#include "formats/hf_config.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "formats/error.h"
+#include "formats/json_file.h"
+
+namespace linearize {
+namespace {
+
+// Defaults of transformers' Llama/Mistral/Qwen2 configuration classes for keys a file may omit.
+struct FamilyDefaults {
+  const char* model_type;
+  std::optional<std::int64_t> num_key_value_heads;  // nullopt: same as num_attention_heads
+  std::int64_t max_position_embeddings;
+  std::optional<std::int64_t> sliding_window;
+  std::int64_t max_window_layers;
+};
+constexpr FamilyDefaults kFamilies[] = {
+    {"llama", std::nullopt, 2048, std::nullopt, 0},
+    {"mistral", 8, 4096 * 32, 4096, 0},
+    {"qwen2", 32, 32768, 4096, 28},
+};
+constexpr FamilyDefaults kGeneric{"", std::nullopt, 2048, std::nullopt, 0};
+
+const FamilyDefaults& defaults_for(const std::string& model_type) {
+  for (const auto& f : kFamilies)
+    if (model_type == f.model_type) return f;
+  return kGeneric;
+}
+
+std::int64_t positive(const JsonObject& obj, const std::string& key, std::int64_t value) {
+  if (value <= 0) obj.fail(key, "must be positive, got " + std::to_string(value));
+  return value;
+}
+
+RopeType parse_rope_type(const JsonObject& obj, const std::string& key, const std::string& name) {
+  if (name == "default") return RopeType::Default;
+  if (name == "linear") return RopeType::Linear;
+  if (name == "dynamic") return RopeType::Dynamic;
+  if (name == "llama3") return RopeType::Llama3;
+  if (name == "yarn") return RopeType::Yarn;
+  obj.fail(key, "unsupported RoPE type '" + name + "' (supported: default, linear, dynamic, llama3, yarn)");
+}
+
+RopeConfig parse_rope(const JsonObject& root, std::int64_t max_positions) {
+  RopeConfig rope;
+  // `rope_scaling` (legacy) wins over `rope_parameters`, as in transformers' convert_rope_params_to_dict.
+  std::optional<JsonObject> params = root.get_optional_object("rope_scaling");
+  if (!params) params = root.get_optional_object("rope_parameters");
+  if (params && params->raw().contains("full_attention"))
+    params->fail("full_attention", "per-layer-type RoPE parameters are not supported");
+
+  const auto top_theta = root.get_optional_double("rope_theta");
+  rope.theta = top_theta.value_or(10000.0);
+  rope.partial_rotary_factor = root.get_optional_double("partial_rotary_factor").value_or(1.0);
+  if (!params) return rope;
+  const JsonObject& p = *params;
+
+  if (const auto t = p.get_optional_double("rope_theta")) rope.theta = *t;
+  if (const auto f = p.get_optional_double("partial_rotary_factor")) rope.partial_rotary_factor = *f;
+  std::string type_key = p.has("rope_type") ? "rope_type" : "type";
+  const std::string type_name = p.has(type_key) ? p.get_string(type_key) : "default";
+  rope.type = parse_rope_type(p, type_key, type_name);
+
+  if (rope.type != RopeType::Default) {
+    rope.factor = p.get_double("factor");
+    if (rope.factor < 1.0 && rope.type != RopeType::Llama3) p.fail("factor", "must be >= 1, got " + std::to_string(rope.factor));
+    if (rope.factor <= 0.0) p.fail("factor", "must be positive");
+  }
+  if (rope.type == RopeType::Llama3 || rope.type == RopeType::Yarn) {
+    rope.original_max_position_embeddings =
+        p.get_optional_int("original_max_position_embeddings").value_or(max_positions);
+    if (*rope.original_max_position_embeddings <= 0) p.fail("original_max_position_embeddings", "must be positive");
+  }
+  if (rope.type == RopeType::Llama3) {
+    rope.low_freq_factor = p.get_double("low_freq_factor");
+    rope.high_freq_factor = p.get_double("high_freq_factor");
+    if (!(*rope.high_freq_factor > *rope.low_freq_factor))
+      p.fail("high_freq_factor", "must be greater than low_freq_factor");
+  }
+  if (rope.type == RopeType::Yarn) {
+    rope.attention_factor = p.get_optional_double("attention_factor");
+    rope.beta_fast = p.get_optional_double("beta_fast").value_or(32.0);
+    rope.beta_slow = p.get_optional_double("beta_slow").value_or(1.0);
+    if (rope.beta_fast < rope.beta_slow) p.fail("beta_fast", "must be >= beta_slow");
+  }
+  if (!(rope.theta > 0.0)) p.fail("rope_theta", "must be positive");
+  if (!(rope.partial_rotary_factor > 0.0 && rope.partial_rotary_factor <= 1.0))
+    p.fail("partial_rotary_factor", "must be in (0, 1]");
+  return rope;
+}
+
+// Per-layer full/sliding attention, following each family's own rule.
+void resolve_layer_types(const JsonObject& root, const FamilyDefaults& family, ModelConfig& cfg) {
+  const auto n = static_cast<std::size_t>(cfg.num_hidden_layers);
+  const auto window = root.has("sliding_window") ? std::optional<std::int64_t>(root.get_int("sliding_window"))
+                      : root.raw().contains("sliding_window") ? std::nullopt  // explicit null: no window
+                                                              : family.sliding_window;
+  if (window && *window <= 0) root.fail("sliding_window", "must be positive or null");
+
+  if (cfg.model_type == "qwen2") {
+    // Qwen2Config: the window exists only with use_sliding_window; then layers >= max_window_layers slide.
+    cfg.use_sliding_window = root.get_bool("use_sliding_window", false);
+    cfg.max_window_layers = root.get_optional_int("max_window_layers").value_or(family.max_window_layers);
+    cfg.sliding_window = cfg.use_sliding_window ? window : std::nullopt;
+  } else if (cfg.model_type == "mistral") {
+    // MistralConfig: one window for every layer (layer_types is ignored by transformers).
+    cfg.sliding_window = window;
+    cfg.layer_types.assign(n, window ? AttentionKind::Sliding : AttentionKind::Full);
+    return;
+  } else {
+    cfg.sliding_window = window;
+  }
+
+  if (root.has("layer_types")) {
+    const auto names = root.get_string_list("layer_types");
+    if (names.size() != n)
+      root.fail("layer_types", "has " + std::to_string(names.size()) + " entries for " + std::to_string(n) + " layers");
+    for (const auto& name : names) {
+      if (name == "full_attention") cfg.layer_types.push_back(AttentionKind::Full);
+      else if (name == "sliding_attention") cfg.layer_types.push_back(AttentionKind::Sliding);
+      else root.fail("layer_types", "unknown layer type '" + name + "' (known: full_attention, sliding_attention)");
+    }
+    if (cfg.has_sliding_layers() && !cfg.sliding_window)
+      root.fail("layer_types", "names sliding_attention layers but no sliding_window is in effect");
+    return;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool slides = cfg.sliding_window && cfg.max_window_layers && static_cast<std::int64_t>(i) >= *cfg.max_window_layers;
+    cfg.layer_types.push_back(slides ? AttentionKind::Sliding : AttentionKind::Full);
+  }
+}
+
+std::vector<std::int64_t> parse_token_ids(const JsonObject& root, const std::string& key) {
+  if (!root.has(key)) return {};
+  const auto& v = root.raw().at(key);
+  if (v.is_number_integer()) return {v.get<std::int64_t>()};
+  if (!v.is_array()) root.fail(key, "expected an integer or a list of integers");
+  std::vector<std::int64_t> out;
+  for (const auto& id : v) {
+    if (!id.is_number_integer()) root.fail(key, "expected an integer or a list of integers");
+    out.push_back(id.get<std::int64_t>());
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* rope_type_name(RopeType type) {
+  switch (type) {
+    case RopeType::Default: return "default";
+    case RopeType::Linear: return "linear";
+    case RopeType::Dynamic: return "dynamic";
+    case RopeType::Llama3: return "llama3";
+    case RopeType::Yarn: return "yarn";
+  }
+  return "?";
+}
+
+bool ModelConfig::has_sliding_layers() const {
+  return std::find(layer_types.begin(), layer_types.end(), AttentionKind::Sliding) != layer_types.end();
+}
+
+ModelConfig load_model_config(const std::filesystem::path& config_json) {
+  const auto doc = read_json_file(config_json);
+  const JsonObject root(doc, config_json.string());
+  ModelConfig cfg;
+  cfg.source = config_json.string();
+
+  const auto archs = root.get_string_list("architectures");
+  if (archs.empty()) root.fail("architectures", "is empty");
+  cfg.architecture = archs.front();
+  cfg.model_type = root.get_optional_string("model_type").value_or("");
+  const auto& family = defaults_for(cfg.model_type);
+
+  cfg.vocab_size = positive(root, "vocab_size", root.get_int("vocab_size"));
+  cfg.hidden_size = positive(root, "hidden_size", root.get_int("hidden_size"));
+  cfg.intermediate_size = positive(root, "intermediate_size", root.get_int("intermediate_size"));
+  cfg.num_hidden_layers = positive(root, "num_hidden_layers", root.get_int("num_hidden_layers"));
+  cfg.num_attention_heads = positive(root, "num_attention_heads", root.get_int("num_attention_heads"));
+  cfg.num_key_value_heads = positive(
+      root, "num_key_value_heads",
+      root.get_optional_int("num_key_value_heads").value_or(family.num_key_value_heads.value_or(cfg.num_attention_heads)));
+  if (cfg.num_attention_heads % cfg.num_key_value_heads != 0)
+    root.fail("num_key_value_heads", std::to_string(cfg.num_key_value_heads) + " does not divide num_attention_heads " +
+                                         std::to_string(cfg.num_attention_heads));
+  if (root.has("head_dim")) {
+    cfg.head_dim = positive(root, "head_dim", root.get_int("head_dim"));
+  } else {
+    if (cfg.hidden_size % cfg.num_attention_heads != 0)
+      root.fail("num_attention_heads", std::to_string(cfg.num_attention_heads) + " does not divide hidden_size " +
+                                           std::to_string(cfg.hidden_size) + " (and no head_dim is given)");
+    cfg.head_dim = cfg.hidden_size / cfg.num_attention_heads;
+  }
+  cfg.max_position_embeddings =
+      positive(root, "max_position_embeddings", root.get_optional_int("max_position_embeddings").value_or(family.max_position_embeddings));
+  cfg.rms_norm_eps = root.get_optional_double("rms_norm_eps").value_or(1e-6);
+  if (!(cfg.rms_norm_eps > 0.0)) root.fail("rms_norm_eps", "must be positive");
+  cfg.hidden_act = root.get_optional_string("hidden_act").value_or("silu");
+  cfg.rope = parse_rope(root, cfg.max_position_embeddings);
+  const auto rotary = static_cast<std::int64_t>(std::llround(cfg.head_dim * cfg.rope.partial_rotary_factor));
+  if (rotary % 2 != 0) root.fail("head_dim", "rotary dimension " + std::to_string(rotary) + " is odd");
+  cfg.tie_word_embeddings = root.get_bool("tie_word_embeddings", false);
+  cfg.attention_bias = root.get_bool("attention_bias", false);
+  cfg.mlp_bias = root.get_bool("mlp_bias", false);
+  resolve_layer_types(root, family, cfg);
+  cfg.dtype = root.get_optional_string("dtype").value_or(root.get_optional_string("torch_dtype").value_or(""));
+  const auto bos = parse_token_ids(root, "bos_token_id");
+  if (bos.size() > 1) root.fail("bos_token_id", "expected one id");
+  if (!bos.empty()) cfg.bos_token_id = bos.front();
+  cfg.eos_token_ids = parse_token_ids(root, "eos_token_id");
+  return cfg;
+}
+
+}  // namespace linearize

@@ -1,0 +1,65 @@
+// config.json of a Hugging Face decoder (Llama, Mistral, Qwen2 families) as a typed ModelConfig.
+//
+// Missing keys take the defaults of transformers' own configuration classes for the file's `model_type`
+// (what the file *means* when a key is absent); the size keys have no sensible default and are required.
+// RoPE is read from the legacy `rope_theta` + `rope_scaling` (with `type` or `rope_type`) and from the
+// transformers-v5 `rope_parameters`, following transformers' `convert_rope_params_to_dict`.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace linearize {
+
+enum class RopeType { Default, Linear, Dynamic, Llama3, Yarn };
+const char* rope_type_name(RopeType type);
+
+struct RopeConfig {
+  RopeType type = RopeType::Default;
+  double theta = 10000.0;
+  double partial_rotary_factor = 1.0;
+  double factor = 1.0;                                            // linear, dynamic, llama3, yarn
+  std::optional<double> low_freq_factor, high_freq_factor;        // llama3
+  std::optional<std::int64_t> original_max_position_embeddings;   // llama3, yarn
+  std::optional<double> attention_factor;                         // yarn (default 0.1 ln(factor) + 1)
+  double beta_fast = 32.0, beta_slow = 1.0;                       // yarn
+};
+
+enum class AttentionKind { Full, Sliding };
+
+struct ModelConfig {
+  std::string source;  // the config.json path, for error messages downstream
+  std::string architecture;  // architectures[0]
+  std::string model_type;
+  std::int64_t vocab_size = 0;
+  std::int64_t hidden_size = 0;
+  std::int64_t intermediate_size = 0;
+  std::int64_t num_hidden_layers = 0;
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_key_value_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  std::string hidden_act = "silu";
+  RopeConfig rope;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // as written; Qwen2's hard-coded q/k/v bias is the architecture's business
+  bool mlp_bias = false;
+  std::optional<std::int64_t> sliding_window;  // effective window (null when unused)
+  bool use_sliding_window = false;             // Qwen2's switch, as written
+  std::optional<std::int64_t> max_window_layers;
+  std::vector<AttentionKind> layer_types;      // resolved: one entry per layer
+  std::string dtype;                           // `dtype` or `torch_dtype`, e.g. "bfloat16"; empty if absent
+  std::optional<std::int64_t> bos_token_id;
+  std::vector<std::int64_t> eos_token_ids;
+
+  std::int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }
+  bool has_sliding_layers() const;
+};
+
+ModelConfig load_model_config(const std::filesystem::path& config_json);
+
+}  // namespace linearize

@@ -1,0 +1,32 @@
+// Read-only view of a whole file through mmap, shared by every tensor cut out of it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace linearize {
+
+class MappedFile {
+ public:
+  // Maps the file copy-on-write: an in-place op on a tensor view changes our pages, never the file.
+  static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::uint8_t* data() const { return data_; }
+  std::uint8_t* mutable_data() { return data_; }
+  std::size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile(std::string path, std::uint8_t* data, std::size_t size) : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  std::uint8_t* data_;
+  std::size_t size_;
+};
+
+}  // namespace linearize

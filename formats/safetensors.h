@@ -1,0 +1,54 @@
+// safetensors files as LibTorch tensors: reading maps the file and hands out views of the mapping (no
+// copy); writing streams tensors into an atomically renamed file.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "formats/mapped_file.h"
+#include "formats/safetensors_header.h"
+
+namespace linearize {
+
+// The dtypes that become tensors: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL.
+bool dtype_is_loadable(DType dtype);
+c10::ScalarType to_scalar_type(DType dtype);
+DType from_scalar_type(c10::ScalarType type);
+
+class SafetensorsFile {
+ public:
+  static SafetensorsFile open(const std::filesystem::path& path);
+
+  const std::string& path() const { return file_->path(); }
+  const SafetensorsHeader& header() const { return header_; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  const TensorEntry* find(const std::string& name) const;
+  std::vector<std::string> names() const;  // in data order
+  std::uint64_t file_size() const { return file_->size(); }
+
+  // A CPU tensor viewing the mapping (it keeps the mapping alive). Copies only if the data is not aligned
+  // to its element size, which our writer and the reference writer never produce.
+  at::Tensor tensor(const std::string& name) const;
+
+ private:
+  SafetensorsFile(std::shared_ptr<MappedFile> file, SafetensorsHeader header);
+  std::shared_ptr<MappedFile> file_;
+  SafetensorsHeader header_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// Writes tensors sorted by descending alignment then name (as the reference writer does), the header
+// padded to 8 bytes, through a temporary file renamed into place.
+void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace linearize

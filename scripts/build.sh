@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Configures (once) and builds into build/. Extra arguments go to `cmake --build` (e.g. --target linearize).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
+  cmake -S . -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLINEARIZE_WERROR=ON
+fi
+cmake --build "$BUILD_DIR" --parallel "$(nproc)" "$@"

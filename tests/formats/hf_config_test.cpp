@@ -1,0 +1,204 @@
+// config.json -> ModelConfig for Llama, Mistral and Qwen2: legacy and v5 RoPE keys, head_dim, GQA,
+// window rules per family, and errors that name the file and the key.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/error.h"
+#include "formats/hf_config.h"
+#include "test_util.h"
+
+namespace linearize {
+namespace {
+
+using nlohmann::json;
+
+json base(const std::string& model_type, const std::string& arch) {
+  return {{"architectures", {arch}}, {"model_type", model_type}, {"vocab_size", 1000}, {"hidden_size", 64},
+          {"intermediate_size", 128}, {"num_hidden_layers", 4}, {"num_attention_heads", 4}};
+}
+
+class ConfigTest : public testing::Test {
+ protected:
+  ModelConfig load(const json& j) {
+    test::write_file(dir_ / "config.json", j.dump());
+    return load_model_config(dir_ / "config.json");
+  }
+  std::string error(const json& j) {
+    try {
+      load(j);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+  std::string error_prefix(const std::string& field) { return (dir_ / "config.json").string() + ": " + field + ": "; }
+  test::TempDir dir_;
+};
+
+TEST_F(ConfigTest, LlamaWithLegacyRopeScalingAndExplicitHeadDim) {
+  auto j = base("llama", "LlamaForCausalLM");
+  j["num_key_value_heads"] = 2;
+  j["head_dim"] = 24;  // differs from hidden / heads = 16
+  j["rope_theta"] = 500000.0;
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  j["tie_word_embeddings"] = true;
+  j["torch_dtype"] = "bfloat16";
+  j["eos_token_id"] = {128001, 128009};
+  j["bos_token_id"] = 128000;
+  const auto c = load(j);
+  EXPECT_EQ(c.architecture, "LlamaForCausalLM");
+  EXPECT_EQ(c.head_dim, 24);
+  EXPECT_EQ(c.num_key_value_heads, 2);
+  EXPECT_EQ(c.kv_groups(), 2);
+  EXPECT_EQ(c.rope.type, RopeType::Llama3);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 500000.0);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 8.0);
+  EXPECT_DOUBLE_EQ(*c.rope.low_freq_factor, 1.0);
+  EXPECT_DOUBLE_EQ(*c.rope.high_freq_factor, 4.0);
+  EXPECT_EQ(*c.rope.original_max_position_embeddings, 8192);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.dtype, "bfloat16");
+  EXPECT_EQ(c.eos_token_ids, (std::vector<std::int64_t>{128001, 128009}));
+  EXPECT_EQ(*c.bos_token_id, 128000);
+  EXPECT_EQ(c.layer_types, std::vector<AttentionKind>(4, AttentionKind::Full));
+  EXPECT_EQ(c.max_position_embeddings, 2048) << "LlamaConfig default";
+}
+
+TEST_F(ConfigTest, LegacyTypeKeyAndDefaults) {
+  auto j = base("llama", "LlamaForCausalLM");
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  const auto c = load(j);
+  EXPECT_EQ(c.rope.type, RopeType::Linear);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 2.0);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 10000.0);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.num_key_value_heads, 4) << "Llama: kv heads default to heads";
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_FALSE(c.attention_bias);
+}
+
+TEST_F(ConfigTest, V5RopeParametersWithYarn) {
+  auto j = base("qwen2", "Qwen2ForCausalLM");
+  j["num_key_value_heads"] = 2;
+  j["max_position_embeddings"] = 32768;
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1000000.0}, {"factor", 4.0}};
+  j["dtype"] = "float32";
+  const auto c = load(j);
+  EXPECT_EQ(c.rope.type, RopeType::Yarn);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1000000.0);
+  EXPECT_EQ(*c.rope.original_max_position_embeddings, 32768) << "defaults to max_position_embeddings";
+  EXPECT_DOUBLE_EQ(c.rope.beta_fast, 32.0);
+  EXPECT_FALSE(c.rope.attention_factor.has_value());
+  EXPECT_EQ(c.dtype, "float32");
+}
+
+TEST_F(ConfigTest, V5DefaultRopeParameters) {
+  auto j = base("mistral", "MistralForCausalLM");
+  j["num_key_value_heads"] = 2;
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
+  const auto c = load(j);
+  EXPECT_EQ(c.rope.type, RopeType::Default);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1000000.0);
+}
+
+TEST_F(ConfigTest, MistralWindowCoversEveryLayerAndKvDefaultIsEight) {
+  auto j = base("mistral", "MistralForCausalLM");
+  j["num_attention_heads"] = 8;
+  j["sliding_window"] = 16;
+  auto c = load(j);
+  EXPECT_EQ(c.num_key_value_heads, 8) << "MistralConfig default";
+  EXPECT_EQ(*c.sliding_window, 16);
+  EXPECT_EQ(c.layer_types, std::vector<AttentionKind>(4, AttentionKind::Sliding));
+  j["sliding_window"] = nullptr;  // Mistral v0.2+ checkpoints
+  c = load(j);
+  EXPECT_FALSE(c.sliding_window.has_value());
+  EXPECT_FALSE(c.has_sliding_layers());
+  j.erase("sliding_window");  // absent: the class default 4096
+  EXPECT_EQ(*load(j).sliding_window, 4096);
+}
+
+TEST_F(ConfigTest, Qwen2WindowOnlyWithUseSlidingWindowFromMaxWindowLayers) {
+  auto j = base("qwen2", "Qwen2ForCausalLM");
+  j["num_key_value_heads"] = 2;
+  j["sliding_window"] = 32;
+  j["max_window_layers"] = 2;
+  auto c = load(j);
+  EXPECT_FALSE(c.sliding_window.has_value()) << "use_sliding_window defaults to false";
+  EXPECT_FALSE(c.has_sliding_layers());
+  j["use_sliding_window"] = true;
+  c = load(j);
+  EXPECT_EQ(*c.sliding_window, 32);
+  EXPECT_EQ(c.layer_types, (std::vector<AttentionKind>{AttentionKind::Full, AttentionKind::Full, AttentionKind::Sliding,
+                                                       AttentionKind::Sliding}));
+  j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention", "full_attention"};
+  c = load(j);
+  EXPECT_EQ(c.layer_types, (std::vector<AttentionKind>{AttentionKind::Sliding, AttentionKind::Full, AttentionKind::Sliding,
+                                                       AttentionKind::Full}));
+}
+
+TEST_F(ConfigTest, MissingRequiredKeys) {
+  for (const char* key : {"architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}) {
+    auto j = base("llama", "LlamaForCausalLM");
+    j.erase(key);
+    EXPECT_EQ(error(j), error_prefix(key) + "required key is missing") << key;
+  }
+}
+
+TEST_F(ConfigTest, ImpossibleValues) {
+  auto j = base("llama", "LlamaForCausalLM");
+  j["num_key_value_heads"] = 3;
+  EXPECT_EQ(error(j), error_prefix("num_key_value_heads") + "3 does not divide num_attention_heads 4");
+  j = base("llama", "LlamaForCausalLM");
+  j["num_attention_heads"] = 5;
+  EXPECT_EQ(error(j), error_prefix("num_attention_heads") + "5 does not divide hidden_size 64 (and no head_dim is given)");
+  j["head_dim"] = 16;  // with an explicit head_dim, 5 heads of 16 is a valid (if odd) shape
+  EXPECT_EQ(load(j).head_dim, 16);
+  j = base("llama", "LlamaForCausalLM");
+  j["hidden_size"] = 0;
+  EXPECT_EQ(error(j), error_prefix("hidden_size") + "must be positive, got 0");
+  j = base("llama", "LlamaForCausalLM");
+  j["hidden_size"] = "64";
+  EXPECT_EQ(error(j), error_prefix("hidden_size") + "expected an integer, got \"64\"");
+  j = base("llama", "LlamaForCausalLM");
+  j["head_dim"] = 15;
+  EXPECT_EQ(error(j), error_prefix("head_dim") + "rotary dimension 15 is odd");
+}
+
+TEST_F(ConfigTest, RopeErrorsNameTheNestedKey) {
+  auto j = base("llama", "LlamaForCausalLM");
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
+  EXPECT_EQ(error(j), error_prefix("rope_scaling.rope_type") + "unsupported RoPE type 'longrope' (supported: default, linear, dynamic, llama3, yarn)");
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0}};
+  EXPECT_EQ(error(j), error_prefix("rope_scaling.low_freq_factor") + "required key is missing");
+  j["rope_scaling"] = {{"type", "dynamic"}};
+  EXPECT_EQ(error(j), error_prefix("rope_scaling.factor") + "required key is missing");
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 0.5}};
+  EXPECT_EQ(error(j), error_prefix("rope_parameters.factor") + "must be >= 1, got 0.500000");
+}
+
+TEST_F(ConfigTest, LayerTypesMustMatchTheLayers) {
+  auto j = base("qwen2", "Qwen2ForCausalLM");
+  j["num_key_value_heads"] = 4;
+  j["layer_types"] = {"full_attention"};
+  EXPECT_EQ(error(j), error_prefix("layer_types") + "has 1 entries for 4 layers");
+  j["layer_types"] = {"full_attention", "full_attention", "full_attention", "chunked_attention"};
+  EXPECT_EQ(error(j), error_prefix("layer_types") + "unknown layer type 'chunked_attention' (known: full_attention, sliding_attention)");
+  j["layer_types"] = {"full_attention", "full_attention", "full_attention", "sliding_attention"};
+  EXPECT_EQ(error(j), error_prefix("layer_types") + "names sliding_attention layers but no sliding_window is in effect");
+}
+
+TEST_F(ConfigTest, NotJson) {
+  test::write_file(dir_ / "config.json", "{\"vocab_size\": 12,");
+  try {
+    load_model_config(dir_ / "config.json");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(error_prefix("file") + "not valid JSON", 0), 0u) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace linearize

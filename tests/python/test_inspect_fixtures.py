@@ -1,0 +1,91 @@
+"""`linearize inspect --json` on every bundled fixture against what transformers and safetensors say.
+
+The oracle is transformers' own config classes (after their defaults and RoPE standardisation) and the
+model they build, plus safetensors' view of the shards, never our own output.
+"""
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM
+
+LINEARIZE = os.environ["LINEARIZE_BINARY"]
+FIXTURES = os.environ["LINEARIZE_FIXTURES"]
+MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2"]
+
+
+def weight_files(model_dir):
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        return ["model.safetensors"]
+    with open(index) as f:
+        return sorted(set(json.load(f)["weight_map"].values()))
+
+
+class InspectFixtures(unittest.TestCase):
+    def check(self, name):
+        model_dir = os.path.join(FIXTURES, name)
+        run = subprocess.run([LINEARIZE, "inspect", "--json", model_dir], capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        got = json.loads(run.stdout)
+        cfg = AutoConfig.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+        self.assertEqual(got["architecture"], cfg.architectures[0])
+        self.assertEqual(got["parameters"], model.num_parameters())
+        self.assertEqual(got["layers"], cfg.num_hidden_layers)
+        self.assertEqual(got["heads"], cfg.num_attention_heads)
+        self.assertEqual(got["kv_heads"], cfg.num_key_value_heads)
+        self.assertEqual(got["head_dim"], model.model.layers[0].self_attn.head_dim)
+        self.assertEqual(got["vocab_size"], cfg.vocab_size)
+        self.assertEqual(got["tie_word_embeddings"], bool(cfg.tie_word_embeddings))
+        self.assertEqual(got["config_dtype"], str(cfg.dtype).replace("torch.", ""))
+
+        rope = cfg.rope_parameters
+        self.assertEqual(got["rope"]["type"], rope["rope_type"])
+        self.assertAlmostEqual(got["rope"]["theta"], rope["rope_theta"])
+        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if key in rope and rope["rope_type"] != "default":
+                self.assertAlmostEqual(got["rope"][key], rope[key], msg=key)
+
+        layer_types = getattr(cfg, "layer_types", None)
+        if cfg.model_type == "mistral":  # MistralConfig: one window for all layers, when set
+            expected_sliding = list(range(cfg.num_hidden_layers)) if cfg.sliding_window else []
+        else:
+            expected_sliding = [i for i, t in enumerate(layer_types or []) if t == "sliding_attention"]
+        self.assertEqual(got["attention_window"]["sliding_layers"], expected_sliding)
+        self.assertEqual(got["attention_window"]["sliding_window"], getattr(cfg, "sliding_window", None))
+
+        files = weight_files(model_dir)
+        self.assertEqual([s["file"] for s in got["shards"]], files)
+        self.assertEqual(got["sharded"], len(files) > 1 or files != ["model.safetensors"])
+        total = 0
+        for shard, file in zip(got["shards"], files):
+            with safe_open(os.path.join(model_dir, file), framework="pt") as f:
+                keys = list(f.keys())
+                nbytes = sum(f.get_tensor(k).nbytes for k in keys)
+            self.assertEqual(shard["tensors"], len(keys), file)
+            self.assertEqual(shard["bytes"], nbytes, file)
+            total += nbytes
+        self.assertEqual(got["bytes"], total)
+
+        text = subprocess.run([LINEARIZE, "inspect", model_dir], capture_output=True, text=True, check=True).stdout
+        self.assertIn(cfg.architectures[0], text)
+        self.assertIn(f"{got['parameters']}", text)
+
+    def test_llama(self):
+        self.check("tiny-llama")
+
+    def test_mistral(self):
+        self.check("tiny-mistral")
+
+    def test_qwen2(self):
+        self.check("tiny-qwen2")
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1], verbosity=2)
