@@ -83,6 +83,12 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
   r["tie_word_embeddings"] = cfg.tie_word_embeddings;
   r["attention_bias"] = cfg.attention_bias;
   r["mlp_bias"] = cfg.mlp_bias;
+  // What the weights hold, which is not always what the config says (Qwen2 hard-codes q/k/v biases).
+  std::vector<std::string> biases;
+  for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                           "mlp.up_proj", "mlp.down_proj"})
+    if (weights.contains(std::string("model.layers.0.") + proj + ".bias")) biases.emplace_back(proj);
+  r["layer0_biases"] = biases;
   r["tensors"] = weights.names().size();
   r["bytes"] = bytes;
   r["sharded"] = weights.sharded();

@@ -43,6 +43,11 @@ class InspectFixtures(unittest.TestCase):
         self.assertEqual(got["head_dim"], model.model.layers[0].self_attn.head_dim)
         self.assertEqual(got["vocab_size"], cfg.vocab_size)
         self.assertEqual(got["tie_word_embeddings"], bool(cfg.tie_word_embeddings))
+        attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+        expected_biases = [f"{scope}.{name}" for scope, module in (("self_attn", attn), ("mlp", mlp))
+                           for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                           if getattr(getattr(module, name, None), "bias", None) is not None]
+        self.assertEqual(got["layer0_biases"], expected_biases)
         self.assertEqual(got["config_dtype"], str(cfg.dtype).replace("torch.", ""))
 
         rope = cfg.rope_parameters
