@@ -63,9 +63,15 @@ endfunction()
 file(REMOVE_RECURSE "${CMAKE_BINARY_DIR}/torch-include")
 _linearize_filter_torch_includes()
 
+# linearize_torch_cpu: only LibTorch's CPU libraries, for code that never touches a device (formats/);
+# processes built from it alone do not load a CUDA build's ~0.3 GiB of CUDA libraries at start-up.
+# linearize_torch: everything, CUDA included when the build has it (kernels/ and above).
+add_library(linearize_torch_cpu INTERFACE)
+target_link_libraries(linearize_torch_cpu INTERFACE torch_cpu c10)
+target_compile_options(linearize_torch_cpu INTERFACE ${TORCH_CXX_FLAGS})
 add_library(linearize_torch INTERFACE)
-target_link_libraries(linearize_torch INTERFACE ${TORCH_LIBRARIES})
+target_link_libraries(linearize_torch INTERFACE linearize_torch_cpu ${TORCH_LIBRARIES})
 # The torch wheel's libtorch.so exports its own copies of std::filesystem (from a newer libstdc++), and
 # they crash when called with this system's libstdc++ (remove_all jumps to null). Putting libstdc++
 # first among the needed libraries makes every std:: symbol resolve to the system's own.
-target_link_options(linearize_torch INTERFACE "LINKER:--no-as-needed" "-lstdc++")
+target_link_options(linearize_torch_cpu INTERFACE "LINKER:--push-state,--no-as-needed" "-lstdc++" "LINKER:--pop-state")

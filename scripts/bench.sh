@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmarks: builds the bench targets, runs each section, keeps their JSON under $BENCH_OUT (default
+# $BUILD_DIR/bench-results) and prints a summary. Speed is never asserted in tests; here each figure is a
+# ratio measured in the same run, printed next to its target.
+#
+#   scripts/bench.sh               # every section
+#   scripts/bench.sh safetensors   # only the named sections
+#
+# env: BUILD_DIR (default build), BENCH_OUT, LINEARIZE_BENCH_DIR (where synthetic inputs are written and
+# reused, default $BUILD_DIR/bench), LINEARIZE_BENCH_MB (size of the synthetic safetensors file, 2048).
+#
+# A new section: a function section_<name> that runs its targets, writes into $BENCH_OUT and appends
+# lines to SUMMARY; add its targets to BENCH_TARGETS and its name to SECTIONS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
+export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
+
+SECTIONS=(safetensors)
+BENCH_TARGETS=(safetensors_bench safetensors_rss)
+
+scripts/setup.sh
+BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
+mkdir -p "$BENCH_OUT" "$LINEARIZE_BENCH_DIR"
+PY=.venv/bin/python
+[ -x "$PY" ] || PY=python3
+
+SUMMARY=()
+
+# Opening a ~2 GiB safetensors file (map + validate + a view of every tensor and a read of its first
+# element) against mapping it and parsing its header; peak RSS of reading all of it into tensors.
+section_safetensors() {
+  local json=$BENCH_OUT/safetensors_bench.json rss=$BENCH_OUT/safetensors_rss.json
+  echo "== safetensors: open/validate/touch vs map+header (Google Benchmark)"
+  "$BUILD_DIR/bench/safetensors_bench" --benchmark_out="$json" --benchmark_out_format=json
+  echo "== safetensors: peak RSS reading every tensor (fresh process)"
+  "$BUILD_DIR/bench/safetensors_rss" | tee "$rss"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$json" "$rss" <<'PYEOF'
+import json, sys
+bench, rss = (json.load(open(p)) for p in sys.argv[1:3])
+ctx, runs = bench["context"], {b["name"].split("/")[0]: b for b in bench["benchmarks"]}
+r = runs["BM_TouchVsHeaderRatio"]
+gib = 1 << 30
+print(f"safetensors file: {int(ctx['file_bytes']) / gib:.2f} GiB, {ctx['tensors']} tensors, "
+      f"page cache resident {float(ctx['page_cache_resident']) * 100:.0f}% (both sides read cached pages)")
+print(f"  map + read header:               {runs['BM_MapAndReadHeader']['real_time']:9.1f} us")
+print(f"  open + validate + touch all:     {runs['BM_OpenValidateTouchEveryTensor']['real_time']:9.1f} us")
+print(f"    breakdown: open+validate {runs['BM_OpenValidate']['real_time']:.1f} us, + a view of every tensor "
+      f"{runs['BM_OpenValidateViews']['real_time']:.1f} us, + reading each first element (page faults) "
+      f"{runs['BM_OpenValidateTouchEveryTensor']['real_time']:.1f} us")
+print(f"  ratio (interleaved medians {r['touch_us']:.1f} / {r['header_us']:.1f} us): "
+      f"{r['ratio']:.2f}x   target <= 2x: {'PASS' if r['ratio'] <= 2 else 'FAIL'}")
+print(f"  peak RSS reading all tensors:    {rss['peak_rss'] / gib:.2f} GiB = {rss['ratio']:.3f}x file   "
+      f"target <= 1.1x: {'PASS' if rss['ratio'] <= 1.1 else 'FAIL'}")
+print(f"    of which before opening (LibTorch loaded): {rss['rss_before_open'] / gib:.2f} GiB; "
+      f"added by reading: {rss['added_by_reading'] / gib:.2f} GiB = {rss['added_ratio']:.3f}x file")
+PYEOF
+)
+}
+
+selected=("$@")
+[ ${#selected[@]} -gt 0 ] || selected=("${SECTIONS[@]}")
+for s in "${selected[@]}"; do
+  declare -F "section_$s" >/dev/null || { echo "bench.sh: no section '$s' (have: ${SECTIONS[*]})" >&2; exit 2; }
+  "section_$s"
+done
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+torch=$("$PY" -c 'import torch; print(torch.__version__, "(CUDA build)" if torch.version.cuda else "(CPU build)")' 2>/dev/null || echo unknown)
+echo
+echo "== summary (JSON in $BENCH_OUT)"
+echo "machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, LibTorch $torch"
+printf '%s\n' "${SUMMARY[@]}"
