@@ -92,7 +92,10 @@ TensorEntry parse_entry(const std::string& name, const json& value, const std::s
   if (shape == value.end() || !shape->is_array()) throw InputError(path, field + ".shape", "missing or not an array");
   for (const auto& dim : *shape) {
     if (!dim.is_number_unsigned() || dim.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
-      throw InputError(path, field + ".shape", "dimensions must be non-negative integers, got " + shape->dump());
+      // Never dump() a nested value: nlohmann's serializer recurses per level, and a crafted
+      // [[[[...]]]] would overflow the stack (found by tests/fuzz).
+      throw InputError(path, field + ".shape", "dimensions must be non-negative integers, got " +
+                                                   (dim.is_primitive() ? dim.dump() : std::string("an ") + dim.type_name()));
     entry.shape.push_back(static_cast<std::int64_t>(dim.get<std::uint64_t>()));
   }
 

@@ -40,6 +40,12 @@ TEST_P(BadHeader, IsRejectedNamingFileAndField) {
 }
 
 const std::string k16(16, '\0');
+// A shape nested 100k deep: its error message must not recurse per level (found by the fuzzer).
+std::string deep_shape() {
+  const std::string nested = std::string(100000, '[') + std::string(100000, ']');
+  return safetensors_bytes(R"({"a":{"dtype":"U8","shape":[)" + nested + R"(],"data_offsets":[0,1]}})", std::string(1, '\0'));
+}
+
 std::string big_length() {
   std::string b(8, '\0');
   b[3] = 0x10;  // 0x10000000 = 268 MB
@@ -100,6 +106,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"entry not object", safetensors_bytes(R"({"a":[1]})", ""), "tensor 'a'", "not an object"},
         BadCase{"unexpected field", safetensors_bytes(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"scale":2}})", ""),
                 "tensor 'a'.scale", "unexpected field"},
+        BadCase{"deeply nested shape", deep_shape(), "tensor 'a'.shape", "got an array"},
         BadCase{"invalid utf-8", safetensors_bytes("{\"\xff\":{}}", ""), "header", "not valid JSON"}),
     [](const testing::TestParamInfo<BadCase>& param_info) {
       std::string name;
