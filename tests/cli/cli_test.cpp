@@ -31,6 +31,9 @@ struct BadInputCase {
   const char* field;  // must appear as ": <field>:"
 };
 
+// ctest lists each case by its label, not by its bytes.
+void PrintTo(const BadInputCase& c, std::ostream* os) { *os << c.label; }
+
 class CliBadInput : public testing::TestWithParam<BadInputCase> {};
 
 TEST_P(CliBadInput, ExitsTwoWithOneLineNamingFileAndField) {

@@ -24,6 +24,9 @@ struct BadCase {
   const char* message;  // a phrase the message must contain
 };
 
+// ctest lists each case by its label, not by its bytes.
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.label; }
+
 class BadHeader : public testing::TestWithParam<BadCase> {};
 
 TEST_P(BadHeader, IsRejectedNamingFileAndField) {
