@@ -16,15 +16,19 @@ namespace {
 constexpr int kExitBadInput = 2;
 constexpr int kExitInternal = 3;
 
-void add_inspect(CLI::App& app) {
+struct InspectOptions {
+  std::string dir;
+  bool as_json = false;
+};
+
+// `opts` must outlive parsing: CLI11 writes the flags into it.
+void add_inspect(CLI::App& app, InspectOptions& opts) {
   auto* cmd = app.add_subcommand("inspect", "Show what a checkpoint directory holds (architecture, sizes, RoPE, windows, shards)");
-  static std::string dir;
-  static bool as_json = false;
-  cmd->add_option("dir", dir, "Hugging Face checkpoint directory")->required();
-  cmd->add_flag("--json", as_json, "Print machine-readable JSON");
-  cmd->callback([] {
-    const auto report = linearize::inspect_checkpoint(dir);
-    std::cout << (as_json ? report.dump(2) + "\n" : linearize::format_inspection(report));
+  cmd->add_option("dir", opts.dir, "Hugging Face checkpoint directory")->required();
+  cmd->add_flag("--json", opts.as_json, "Print machine-readable JSON");
+  cmd->callback([&opts] {
+    const auto report = linearize::inspect_checkpoint(opts.dir);
+    std::cout << (opts.as_json ? report.dump(2) + "\n" : linearize::format_inspection(report));
   });
 }
 
@@ -42,7 +46,8 @@ int main(int argc, char** argv) {
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(log_level));
   });
-  add_inspect(app);
+  InspectOptions inspect;
+  add_inspect(app, inspect);
 
   try {
     app.parse(argc, argv);
