@@ -24,7 +24,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
   const auto size = static_cast<std::size_t>(st.st_size);
   std::uint8_t* data = nullptr;
   if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);

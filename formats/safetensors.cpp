@@ -69,7 +69,7 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     throw InputError(path(), "tensor '" + name + "'.dtype",
                      std::string("dtype ") + dtype_name(entry->dtype) + " is not supported (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
   const auto options = at::TensorOptions().dtype(to_scalar_type(entry->dtype));
-  std::uint8_t* data = file_->mutable_data() + header_.data_start + entry->begin;
+  const std::uint8_t* data = file_->data() + header_.data_start + entry->begin;
   const auto element_bytes = static_cast<std::uintptr_t>(dtype_bits(entry->dtype) / 8);
   if (reinterpret_cast<std::uintptr_t>(data) % element_bytes != 0) {
     at::Tensor copy = at::empty(entry->shape, options);
@@ -77,7 +77,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     return copy;
   }
   auto keep_alive = file_;
-  return at::from_blob(data, entry->shape, [keep_alive](void*) {}, options);
+  // from_blob takes a mutable pointer; the pages stay read-only (see MappedFile::open).
+  return at::from_blob(const_cast<std::uint8_t*>(data), entry->shape, [keep_alive](void*) {}, options);
 }
 
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,

@@ -33,7 +33,8 @@ class SafetensorsFile {
   std::vector<std::string> names() const;  // in data order
   std::uint64_t file_size() const { return file_->size(); }
 
-  // A CPU tensor viewing the mapping (it keeps the mapping alive). Copies only if the data is not aligned
+  // A read-only CPU tensor viewing the mapping (it keeps the mapping alive; an in-place op on it faults:
+  // clone() or .to() what you modify). Copies only if the data is not aligned
   // to its element size, which our writer and the reference writer never produce.
   at::Tensor tensor(const std::string& name) const;
 

@@ -1,4 +1,4 @@
-// safetensors <-> LibTorch: round trips in every loadable dtype, zero-copy views, copy-on-write mapping,
+// safetensors <-> LibTorch: round trips in every loadable dtype, zero-copy read-only views,
 // writer layout (sorted, aligned), and clear errors for dtypes we cannot turn into tensors.
 #include <gtest/gtest.h>
 
@@ -50,7 +50,7 @@ TEST(Safetensors, WriterSortsByAlignmentThenNameAndAlignsData) {
   EXPECT_EQ(file.header().data_start % 8, 0u);
 }
 
-TEST(Safetensors, TensorsAreViewsOfTheMappingAndWritesNeverReachTheFile) {
+TEST(Safetensors, TensorsAreReadOnlyViewsOfTheMapping) {
   test::TempDir dir;
   write_safetensors(dir / "c.safetensors", {{"w", at::arange(16, at::kFloat)}});
   const std::string before = test::read_file(dir / "c.safetensors");
@@ -61,9 +61,14 @@ TEST(Safetensors, TensorsAreViewsOfTheMappingAndWritesNeverReachTheFile) {
     const at::Tensor b = file.tensor("w");
     EXPECT_EQ(a.data_ptr(), b.data_ptr()) << "two reads must view the same mapped bytes, not copies";
   }
-  // The tensor keeps the mapping alive after the file object is gone; in-place ops are copy-on-write.
-  a.mul_(2);
-  EXPECT_FLOAT_EQ(a[3].item<float>(), 6.0f);
+  // The tensor keeps the mapping alive after the file object is gone.
+  EXPECT_FLOAT_EQ(a[3].item<float>(), 3.0f);
+  // Writing through a view faults (a loaded weight must never silently diverge from its file); a copy is free to change.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(a.mul_(2), "");
+  at::Tensor copy = a.clone();
+  copy.mul_(2);
+  EXPECT_FLOAT_EQ(copy[3].item<float>(), 6.0f);
   EXPECT_EQ(test::read_file(dir / "c.safetensors"), before);
 }
 
