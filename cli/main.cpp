@@ -8,29 +8,13 @@
 #include <iostream>
 #include <string>
 
-#include "converter/inspect.h"
+#include "cli/commands.h"
 #include "formats/error.h"
 
 namespace {
 
 constexpr int kExitBadInput = 2;
 constexpr int kExitInternal = 3;
-
-struct InspectOptions {
-  std::string dir;
-  bool as_json = false;
-};
-
-// `opts` must outlive parsing: CLI11 writes the flags into it.
-void add_inspect(CLI::App& app, InspectOptions& opts) {
-  auto* cmd = app.add_subcommand("inspect", "Show what a checkpoint directory holds (architecture, sizes, RoPE, windows, shards)");
-  cmd->add_option("dir", opts.dir, "Hugging Face checkpoint directory")->required();
-  cmd->add_flag("--json", opts.as_json, "Print machine-readable JSON");
-  cmd->callback([&opts] {
-    const auto report = linearize::inspect_checkpoint(opts.dir);
-    std::cout << (opts.as_json ? report.dump(2) + "\n" : linearize::format_inspection(report));
-  });
-}
 
 }  // namespace
 
@@ -46,8 +30,7 @@ int main(int argc, char** argv) {
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(log_level));
   });
-  InspectOptions inspect;
-  add_inspect(app, inspect);
+  linearize::cli::add_inspect_command(app);
 
   try {
     app.parse(argc, argv);
