@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "formats/checkpoint.h"
-#include "formats/hf_config.h"
+#include "converter/model_config.h"
 
 namespace linearize {
 namespace {
@@ -66,6 +66,7 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
   r["directory"] = dir.string();
   r["architecture"] = cfg.architecture;
   r["model_type"] = cfg.model_type;
+  r["family_config_keys"] = cfg.family->config_keys;
   r["parameters"] = parameters;
   r["config_dtype"] = cfg.dtype;
   r["tensor_dtypes"] = params_by_dtype;

@@ -33,6 +33,8 @@ class CheckpointWeights {
   // Names the source of a tensor in errors: the shard's path.
   std::string file_of(const std::string& name) const { return shard_of(name).path(); }
   std::optional<std::uint64_t> declared_total_size() const { return declared_total_size_; }
+  // The file that lists the tensors: the shard index, or the single weights file.
+  std::string listing_path() const { return index_path_ ? index_path_->string() : shards_.front().path(); }
 
  private:
   std::vector<SafetensorsFile> shards_;

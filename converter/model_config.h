@@ -1,7 +1,7 @@
-// config.json of a Hugging Face decoder (Llama, Mistral, Qwen2 families) as a typed ModelConfig.
+// config.json of a Hugging Face decoder (a family of the architecture registry) as a typed ModelConfig.
 //
-// Missing keys take the defaults of transformers' own configuration classes for the file's `model_type`
-// (what the file *means* when a key is absent); the size keys have no sensible default and are required.
+// `architectures[0]` picks the family; missing keys take the defaults of its transformers configuration
+// class (what the file *means* when a key is absent); the size keys have no sensible default and are required.
 // RoPE is read from the legacy `rope_theta` + `rope_scaling` (with `type` or `rope_type`) and from the
 // transformers-v5 `rope_parameters`, following transformers' `convert_rope_params_to_dict`.
 #pragma once
@@ -12,26 +12,16 @@
 #include <string>
 #include <vector>
 
+#include "converter/architectures/architecture.h"
+#include "kernels/rope.h"
+
 namespace linearize {
-
-enum class RopeType { Default, Linear, Dynamic, Llama3, Yarn };
-const char* rope_type_name(RopeType type);
-
-struct RopeConfig {
-  RopeType type = RopeType::Default;
-  double theta = 10000.0;
-  double partial_rotary_factor = 1.0;
-  double factor = 1.0;                                            // linear, dynamic, llama3, yarn
-  std::optional<double> low_freq_factor, high_freq_factor;        // llama3
-  std::optional<std::int64_t> original_max_position_embeddings;   // llama3, yarn
-  std::optional<double> attention_factor;                         // yarn (default 0.1 ln(factor) + 1)
-  double beta_fast = 32.0, beta_slow = 1.0;                       // yarn
-};
 
 enum class AttentionKind { Full, Sliding };
 
 struct ModelConfig {
   std::string source;  // the config.json path, for error messages downstream
+  const Architecture* family = nullptr;  // the registry entry architectures[0] resolved to
   std::string architecture;  // architectures[0]
   std::string model_type;
   std::int64_t vocab_size = 0;
@@ -46,7 +36,7 @@ struct ModelConfig {
   std::string hidden_act = "silu";
   RopeConfig rope;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // as written; Qwen2's hard-coded q/k/v bias is the architecture's business
+  bool attention_bias = false;  // Llama's key; Qwen2's hard-coded q/k/v bias is family->qkv_bias_always
   bool mlp_bias = false;
   std::optional<std::int64_t> sliding_window;  // effective window (null when unused)
   bool use_sliding_window = false;             // Qwen2's switch, as written
@@ -61,5 +51,10 @@ struct ModelConfig {
 };
 
 ModelConfig load_model_config(const std::filesystem::path& config_json);
+
+// Shared by the family readers: `sliding_window` (explicit null = no window, absent = the family default),
+// and an explicit `layer_types` list (returns false when the file has none).
+std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const ConfigDefaults& defaults);
+bool read_layer_types(const JsonObject& root, ModelConfig& cfg);
 
 }  // namespace linearize

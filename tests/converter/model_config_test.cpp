@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
-#include "formats/hf_config.h"
+#include "converter/model_config.h"
 #include "test_util.h"
 
 namespace linearize {

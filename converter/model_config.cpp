@@ -1,34 +1,14 @@
-#include "formats/hf_config.h"
+#include "converter/model_config.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "formats/error.h"
+#include "converter/architectures/registry.h"
 #include "formats/json_file.h"
 
 namespace linearize {
 namespace {
-
-// Defaults of transformers' Llama/Mistral/Qwen2 configuration classes for keys a file may omit.
-struct FamilyDefaults {
-  const char* model_type;
-  std::optional<std::int64_t> num_key_value_heads;  // nullopt: same as num_attention_heads
-  std::int64_t max_position_embeddings;
-  std::optional<std::int64_t> sliding_window;
-  std::int64_t max_window_layers;
-};
-constexpr FamilyDefaults kFamilies[] = {
-    {"llama", std::nullopt, 2048, std::nullopt, 0},
-    {"mistral", 8, 4096 * 32, 4096, 0},
-    {"qwen2", 32, 32768, 4096, 28},
-};
-constexpr FamilyDefaults kGeneric{"", std::nullopt, 2048, std::nullopt, 0};
-
-const FamilyDefaults& defaults_for(const std::string& model_type) {
-  for (const auto& f : kFamilies)
-    if (model_type == f.model_type) return f;
-  return kGeneric;
-}
 
 std::int64_t positive(const JsonObject& obj, const std::string& key, std::int64_t value) {
   if (value <= 0) obj.fail(key, "must be positive, got " + std::to_string(value));
@@ -84,53 +64,15 @@ RopeConfig parse_rope(const JsonObject& root, std::int64_t max_positions) {
     rope.attention_factor = p.get_optional_double("attention_factor");
     rope.beta_fast = p.get_optional_double("beta_fast").value_or(32.0);
     rope.beta_slow = p.get_optional_double("beta_slow").value_or(1.0);
+    rope.mscale = p.get_optional_double("mscale");
+    rope.mscale_all_dim = p.get_optional_double("mscale_all_dim");
+    rope.truncate = p.get_bool("truncate", true);
     if (rope.beta_fast < rope.beta_slow) p.fail("beta_fast", "must be >= beta_slow");
   }
   if (!(rope.theta > 0.0)) p.fail("rope_theta", "must be positive");
   if (!(rope.partial_rotary_factor > 0.0 && rope.partial_rotary_factor <= 1.0))
     p.fail("partial_rotary_factor", "must be in (0, 1]");
   return rope;
-}
-
-// Per-layer full/sliding attention, following each family's own rule.
-void resolve_layer_types(const JsonObject& root, const FamilyDefaults& family, ModelConfig& cfg) {
-  const auto n = static_cast<std::size_t>(cfg.num_hidden_layers);
-  const auto window = root.has("sliding_window") ? std::optional<std::int64_t>(root.get_int("sliding_window"))
-                      : root.raw().contains("sliding_window") ? std::nullopt  // explicit null: no window
-                                                              : family.sliding_window;
-  if (window && *window <= 0) root.fail("sliding_window", "must be positive or null");
-
-  if (cfg.model_type == "qwen2") {
-    // Qwen2Config: the window exists only with use_sliding_window; then layers >= max_window_layers slide.
-    cfg.use_sliding_window = root.get_bool("use_sliding_window", false);
-    cfg.max_window_layers = root.get_optional_int("max_window_layers").value_or(family.max_window_layers);
-    cfg.sliding_window = cfg.use_sliding_window ? window : std::nullopt;
-  } else if (cfg.model_type == "mistral") {
-    // MistralConfig: one window for every layer (layer_types is ignored by transformers).
-    cfg.sliding_window = window;
-    cfg.layer_types.assign(n, window ? AttentionKind::Sliding : AttentionKind::Full);
-    return;
-  } else {
-    cfg.sliding_window = window;
-  }
-
-  if (root.has("layer_types")) {
-    const auto names = root.get_string_list("layer_types");
-    if (names.size() != n)
-      root.fail("layer_types", "has " + std::to_string(names.size()) + " entries for " + std::to_string(n) + " layers");
-    for (const auto& name : names) {
-      if (name == "full_attention") cfg.layer_types.push_back(AttentionKind::Full);
-      else if (name == "sliding_attention") cfg.layer_types.push_back(AttentionKind::Sliding);
-      else root.fail("layer_types", "unknown layer type '" + name + "' (known: full_attention, sliding_attention)");
-    }
-    if (cfg.has_sliding_layers() && !cfg.sliding_window)
-      root.fail("layer_types", "names sliding_attention layers but no sliding_window is in effect");
-    return;
-  }
-  for (std::size_t i = 0; i < n; ++i) {
-    const bool slides = cfg.sliding_window && cfg.max_window_layers && static_cast<std::int64_t>(i) >= *cfg.max_window_layers;
-    cfg.layer_types.push_back(slides ? AttentionKind::Sliding : AttentionKind::Full);
-  }
 }
 
 std::vector<std::int64_t> parse_token_ids(const JsonObject& root, const std::string& key) {
@@ -148,15 +90,28 @@ std::vector<std::int64_t> parse_token_ids(const JsonObject& root, const std::str
 
 }  // namespace
 
-const char* rope_type_name(RopeType type) {
-  switch (type) {
-    case RopeType::Default: return "default";
-    case RopeType::Linear: return "linear";
-    case RopeType::Dynamic: return "dynamic";
-    case RopeType::Llama3: return "llama3";
-    case RopeType::Yarn: return "yarn";
+std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const ConfigDefaults& defaults) {
+  const auto window = root.has("sliding_window")            ? std::optional<std::int64_t>(root.get_int("sliding_window"))
+                      : root.raw().contains("sliding_window") ? std::nullopt  // explicit null: no window
+                                                              : defaults.sliding_window;
+  if (window && *window <= 0) root.fail("sliding_window", "must be positive or null");
+  return window;
+}
+
+bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
+  if (!root.has("layer_types")) return false;
+  const auto names = root.get_string_list("layer_types");
+  if (names.size() != static_cast<std::size_t>(cfg.num_hidden_layers))
+    root.fail("layer_types", "has " + std::to_string(names.size()) + " entries for " +
+                                 std::to_string(cfg.num_hidden_layers) + " layers");
+  for (const auto& name : names) {
+    if (name == "full_attention") cfg.layer_types.push_back(AttentionKind::Full);
+    else if (name == "sliding_attention") cfg.layer_types.push_back(AttentionKind::Sliding);
+    else root.fail("layer_types", "unknown layer type '" + name + "' (known: full_attention, sliding_attention)");
   }
-  return "?";
+  if (cfg.has_sliding_layers() && !cfg.sliding_window)
+    root.fail("layer_types", "names sliding_attention layers but no sliding_window is in effect");
+  return true;
 }
 
 bool ModelConfig::has_sliding_layers() const {
@@ -172,8 +127,9 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   const auto archs = root.get_string_list("architectures");
   if (archs.empty()) root.fail("architectures", "is empty");
   cfg.architecture = archs.front();
-  cfg.model_type = root.get_optional_string("model_type").value_or("");
-  const auto& family = defaults_for(cfg.model_type);
+  cfg.family = &find_architecture(cfg.architecture, cfg.source);
+  cfg.model_type = root.get_optional_string("model_type").value_or(cfg.family->model_type);
+  const auto& family = cfg.family->defaults;
 
   cfg.vocab_size = positive(root, "vocab_size", root.get_int("vocab_size"));
   cfg.hidden_size = positive(root, "hidden_size", root.get_int("hidden_size"));
@@ -203,9 +159,7 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   const auto rotary = static_cast<std::int64_t>(std::llround(cfg.head_dim * cfg.rope.partial_rotary_factor));
   if (rotary % 2 != 0) root.fail("head_dim", "rotary dimension " + std::to_string(rotary) + " is odd");
   cfg.tie_word_embeddings = root.get_bool("tie_word_embeddings", false);
-  cfg.attention_bias = root.get_bool("attention_bias", false);
-  cfg.mlp_bias = root.get_bool("mlp_bias", false);
-  resolve_layer_types(root, family, cfg);
+  cfg.family->read_family_config(root, family, cfg);
   cfg.dtype = root.get_optional_string("dtype").value_or(root.get_optional_string("torch_dtype").value_or(""));
   const auto bos = parse_token_ids(root, "bos_token_id");
   if (bos.size() > 1) root.fail("bos_token_id", "expected one id");

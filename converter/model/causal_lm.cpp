@@ -1,0 +1,112 @@
+#include "converter/model/causal_lm.h"
+
+#include "converter/model/softmax_attention_mixer.h"
+#include "converter/model/weights.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "kernels/norms.h"
+
+namespace linearize {
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+}  // namespace
+
+at::Tensor SwiGluMlp::forward(const at::Tensor& x) const {
+  return linear(at::silu(linear(x, gate, gate_bias)) * linear(x, up, up_bias), down, down_bias);
+}
+
+std::int64_t DecodeState::bytes() const {
+  std::int64_t total = 0;
+  for (const auto& layer : layers) total += layer->bytes();
+  return total;
+}
+
+CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& options) {
+  CausalLM model;
+  model.config_ = load_model_config(dir / "config.json");
+  model.options_ = options;
+  const ModelConfig& cfg = model.config_;
+  if (cfg.hidden_act != "silu")
+    throw InputError(cfg.source, "hidden_act", "'" + cfg.hidden_act + "' is not supported (the decoder's MLP is SwiGLU: silu)");
+
+  const auto checkpoint = CheckpointWeights::open(dir);
+  const auto w = ModelWeights::load(checkpoint, decoder_tensors(*cfg.family, cfg), options.dtype, options.device);
+  model.embed_ = w.get("model.embed_tokens.weight");
+  model.final_norm_ = w.get("model.norm.weight");
+  model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get("lm_head.weight");
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    DecoderLayer layer;
+    layer.input_norm = w.get(p + "input_layernorm.weight");
+    layer.post_attention_norm = w.get(p + "post_attention_layernorm.weight");
+    AttentionProjections proj{w.get(p + "self_attn.q_proj.weight"), w.get(p + "self_attn.k_proj.weight"),
+                              w.get(p + "self_attn.v_proj.weight"), w.get(p + "self_attn.o_proj.weight"),
+                              w.optional(p + "self_attn.q_proj.bias"), w.optional(p + "self_attn.k_proj.bias"),
+                              w.optional(p + "self_attn.v_proj.bias"), w.optional(p + "self_attn.o_proj.bias")};
+    SoftmaxAttentionShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.max_position_embeddings,
+                                cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
+                                    ? cfg.sliding_window
+                                    : std::nullopt};
+    layer.mixer = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope);
+    layer.mlp = {w.get(p + "mlp.gate_proj.weight"), w.get(p + "mlp.up_proj.weight"), w.get(p + "mlp.down_proj.weight"),
+                 w.optional(p + "mlp.gate_proj.bias"), w.optional(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias")};
+    model.layers_.push_back(std::move(layer));
+  }
+  return model;
+}
+
+at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
+                         bool last_only) const {
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
+  const double eps = config_.rms_norm_eps;
+  auto h = at::embedding(embed_, ids.to(embed_.device()));
+  if (capture) capture("embed", h);
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const auto& layer = layers_[i];
+    const std::string scope = "layers." + std::to_string(i);
+    const auto normed = kernels::rms_norm(h, layer.input_norm, eps);
+    const auto attn = layer.mixer->forward(normed, start, state ? state->layers[i].get() : nullptr, capture, scope + ".mixer");
+    h = h + attn;
+    const auto mlp = layer.mlp.forward(kernels::rms_norm(h, layer.post_attention_norm, eps));
+    h = h + mlp;
+    if (capture) {
+      capture(scope + ".attn_in", normed);
+      capture(scope + ".attn_out", attn);
+      capture(scope + ".mlp_out", mlp);
+      capture(scope + ".out", h);
+    }
+  }
+  if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
+  h = kernels::rms_norm(h, final_norm_, eps);
+  if (capture) capture("norm", h);
+  auto logits = at::linear(h, lm_head_);
+  if (capture) capture("logits", logits);
+  return logits;
+}
+
+at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture) const {
+  return run(ids, 0, nullptr, capture, /*last_only=*/false);
+}
+
+DecodeState CausalLM::new_state() const {
+  DecodeState state;
+  for (const auto& layer : layers_) state.layers.push_back(layer.mixer->new_state());
+  return state;
+}
+
+at::Tensor CausalLM::prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture) const {
+  // Only the last position's logits are needed to continue: project just that row through lm_head.
+  const auto logits = run(ids, state.position, &state, capture, /*last_only=*/true);
+  state.position += ids.size(1);
+  return logits.select(1, 0);
+}
+
+at::Tensor CausalLM::step(const at::Tensor& ids, DecodeState& state) const {
+  return prefill(ids.view({-1, 1}), state);
+}
+
+}  // namespace linearize

@@ -1,0 +1,73 @@
+// One decoder for every model: embeddings, N blocks (RMSNorm -> token mixer -> residual -> RMSNorm ->
+// SwiGLU MLP -> residual), final norm, lm_head (tied or not). Source and converted models differ only in
+// their list of mixers.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "converter/model/token_mixer.h"
+#include "converter/model_config.h"
+
+namespace linearize {
+
+struct SwiGluMlp {
+  at::Tensor gate, up, down;                 // [ff, d], [ff, d], [d, ff]
+  at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
+  at::Tensor forward(const at::Tensor& x) const;  // down(silu(gate x) * up x) (Shazeer 2020, eq. 6)
+};
+
+struct DecoderLayer {
+  at::Tensor input_norm, post_attention_norm;  // RMSNorm weights [d]
+  std::unique_ptr<TokenMixer> mixer;
+  SwiGluMlp mlp;
+};
+
+// Per-sequence decode state: every layer's mixer state and the next position.
+struct DecodeState {
+  std::vector<std::unique_ptr<MixerState>> layers;
+  std::int64_t position = 0;
+  std::int64_t bytes() const;
+};
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // computation dtype; weights are converted on load
+  at::Device device = at::kCPU;
+};
+
+class CausalLM {
+ public:
+  // A Hugging Face checkpoint directory of a registered family, with softmax-attention mixers.
+  static CausalLM load(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+  // Stateless forward. ids: int64 [B, T] -> logits [B, T, vocab].
+  at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {}) const;
+
+  DecodeState new_state() const;
+  // Feeds ids [B, T] after what `state` has seen; returns the logits of the last position, [B, vocab].
+  at::Tensor prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture = {}) const;
+  // One token per sequence: ids [B] -> logits [B, vocab].
+  at::Tensor step(const at::Tensor& ids, DecodeState& state) const;
+
+  const ModelConfig& config() const { return config_; }
+  const LoadOptions& options() const { return options_; }
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+
+ private:
+  // Everything above, from absolute position `start`; state may be null. `last_only` runs the final norm
+  // and lm_head on the last position alone (all a decoder continuing the sequence needs).
+  at::Tensor run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
+                 bool last_only) const;
+
+  ModelConfig config_;
+  LoadOptions options_;
+  at::Tensor embed_, final_norm_, lm_head_;
+  std::vector<DecoderLayer> layers_;
+};
+
+}  // namespace linearize

@@ -1,0 +1,81 @@
+#include "converter/model/softmax_attention_mixer.h"
+
+#include "kernels/softmax_attention.h"
+
+namespace linearize {
+namespace {
+
+// Keys and values seen so far ([B, Hkv, S, D], already rotated), starting at absolute position key_start.
+struct KvCache final : MixerState {
+  at::Tensor k, v;
+  std::int64_t key_start = 0;
+  std::int64_t bytes() const override {
+    return k.defined() ? static_cast<std::int64_t>(k.nbytes() + v.nbytes()) : 0;
+  }
+};
+
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+// [B, T, H*D] -> [B, H, T, D]
+at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
+  return x.view({x.size(0), x.size(1), heads, -1}).transpose(1, 2);
+}
+
+}  // namespace
+
+SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope)
+    : proj_(std::move(proj)), shape_(shape), rope_(std::move(rope)),
+      freqs_(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings)) {}
+
+kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const {
+  const auto positions = at::arange(start, start + length, like.options().dtype(at::kLong));
+  const std::int64_t seq_len = start + length;
+  // Dynamic NTK RoPE follows transformers' dynamic_rope_update: frequencies for the longest position seen.
+  if (rope_.type == RopeType::Dynamic && seq_len > shape_.max_position_embeddings)
+    return kernels::rope_cos_sin(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings, seq_len),
+                                 positions, like.scalar_type());
+  return kernels::rope_cos_sin(freqs_, positions, like.scalar_type());
+}
+
+at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t start, MixerState* state,
+                                          const CaptureFn& capture, const std::string& scope) const {
+  const std::int64_t B = x.size(0), T = x.size(1);
+  auto q = split_heads(project(x, proj_.q, proj_.q_bias), shape_.heads);
+  auto k = split_heads(project(x, proj_.k, proj_.k_bias), shape_.kv_heads);
+  auto v = split_heads(project(x, proj_.v, proj_.v_bias), shape_.kv_heads);
+  const auto cs = cos_sin(start, T, x);
+  q = kernels::apply_rope(q, cs);
+  k = kernels::apply_rope(k, cs);
+  if (capture) {
+    capture(scope + ".q", q);
+    capture(scope + ".k", k);
+    capture(scope + ".v", v);
+  }
+
+  kernels::SoftmaxAttentionOptions options;
+  options.query_start = start;
+  options.key_start = start;
+  options.window = shape_.window;
+  auto* cache = static_cast<KvCache*>(state);
+  if (cache && cache->k.defined()) {
+    k = at::cat({cache->k, k}, 2);
+    v = at::cat({cache->v, v}, 2);
+    options.key_start = cache->key_start;
+  }
+  const auto attended = kernels::softmax_attention(q, k, v, options);
+  if (cache) {
+    // A sliding layer's next query (at start+T) sees keys from start+T-window+1 on: keep exactly those.
+    const std::int64_t keep = shape_.window ? std::min<std::int64_t>(*shape_.window - 1, k.size(2)) : k.size(2);
+    cache->k = k.narrow(2, k.size(2) - keep, keep);
+    cache->v = v.narrow(2, v.size(2) - keep, keep);
+    cache->key_start = start + T - keep;
+  }
+  const auto merged = attended.transpose(1, 2).reshape({B, T, shape_.heads * shape_.head_dim});
+  return project(merged, proj_.o, proj_.o_bias);
+}
+
+std::unique_ptr<MixerState> SoftmaxAttentionMixer::new_state() const { return std::make_unique<KvCache>(); }
+
+}  // namespace linearize

@@ -1,0 +1,44 @@
+// The source models' token mixer: grouped-query softmax attention with RoPE, optional q/k/v/o biases and
+// an optional sliding window, with a KV cache for decode (trimmed to the window on sliding layers).
+#pragma once
+
+#include <optional>
+
+#include "converter/model/token_mixer.h"
+#include "kernels/rope.h"
+
+namespace linearize {
+
+struct AttentionProjections {
+  at::Tensor q, k, v, o;                    // [out, in] weights
+  at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when absent
+};
+
+struct SoftmaxAttentionShape {
+  std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t max_position_embeddings = 0;  // dynamic RoPE rescales past it
+  std::optional<std::int64_t> window;        // Mistral / Qwen2 sliding layers
+};
+
+class SoftmaxAttentionMixer final : public TokenMixer {
+ public:
+  SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope);
+
+  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const CaptureFn& capture,
+                     const std::string& scope) const override;
+  std::unique_ptr<MixerState> new_state() const override;
+  std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
+
+  const AttentionProjections& projections() const { return proj_; }
+  const SoftmaxAttentionShape& shape() const { return shape_; }
+
+ private:
+  kernels::RopeCosSin cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const;
+
+  AttentionProjections proj_;
+  SoftmaxAttentionShape shape_;
+  RopeConfig rope_;
+  kernels::RopeFrequencies freqs_;  // at max_position_embeddings (dynamic RoPE recomputes beyond it)
+};
+
+}  // namespace linearize

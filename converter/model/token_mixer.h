@@ -1,0 +1,37 @@
+// The token mixer of a decoder block: softmax attention for source models, a recipe's linear or hybrid
+// mixer for converted ones. The decoder never knows which (DESIGN section 2, "One model, pluggable mixers").
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <ATen/ATen.h>
+
+namespace linearize {
+
+// Names an intermediate and hands it over (llama.cpp's cb(cur, name, il)); verify and attention transfer
+// both listen here. Names: layers.{i}.attn_in, layers.{i}.attn_out, layers.{i}.mlp_out, layers.{i}.out,
+// embed, norm, logits; mixers add their own under layers.{i}.mixer.*.
+using CaptureFn = std::function<void(const std::string& name, const at::Tensor& value)>;
+
+// What a mixer carries between calls when decoding: a KV cache, a recurrent state, or both.
+struct MixerState {
+  virtual ~MixerState() = default;
+  virtual std::int64_t bytes() const = 0;  // memory held, for generate's report and the constant-memory checks
+};
+
+class TokenMixer {
+ public:
+  virtual ~TokenMixer() = default;
+  // x: [B, T, hidden] (already normed) at absolute positions start .. start+T-1. With a state, the call
+  // continues from it and advances it (prefill, then T = 1 per decode step); without, it is a stateless
+  // forward over the whole sequence (training, verify). Returns [B, T, hidden].
+  virtual at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state,
+                             const CaptureFn& capture, const std::string& scope) const = 0;
+  virtual std::unique_ptr<MixerState> new_state() const = 0;
+  virtual std::string kind() const = 0;  // "softmax", "softmax-window", a recipe's mixer name
+};
+
+}  // namespace linearize

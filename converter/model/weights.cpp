@@ -1,0 +1,77 @@
+#include "converter/model/weights.h"
+
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "formats/error.h"
+
+namespace linearize {
+namespace {
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Buffers some exporters wrote next to the weights; transformers recomputes them and so do we.
+bool is_ignorable(const std::string& name) {
+  const std::string suffix = ".rotary_emb.inv_freq";
+  return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs) {
+  std::vector<std::string> missing, misshaped, unexpected;
+  std::set<std::string> expected;
+  for (const auto& spec : specs) {
+    expected.insert(spec.name);
+    if (!weights.contains(spec.name)) {
+      if (!spec.optional) missing.push_back(spec.name + " " + shape_text(spec.shape));
+      continue;
+    }
+    const auto& found = weights.entry(spec.name).shape;
+    if (found != spec.shape)
+      misshaped.push_back(spec.name + " expected " + shape_text(spec.shape) + " found " + shape_text(found));
+  }
+  for (const auto& name : weights.names())
+    if (!expected.count(name) && !is_ignorable(name)) unexpected.push_back(name);
+  if (missing.empty() && misshaped.empty() && unexpected.empty()) return;
+
+  std::ostringstream msg;
+  const auto list = [&](const char* what, const std::vector<std::string>& items) {
+    if (items.empty()) return;
+    msg << (msg.tellp() > 0 ? "; " : "") << items.size() << ' ' << what << ": ";
+    for (std::size_t i = 0; i < items.size(); ++i) msg << (i ? ", " : "") << items[i];
+  };
+  list("missing", missing);
+  list("mis-shaped", misshaped);
+  list("unexpected", unexpected);
+  throw InputError(weights.listing_path(), "tensors", msg.str() + " (for the shapes config.json implies)");
+}
+
+ModelWeights ModelWeights::load(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs,
+                                at::ScalarType dtype, const at::Device& device) {
+  check_tensors(weights, specs);
+  ModelWeights out;
+  for (const auto& spec : specs) {
+    if (!weights.contains(spec.name)) continue;
+    out.tensors_.emplace(spec.name, weights.tensor(spec.name).to(device, dtype));
+  }
+  return out;
+}
+
+const at::Tensor& ModelWeights::get(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw std::out_of_range("ModelWeights: no tensor " + name);
+  return it->second;
+}
+
+at::Tensor ModelWeights::optional(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  return it == tensors_.end() ? at::Tensor() : it->second;
+}
+
+}  // namespace linearize

@@ -1,0 +1,13 @@
+// Normalisation layers as functions on tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace linearize::kernels {
+
+// RMSNorm (Zhang & Sennrich 2019, eq. 4): w * x / sqrt(mean(x^2) + eps). The statistics are taken in fp32
+// and the result cast back before the weight multiplies it, as transformers' LlamaRMSNorm does, so bf16
+// models round exactly where the reference rounds.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace linearize::kernels

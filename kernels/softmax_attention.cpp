@@ -1,0 +1,52 @@
+#include "kernels/softmax_attention.h"
+
+#include <cmath>
+
+#include <torch/version.h>
+
+namespace linearize::kernels {
+#if !(TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
+namespace {
+
+// SDPA learnt grouped-query heads (enable_gqa) in LibTorch 2.5; before that the kv heads are repeated.
+at::Tensor repeat_kv(const at::Tensor& x, std::int64_t groups) {
+  if (groups == 1) return x;
+  const auto s = x.sizes();
+  return x.unsqueeze(2).expand({s[0], s[1], groups, s[2], s[3]}).reshape({s[0], s[1] * groups, s[2], s[3]});
+}
+
+}  // namespace
+#endif
+
+at::Tensor causal_window_mask(std::int64_t queries, std::int64_t keys, const SoftmaxAttentionOptions& options,
+                              const at::Device& device) {
+  const auto idx = at::TensorOptions().dtype(at::kLong).device(device);
+  const auto qpos = at::arange(options.query_start, options.query_start + queries, idx).unsqueeze(1);
+  const auto kpos = at::arange(options.key_start, options.key_start + keys, idx).unsqueeze(0);
+  auto mask = kpos.le(qpos);
+  if (options.window) mask = mask.logical_and(kpos.gt(qpos - *options.window));
+  return mask;
+}
+
+at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const SoftmaxAttentionOptions& options) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "softmax_attention: q, k, v must be [B, H, T, D]");
+  TORCH_CHECK(q.size(1) % k.size(1) == 0, "softmax_attention: ", q.size(1), " query heads for ", k.size(1), " kv heads");
+  const std::int64_t T = q.size(2), S = k.size(2);
+  const double scale = options.scale > 0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  // Plain causal (queries and keys aligned from position 0, no window) lets SDPA pick its fused kernels;
+  // note that SDPA's is_causal aligns the mask top-left, which is right only when T == S.
+  const bool plain_causal = !options.window && T == S && options.query_start == options.key_start;
+  // One new token that sees every cached key (decode without a window) needs no mask at all.
+  const bool sees_all = T == 1 && !options.window && options.key_start + S == options.query_start + 1;
+  std::optional<at::Tensor> mask;
+  if (!plain_causal && !sees_all) mask = causal_window_mask(T, S, options, q.device());
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  return at::scaled_dot_product_attention(q, k, v, mask, 0.0, plain_causal, scale, /*enable_gqa=*/q.size(1) != k.size(1));
+#else
+  const auto groups = q.size(1) / k.size(1);
+  return at::scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), mask, 0.0, plain_causal, scale);
+#endif
+}
+
+}  // namespace linearize::kernels

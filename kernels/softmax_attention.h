@@ -1,0 +1,29 @@
+// Causal softmax attention (full or sliding-window) over a query block and a key block that may start
+// earlier (a KV cache), with grouped-query heads. The reference every linear mixer is measured against.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <ATen/ATen.h>
+
+namespace linearize::kernels {
+
+struct SoftmaxAttentionOptions {
+  double scale = 0;                    // 0: 1/sqrt(head_dim)
+  std::int64_t query_start = 0;        // absolute position of the first query
+  std::int64_t key_start = 0;          // absolute position of the first key (> 0 when a window cache was trimmed)
+  std::optional<std::int64_t> window;  // key j is visible to query i iff i - window < j <= i (Mistral, Qwen2)
+};
+
+// q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (query head h reads kv head h / (H/Hkv)).
+// Returns [B, H, T, D]. Runs through at::scaled_dot_product_attention: its fused CPU/CUDA kernels when the
+// mask is plain causal, an explicit boolean mask otherwise (decode, windows, offsets).
+at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const SoftmaxAttentionOptions& options);
+
+// The boolean [T, S] visibility mask softmax_attention applies (true = attend), for tests and verify.
+at::Tensor causal_window_mask(std::int64_t queries, std::int64_t keys, const SoftmaxAttentionOptions& options,
+                              const at::Device& device);
+
+}  // namespace linearize::kernels
