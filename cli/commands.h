@@ -9,5 +9,7 @@ class App;
 namespace linearize::cli {
 
 void add_inspect_command(CLI::App& app);
+void add_forward_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
 
 }  // namespace linearize::cli

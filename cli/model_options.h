@@ -1,0 +1,32 @@
+// Flags shared by the commands that run a model: --model, --device, --dtype and the prompt.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "converter/model/causal_lm.h"
+
+namespace CLI {
+class App;
+}
+
+namespace linearize::cli {
+
+struct ModelOptions {
+  std::string dir;
+  std::string device = "cpu";
+  std::string dtype = "fp32";
+  std::string prompt_ids;  // "1,2,3"
+};
+
+void add_model_options(CLI::App& cmd, ModelOptions& opts);
+
+// Loads the model as asked; --device cuda without a usable GPU is bad input (exit 2), not a crash.
+CausalLM load_model(const ModelOptions& opts);
+
+// --prompt-ids parsed and checked against the vocabulary of the model's config.json, before any weights
+// are loaded: int64 [1, T].
+at::Tensor prompt_tensor(const ModelOptions& opts);
+
+}  // namespace linearize::cli
