@@ -1,0 +1,81 @@
+// softmax_attention against the textbook formula in fp64: softmax(q k^T / sqrt(d) + mask) v with each
+// query head reading kv head h / groups, for plain causal, windowed, offset (KV cache) and trimmed caches.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kernels/norms.h"
+#include "kernels/softmax_attention.h"
+
+namespace linearize::kernels {
+namespace {
+
+// Loops, no fused kernels, no masks built the same way: an independent oracle.
+at::Tensor naive_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::int64_t query_start,
+                           std::int64_t key_start, std::optional<std::int64_t> window) {
+  const std::int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2), groups = H / k.size(1);
+  auto out = at::zeros_like(q);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t t = 0; t < T; ++t) {
+        const std::int64_t qpos = query_start + t;
+        std::vector<at::Tensor> scores;
+        std::vector<std::int64_t> visible;
+        for (std::int64_t s = 0; s < S; ++s) {
+          const std::int64_t kpos = key_start + s;
+          if (kpos > qpos || (window && qpos - kpos >= *window)) continue;
+          visible.push_back(s);
+          scores.push_back((q[b][h][t] * k[b][h / groups][s]).sum() / std::sqrt(static_cast<double>(q.size(3))));
+        }
+        const auto weights = at::softmax(at::stack(scores), 0);
+        for (std::size_t j = 0; j < visible.size(); ++j) out[b][h][t] += weights[static_cast<std::int64_t>(j)] * v[b][h / groups][visible[j]];
+      }
+  return out;
+}
+
+struct Case {
+  const char* label;
+  std::int64_t T, S, query_start, key_start;
+  std::optional<std::int64_t> window;
+};
+
+class SoftmaxAttention : public testing::TestWithParam<Case> {};
+
+TEST_P(SoftmaxAttention, EqualsTheFormulaInFp64) {
+  const auto& c = GetParam();
+  at::manual_seed(7);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const auto q = at::randn({2, 4, c.T, 8}, opts), k = at::randn({2, 2, c.S, 8}, opts), v = at::randn({2, 2, c.S, 8}, opts);
+  SoftmaxAttentionOptions o;
+  o.query_start = c.query_start;
+  o.key_start = c.key_start;
+  o.window = c.window;
+  const auto got = softmax_attention(q, k, v, o);
+  // fp64 throughout: only summation order differs, ~1e-16 per op.
+  EXPECT_LE((got - naive_attention(q, k, v, c.query_start, c.key_start, c.window)).abs().max().item<double>(), 1e-12);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Masks, SoftmaxAttention,
+    testing::Values(Case{"PlainCausal", 9, 9, 0, 0, std::nullopt}, Case{"Window", 12, 12, 0, 0, 4},
+                    Case{"DecodeOneTokenAfterCache", 1, 10, 9, 0, std::nullopt},
+                    Case{"ChunkAfterCache", 3, 10, 7, 0, std::nullopt},
+                    Case{"WindowedDecodeOnTrimmedCache", 1, 4, 20, 17, 4},
+                    Case{"WindowedChunkOnTrimmedCache", 5, 8, 20, 17, 4}),
+    [](const testing::TestParamInfo<Case>& param) { return std::string(param.param.label); });
+
+TEST(RmsNorm, NormalisesInFp32AndScales) {
+  const auto x = at::randn({3, 16}, at::kDouble);
+  const auto w = at::randn({16}, at::kDouble);
+  const auto expected = w * x / (x.pow(2).mean(-1, true) + 1e-5).sqrt();
+  // The statistics run in fp32 (as transformers does), so fp32 precision: ~1e-7 relative, 1e-5 allowed.
+  EXPECT_TRUE(rms_norm(x, w, 1e-5).allclose(expected, 1e-5, 1e-5));
+  // bf16 input: the normalised value is cast back to bf16 before the weight multiplies it.
+  const auto xb = x.to(at::kBFloat16), wb = w.to(at::kBFloat16);
+  const auto x32 = xb.to(at::kFloat);
+  const auto ref = wb * (x32 / (x32.pow(2).mean(-1, true) + 1e-5).sqrt()).to(at::kBFloat16);
+  EXPECT_TRUE(rms_norm(xb, wb, 1e-5).equal(ref));
+}
+
+}  // namespace
+}  // namespace linearize::kernels
