@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors)
-BENCH_TARGETS=(safetensors_bench safetensors_rss)
+SECTIONS=(safetensors decoder)
+BENCH_TARGETS=(safetensors_bench safetensors_rss decoder_bench)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -55,6 +55,40 @@ print(f"  peak RSS reading all tensors:    {rss['peak_rss'] / gib:.2f} GiB = {rs
       f"target <= 1.1x: {'PASS' if rss['ratio'] <= 1.1 else 'FAIL'}")
 print(f"    of which before opening (LibTorch loaded): {rss['rss_before_open'] / gib:.2f} GiB; "
       f"added by reading: {rss['added_by_reading'] / gib:.2f} GiB = {rss['added_ratio']:.3f}x file")
+PYEOF
+)
+}
+
+# The reference forward against transformers (eager, fp32, same threads, same checkpoint, same prompt):
+# prefill tokens/s at T=512 batch 1 and decode tokens/s for 64 new tokens, on a ~100M-parameter random
+# Llama made here once (not committed). With a GPU (LINEARIZE_BENCH_CUDA=1): bf16 on a ~1.1B shape too.
+section_decoder() {
+  local threads=${LINEARIZE_BENCH_THREADS:-$(nproc)}
+  decoder_run cpu fp32 100m "$threads"
+  if [ "${LINEARIZE_BENCH_CUDA:-0}" = 1 ]; then decoder_run cuda bf16 1b "$threads"; fi
+}
+
+decoder_run() {
+  local device=$1 dtype=$2 size=$3 threads=$4
+  local model=$LINEARIZE_BENCH_DIR/llama-$size ours=$BENCH_OUT/decoder_bench_$device.json theirs=$BENCH_OUT/decoder_transformers_$device.json
+  echo "== decoder: linearize vs transformers eager, $dtype $device, llama-$size, $threads threads"
+  "$PY" bench/decoder_transformers.py make --out "$model" --size "$size"
+  LINEARIZE_BENCH_MODEL=$model LINEARIZE_BENCH_DEVICE=$device LINEARIZE_BENCH_DTYPE=$dtype LINEARIZE_BENCH_THREADS=$threads \
+    "$BUILD_DIR/bench/decoder_bench" --benchmark_out="$ours" --benchmark_out_format=json
+  "$PY" bench/decoder_transformers.py run --model "$model" --threads "$threads" --device "$device" --dtype "$dtype" --out "$theirs"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$ours" "$theirs" "$device" "$dtype" <<'PYEOF'
+import json, sys
+ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+device, dtype = sys.argv[3:5]
+rate = {b["name"].split("/")[0]: b["tokens_per_s"] for b in ours["benchmarks"]}
+targets = {"prefill": 1.0, "decode": 2.0}
+print(f"decoder {dtype} {device} ({ours['context']['model']}, {ours['context']['threads']} threads, "
+      f"prompt {ours['context']['prompt_tokens']}, {ours['context']['new_tokens']} new tokens):")
+for key, bm in (("prefill", "BM_Prefill"), ("decode", "BM_Decode")):
+    ratio = rate[bm] / theirs[f"{key}_tokens_per_s"]
+    verdict = ("PASS" if ratio >= targets[key] else "FAIL") if device == "cpu" else "(reported)"
+    print(f"  {key:8s} linearize {rate[bm]:9.1f} tokens/s   transformers {theirs[f'{key}_tokens_per_s']:9.1f} tokens/s   "
+          f"ratio {ratio:.2f}x   target >= {targets[key]}x: {verdict}")
 PYEOF
 )
 }
