@@ -9,5 +9,6 @@ class App;
 namespace linearize::cli {
 
 void add_inspect_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace linearize::cli

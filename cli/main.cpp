@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(log_level));
   });
   linearize::cli::add_inspect_command(app);
+  linearize::cli::add_tokenize_command(app);
 
   try {
     app.parse(argc, argv);
