@@ -11,5 +11,6 @@ namespace linearize::cli {
 void add_inspect_command(CLI::App& app);
 void add_forward_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace linearize::cli

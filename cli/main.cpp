@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   linearize::cli::add_inspect_command(app);
   linearize::cli::add_forward_command(app);
   linearize::cli::add_generate_command(app);
+  linearize::cli::add_tokenize_command(app);
 
   try {
     app.parse(argc, argv);

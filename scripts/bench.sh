@@ -4,7 +4,7 @@
 # ratio measured in the same run, printed next to its target.
 #
 #   scripts/bench.sh               # every section
-#   scripts/bench.sh safetensors   # only the named sections
+#   scripts/bench.sh safetensors   # only the named sections (safetensors, tokenizer)
 #
 # env: BUILD_DIR (default build), BENCH_OUT, LINEARIZE_BENCH_DIR (where synthetic inputs are written and
 # reused, default $BUILD_DIR/bench), LINEARIZE_BENCH_MB (size of the synthetic safetensors file, 2048).
@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors decoder)
-BENCH_TARGETS=(safetensors_bench safetensors_rss decoder_bench)
+SECTIONS=(safetensors tokenizer decoder)
+BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -89,6 +89,45 @@ for key, bm in (("prefill", "BM_Prefill"), ("decode", "BM_Decode")):
     verdict = ("PASS" if ratio >= targets[key] else "FAIL") if device == "cpu" else "(reported)"
     print(f"  {key:8s} linearize {rate[bm]:9.1f} tokens/s   transformers {theirs[f'{key}_tokens_per_s']:9.1f} tokens/s   "
           f"ratio {ratio:.2f}x   target >= {targets[key]}x: {verdict}")
+PYEOF
+)
+}
+
+# Encoding the bundled corpus (every paragraph, no special tokens), one thread, per tokenizer family: ours
+# (Google Benchmark) against Hugging Face `tokenizers` (Rust, via Python encode_batch, RAYON_NUM_THREADS=1)
+# on the same paragraphs in the same run. Both sides warm their per-word caches on a first pass; the
+# reference's figure is its best of 10 passes, ours Google Benchmark's mean over >= 1 s.
+section_tokenizer() {
+  local json=$BENCH_OUT/tokenizer_bench.json
+  echo "== tokenizer: encode corpus paragraphs, one thread (Google Benchmark, then tokenizers)"
+  "$BUILD_DIR/bench/tokenizer_bench" --benchmark_out="$json" --benchmark_out_format=json
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "$PY" - "$json" <<'PYEOF'
+import json, sys, time
+import tokenizers
+from tokenizers import Tokenizer
+bench = json.load(open(sys.argv[1]))
+ours = {b["name"].split("/")[1]: b for b in bench["benchmarks"]}
+files = {"fixture": "tiny-llama/tokenizer.json",
+         "byte_level_split": "tokenizers/byte-level-split/tokenizer.json",
+         "sentencepiece_bpe": "tokenizers/sentencepiece-bpe/tokenizer.json"}
+text = open("tests/fixtures/corpus/corpus.txt", encoding="utf-8").read()
+paragraphs = [p for p in text.split("\n") if p]
+corpus_bytes = sum(len(p.encode()) for p in paragraphs)
+print(f"tokenizer encode, corpus {corpus_bytes / 1e3:.0f} KB in {len(paragraphs)} paragraphs, one thread, "
+      f"vs tokenizers {tokenizers.__version__} (target >= 0.5x):")
+for name, path in files.items():
+    tok = Tokenizer.from_file("tests/fixtures/" + path)
+    tok.encode_batch(paragraphs, add_special_tokens=False)  # warm its cache, as our first iteration does
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        tok.encode_batch(paragraphs, add_special_tokens=False)
+        best = min(best, time.perf_counter() - start)
+    reference = corpus_bytes / best / 1e6
+    mine = ours[name]["bytes_per_second"] / 1e6
+    ratio = mine / reference
+    print(f"  {name:18s} ours {mine:7.1f} MB/s   tokenizers {reference:6.1f} MB/s   "
+          f"ratio {ratio:5.2f}x   {'PASS' if ratio >= 0.5 else 'FAIL'}")
 PYEOF
 )
 }
