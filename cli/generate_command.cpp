@@ -1,7 +1,9 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -9,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_options.h"
+#include "formats/tokenizer.h"
 
 namespace linearize::cli {
 namespace {
@@ -53,6 +56,9 @@ void add_generate_command(CLI::App& app) {
 
     for (std::size_t i = 0; i < generated.size(); ++i) std::cout << (i ? " " : "") << generated[i];
     std::cout << '\n';
+    // The continuation as text, when the model directory has a tokenizer.
+    const std::filesystem::path dir(opts->model.dir);
+    if (std::filesystem::exists(dir / "tokenizer.json")) std::cout << Tokenizer::from_dir(dir).decode(generated) << '\n';
     const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
     const double decode_s = std::chrono::duration<double>(t2 - t1).count();
     const auto decoded = static_cast<double>(generated.size() - 1);  // the first token came from prefill

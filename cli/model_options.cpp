@@ -4,17 +4,20 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <sstream>
 
 #include <ATen/Context.h>
 
+#include "cli/id_list.h"
 #include "formats/error.h"
+#include "formats/tokenizer.h"
 
 namespace linearize::cli {
 
 void add_model_options(CLI::App& cmd, ModelOptions& opts) {
   cmd.add_option("--model", opts.dir, "Model directory (Hugging Face checkpoint)")->required();
-  cmd.add_option("--prompt-ids", opts.prompt_ids, "Comma-separated token ids, e.g. 1,2,3")->required();
+  auto* ids = cmd.add_option("--prompt-ids", opts.prompt_ids, "Comma-separated token ids, e.g. 1,2,3");
+  auto* text = cmd.add_option("--prompt", opts.prompt, "Prompt text, encoded with the model's tokenizer.json");
+  ids->excludes(text);
   cmd.add_option("--device", opts.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--dtype", opts.dtype, "Computation dtype (weights are converted on load)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
@@ -35,26 +38,23 @@ CausalLM load_model(const ModelOptions& opts) {
 }
 
 at::Tensor prompt_tensor(const ModelOptions& opts) {
-  const auto vocab_size = load_model_config(std::filesystem::path(opts.dir) / "config.json").vocab_size;
+  const std::filesystem::path dir(opts.dir);
+  const auto vocab_size = load_model_config(dir / "config.json").vocab_size;
   std::vector<std::int64_t> ids;
-  std::stringstream in(opts.prompt_ids);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    std::size_t used = 0;
-    std::int64_t id = -1;
-    try {
-      id = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size() || id < 0)
-      throw InputError("command line", "--prompt-ids", "'" + item + "' is not a token id");
-    if (id >= vocab_size)
-      throw InputError("command line", "--prompt-ids", "token id " + item + " is outside the vocabulary (size " +
-                                                           std::to_string(vocab_size) + ")");
-    ids.push_back(id);
+  std::string flag = "--prompt-ids";
+  if (!opts.prompt.empty()) {
+    ids = Tokenizer::from_dir(dir).encode(opts.prompt);
+    flag = "--prompt";
+  } else if (!opts.prompt_ids.empty()) {
+    ids = parse_id_list(opts.prompt_ids, flag);
+  } else {
+    throw InputError("command line", "--prompt-ids", "give the prompt as --prompt-ids or --prompt");
   }
-  if (ids.empty()) throw InputError("command line", "--prompt-ids", "is empty");
+  for (const auto id : ids)
+    if (id >= vocab_size)
+      throw InputError("command line", flag, "token id " + std::to_string(id) + " is outside the vocabulary (size " +
+                                                 std::to_string(vocab_size) + ")");
+  if (ids.empty()) throw InputError("command line", flag, "encodes to no tokens");
   return at::tensor(ids, at::kLong).unsqueeze(0);
 }
 

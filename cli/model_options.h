@@ -18,6 +18,7 @@ struct ModelOptions {
   std::string device = "cpu";
   std::string dtype = "fp32";
   std::string prompt_ids;  // "1,2,3"
+  std::string prompt;      // text, encoded with the model's tokenizer.json
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& opts);
@@ -25,8 +26,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& opts);
 // Loads the model as asked; --device cuda without a usable GPU is bad input (exit 2), not a crash.
 CausalLM load_model(const ModelOptions& opts);
 
-// --prompt-ids parsed and checked against the vocabulary of the model's config.json, before any weights
-// are loaded: int64 [1, T].
+// --prompt-ids parsed (or --prompt encoded with the model's tokenizer, BOS included) and checked against
+// the vocabulary of the model's config.json, before any weights are loaded: int64 [1, T].
 at::Tensor prompt_tensor(const ModelOptions& opts);
 
 }  // namespace linearize::cli

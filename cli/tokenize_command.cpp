@@ -3,37 +3,13 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
-#include <sstream>
 #include <string>
 
 #include "cli/commands.h"
-#include "formats/error.h"
+#include "cli/id_list.h"
 #include "formats/tokenizer.h"
 
 namespace linearize::cli {
-namespace {
-
-// "1,2,3" (spaces allowed) -> ids.
-std::vector<std::int64_t> parse_ids(const std::string& list) {
-  std::vector<std::int64_t> ids;
-  std::stringstream items(list);
-  std::string item;
-  for (std::size_t index = 0; std::getline(items, item, ','); ++index) {
-    std::size_t used = 0;
-    try {
-      ids.push_back(std::stoll(item, &used));
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || item.find_first_not_of(" \t", used) != std::string::npos) {
-      throw InputError("--decode", "item " + std::to_string(index), "'" + item + "' is not an integer id");
-    }
-  }
-  return ids;
-}
-
-}  // namespace
-
 void add_tokenize_command(CLI::App& app) {
   struct Options {
     std::string tokenizer;
@@ -52,7 +28,7 @@ void add_tokenize_command(CLI::App& app) {
     if (text->count() == 0 && decode->count() == 0) throw CLI::RequiredError("--text or --decode");
     const auto tokenizer = std::filesystem::is_regular_file(opts->tokenizer) ? Tokenizer::from_file(opts->tokenizer) : Tokenizer::from_dir(opts->tokenizer);
     if (decode->count() > 0) {
-      std::cout << tokenizer.decode(parse_ids(opts->decode), opts->no_special) << '\n';
+      std::cout << tokenizer.decode(parse_id_list(opts->decode, "--decode"), opts->no_special) << '\n';
       return;
     }
     const auto ids = tokenizer.encode(opts->text, !opts->no_special);

@@ -4,8 +4,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh --target linearize
+bin=build/cli/linearize
 for model in tests/fixtures/tiny-llama tests/fixtures/tiny-mistral tests/fixtures/tiny-qwen2; do
   echo "== linearize inspect $model"
-  build/cli/linearize inspect "$model"
+  "$bin" inspect "$model"
   echo
 done
+
+prompt="The interpreter reads"
+echo "== linearize tokenize: '$prompt'"
+"$bin" tokenize --tokenizer tests/fixtures/tiny-llama --text "$prompt"
+echo
+for model in tests/fixtures/tiny-llama tests/fixtures/tiny-mistral tests/fixtures/tiny-qwen2; do
+  echo "== linearize generate --model $model --prompt '$prompt' (greedy, KV cache, equal to transformers)"
+  "$bin" generate --model "$model" --prompt "$prompt" --max-new-tokens 24
+  echo
+done
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+echo "== linearize forward --hidden: every named intermediate of tiny-qwen2"
+"$bin" forward --model tests/fixtures/tiny-qwen2 --prompt "$prompt" --hidden --out "$out/forward.safetensors"
+ls -l "$out/forward.safetensors"
