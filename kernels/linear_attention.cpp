@@ -208,13 +208,13 @@ at::Tensor intra_channel(const at::Tensor& q, const at::Tensor& k, const at::Ten
   const at::Tensor vsub = v.view({B, H, n, NC, c, V});
   const at::Tensor qsub = q.view({B, H, n, G, NC, c, K});
 
-  // Diagonal blocks: A[a,i,j] = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i within sub-chunk a.
-  const at::Tensor causal = detail::causal_mask(c, q).logical_not().unsqueeze(-1);
-  const at::Tensor pairwise =
-      (Gsub.unsqueeze(-2) - Gsub.unsqueeze(-3)).masked_fill(causal, kNegInf).exp();  // [B,H,n,NC,c(i),c(j),K]
-  const at::Tensor Adiag = at::matmul(pairwise * ksub.unsqueeze(-3),
-                                      qsub.permute({0, 1, 2, 4, 5, 6, 3}));  // [B,H,n,NC,c(i),c(j),G]
-  at::Tensor o = at::matmul(Adiag.permute({0, 1, 2, 3, 6, 4, 5}).reshape({B, H, n, NC, G * c, c}), vsub)
+  // Diagonal blocks: A[a,i,j] = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i within sub-chunk a. The exponent
+  // is clamped at 0 (reached only above the diagonal, which the mask then zeroes) so nothing overflows.
+  const at::Tensor pairwise = (Gsub.unsqueeze(-2) - Gsub.unsqueeze(-3)).clamp_max(0).exp();  // [B,H,n,NC,c,c,K]
+  const at::Tensor Adiag = at::matmul(pairwise * ksub.unsqueeze(-3), qsub.permute({0, 1, 2, 4, 5, 6, 3}))
+                               .permute({0, 1, 2, 3, 6, 4, 5})
+                               .masked_fill(detail::causal_mask(c, q).logical_not(), 0);  // [B,H,n,NC,G,c,c]
+  at::Tensor o = at::matmul(Adiag.reshape({B, H, n, NC, G * c, c}), vsub)
                      .view({B, H, n, NC, G, c, V})
                      .permute({0, 1, 2, 4, 3, 5, 6})
                      .reshape({B, H, n, G * C, V});
