@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include "formats/safetensors.h"
+#include "kernels/delta_rule.h"
 #include "kernels/linear_attention.h"
 #include "kernels/mixer_test_util.h"
 #include "test_util.h"
@@ -65,6 +66,22 @@ TEST_F(OracleVectors, LinearAttentionMatchesNaiveRecurrentLinearAttn) {
   LinearAttentionOptions opt;
   opt.normalize = true;  // eps 1e-10, as fla
   expect_forms_match(in, {}, opt, "normalized");
+}
+
+// DeltaNet (fla's head-first delta_rule_recurrence, converted) and Gated DeltaNet, unit-norm keys.
+TEST_F(OracleVectors, DeltaRuleMatchesNaiveDeltaRuleRecurrences) {
+  for (const bool gated : {false, true}) {
+    const std::string prefix = gated ? "gated_delta" : "delta";
+    DeltaRuleInputs in{get("q"), get("k_l2"), get("v"), get("beta"), gated ? get("g") : at::Tensor()};
+    for (auto form : {MixerForm::parallel, MixerForm::chunked, MixerForm::recurrent}) {
+      LinearAttentionOptions opt;
+      opt.form = form;
+      opt.chunk_size = 16;
+      const auto out = delta_rule(in, {get("h0"), {}}, opt);
+      EXPECT_LE(test::max_rel_diff(out.o, get(prefix + ".o")), 1e-10) << prefix << " " << to_string(form);
+      EXPECT_LE(test::max_rel_diff(out.state.kv, get(prefix + ".h")), 1e-10) << prefix << " " << to_string(form);
+    }
+  }
 }
 
 }  // namespace
