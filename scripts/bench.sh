@@ -90,7 +90,7 @@ for H in (8, 32):
             c, r, s = ms("BM_GlaChunked", H, d, T), ms("BM_GlaRecurrent", H, d, T), ms("BM_SdpaCausal", H, d, T)
             if c is None:
                 continue
-            g = runs[("BM_GlaChunked", H, d, T)]["GFLOPs"] / 1e9
+            g = runs[("BM_GlaChunked", H, d, T)]["GFLOPs"]
             fmt = lambda x: f"{x:.1f}" if x is not None else "-"
             print(f"  {H:>3} {d:>4} {T:>6} | {c:>10.1f} {c * 1e3 / T:>7.2f} {g:>7.1f} | {fmt(r):>12} | {fmt(s):>9} | "
                   f"{(f'{s / c:.2f}x' if s else '-'):>10}")
@@ -108,7 +108,7 @@ for H in (8, 32):
         f = (ms("BM_GlaChunked", H, d, 32768) / 32768) / (ms("BM_GlaChunked", H, d, 1024) / 1024)
         print(f"  chunked per-token time 32K / 1K, H={H} d={d}: {f:.2f}   target <= 1.3: {ok(f <= 1.3)}")
 for H in (8, 32):
-    best = max(runs[("BM_GlaChunked", H, 128, T)]["GFLOPs"] / 1e9 for T in (1024, 2048, 4096, 16384, 32768))
+    best = max(runs[("BM_GlaChunked", H, 128, T)]["GFLOPs"] for T in (1024, 2048, 4096, 16384, 32768))
     print(f"  chunked GLA d=128 H={H}: best {best:.1f} GFLOP/s = {best / gemm * 100:.1f}% of mm 2048^3   target >= 30%: {ok(best / gemm >= 0.3)}")
 steps = {k[1]: v for k, v in runs.items() if k[0] == "BM_GlaDecodeStep"}
 times = [steps[c]["real_time"] for c in sorted(steps)]
