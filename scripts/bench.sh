@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder)
-BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench)
+SECTIONS=(safetensors tokenizer decoder kernels)
+BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -128,6 +128,67 @@ for name, path in files.items():
     ratio = mine / reference
     print(f"  {name:18s} ours {mine:7.1f} MB/s   tokenizers {reference:6.1f} MB/s   "
           f"ratio {ratio:5.2f}x   {'PASS' if ratio >= 0.5 else 'FAIL'}")
+PYEOF
+)
+}
+
+# Linear-attention kernels, fp32 prefill forward on the CPU (research/kernels.md 6): chunked GLA against
+# recurrent GLA and causal SDPA, decode-step flatness, and chunked GLA's share of the in-process GEMM roofline.
+# KERNELS_BENCH_THREADS (default 1): the benchmark and its roofline run with this many threads; on a
+# shared 2-core machine OpenMP barriers with 2 threads stall whenever another process takes a core.
+section_kernels() {
+  local json=$BENCH_OUT/kernels_bench.json
+  echo "== kernels: GLA chunked / recurrent vs SDPA(is_causal), decode step (Google Benchmark)"
+  OMP_NUM_THREADS=${KERNELS_BENCH_THREADS:-1} "$BUILD_DIR/bench/kernels_bench" \
+    --benchmark_out="$json" --benchmark_out_format=json
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$json" <<'PYEOF'
+import json, sys
+bench = json.load(open(sys.argv[1]))
+ctx = bench["context"]
+gemm = float(ctx["gemm_2048_gflops"])
+runs = {}
+for b in bench["benchmarks"]:
+    parts = dict(p.split(":") for p in b["name"].split("/")[1:] if ":" in p and not p.startswith("min_time"))
+    runs[(b["name"].split("/")[0],) + tuple(int(parts[k]) for k in ("H", "d", "T") if k in parts) +
+         tuple(int(parts[k]) for k in ("context",) if k in parts)] = b
+ms = lambda kind, H, d, T: runs[(kind, H, d, T)]["real_time"] if (kind, H, d, T) in runs else None
+ok = lambda c: "PASS" if c else "FAIL"
+print(f"kernels: {ctx['cpu_model']}, {ctx['torch_threads']} thread(s), LibTorch {ctx['libtorch']}; roofline: "
+      f"mm 2048^3 {gemm:.0f} GFLOP/s, mm 64x128x128 {float(ctx['gemm_64x128x128_gflops']):.0f} "
+      f"(batched x512 {float(ctx['gemm_64x128x128_batched512_gflops']):.0f}), copy {float(ctx['stream_copy_gbs']):.1f} GB/s")
+print(f"  {'H':>3} {'d':>4} {'T':>6} | {'chunked ms':>10} {'us/tok':>7} {'GFLOP/s':>7} | {'recurrent ms':>12} | {'SDPA ms':>9} | {'SDPA/chunk':>10}")
+for H in (8, 32):
+    for d in (64, 128):
+        for T in (256, 1024, 2048, 4096, 16384, 32768):
+            c, r, s = ms("BM_GlaChunked", H, d, T), ms("BM_GlaRecurrent", H, d, T), ms("BM_SdpaCausal", H, d, T)
+            if c is None:
+                continue
+            g = runs[("BM_GlaChunked", H, d, T)]["GFLOPs"]
+            fmt = lambda x: f"{x:.1f}" if x is not None else "-"
+            print(f"  {H:>3} {d:>4} {T:>6} | {c:>10.1f} {c * 1e3 / T:>7.2f} {g:>7.1f} | {fmt(r):>12} | {fmt(s):>9} | "
+                  f"{(f'{s / c:.2f}x' if s else '-'):>10}")
+for H in (8, 32):
+    c, r = ms("BM_GlaChunked", H, 128, 4096), ms("BM_GlaRecurrent", H, 128, 4096)
+    print(f"  chunked / recurrent GLA speed, T=4K d=128 H={H}: {r / c:.2f}x   target >= 3x: {ok(r / c >= 3)}")
+sd = [(T, ms("BM_SdpaCausal", 8, 128, T) / ms("BM_GlaChunked", 8, 128, T)) for T in (256, 1024, 2048, 4096, 16384, 32768)
+      if ms("BM_SdpaCausal", 8, 128, T)]
+cross = next((T for T, x in sd if x >= 1), None)
+print(f"  chunked GLA vs SDPA(is_causal), H=8 d=128: crossover at T={cross} (SDPA/chunked " +
+      ", ".join(f"{T}: {x:.2f}" for T, x in sd) + f")   target T <= 2K: {ok(cross is not None and cross <= 2048)}")
+print(f"  chunked GLA vs SDPA at T=32K (H=8 d=128): {sd[-1][1]:.2f}x faster   target >= 5x: {ok(sd[-1][1] >= 5)}")
+for H in (8, 32):
+    for d in (64, 128):
+        f = (ms("BM_GlaChunked", H, d, 32768) / 32768) / (ms("BM_GlaChunked", H, d, 1024) / 1024)
+        print(f"  chunked per-token time 32K / 1K, H={H} d={d}: {f:.2f}   target <= 1.3: {ok(f <= 1.3)}")
+for H in (8, 32):
+    best = max(runs[("BM_GlaChunked", H, 128, T)]["GFLOPs"] for T in (1024, 2048, 4096, 16384, 32768))
+    print(f"  chunked GLA d=128 H={H}: best {best:.1f} GFLOP/s = {best / gemm * 100:.1f}% of mm 2048^3   target >= 30%: {ok(best / gemm >= 0.3)}")
+steps = {k[1]: v for k, v in runs.items() if k[0] == "BM_GlaDecodeStep"}
+times = [steps[c]["real_time"] for c in sorted(steps)]
+print("  recurrent decode step, H=32 d=128: " + ", ".join(f"ctx {c}: {steps[c]['real_time']:.1f} us" for c in sorted(steps)) +
+      f"; max/min {max(times) / min(times):.2f}   target flat (<= 1.1): {ok(max(times) / min(times) <= 1.1)}")
+sb = {(v["state_bytes"], v["state_bytes_formula"]) for v in steps.values()}
+print(f"  decode state bytes {', '.join(f'{a:.0f} (formula B*H*K*V*4 = {b:.0f})' for a, b in sb)}   target equal: {ok(all(a == b for a, b in sb))}")
 PYEOF
 )
 }

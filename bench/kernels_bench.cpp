@@ -1,0 +1,159 @@
+// Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (research/kernels.md 6): chunked GLA,
+// recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the recurrent
+// one-token decode step at several context lengths; and, in the context, the in-process roofline (GEMM
+// GFLOP/s, streaming GB/s), CPU model, threads and LibTorch version. scripts/bench.sh (section kernels)
+// turns the JSON into the ratios the kernels issue asks for.
+//
+//   kernels_bench [--benchmark_out=FILE --benchmark_out_format=json ...]
+#include <benchmark/benchmark.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include "kernels/linear_attention.h"
+
+namespace {
+
+namespace lk = linearize::kernels;
+using Clock = std::chrono::steady_clock;
+
+constexpr int64_t kChunk = 64, kSubChunk = 8;  // the defaults of LinearAttentionOptions
+
+double seconds_of(const std::function<void()>& f, int reps) {
+  f();  // warm-up
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  return std::chrono::duration<double>(Clock::now() - start).count() / reps;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+void add_roofline_context() {
+  c10::InferenceMode inference;
+  const at::Tensor a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
+  const double big = 2.0 * 2048 * 2048 * 2048 / seconds_of([&] { at::mm(a, b); }, 3) / 1e9;
+  const at::Tensor sa = at::randn({64, 128}), sb = at::randn({128, 128});
+  const double small = 2.0 * 64 * 128 * 128 / seconds_of([&] { at::mm(sa, sb); }, 2000) / 1e9;
+  const at::Tensor ba = at::randn({512, 64, 128}), bb = at::randn({512, 128, 128});
+  const double batched = 512 * 2.0 * 64 * 128 * 128 / seconds_of([&] { at::bmm(ba, bb); }, 10) / 1e9;
+  const at::Tensor src = at::randn({int64_t{64} << 20}), dst = at::empty_like(src);
+  const double stream = 2.0 * src.nbytes() / seconds_of([&] { dst.copy_(src); }, 5) / 1e9;
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("torch_threads", std::to_string(at::get_num_threads()));
+  benchmark::AddCustomContext("libtorch", LINEARIZE_LIBTORCH_VERSION);
+  benchmark::AddCustomContext("gemm_2048_gflops", std::to_string(big));
+  benchmark::AddCustomContext("gemm_64x128x128_gflops", std::to_string(small));
+  benchmark::AddCustomContext("gemm_64x128x128_batched512_gflops", std::to_string(batched));
+  benchmark::AddCustomContext("stream_copy_gbs", std::to_string(stream));
+}
+
+// GLA inputs as a converted model feeds them: q, k, v [1,T,H,d], gates logsigmoid(.)/16 per channel.
+lk::LinearAttentionInputs gla_inputs(int64_t T, int64_t H, int64_t d) {
+  lk::LinearAttentionInputs in;
+  in.q = at::randn({1, T, H, d});
+  in.k = at::randn({1, T, H, d});
+  in.v = at::randn({1, T, H, d});
+  in.log_decay = at::log_sigmoid(at::randn({1, T, H, d})) / 16;
+  return in;
+}
+
+// FLOPs per token and head (research/kernels.md 5), K = V = d.
+double chunked_gla_flops(double d) { return 4 * d * d + 2.0 * kChunk * d + (kChunk - kSubChunk) * d; }
+double recurrent_gla_flops(double d) { return 4 * d * d; }
+
+void set_counters(benchmark::State& state, int64_t T, int64_t H, double flops_per_token_head) {
+  state.counters["T"] = static_cast<double>(T);
+  state.counters["tokens_per_s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops_per_token_head * T * H / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// args: H, d, T
+void BM_GlaChunked(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t H = state.range(0), d = state.range(1), T = state.range(2);
+  const auto in = gla_inputs(T, H, d);
+  lk::LinearAttentionOptions opt;
+  opt.chunk_size = kChunk;
+  opt.sub_chunk_size = kSubChunk;
+  for (auto _ : state) benchmark::DoNotOptimize(lk::linear_attention(in, {}, opt).o.data_ptr());
+  set_counters(state, T, H, chunked_gla_flops(static_cast<double>(d)));
+}
+
+void BM_GlaRecurrent(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t H = state.range(0), d = state.range(1), T = state.range(2);
+  const auto in = gla_inputs(T, H, d);
+  lk::LinearAttentionOptions opt;
+  opt.form = lk::MixerForm::recurrent;
+  for (auto _ : state) benchmark::DoNotOptimize(lk::linear_attention(in, {}, opt).o.data_ptr());
+  set_counters(state, T, H, recurrent_gla_flops(static_cast<double>(d)));
+}
+
+// Causal softmax attention, LibTorch's flash-style CPU kernel, head-first [1,H,T,d].
+void BM_SdpaCausal(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t H = state.range(0), d = state.range(1), T = state.range(2);
+  const at::Tensor q = at::randn({1, H, T, d}), k = at::randn({1, H, T, d}), v = at::randn({1, H, T, d});
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true).data_ptr());
+  }
+  set_counters(state, T, H, 2.0 * static_cast<double>(T) * static_cast<double>(d));  // 2Td per token on average
+}
+
+// One decode step of recurrent GLA (H = 32, d = 128) on the state a chunked prefill of `context` tokens
+// left (built with H = 32 only up to 8K, beyond that the state of the 8K prefill is reused: the step never
+// reads the context, only the state).
+void BM_GlaDecodeStep(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t H = 32, d = 128, context = state.range(0);
+  const auto prefill = lk::linear_attention(gla_inputs(std::min<int64_t>(context, 8192), H, d), {}, {});
+  const auto token = gla_inputs(1, H, d);
+  lk::LinearAttentionOptions opt;
+  opt.form = lk::MixerForm::recurrent;
+  for (auto _ : state) benchmark::DoNotOptimize(lk::linear_attention(token, prefill.state, opt).o.data_ptr());
+  state.counters["context"] = static_cast<double>(context);
+  state.counters["state_bytes"] = static_cast<double>(prefill.state.bytes());
+  state.counters["state_bytes_formula"] = static_cast<double>(1 * H * d * d * 4);  // B*H*K*V*fp32
+}
+
+void prefill_grid(benchmark::internal::Benchmark* b, int64_t max_T_h32, int64_t max_T_h8) {
+  for (int64_t H : {8, 32}) {
+    for (int64_t d : {64, 128}) {
+      for (int64_t T : {256, 1024, 2048, 4096, 16384, 32768}) {
+        if (T <= (H == 32 ? max_T_h32 : max_T_h8)) b->Args({H, d, T});
+      }
+    }
+  }
+  b->ArgNames({"H", "d", "T"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.3);
+}
+
+// The chunked form runs the full grid; the recurrent form to 4K (its time per token is flat, and 4K is
+// where the issue compares it); SDPA's quadratic cost runs to 4K at H = 32 and to 32K at H = 8.
+BENCHMARK(BM_GlaChunked)->Apply([](auto* b) { prefill_grid(b, 32768, 32768); });
+BENCHMARK(BM_GlaRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
+BENCHMARK(BM_SdpaCausal)->Apply([](auto* b) { prefill_grid(b, 4096, 32768); });
+BENCHMARK(BM_GlaDecodeStep)->Arg(128)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("context")->Unit(benchmark::kMicrosecond)->MinTime(0.3);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  add_roofline_context();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
