@@ -127,7 +127,19 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   const auto archs = root.get_string_list("architectures");
   if (archs.empty()) root.fail("architectures", "is empty");
   cfg.architecture = archs.front();
-  cfg.family = &find_architecture(cfg.architecture, cfg.source);
+  // A converted model names its own architecture; its decoder is the source family's.
+  if (const auto lin = root.get_optional_object("linearize")) {
+    const auto version = lin->get_int("format_version");
+    if (version > kLinearizeFormatVersion)
+      lin->fail("format_version", "is " + std::to_string(version) + ": written by a newer linearize (this one reads up to " +
+                                      std::to_string(kLinearizeFormatVersion) + ")");
+    const auto source = lin->get_optional_object("source");
+    if (!source) lin->fail("source", "is missing");
+    cfg.family = &find_architecture(source->get_string("architecture"), cfg.source);
+    cfg.linearize = lin->raw();
+  } else {
+    cfg.family = &find_architecture(cfg.architecture, cfg.source);
+  }
   cfg.model_type = root.get_optional_string("model_type").value_or(cfg.family->model_type);
   const auto& family = cfg.family->defaults;
 

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "converter/architectures/architecture.h"
 #include "kernels/rope.h"
 
@@ -23,6 +25,7 @@ struct ModelConfig {
   std::string source;  // the config.json path, for error messages downstream
   const Architecture* family = nullptr;  // the registry entry architectures[0] resolved to
   std::string architecture;  // architectures[0]
+  nlohmann::json linearize;  // the `linearize` object of a converted model's config.json; null otherwise
   std::string model_type;
   std::int64_t vocab_size = 0;
   std::int64_t hidden_size = 0;
@@ -49,6 +52,9 @@ struct ModelConfig {
   std::int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }
   bool has_sliding_layers() const;
 };
+
+// The format of the `linearize` object this build writes; a config from a newer one is refused.
+inline constexpr int kLinearizeFormatVersion = 1;
 
 ModelConfig load_model_config(const std::filesystem::path& config_json);
 

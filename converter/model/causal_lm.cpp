@@ -25,16 +25,23 @@ std::int64_t DecodeState::bytes() const {
   return total;
 }
 
-CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& options) {
+CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& options, const MixerOverrides* overrides) {
+  return load(dir, load_model_config(dir / "config.json"), options, overrides);
+}
+
+CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, const LoadOptions& options,
+                        const MixerOverrides* overrides) {
   CausalLM model;
-  model.config_ = load_model_config(dir / "config.json");
+  model.config_ = std::move(config);
   model.options_ = options;
   const ModelConfig& cfg = model.config_;
   if (cfg.hidden_act != "silu")
     throw InputError(cfg.source, "hidden_act", "'" + cfg.hidden_act + "' is not supported (the decoder's MLP is SwiGLU: silu)");
 
   const auto checkpoint = CheckpointWeights::open(dir);
-  const auto w = ModelWeights::load(checkpoint, decoder_tensors(*cfg.family, cfg), options.dtype, options.device);
+  auto specs = decoder_tensors(*cfg.family, cfg);
+  if (overrides) specs.insert(specs.end(), overrides->extra_tensors.begin(), overrides->extra_tensors.end());
+  const auto w = ModelWeights::load(checkpoint, specs, options.dtype, options.device);
   model.embed_ = w.get("model.embed_tokens.weight");
   model.final_norm_ = w.get("model.norm.weight");
   model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get("lm_head.weight");
@@ -51,7 +58,9 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
                                 cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
                                     ? cfg.sliding_window
                                     : std::nullopt};
-    layer.mixer = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope);
+    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope);
+    if (overrides) layer.mixer = overrides->make(i, *softmax, w);
+    if (!layer.mixer) layer.mixer = std::move(softmax);
     layer.mlp = {w.get(p + "mlp.gate_proj.weight"), w.get(p + "mlp.up_proj.weight"), w.get(p + "mlp.down_proj.weight"),
                  w.optional(p + "mlp.gate_proj.bias"), w.optional(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias")};
     model.layers_.push_back(std::move(layer));
@@ -60,7 +69,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
 }
 
 at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                         bool last_only) const {
+                         kernels::MixerForm form, bool last_only) const {
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
   const double eps = config_.rms_norm_eps;
   auto h = at::embedding(embed_, ids.to(embed_.device()));
@@ -69,7 +78,8 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
     const auto& layer = layers_[i];
     const std::string scope = "layers." + std::to_string(i);
     const auto normed = kernels::rms_norm(h, layer.input_norm, eps);
-    const auto attn = layer.mixer->forward(normed, start, state ? state->layers[i].get() : nullptr, capture, scope + ".mixer");
+    const auto attn = layer.mixer->forward(normed, start, state ? state->layers[i].get() : nullptr,
+                                           MixerCall{capture, scope + ".mixer", form});
     h = h + attn;
     const auto mlp = layer.mlp.forward(kernels::rms_norm(h, layer.post_attention_norm, eps));
     h = h + mlp;
@@ -88,8 +98,8 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   return logits;
 }
 
-at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture) const {
-  return run(ids, 0, nullptr, capture, /*last_only=*/false);
+at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, kernels::MixerForm form) const {
+  return run(ids, 0, nullptr, capture, form, /*last_only=*/false);
 }
 
 DecodeState CausalLM::new_state() const {
@@ -100,7 +110,7 @@ DecodeState CausalLM::new_state() const {
 
 at::Tensor CausalLM::prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture) const {
   // Only the last position's logits are needed to continue: project just that row through lm_head.
-  const auto logits = run(ids, state.position, &state, capture, /*last_only=*/true);
+  const auto logits = run(ids, state.position, &state, capture, kernels::MixerForm::chunked, /*last_only=*/true);
   state.position += ids.size(1);
   return logits.select(1, 0);
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,13 +40,31 @@ struct LoadOptions {
   at::Device device = at::kCPU;
 };
 
+class ModelWeights;
+class SoftmaxAttentionMixer;
+
+// How a converted model replaces layers' mixers at load time: the tensors it adds (checked with the
+// decoder's in one pass) and a factory given the source attention and every loaded weight.
+struct MixerOverrides {
+  std::vector<TensorSpec> extra_tensors;
+  std::function<std::unique_ptr<TokenMixer>(std::int64_t layer, const SoftmaxAttentionMixer& source,
+                                            const ModelWeights& weights)>
+      make;  // returns null to keep the softmax mixer
+};
+
 class CausalLM {
  public:
-  // A Hugging Face checkpoint directory of a registered family, with softmax-attention mixers.
-  static CausalLM load(const std::filesystem::path& dir, const LoadOptions& options = {});
+  // A Hugging Face checkpoint directory of a registered family, with softmax-attention mixers unless
+  // `overrides` replaces some.
+  static CausalLM load(const std::filesystem::path& dir, const LoadOptions& options = {},
+                       const MixerOverrides* overrides = nullptr);
+  // The same, from a config already read (converted models pass theirs).
+  static CausalLM load(const std::filesystem::path& dir, ModelConfig config, const LoadOptions& options,
+                       const MixerOverrides* overrides);
 
-  // Stateless forward. ids: int64 [B, T] -> logits [B, T, vocab].
-  at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {}) const;
+  // Stateless forward. ids: int64 [B, T] -> logits [B, T, vocab]. `form`: how linear mixers compute.
+  at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {},
+                     kernels::MixerForm form = kernels::MixerForm::chunked) const;
 
   DecodeState new_state() const;
   // Feeds ids [B, T] after what `state` has seen; returns the logits of the last position, [B, vocab].
@@ -62,7 +81,7 @@ class CausalLM {
   // Everything above, from absolute position `start`; state may be null. `last_only` runs the final norm
   // and lm_head on the last position alone (all a decoder continuing the sequence needs).
   at::Tensor run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                 bool last_only) const;
+                 kernels::MixerForm form, bool last_only) const;
 
   ModelConfig config_;
   LoadOptions options_;

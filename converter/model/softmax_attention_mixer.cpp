@@ -40,7 +40,7 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
 }
 
 at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t start, MixerState* state,
-                                          const CaptureFn& capture, const std::string& scope) const {
+                                          const MixerCall& call) const {
   const std::int64_t B = x.size(0), T = x.size(1);
   auto q = split_heads(project(x, proj_.q, proj_.q_bias), shape_.heads);
   auto k = split_heads(project(x, proj_.k, proj_.k_bias), shape_.kv_heads);
@@ -48,10 +48,10 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   const auto cs = cos_sin(start, T, x);
   q = kernels::apply_rope(q, cs);
   k = kernels::apply_rope(k, cs);
-  if (capture) {
-    capture(scope + ".q", q);
-    capture(scope + ".k", k);
-    capture(scope + ".v", v);
+  if (call.capture) {
+    call.capture(call.scope + ".q", q);
+    call.capture(call.scope + ".k", k);
+    call.capture(call.scope + ".v", v);
   }
 
   kernels::SoftmaxAttentionOptions options;

@@ -24,17 +24,17 @@ class SoftmaxAttentionMixer final : public TokenMixer {
  public:
   SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope);
 
-  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const CaptureFn& capture,
-                     const std::string& scope) const override;
+  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override;
   std::unique_ptr<MixerState> new_state() const override;
   std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
 
   const AttentionProjections& projections() const { return proj_; }
   const SoftmaxAttentionShape& shape() const { return shape_; }
-
- private:
+  const RopeConfig& rope() const { return rope_; }
+  // RoPE cos/sin for positions start .. start+length-1 in like's dtype and device (dynamic RoPE included).
   kernels::RopeCosSin cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const;
 
+ private:
   AttentionProjections proj_;
   SoftmaxAttentionShape shape_;
   RopeConfig rope_;

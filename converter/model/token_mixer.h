@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/linear_attention.h"
+
 namespace linearize {
 
 // Names an intermediate and hands it over (llama.cpp's cb(cur, name, il)); verify and attention transfer
@@ -22,14 +24,22 @@ struct MixerState {
   virtual std::int64_t bytes() const = 0;  // memory held, for generate's report and the constant-memory checks
 };
 
+// How one call runs: where its intermediates go, under which name, and which form a linear mixer uses
+// (chunked for prefill and training, parallel as the oracle verify compares against; one-token calls
+// with a state always run the recurrent form).
+struct MixerCall {
+  const CaptureFn& capture;
+  std::string scope;  // "layers.{i}.mixer"
+  kernels::MixerForm form = kernels::MixerForm::chunked;
+};
+
 class TokenMixer {
  public:
   virtual ~TokenMixer() = default;
   // x: [B, T, hidden] (already normed) at absolute positions start .. start+T-1. With a state, the call
   // continues from it and advances it (prefill, then T = 1 per decode step); without, it is a stateless
   // forward over the whole sequence (training, verify). Returns [B, T, hidden].
-  virtual at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state,
-                             const CaptureFn& capture, const std::string& scope) const = 0;
+  virtual at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const = 0;
   virtual std::unique_ptr<MixerState> new_state() const = 0;
   virtual std::string kind() const = 0;  // "softmax", "softmax-window", a recipe's mixer name
 };

@@ -1,0 +1,124 @@
+#include "converter/linearized.h"
+
+#include <fstream>
+
+#include "converter/model/softmax_attention_mixer.h"
+#include "converter/model/weights.h"
+#include "formats/atomic_file.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/json_file.h"
+#include "formats/safetensors.h"
+#include "formats/sha256.h"
+
+#ifndef LINEARIZE_VERSION
+#define LINEARIZE_VERSION "dev"
+#endif
+
+namespace linearize {
+namespace {
+
+std::string layer_scope(std::int64_t layer) { return "model.layers." + std::to_string(layer) + ".self_attn."; }
+
+bool is_softmax_layer(const RecipeParams& params, std::int64_t layer) {
+  const auto kept = softmax_layers(params);
+  return std::find(kept.begin(), kept.end(), layer) != kept.end();
+}
+
+}  // namespace
+
+const std::vector<std::string>& passthrough_files() {
+  static const std::vector<std::string> files{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                              "generation_config.json", "chat_template.jinja"};
+  return files;
+}
+
+CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
+  auto config = load_model_config(dir / "config.json");
+  if (config.linearize.is_null()) return CausalLM::load(dir, std::move(config), options, nullptr);
+
+  const JsonObject lin(config.linearize, config.source, "linearize.");
+  const auto& recipe = find_recipe(lin.get_string("recipe"), config.source, "linearize.recipe");
+  const nlohmann::json given = config.linearize.contains("params") ? config.linearize["params"] : nlohmann::json::object();
+  const auto params = resolve_recipe_params(recipe, given, config, config.source);
+  MixerOverrides overrides;
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    if (is_softmax_layer(params, i)) continue;
+    for (auto& t : recipe.new_tensors(LayerContext{config, i, params}))
+      overrides.extra_tensors.push_back({layer_scope(i) + t.name, t.shape, false});
+  }
+  const ModelConfig* cfg = &config;
+  overrides.make = [&recipe, &params, cfg](std::int64_t layer, const SoftmaxAttentionMixer& source,
+                                           const ModelWeights& weights) -> std::unique_ptr<TokenMixer> {
+    if (is_softmax_layer(params, layer)) return nullptr;
+    const LayerContext ctx{*cfg, layer, params};
+    LayerTensors tensors;
+    for (const auto& t : recipe.new_tensors(ctx)) tensors[t.name] = weights.get(layer_scope(layer) + t.name);
+    return recipe.make_mixer(ctx, source, tensors);
+  };
+  return CausalLM::load(dir, std::move(config), options, &overrides);
+}
+
+ConvertResult convert_checkpoint(const ConvertOptions& options) {
+  const auto& out = options.out;
+  if (std::filesystem::exists(out) && !options.force)
+    throw InputError(out.string(), "--out", "exists (pass --force to overwrite it)");
+  const auto config = load_model_config(options.source / "config.json");
+  if (!config.linearize.is_null())
+    throw InputError(config.source, "linearize", "is already a converted model; convert its source instead");
+  const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
+  ConvertResult result;
+  result.params = resolve_recipe_params(recipe, options.params, config, options.params_origin);
+
+  // Checks the source as loading would (every tensor, every shape) before anything is written.
+  const auto source = CheckpointWeights::open(options.source);
+  check_tensors(source, decoder_tensors(*config.family, config));
+
+  std::filesystem::create_directories(out);
+  // A forced rewrite makes the directory incomplete first: config.json goes last.
+  std::filesystem::remove(out / "config.json");
+
+  NamedTensors tensors;
+  for (const auto& name : source.names()) tensors.emplace_back(name, source.tensor(name));  // views: no copy
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    if (!is_softmax_layer(result.params, i)) {
+      ++result.converted_layers;
+      for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params})) {
+        auto value = t.init();
+        result.new_parameters += value.numel();
+        tensors.emplace_back(layer_scope(i) + t.name, std::move(value));
+      }
+    }
+    if (options.progress) options.progress(i, config.num_hidden_layers);
+  }
+  write_safetensors(out / kSingleWeightsFile, tensors,
+                    {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
+                     {"recipe", recipe.name}});
+  std::filesystem::remove(out / kShardIndexFile);  // a forced rewrite of a once-sharded export
+
+  for (const auto& name : passthrough_files()) {
+    const auto from = options.source / name;
+    if (!std::filesystem::exists(from)) continue;
+    std::ifstream in(from, std::ios::binary);
+    write_file_atomic(out / name, std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+
+  nlohmann::ordered_json files;
+  for (const auto& shard : source.shards()) {
+    const std::filesystem::path p(shard.path());
+    files[p.filename().string()] = sha256_file(p);
+  }
+  files["config.json"] = sha256_file(options.source / "config.json");
+  auto doc = nlohmann::ordered_json::parse(std::ifstream(options.source / "config.json"));
+  doc["architectures"] = {linearized_architecture_name(recipe.name)};
+  doc["linearize"] = {{"format_version", kLinearizeFormatVersion},
+                      {"tool_version", LINEARIZE_VERSION},
+                      {"recipe", recipe.name},
+                      {"params", result.params},
+                      {"softmax_layers", result.params["softmax_layers"]},
+                      {"source", {{"architecture", config.architecture}, {"path", options.source.string()}, {"sha256", files}}}};
+  write_file_atomic(out / "config.json", doc.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace linearize

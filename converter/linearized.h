@@ -1,0 +1,43 @@
+// Converted models: writing one from a source checkpoint and a recipe (the directory of DESIGN section 5),
+// and loading any model directory, source or converted, into the one decoder.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/model/causal_lm.h"
+#include "converter/recipes/recipe.h"
+
+namespace linearize {
+
+// A Hugging Face checkpoint or a linearize export: a converted model's layers get their recipe's mixers
+// (softmax_layers keep the source attention).
+CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+struct ConvertOptions {
+  std::filesystem::path source, out;
+  std::string recipe;
+  nlohmann::json params = nlohmann::json::object();  // given recipe parameters (from --set / YAML)
+  std::string params_origin = "command line";           // names them in errors
+  bool force = false;
+  std::function<void(std::int64_t layer, std::int64_t layers)> progress;  // after each layer's tensors
+};
+
+struct ConvertResult {
+  RecipeParams params;  // resolved
+  std::int64_t converted_layers = 0;
+  std::int64_t new_parameters = 0;
+};
+
+// Writes the converted directory: model.safetensors (every source tensor copied byte for byte, then the
+// recipe's new tensors in fp32), tokenizer files, and config.json last (the directory counts as complete
+// only then). Refuses an existing output without `force`.
+ConvertResult convert_checkpoint(const ConvertOptions& options);
+
+// The files of a Hugging Face directory copied into a conversion unchanged when present.
+const std::vector<std::string>& passthrough_files();
+
+}  // namespace linearize

@@ -1,0 +1,58 @@
+// Hedgehog (research/linearization.md 3; Zhang et al. 2024): pure normalised linear attention with the
+// Hedgehog map per query head, phi(x) = [softmax(xW), softmax(-xW)] on RoPE'd q and k (as LoLCATs feeds
+// its maps), W truncated-identity at conversion:
+//   o_n = sum_{j<=n} phi(q_n).phi(k_j) v_j / sum_{j<=n} phi(q_n).phi(k_j).
+#include "converter/recipes/mixer_parts.h"
+#include "converter/recipes/recipe.h"
+#include "kernels/feature_maps.h"
+
+namespace linearize {
+namespace {
+
+class HedgehogMixer final : public TokenMixer {
+ public:
+  HedgehogMixer(const SoftmaxAttentionMixer& source, const LayerTensors& t)
+      : source_(source), map_q_(t.at("feature_map_q.weight")), map_k_(t.at("feature_map_k.weight")) {}
+
+  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
+    auto* st = static_cast<recipes::LinearMixerState*>(state);
+    const std::int64_t H = source_.shape().heads;
+    const auto h = recipes::project_heads(source_, x);
+    const auto cs = source_.cos_sin(start, x.size(1), x);
+    kernels::LinearAttentionInputs in;
+    in.q = kernels::hedgehog(recipes::rope_bthd(h.q, cs).to(at::kFloat), map_q_);
+    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H), map_k_);
+    in.v = recipes::repeat_heads(h.v, H);
+    kernels::LinearAttentionOptions options;
+    options.form = recipes::form_for(call, x.size(1), state);
+    options.scale = 1.0;
+    options.normalize = true;  // the features are positive (softmaxes), so the denominator is too
+    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
+    if (st) st->linear = std::move(lin.state);
+    return recipes::output_projection(source_, lin.o.to(x.scalar_type()));
+  }
+
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
+  std::string kind() const override { return "hedgehog"; }
+
+ private:
+  SoftmaxAttentionMixer source_;
+  at::Tensor map_q_, map_k_;
+};
+
+}  // namespace
+
+Recipe hedgehog_recipe() {
+  Recipe r;
+  r.name = "hedgehog";
+  r.summary = "normalised linear attention with learned Hedgehog maps per head";
+  r.params = {{"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)"}};
+  r.new_tensors = recipes::hedgehog_map_tensors;
+  r.make_mixer = [](const LayerContext&, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
+    return std::make_unique<HedgehogMixer>(source, t);
+  };
+  return r;
+}
+
+}  // namespace linearize

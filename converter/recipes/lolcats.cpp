@@ -1,0 +1,100 @@
+// LoLCATs (research/linearization.md 2; HazyResearch/lolcats, the `sw` window): per layer and query head,
+// Hedgehog maps phi_q, phi_k ([softmax(xW), softmax(-xW)], W in R^{d x f}, truncated-identity init) on
+// RoPE'd q, k, and a sliding window of 64 keys sharing one normaliser with the linear part:
+//   y_n = (g_h sum_{W(n)} exp(s_nj - c_n) v_j + sum_{j <= n - 64} phi_q(q_n).phi_k(k_j) v_j)
+//       / (g_h sum_{W(n)} exp(s_nj - c_n)     + sum_{j <= n - 64} phi_q(q_n).phi_k(k_j)),
+// s_nj = q_n.k_j / sqrt(d), c_n the row max, g_h = sigmoid(w_h) learned per head (w0 = -2.1972, g = 0.1).
+// The linear part covers exactly the keys that left the window: it runs on the key sequence shifted by
+// the window (the keys entering the state), so prefill and decode agree; decode keeps `window` keys.
+#include <cmath>
+
+#include "converter/recipes/mixer_parts.h"
+#include "converter/recipes/recipe.h"
+#include "kernels/feature_maps.h"
+#include "kernels/window_attention.h"
+
+namespace linearize {
+namespace {
+
+class LolcatsMixer final : public TokenMixer {
+ public:
+  LolcatsMixer(const SoftmaxAttentionMixer& source, std::int64_t window, const LayerTensors& t)
+      : source_(source), window_(window), map_q_(t.at("feature_map_q.weight")), map_k_(t.at("feature_map_k.weight")),
+        window_factors_(t.at("window_factors")) {}
+
+  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
+    auto* st = static_cast<recipes::LinearMixerState*>(state);
+    const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
+    const auto h = recipes::project_heads(source_, x);
+    const auto cs = source_.cos_sin(start, T, x);
+    const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
+    const auto keys = recipes::window_keys(st ? &st->window : nullptr, recipes::rope_bthd(h.k, cs), h.v, start);
+
+    // Window part over the last `window` keys of each query.
+    const auto win = kernels::window_softmax_parts(q, keys.k, keys.v, start, keys.start, window_, 1.0 / std::sqrt(double(d)));
+
+    // Linear part: query n reads the keys at positions <= n - window. Key j enters the state as query
+    // j + window arrives, so the entering sequence is the keys `window` positions back, with zero
+    // features (not phi(0)) for positions before 0.
+    const std::int64_t back = start - window_;  // position of the key entering with the first query
+    const std::int64_t first_available = keys.start;
+    const std::int64_t pad = std::clamp<std::int64_t>(first_available - back, 0, T);
+    const std::int64_t from = back + pad - first_available, count = T - pad;
+    const auto phi_q = kernels::hedgehog(q, map_q_);
+    at::Tensor enter_k, enter_v;
+    {
+      const auto k_in = recipes::repeat_heads(keys.k.narrow(1, from, count).to(at::kFloat), H);
+      const auto v_in = recipes::repeat_heads(keys.v.narrow(1, from, count).to(at::kFloat), H);
+      const auto ones = at::ones({B, count, H, 1}, v_in.options());
+      enter_k = at::cat({at::zeros({B, pad, H, phi_q.size(-1)}, phi_q.options()), kernels::hedgehog(k_in, map_k_)}, 1);
+      enter_v = at::cat({at::zeros({B, pad, H, d + 1}, v_in.options()), at::cat({v_in, ones}, -1)}, 1);
+    }
+    kernels::LinearAttentionInputs in{phi_q, enter_k, enter_v, {}, {}};
+    kernels::LinearAttentionOptions options;
+    options.form = recipes::form_for(call, T, state);
+    options.scale = 1.0;
+    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    const auto lin_num = lin.o.narrow(-1, 0, d), lin_den = lin.o.select(-1, d);
+
+    const auto g = at::sigmoid(window_factors_.to(at::kFloat)).view({1, 1, H});
+    const auto y = (g.unsqueeze(-1) * win.numerator + lin_num) / (g * win.denominator + lin_den).unsqueeze(-1);
+    if (call.capture) call.capture(call.scope + ".y", y);
+    if (st) {
+      st->linear = std::move(lin.state);
+      st->window = recipes::last_keys(keys, window_);
+    }
+    return recipes::output_projection(source_, y.to(x.scalar_type()));
+  }
+
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
+  std::string kind() const override { return "lolcats"; }
+
+ private:
+  SoftmaxAttentionMixer source_;
+  std::int64_t window_;
+  at::Tensor map_q_, map_k_, window_factors_;
+};
+
+}  // namespace
+
+Recipe lolcats_recipe() {
+  Recipe r;
+  r.name = "lolcats";
+  r.summary = "Hedgehog maps + sliding window 64 sharing one normaliser, learned per-head window factor";
+  r.params = {{"window", 64, "keys n-window < j <= n take exact softmax; older keys the linear state"},
+              {"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)"},
+              {"window_factor_init", -2.1972, "initial w_h, g_h = sigmoid(w_h) (-2.1972: g = 0.1)"}};
+  r.new_tensors = [](const LayerContext& ctx) {
+    auto tensors = recipes::hedgehog_map_tensors(ctx);
+    const std::int64_t heads = ctx.config.num_attention_heads;
+    const double w0 = ctx.params.at("window_factor_init").get<double>();
+    tensors.push_back({"window_factors", {heads}, [heads, w0] { return at::full({heads}, w0, at::kFloat); }});
+    return tensors;
+  };
+  r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
+    return std::make_unique<LolcatsMixer>(source, ctx.params.at("window").get<std::int64_t>(), t);
+  };
+  return r;
+}
+
+}  // namespace linearize

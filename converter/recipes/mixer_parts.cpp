@@ -1,0 +1,66 @@
+#include "converter/recipes/mixer_parts.h"
+
+#include "kernels/feature_maps.h"
+
+namespace linearize::recipes {
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+}  // namespace
+
+HeadsBTHD project_heads(const SoftmaxAttentionMixer& source, const at::Tensor& x) {
+  const auto& p = source.projections();
+  const auto& s = source.shape();
+  const auto B = x.size(0), T = x.size(1);
+  return {linear(x, p.q, p.q_bias).view({B, T, s.heads, s.head_dim}),
+          linear(x, p.k, p.k_bias).view({B, T, s.kv_heads, s.head_dim}),
+          linear(x, p.v, p.v_bias).view({B, T, s.kv_heads, s.head_dim})};
+}
+
+at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
+  return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
+}
+
+at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o) {
+  const auto& p = source.projections();
+  return linear(o.reshape({o.size(0), o.size(1), -1}), p.o, p.o_bias);
+}
+
+at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads) {
+  const auto groups = heads / x.size(2);
+  return groups == 1 ? x : x.repeat_interleave(groups, 2);
+}
+
+WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start) {
+  if (!cache || !cache->k.defined()) return {k, v, start};
+  return {at::cat({cache->k, k}, 1), at::cat({cache->v, v}, 1), cache->start};
+}
+
+WindowKv last_keys(const WindowKv& keys, std::int64_t window) {
+  const std::int64_t n = keys.k.size(1), keep = std::min(window, n);
+  // clone: a view would pin the whole prompt's keys in memory for the rest of the decode
+  return {keys.k.narrow(1, n - keep, keep).clone(), keys.v.narrow(1, n - keep, keep).clone(), keys.start + n - keep};
+}
+
+std::int64_t LinearMixerState::bytes() const {
+  std::int64_t total = linear.empty() ? 0 : linear.bytes();
+  if (window.k.defined()) total += static_cast<std::int64_t>(window.k.nbytes() + window.v.nbytes());
+  return total;
+}
+
+std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
+  const std::int64_t heads = ctx.config.num_attention_heads, d = ctx.config.head_dim;
+  const auto& f_param = ctx.params.at("feature_dim");
+  const std::int64_t f = f_param.is_null() ? d / 2 : f_param.get<std::int64_t>();
+  auto init = [heads, d, f] { return kernels::truncated_identity(heads, d, f, at::TensorOptions().dtype(at::kFloat)); };
+  return {{"feature_map_q.weight", {heads, d, f}, init}, {"feature_map_k.weight", {heads, d, f}, init}};
+}
+
+kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state) {
+  return state && tokens == 1 ? kernels::MixerForm::recurrent : call.form;
+}
+
+}  // namespace linearize::recipes

@@ -1,0 +1,56 @@
+// Pieces every linearized mixer shares: the source projections in fla's [B, T, H, D] layout, RoPE in that
+// layout, the output projection, and the decode state (a linear-attention state plus the window KV cache
+// of the hybrids).
+#pragma once
+
+#include <cstdint>
+
+#include "converter/model/softmax_attention_mixer.h"
+#include "converter/recipes/recipe.h"
+#include "kernels/linear_attention.h"
+
+namespace linearize::recipes {
+
+struct HeadsBTHD {
+  at::Tensor q, k, v;  // [B, T, H, D], [B, T, Hkv, D], [B, T, Hkv, D]
+};
+
+// q, k, v of the source projections (biases included), split into heads, not rotated.
+HeadsBTHD project_heads(const SoftmaxAttentionMixer& source, const at::Tensor& x);
+
+// RoPE on [B, T, H, D] at positions start.. (the source model's own RoPE).
+at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs);
+
+// [B, T, H, D] -> o_proj -> [B, T, hidden]
+at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o);
+
+// Repeats kv heads to query heads ([B, T, Hkv, D] -> [B, T, H, D]) for recipes whose maps or decays
+// are per query head.
+at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads);
+
+// The last keys and values a window hybrid needs in decode ([B, n, Hkv, D], rotated keys) and the
+// position of the first one. Holds exactly `window` keys once `window` tokens have been seen.
+struct WindowKv {
+  at::Tensor k, v;
+  std::int64_t start = 0;
+};
+
+// The keys (and values) a window hybrid's call sees: the cached ones, then this call's, with the
+// position of the first; and the cache update that keeps the last `window` of them.
+WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start);
+WindowKv last_keys(const WindowKv& keys, std::int64_t window);
+
+struct LinearMixerState final : MixerState {
+  kernels::LinearState linear;
+  WindowKv window;
+  std::int64_t bytes() const override;
+};
+
+// Hedgehog feature maps of LoLCATs and Hedgehog: feature_map_q.weight and feature_map_k.weight, [H, d, f]
+// per query head, truncated-identity init (LoLCATs --lk_zero_init); f = params.feature_dim or d / 2.
+std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx);
+
+// The form a call runs: recurrent for one token with a state, else the call's form.
+kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state);
+
+}  // namespace linearize::recipes

@@ -1,0 +1,82 @@
+// A linearization recipe: its parameters, the tensors it adds to each converted layer, and how it builds
+// that layer's token mixer from the source attention (DESIGN section 3). One file per recipe defines one
+// Recipe; registry.cpp lists them (one line each).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "converter/model/softmax_attention_mixer.h"
+#include "converter/model_config.h"
+
+namespace linearize {
+
+// One parameter: its default fixes its JSON type (a null default means "derived", e.g. from head_dim).
+struct RecipeParam {
+  std::string name;
+  nlohmann::json default_value;
+  std::string help;
+};
+
+// Every declared parameter with its value, validated (resolve_recipe_params).
+using RecipeParams = nlohmann::json;
+
+// A tensor a converted layer adds, stored as model.layers.{i}.self_attn.<name>.
+struct NewTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::function<at::Tensor()> init;  // fp32 initial value (conversion), not called when loading
+  bool stage1_trainable = true;      // trained by attention transfer
+};
+
+struct LayerContext {
+  const ModelConfig& config;
+  std::int64_t layer;
+  const RecipeParams& params;
+};
+
+using LayerTensors = std::map<std::string, at::Tensor>;  // new tensors by NewTensor::name
+
+struct Recipe {
+  std::string name;                  // "liger-gla"
+  std::string summary;
+  std::vector<RecipeParam> params;   // besides softmax_layers, which every recipe takes
+  std::function<std::vector<NewTensor>(const LayerContext&)> new_tensors;
+  std::function<std::unique_ptr<TokenMixer>(const LayerContext&, const SoftmaxAttentionMixer& source,
+                                            const LayerTensors& tensors)>
+      make_mixer;
+};
+
+// The registered recipes, and one by name (InputError(file, field) listing the known ones).
+const std::vector<Recipe>& registered_recipes();
+const Recipe& find_recipe(const std::string& name, const std::string& file, const std::string& field);
+
+// Fills defaults and validates `given` (from --set or YAML) against the recipe: an unknown key names the
+// nearest known one; a value of the wrong type or out of range names the key. `file` names the source
+// in errors ("command line", a YAML path, a config.json).
+RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& given, const ModelConfig& config,
+                                   const std::string& file);
+
+// The layers a recipe leaves as exact source attention.
+std::vector<std::int64_t> softmax_layers(const RecipeParams& params);
+
+// "liger-gla" -> "LinearizeLigerGlaForCausalLM"
+std::string linearized_architecture_name(const std::string& recipe);
+
+// The closest of `candidates` to `name` by edit distance (for "did you mean" in errors).
+std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
+
+// One per recipe file.
+Recipe liger_gla_recipe();
+Recipe lolcats_recipe();
+Recipe hedgehog_recipe();
+Recipe supra_recipe();
+
+}  // namespace linearize

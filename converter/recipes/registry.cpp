@@ -1,0 +1,133 @@
+#include <algorithm>
+#include <cctype>
+
+#include "converter/recipes/recipe.h"
+#include "formats/error.h"
+
+namespace linearize {
+namespace {
+
+// Adding a recipe: one file defining <name>_recipe() and one line here.
+std::vector<Recipe> register_all() {
+  return {
+      liger_gla_recipe(),
+      lolcats_recipe(),
+      hedgehog_recipe(),
+      supra_recipe(),
+  };
+}
+
+const RecipeParam kSoftmaxLayers{"softmax_layers", nlohmann::json::array(),
+                                 "layers kept as exact source softmax attention (inter-layer hybrid)"};
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+bool same_type(const nlohmann::json& value, const nlohmann::json& default_value) {
+  if (default_value.is_null()) return value.is_null() || value.is_number_integer();  // derived sizes
+  if (default_value.is_number_float()) return value.is_number();
+  if (default_value.is_array()) return value.is_array();
+  return value.type() == default_value.type();
+}
+
+}  // namespace
+
+const std::vector<Recipe>& registered_recipes() {
+  static const std::vector<Recipe> registered = register_all();
+  return registered;
+}
+
+const Recipe& find_recipe(const std::string& name, const std::string& file, const std::string& field) {
+  std::vector<std::string> known;
+  for (const auto& recipe : registered_recipes()) {
+    if (recipe.name == name) return recipe;
+    known.push_back(recipe.name);
+  }
+  std::string list;
+  for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+  throw InputError(file, field, "unknown recipe '" + name + "' (did you mean '" + nearest_name(name, known) +
+                                    "'? known: " + list + ")");
+}
+
+std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_distance = SIZE_MAX;
+  for (const auto& c : candidates) {
+    const auto d = edit_distance(name, c);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& given, const ModelConfig& config,
+                                   const std::string& file) {
+  std::vector<RecipeParam> declared{kSoftmaxLayers};
+  declared.insert(declared.end(), recipe.params.begin(), recipe.params.end());
+  std::vector<std::string> names;
+  for (const auto& p : declared) names.push_back(p.name);
+
+  RecipeParams resolved = nlohmann::json::object();
+  for (const auto& p : declared) resolved[p.name] = p.default_value;
+  if (!given.is_null() && !given.is_object()) throw InputError(file, "recipe parameters", "expected a mapping of key: value");
+  for (const auto& [key, value] : given.items()) {
+    const auto it = std::find(names.begin(), names.end(), key);
+    if (it == names.end())
+      throw InputError(file, key, "unknown parameter of recipe " + recipe.name + " (did you mean '" +
+                                      nearest_name(key, names) + "'?)");
+    const auto& decl = declared[static_cast<std::size_t>(it - names.begin())];
+    if (!same_type(value, decl.default_value))
+      throw InputError(file, key, "expected a value like " + decl.default_value.dump() + ", got " + value.dump());
+    resolved[key] = value;
+  }
+  // softmax_layers: distinct layer indices of this model.
+  std::vector<std::int64_t> layers;
+  for (const auto& v : resolved["softmax_layers"]) {
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() >= config.num_hidden_layers)
+      throw InputError(file, "softmax_layers", v.dump() + " is not a layer of this model (0.." +
+                                                  std::to_string(config.num_hidden_layers - 1) + ")");
+    layers.push_back(v.get<std::int64_t>());
+  }
+  std::sort(layers.begin(), layers.end());
+  if (std::adjacent_find(layers.begin(), layers.end()) != layers.end())
+    throw InputError(file, "softmax_layers", "lists a layer twice");
+  resolved["softmax_layers"] = layers;
+  for (const char* positive : {"window", "feature_dim", "gate_normalizer"})
+    if (resolved.contains(positive) && resolved[positive].is_number() && resolved[positive].get<double>() <= 0)
+      throw InputError(file, positive, "must be positive, got " + resolved[positive].dump());
+  return resolved;
+}
+
+std::vector<std::int64_t> softmax_layers(const RecipeParams& params) {
+  return params.at("softmax_layers").get<std::vector<std::int64_t>>();
+}
+
+std::string linearized_architecture_name(const std::string& recipe) {
+  std::string camel;
+  bool upper = true;
+  for (const char c : recipe) {
+    if (c == '-' || c == '_') {
+      upper = true;
+      continue;
+    }
+    camel += upper ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+    upper = false;
+  }
+  return "Linearize" + camel + "ForCausalLM";
+}
+
+}  // namespace linearize

@@ -1,0 +1,100 @@
+// SUPRA (research/linearization.md 5; Mercat et al. 2024, TRI-ML/linear_open_lm): phi(x) = RoPE(ReLU(xW + b))
+// with one dense map over all heads for queries and one for keys, a fixed decay per head
+// gamma_h = exp(-slope_h) from the ALiBi slopes, no denominator, k scaled by 1/sqrt(d), and a GroupNorm
+// per head (no affine) before W_O:  S_t = gamma S_{t-1} + phi(k_t) v_t^T,  o_t = GroupNorm(phi(q_t) S_t).
+// W starts as the identity and b at zero (the reference starts from a random Linear and uptrains 20-100B
+// tokens; the identity keeps a training-free conversion closest to the source).
+#include <cmath>
+
+#include "converter/recipes/mixer_parts.h"
+#include "converter/recipes/recipe.h"
+
+namespace linearize {
+namespace {
+
+// ALiBi slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n when n is a power of two, else the slopes of
+// the nearest power of two below, completed with every other slope of the next power of two.
+std::vector<double> alibi_slopes(std::int64_t n) {
+  auto power_of_two = [](std::int64_t m) {
+    std::vector<double> s;
+    const double start = std::pow(2.0, -8.0 / static_cast<double>(m));
+    for (std::int64_t i = 0; i < m; ++i) s.push_back(std::pow(start, static_cast<double>(i + 1)));
+    return s;
+  };
+  const auto closest = static_cast<std::int64_t>(std::pow(2.0, std::floor(std::log2(static_cast<double>(n)))));
+  auto slopes = power_of_two(closest);
+  if (closest != n) {
+    const auto extra = power_of_two(2 * closest);
+    for (std::int64_t i = 0; i < n - closest; ++i) slopes.push_back(extra[static_cast<std::size_t>(2 * i)]);
+  }
+  return slopes;
+}
+
+class SupraMixer final : public TokenMixer {
+ public:
+  SupraMixer(const SoftmaxAttentionMixer& source, double groupnorm_eps, const LayerTensors& t)
+      : source_(source), eps_(groupnorm_eps), wq_(t.at("feature_map_q.weight")), bq_(t.at("feature_map_q.bias")),
+        wk_(t.at("feature_map_k.weight")), bk_(t.at("feature_map_k.bias")) {
+    std::vector<double> log_gamma;
+    for (const double slope : alibi_slopes(source_.shape().heads)) log_gamma.push_back(-slope);
+    log_gamma_ = at::tensor(log_gamma, at::kFloat).to(wq_.device());
+  }
+
+  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
+    auto* st = static_cast<recipes::LinearMixerState*>(state);
+    const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
+    const auto h = recipes::project_heads(source_, x);
+    const auto cs = source_.cos_sin(start, T, x);
+    const auto phi = [&](const at::Tensor& heads, const at::Tensor& w, const at::Tensor& b) {
+      const auto mapped = at::relu(at::linear(heads.reshape({B, T, -1}).to(at::kFloat), w, b));
+      return recipes::rope_bthd(mapped.view({B, T, -1, d}), cs);
+    };
+    kernels::LinearAttentionInputs in;
+    in.q = phi(h.q, wq_, bq_);
+    in.k = recipes::repeat_heads(phi(h.k, wk_, bk_), H);
+    in.v = recipes::repeat_heads(h.v, H);
+    in.log_gamma = log_gamma_;
+    kernels::LinearAttentionOptions options;
+    options.form = recipes::form_for(call, T, state);
+    options.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    // GroupNorm(num_groups = H, affine = False) over the concatenated heads: each head normalised alone.
+    const auto o = lin.o.to(at::kFloat);
+    const auto mean = o.mean(-1, true), var = (o - mean).pow(2).mean(-1, true);
+    const auto normed = (o - mean) * at::rsqrt(var + eps_);
+    if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
+    if (st) st->linear = std::move(lin.state);
+    return recipes::output_projection(source_, normed.to(x.scalar_type()));
+  }
+
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
+  std::string kind() const override { return "supra"; }
+
+ private:
+  SoftmaxAttentionMixer source_;
+  double eps_;
+  at::Tensor wq_, bq_, wk_, bk_, log_gamma_;
+};
+
+}  // namespace
+
+Recipe supra_recipe() {
+  Recipe r;
+  r.name = "supra";
+  r.summary = "RoPE(ReLU(xW+b)) maps, fixed ALiBi-slope decay per head, GroupNorm per head, no denominator";
+  r.params = {{"groupnorm_eps", 1e-5, "epsilon of the per-head GroupNorm"}};
+  r.new_tensors = [](const LayerContext& ctx) {
+    const std::int64_t q = ctx.config.num_attention_heads * ctx.config.head_dim;
+    const std::int64_t k = ctx.config.num_key_value_heads * ctx.config.head_dim;
+    auto eye = [](std::int64_t n) { return [n] { return at::eye(n, at::kFloat); }; };
+    auto zeros = [](std::int64_t n) { return [n] { return at::zeros({n}, at::kFloat); }; };
+    return std::vector<NewTensor>{{"feature_map_q.weight", {q, q}, eye(q)}, {"feature_map_q.bias", {q}, zeros(q)},
+                                  {"feature_map_k.weight", {k, k}, eye(k)}, {"feature_map_k.bias", {k}, zeros(k)}};
+  };
+  r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
+    return std::make_unique<SupraMixer>(source, ctx.params.at("groupnorm_eps").get<double>(), t);
+  };
+  return r;
+}
+
+}  // namespace linearize
