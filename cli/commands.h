@@ -2,15 +2,24 @@
 // with one line. A command owns its options (shared with its callback, so they outlive parsing).
 #pragma once
 
+#include <stdexcept>
+
 namespace CLI {
 class App;
 }
 
 namespace linearize::cli {
 
+// A check the command ran failed (verify): main prints the message and exits 1.
+struct CheckFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 void add_inspect_command(CLI::App& app);
 void add_forward_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_verify_command(CLI::App& app);
 
 }  // namespace linearize::cli

@@ -1,6 +1,7 @@
 // linearize: the one executable. Parses flags and calls the library; maps errors to exit codes:
 // 0 success, 1 a check failed, 2 bad input or usage, 3 internal error.
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -13,6 +14,7 @@
 
 namespace {
 
+constexpr int kExitCheckFailed = 1;
 constexpr int kExitBadInput = 2;
 constexpr int kExitInternal = 3;
 
@@ -34,15 +36,23 @@ int main(int argc, char** argv) {
   linearize::cli::add_forward_command(app);
   linearize::cli::add_generate_command(app);
   linearize::cli::add_tokenize_command(app);
+  linearize::cli::add_convert_command(app);
+  linearize::cli::add_verify_command(app);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints help/version to stdout, usage errors to stderr
     return code == 0 ? 0 : kExitBadInput;
+  } catch (const linearize::cli::CheckFailed& e) {
+    std::cerr << e.what() << '\n';
+    return kExitCheckFailed;
   } catch (const linearize::InputError& e) {
     std::cerr << "error: " << e.what() << '\n';
     return kExitBadInput;
+  } catch (const c10::Error& e) {
+    std::cerr << "internal error: " << e.what_without_backtrace() << '\n';
+    return kExitInternal;
   } catch (const std::exception& e) {
     std::cerr << "internal error: " << e.what() << '\n';
     return kExitInternal;

@@ -8,6 +8,7 @@
 #include <ATen/Context.h>
 
 #include "cli/id_list.h"
+#include "converter/linearized.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
 
@@ -31,7 +32,7 @@ CausalLM load_model(const ModelOptions& opts) {
     load.device = at::Device(at::kCUDA);
   }
   const auto started = std::chrono::steady_clock::now();
-  auto model = CausalLM::load(opts.dir, load);
+  auto model = load_model(opts.dir, load);
   spdlog::info("loaded {} ({} layers) as {} on {} in {:.2f} s", opts.dir, model.config().num_hidden_layers, opts.dtype,
                opts.device, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return model;

@@ -25,6 +25,28 @@ bool is_softmax_layer(const RecipeParams& params, std::int64_t layer) {
   return std::find(kept.begin(), kept.end(), layer) != kept.end();
 }
 
+struct RecipeOfModel {
+  const Recipe* recipe;
+  RecipeParams params;
+};
+
+RecipeOfModel recipe_of(const ModelConfig& config) {
+  const JsonObject lin(config.linearize, config.source, "linearize.");
+  const auto& recipe = find_recipe(lin.get_string("recipe"), config.source, "linearize.recipe");
+  const nlohmann::json given = config.linearize.contains("params") ? config.linearize["params"] : nlohmann::json::object();
+  return {&recipe, resolve_recipe_params(recipe, given, config, config.source)};
+}
+
+std::vector<TensorSpec> recipe_tensors(const ModelConfig& config, const RecipeOfModel& r) {
+  std::vector<TensorSpec> specs;
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    if (is_softmax_layer(r.params, i)) continue;
+    for (auto& t : r.recipe->new_tensors(LayerContext{config, i, r.params}))
+      specs.push_back({layer_scope(i) + t.name, t.shape, false});
+  }
+  return specs;
+}
+
 }  // namespace
 
 const std::vector<std::string>& passthrough_files() {
@@ -33,25 +55,29 @@ const std::vector<std::string>& passthrough_files() {
   return files;
 }
 
+std::vector<TensorSpec> expected_tensors(const ModelConfig& config) {
+  auto specs = decoder_tensors(*config.family, config);
+  if (!config.linearize.is_null()) {
+    const auto extra = recipe_tensors(config, recipe_of(config));
+    specs.insert(specs.end(), extra.begin(), extra.end());
+  }
+  return specs;
+}
+
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
   auto config = load_model_config(dir / "config.json");
   if (config.linearize.is_null()) return CausalLM::load(dir, std::move(config), options, nullptr);
 
-  const JsonObject lin(config.linearize, config.source, "linearize.");
-  const auto& recipe = find_recipe(lin.get_string("recipe"), config.source, "linearize.recipe");
-  const nlohmann::json given = config.linearize.contains("params") ? config.linearize["params"] : nlohmann::json::object();
-  const auto params = resolve_recipe_params(recipe, given, config, config.source);
+  const auto of = recipe_of(config);
+  const Recipe& recipe = *of.recipe;
+  const RecipeParams& params = of.params;
   MixerOverrides overrides;
-  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    if (is_softmax_layer(params, i)) continue;
-    for (auto& t : recipe.new_tensors(LayerContext{config, i, params}))
-      overrides.extra_tensors.push_back({layer_scope(i) + t.name, t.shape, false});
-  }
-  const ModelConfig* cfg = &config;
-  overrides.make = [&recipe, &params, cfg](std::int64_t layer, const SoftmaxAttentionMixer& source,
-                                           const ModelWeights& weights) -> std::unique_ptr<TokenMixer> {
+  overrides.extra_tensors = recipe_tensors(config, of);
+  // The factory runs inside CausalLM::load, which owns `config` by then: it keeps its own copy.
+  overrides.make = [&recipe, &params, cfg = config](std::int64_t layer, const SoftmaxAttentionMixer& source,
+                                                    const ModelWeights& weights) -> std::unique_ptr<TokenMixer> {
     if (is_softmax_layer(params, layer)) return nullptr;
-    const LayerContext ctx{*cfg, layer, params};
+    const LayerContext ctx{cfg, layer, params};
     LayerTensors tensors;
     for (const auto& t : recipe.new_tensors(ctx)) tensors[t.name] = weights.get(layer_scope(layer) + t.name);
     return recipe.make_mixer(ctx, source, tensors);
@@ -79,7 +105,12 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   std::filesystem::remove(out / "config.json");
 
   NamedTensors tensors;
-  for (const auto& name : source.names()) tensors.emplace_back(name, source.tensor(name));  // views: no copy
+  nlohmann::ordered_json copied;  // name -> sha256 of its bytes: verify's L0 checks the copies against these
+  for (const auto& name : source.names()) {
+    auto view = source.tensor(name);  // a view of the mapping: no copy
+    copied[name] = sha256_hex(view.data_ptr(), view.nbytes());
+    tensors.emplace_back(name, std::move(view));
+  }
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
     if (!is_softmax_layer(result.params, i)) {
       ++result.converted_layers;
@@ -93,7 +124,7 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   }
   write_safetensors(out / kSingleWeightsFile, tensors,
                     {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
-                     {"recipe", recipe.name}});
+                     {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}});
   std::filesystem::remove(out / kShardIndexFile);  // a forced rewrite of a once-sharded export
 
   for (const auto& name : passthrough_files()) {

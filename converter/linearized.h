@@ -17,6 +17,9 @@ namespace linearize {
 // (softmax_layers keep the source attention).
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
 
+// Every tensor a model directory must hold: the decoder's, plus its recipe's new ones when converted.
+std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
+
 struct ConvertOptions {
   std::filesystem::path source, out;
   std::string recipe;
@@ -36,6 +39,9 @@ struct ConvertResult {
 // recipe's new tensors in fp32), tokenizer files, and config.json last (the directory counts as complete
 // only then). Refuses an existing output without `force`.
 ConvertResult convert_checkpoint(const ConvertOptions& options);
+
+// model.safetensors metadata key of the {tensor: sha256} map of the tensors copied from the source.
+inline constexpr const char* kCopiedTensorsMetadataKey = "linearize_copied_sha256";
 
 // The files of a Hugging Face directory copied into a conversion unchanged when present.
 const std::vector<std::string>& passthrough_files();

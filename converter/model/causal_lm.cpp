@@ -31,6 +31,8 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
 
 CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, const LoadOptions& options,
                         const MixerOverrides* overrides) {
+  if (!config.linearize.is_null() && !overrides)
+    throw InputError(config.source, "linearize", "is a converted model: load it with load_model(), which builds its mixers");
   CausalLM model;
   model.config_ = std::move(config);
   model.options_ = options;

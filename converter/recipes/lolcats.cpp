@@ -39,7 +39,7 @@ class LolcatsMixer final : public TokenMixer {
     const std::int64_t back = start - window_;  // position of the key entering with the first query
     const std::int64_t first_available = keys.start;
     const std::int64_t pad = std::clamp<std::int64_t>(first_available - back, 0, T);
-    const std::int64_t from = back + pad - first_available, count = T - pad;
+    const std::int64_t count = T - pad, from = count > 0 ? back + pad - first_available : 0;
     const auto phi_q = kernels::hedgehog(q, map_q_);
     at::Tensor enter_k, enter_v;
     {

@@ -38,6 +38,7 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
 bool same_type(const nlohmann::json& value, const nlohmann::json& default_value) {
   if (default_value.is_null()) return value.is_null() || value.is_number_integer();  // derived sizes
   if (default_value.is_number_float()) return value.is_number();
+  if (default_value.is_number_integer()) return value.is_number_integer();  // signed or unsigned in JSON
   if (default_value.is_array()) return value.is_array();
   return value.type() == default_value.type();
 }

@@ -1,0 +1,72 @@
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+
+#include "cli/commands.h"
+#include "cli/verify_output.h"
+#include "converter/linearized.h"
+#include "converter/verify.h"
+#include "formats/error.h"
+
+namespace linearize::cli {
+namespace {
+
+// --set key=value: the value is read as JSON when it parses (64, 0.5, [1,2], null, true), else as a string.
+nlohmann::json parse_settings(const std::vector<std::string>& settings) {
+  nlohmann::json params = nlohmann::json::object();
+  for (const auto& s : settings) {
+    const auto eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) throw InputError("command line", "--set", "'" + s + "' is not key=value");
+    const auto key = s.substr(0, eq), text = s.substr(eq + 1);
+    auto value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    params[key] = value.is_discarded() ? nlohmann::json(text) : value;
+  }
+  return params;
+}
+
+}  // namespace
+
+void add_convert_command(CLI::App& app) {
+  struct Options {
+    std::string model, recipe, out;
+    std::vector<std::string> settings;
+    bool force = false;
+  };
+  auto opts = std::make_shared<Options>();
+  std::string recipes;
+  for (const auto& r : registered_recipes()) recipes += (recipes.empty() ? "" : ", ") + r.name;
+  auto* cmd = app.add_subcommand("convert", "Convert a softmax-attention checkpoint with a recipe, write it, and verify it");
+  cmd->add_option("--model", opts->model, "Source Hugging Face checkpoint directory")->required();
+  cmd->add_option("--recipe", opts->recipe, "Recipe: " + recipes)->required();
+  cmd->add_option("--out", opts->out, "Output directory")->required();
+  cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0]");
+  cmd->add_flag("--force", opts->force, "Overwrite an existing output directory");
+  cmd->callback([opts] {
+    ConvertOptions convert;
+    convert.source = opts->model;
+    convert.out = opts->out;
+    convert.recipe = opts->recipe;
+    convert.params = parse_settings(opts->settings);
+    convert.force = opts->force;
+    const auto started = std::chrono::steady_clock::now();
+    convert.progress = [](std::int64_t layer, std::int64_t layers) {
+      spdlog::info("converted layer {}/{}", layer + 1, layers);
+    };
+    const auto result = convert_checkpoint(convert);
+    spdlog::info("wrote {} ({} layers converted, {} new parameters) in {:.2f} s", opts->out, result.converted_layers,
+                 result.new_parameters, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+
+    // The export records the logits its verify prompts give (L2 of every later verify), then is verified.
+    const auto model = load_model(opts->out);
+    record_verify_logits(opts->out, model, builtin_verify_prompts(model.config().vocab_size));
+    VerifyOptions verify;
+    verify.model = opts->out;
+    verify.source = std::filesystem::path(opts->model);
+    report_verification(verify_model(verify), opts->out, std::nullopt);
+  });
+}
+
+}  // namespace linearize::cli

@@ -1,0 +1,68 @@
+#include <CLI/CLI.hpp>
+
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "cli/commands.h"
+#include "cli/id_list.h"
+#include "cli/verify_output.h"
+#include "converter/model_config.h"
+#include "formats/atomic_file.h"
+#include "formats/error.h"
+#include "formats/tokenizer.h"
+
+namespace linearize::cli {
+
+void report_verification(const VerifyReport& report, const std::filesystem::path& model_dir,
+                         const std::optional<std::filesystem::path>& json_out) {
+  std::cout << report.table();
+  const auto json = report.to_json().dump(2) + "\n";
+  write_file_atomic(model_dir / kVerifyReportFile, json);
+  if (json_out) write_file_atomic(*json_out, json);
+  if (!report.passed()) throw CheckFailed("verification failed: see the FAIL rows above");
+}
+
+void add_verify_command(CLI::App& app) {
+  struct Options {
+    std::string model, source, text_file, prompt_ids, json;
+    std::optional<double> max_kl, min_top1;
+    double layer_budget = 0.25;
+  };
+  auto opts = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand("verify", "Check a model directory (L0-L4 of the verification contract); exit 1 if a check fails");
+  cmd->add_option("--model", opts->model, "Model directory (a conversion, or any checkpoint)")->required();
+  cmd->add_option("--source", opts->source, "The source checkpoint: enables byte comparison, L3 and L4");
+  auto* text_option = cmd->add_option("--text", opts->text_file, "Text file for the L1/L4 prompts (tokenized with the model's tokenizer)");
+  auto* ids_option = cmd->add_option("--prompt-ids", opts->prompt_ids, "Comma-separated token ids for the L1/L4 prompt");
+  text_option->excludes(ids_option);
+  cmd->add_option("--max-kl", opts->max_kl, "Fail when the mean KL(source || model) exceeds this");
+  cmd->add_option("--min-top1", opts->min_top1, "Fail when top-1 agreement with the source is below this");
+  cmd->add_option("--layer-budget", opts->layer_budget, "Per-layer hidden-state relative error budget (L4 names the first layer over it)");
+  cmd->add_option("--json", opts->json, "Also write the report as JSON here");
+  cmd->callback([opts] {
+    VerifyOptions verify;
+    verify.model = opts->model;
+    if (!opts->source.empty()) verify.source = std::filesystem::path(opts->source);
+    verify.max_kl = opts->max_kl;
+    verify.min_top1 = opts->min_top1;
+    verify.layer_budget = opts->layer_budget;
+    if (!opts->prompt_ids.empty()) verify.prompts.push_back(parse_id_list(opts->prompt_ids, "--prompt-ids"));
+    if (!opts->text_file.empty()) {
+      std::ifstream in(opts->text_file, std::ios::binary);
+      if (!in) throw InputError(opts->text_file, "--text", "cannot be read");
+      const std::string text((std::istreambuf_iterator<char>(in)), {});
+      auto ids = Tokenizer::from_dir(opts->model).encode(text);
+      // Prompts of at most 256 tokens: long enough to pass every default window, short enough for L1's
+      // token-by-token decode to stay quick.
+      for (std::size_t i = 0; i < ids.size(); i += 256)
+        verify.prompts.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
+                                    ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + 256)));
+      if (verify.prompts.empty()) throw InputError(opts->text_file, "--text", "holds no tokens");
+    }
+    report_verification(verify_model(verify), opts->model,
+                        opts->json.empty() ? std::nullopt : std::optional<std::filesystem::path>(opts->json));
+  });
+}
+
+}  // namespace linearize::cli

@@ -1,0 +1,16 @@
+// Prints a verification report, writes verify.json (into the model directory and/or --json), and turns a
+// failed check into exit code 1.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+
+#include "converter/verify.h"
+
+namespace linearize::cli {
+
+// Throws CheckFailed when the report failed (main maps it to exit 1).
+void report_verification(const VerifyReport& report, const std::filesystem::path& model_dir,
+                         const std::optional<std::filesystem::path>& json_out);
+
+}  // namespace linearize::cli
