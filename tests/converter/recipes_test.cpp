@@ -1,0 +1,154 @@
+// Conversions with every recipe on every fixture: the three forms agree past every window (L1), the
+// export reloads to its recorded logits (L2), layers kept as softmax are exact (L3), and the recipe
+// parameters are validated. The windowed hybrids' decode state stays constant in the context length.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "converter/linearized.h"
+#include "converter/verify.h"
+#include "formats/error.h"
+#include "formats/safetensors.h"
+#include "test_util.h"
+
+namespace linearize {
+namespace {
+
+const std::vector<std::string> kRecipes{"liger-gla", "lolcats", "hedgehog", "supra"};
+const std::vector<std::string> kFixtures{"tiny-llama", "tiny-mistral", "tiny-qwen2"};
+
+double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  return (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>() /
+         expected.to(at::kDouble).abs().max().item<double>();
+}
+
+std::filesystem::path convert(const test::TempDir& dir, const std::string& fixture, const std::string& recipe,
+                              nlohmann::json params = nlohmann::json::object()) {
+  ConvertOptions options;
+  options.source = test::fixtures_dir() / fixture;
+  options.out = dir / (fixture + "-" + recipe);
+  options.recipe = recipe;
+  options.params = std::move(params);
+  convert_checkpoint(options);
+  record_verify_logits(options.out, load_model(options.out), builtin_verify_prompts(768));
+  return options.out;
+}
+
+const CheckResult& row(const VerifyReport& report, const std::string& name_start) {
+  for (const auto& c : report.checks)
+    if (c.name.rfind(name_start, 0) == 0) return c;
+  throw std::runtime_error("no check " + name_start);
+}
+
+// L0-L3 on every recipe x fixture, on 96-token prompts: past every window (64, and Mistral's 16).
+TEST(Recipes, EveryRecipeOnEveryFixturePassesVerify) {
+  test::TempDir dir;
+  for (const auto& fixture : kFixtures) {
+    for (const auto& recipe : kRecipes) {
+      const auto out = convert(dir, fixture, recipe);
+      VerifyOptions options;
+      options.model = out;
+      options.source = test::fixtures_dir() / fixture;
+      const auto report = verify_model(options);
+      EXPECT_TRUE(report.passed()) << fixture << " " << recipe << "\n" << report.table();
+      for (const char* l1 : {"parallel form", "recurrent decode", "split prompt"})
+        EXPECT_TRUE(row(report, l1).passed) << fixture << " " << recipe << " " << l1;
+      EXPECT_EQ(row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
+    }
+  }
+}
+
+TEST(Recipes, SoftmaxLayersReproduceTheSourceLayers) {
+  test::TempDir dir;
+  const auto out = convert(dir, "tiny-qwen2", "liger-gla", {{"softmax_layers", {0, 2}}});
+  VerifyOptions options;
+  options.model = out;
+  options.source = test::fixtures_dir() / "tiny-qwen2";
+  const auto report = verify_model(options);
+  const auto& l3 = row(report, "softmax_layers reproduce");
+  EXPECT_TRUE(l3.passed) << report.table();
+  EXPECT_LE(l3.value, 1e-6);
+  // And the layers really are mixed: layer 1 is converted, so the logits move.
+  const auto model = load_model(out);
+  EXPECT_EQ(model.layers()[0].mixer->kind(), "softmax");
+  EXPECT_EQ(model.layers()[1].mixer->kind(), "liger-gla");
+}
+
+TEST(Recipes, AllSoftmaxConversionEqualsTheSource) {
+  test::TempDir dir;
+  const auto out = convert(dir, "tiny-mistral", "lolcats", {{"softmax_layers", {0, 1}}});
+  const auto ids = SafetensorsFile::open(test::fixtures_dir() / "tiny-mistral" / "reference.safetensors")
+                       .tensor("prompt.0.input_ids")
+                       .unsqueeze(0);
+  const auto expected = CausalLM::load(test::fixtures_dir() / "tiny-mistral").forward(ids);
+  // The very same operations on the very same weights: bit-identical.
+  EXPECT_TRUE(load_model(out).forward(ids).equal(expected));
+}
+
+TEST(Recipes, LolcatsWithAWindowCoveringThePromptEqualsTheSource) {
+  // With window >= prompt length no key ever leaves the window: the linear branch gets no mass and the
+  // shared normaliser reduces g * num / (g * den) to softmax attention, whatever g is.
+  test::TempDir dir;
+  const auto out = convert(dir, "tiny-llama", "lolcats", {{"window", 64}});
+  const auto ids = SafetensorsFile::open(test::fixtures_dir() / "tiny-llama" / "reference.safetensors")
+                       .tensor("prompt.2.input_ids")
+                       .unsqueeze(0);  // 48 tokens
+  const auto source = CausalLM::load(test::fixtures_dir() / "tiny-llama");
+  // fp32, same maths in another order (windowed blocks vs one SDPA call): the 1e-5 relative of L3.
+  EXPECT_LE(relative_error(load_model(out).forward(ids), source.forward(ids)), 1e-5);
+  // Past the window it is a different function (the linear branch takes the old keys).
+  const auto long_ids = at::cat({ids, ids}, 1);
+  EXPECT_GT(relative_error(load_model(out).forward(long_ids), source.forward(long_ids)), 1e-3);
+}
+
+TEST(Recipes, DecodeStateIsConstantInContextLength) {
+  test::TempDir dir;
+  for (const auto& recipe : kRecipes) {
+    const auto model = load_model(convert(dir, "tiny-llama", recipe));
+    auto state = model.new_state();
+    auto next = model.prefill((at::arange(100, at::kLong) % 700).unsqueeze(0), state).argmax(-1);
+    const auto after_prompt = state.bytes();
+    for (int i = 0; i < 200; ++i) next = model.step(next, state).argmax(-1);
+    EXPECT_EQ(state.bytes(), after_prompt) << recipe;
+  }
+  // The source's KV cache grows with every token.
+  const auto source = CausalLM::load(test::fixtures_dir() / "tiny-llama");
+  auto state = source.new_state();
+  source.prefill((at::arange(100, at::kLong) % 700).unsqueeze(0), state);
+  const auto before = state.bytes();
+  source.step(at::tensor({5}, at::kLong), state);
+  EXPECT_GT(state.bytes(), before);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Recipes, ParametersAreValidatedWithTheNearestKnownKey) {
+  const auto config = load_model_config(test::fixtures_dir() / "tiny-llama" / "config.json");
+  const auto& lolcats = find_recipe("lolcats", "command line", "--recipe");
+  EXPECT_NE(error_of([&] { resolve_recipe_params(lolcats, {{"windw", 32}}, config, "run.yaml"); })
+                .find("run.yaml: windw: unknown parameter of recipe lolcats (did you mean 'window'?)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { resolve_recipe_params(lolcats, {{"window", "wide"}}, config, "cli"); }).find("cli: window: expected"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { resolve_recipe_params(lolcats, {{"window", 0}}, config, "cli"); }).find("must be positive"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { resolve_recipe_params(lolcats, {{"softmax_layers", {5}}}, config, "cli"); })
+                .find("softmax_layers: 5 is not a layer of this model"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { find_recipe("ligr-gla", "cli", "--recipe"); }).find("did you mean 'liger-gla'?"),
+            std::string::npos);
+  const auto resolved = resolve_recipe_params(lolcats, {{"window", 32}}, config, "cli");
+  EXPECT_EQ(resolved["window"], 32);
+  EXPECT_EQ(resolved["window_factor_init"], -2.1972);  // the LoLCATs default (g = 0.1)
+  EXPECT_EQ(linearized_architecture_name("liger-gla"), "LinearizeLigerGlaForCausalLM");
+}
+
+}  // namespace
+}  // namespace linearize
