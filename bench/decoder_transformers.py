@@ -20,6 +20,9 @@ SIZES = {
     # ~100M parameters: 12 layers x 6.3M + 24.6M tied embeddings.
     "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                  num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=True),
+    # ~25M, 6 layers, for decode at long contexts (16K) on a CPU: the source's KV cache vs a conversion.
+    "25m": dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=6,
+                num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True),
     # ~1.1B (TinyLlama's shape) for the CUDA run.
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False),
@@ -37,7 +40,7 @@ def make(args):
         print(f"{out}: exists")
         return
     torch.manual_seed(0)
-    config = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, **SIZES[args.size])
+    config = LlamaConfig(max_position_embeddings=32768, rms_norm_eps=1e-5, **SIZES[args.size])
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out)
     print(f"{out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")

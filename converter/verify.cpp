@@ -321,6 +321,10 @@ VerifyReport verify_model(const VerifyOptions& options) {
     for (const auto id : p)
       if (id < 0 || id >= config.vocab_size)
         throw InputError("command line", "prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
+  // One discarded forward first: the first GEMMs of a process may run while MKL's threads are still
+  // starting and split the work differently (seen on a busy machine: 1 verify in 12 rounded its first
+  // forward differently). Every figure below then comes from warm, reproducible calls.
+  model.forward(as_batch(prompts.front(), model.options().device));
   check_forms(model, prompts, r);
   check_reload(options.model, model, r);
   if (options.source) {

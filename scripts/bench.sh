@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels)
-BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode)
+BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench linearize)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -189,6 +189,40 @@ print("  recurrent decode step, H=32 d=128: " + ", ".join(f"ctx {c}: {steps[c]['
       f"; max/min {max(times) / min(times):.2f}   target flat (<= 1.1): {ok(max(times) / min(times) <= 1.1)}")
 sb = {(v["state_bytes"], v["state_bytes_formula"]) for v in steps.values()}
 print(f"  decode state bytes {', '.join(f'{a:.0f} (formula B*H*K*V*4 = {b:.0f})' for a, b in sb)}   target equal: {ok(all(a == b for a, b in sb))}")
+PYEOF
+)
+}
+
+# Decode at long contexts, source vs its liger-gla conversion (random ~25M Llama, fp32 CPU): tokens/s at
+# context 256 / 4K / 16K, and the memory decoding 256 vs 4096 tokens adds (state bytes and resident set).
+section_context_decode() {
+  local src=$LINEARIZE_BENCH_DIR/llama-25m conv=$LINEARIZE_BENCH_DIR/llama-25m-liger-gla json=$BENCH_OUT/context_decode_bench.json
+  echo "== context decode: source vs liger-gla conversion, 256 / 4K / 16K context"
+  "$PY" bench/decoder_transformers.py make --out "$src" --size 25m
+  [ -f "$conv/config.json" ] || "$BUILD_DIR/cli/linearize" --log-level warn convert --model "$src" --recipe liger-gla --out "$conv" --force >/dev/null
+  LINEARIZE_BENCH_SOURCE=$src LINEARIZE_BENCH_CONVERTED=$conv "$BUILD_DIR/bench/context_decode_bench" \
+    --benchmark_out="$json" --benchmark_out_format=json
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$json" <<'PYEOF'
+import json, sys
+bench = json.load(open(sys.argv[1]))
+rate, mem = {}, {}
+for b in bench["benchmarks"]:
+    parts = b["name"].split("/")
+    if parts[0] == "BM_DecodeAtContext" and b.get("aggregate_name") == "median":
+        rate[(parts[1], int(parts[2].split(":")[1]))] = b
+    if parts[0] == "BM_DecodeMemory":
+        mem[(parts[1], int(parts[2].split(":")[1]))] = b
+print(f"context decode ({bench['context']['recipe']} conversion of {bench['context']['source']}):")
+for ctx in (256, 4096, 16384):
+    s, c = rate[("source", ctx)], rate[("converted", ctx)]
+    print(f"  context {ctx:>5}: source {s['tokens_per_s']:8.1f} tokens/s (KV {s['state_bytes'] / 2**20:7.2f} MiB)   "
+          f"converted {c['tokens_per_s']:8.1f} tokens/s (state {c['state_bytes'] / 2**20:5.2f} MiB)   ratio {c['tokens_per_s'] / s['tokens_per_s']:.2f}x")
+for name in ("source", "converted"):
+    a, b = mem[(name, 256)], mem[(name, 4096)]
+    print(f"  decoding 256 vs 4096 tokens, {name:9s}: state {a['state_bytes'] / 2**20:.2f} -> {b['state_bytes'] / 2**20:.2f} MiB, "
+          f"resident growth {a['rss_growth_bytes'] / 2**20:.1f} -> {b['rss_growth_bytes'] / 2**20:.1f} MiB")
+ok = mem[("converted", 4096)]["state_bytes"] == mem[("converted", 256)]["state_bytes"]
+print(f"  converted state constant in decoded length: {'PASS' if ok else 'FAIL'}")
 PYEOF
 )
 }

@@ -25,3 +25,14 @@ trap 'rm -rf "$out"' EXIT
 echo "== linearize forward --hidden: every named intermediate of tiny-qwen2"
 "$bin" forward --model tests/fixtures/tiny-qwen2 --prompt "$prompt" --hidden --out "$out/forward.safetensors"
 ls -l "$out/forward.safetensors"
+echo
+
+# Every recipe on the bundled Llama: convert (which verifies against the source and exits 1 on a failed
+# check), then decode with the constant-size recurrent state.
+for recipe in liger-gla lolcats hedgehog supra; do
+  echo "== linearize convert --recipe $recipe (training-free), then its verify table"
+  "$bin" --log-level warn convert --model tests/fixtures/tiny-llama --recipe "$recipe" --out "$out/$recipe"
+  echo "== linearize generate --model <$recipe export> --prompt '$prompt'"
+  "$bin" generate --model "$out/$recipe" --prompt "$prompt" --max-new-tokens 24
+  echo
+done
