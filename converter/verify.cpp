@@ -64,6 +64,13 @@ class ReportBuilder {
   VerifyReport report;
 };
 
+// One discarded forward before any recorded or compared one: the first GEMMs of a process may run while
+// MKL's threads are still starting and split the work differently (seen on a busy machine: 1 verify in 12
+// rounded its first forward differently; none in 36 with this warm-up).
+void warm_up(const CausalLM& model, const std::vector<std::vector<std::int64_t>>& prompts) {
+  model.forward(as_batch(prompts.front(), model.options().device));
+}
+
 // L0: the files hold what the config promises, finite, and the copies are the source's bytes.
 bool check_structure(const std::filesystem::path& dir, const ModelConfig& config, const VerifyOptions& options,
                      ReportBuilder& r) {
@@ -300,6 +307,7 @@ std::vector<std::vector<std::int64_t>> builtin_verify_prompts(std::int64_t vocab
 
 void record_verify_logits(const std::filesystem::path& dir, const CausalLM& model,
                           const std::vector<std::vector<std::int64_t>>& prompts) {
+  warm_up(model, prompts);
   NamedTensors tensors;
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     const auto ids = as_batch(prompts[i], model.options().device);
@@ -321,10 +329,7 @@ VerifyReport verify_model(const VerifyOptions& options) {
     for (const auto id : p)
       if (id < 0 || id >= config.vocab_size)
         throw InputError("command line", "prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
-  // One discarded forward first: the first GEMMs of a process may run while MKL's threads are still
-  // starting and split the work differently (seen on a busy machine: 1 verify in 12 rounded its first
-  // forward differently). Every figure below then comes from warm, reproducible calls.
-  model.forward(as_batch(prompts.front(), model.options().device));
+  warm_up(model, prompts);
   check_forms(model, prompts, r);
   check_reload(options.model, model, r);
   if (options.source) {
