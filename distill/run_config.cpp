@@ -1,5 +1,7 @@
 #include "distill/run_config.h"
 
+#include "converter/recipes/recipe.h"
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -40,21 +42,6 @@ std::string enum_name(const EnumNames<E>& names, E value) {
     if (e == value) return name;
   }
   return "?";
-}
-
-std::size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
 }
 
 std::pair<std::string, std::string> split_last(const std::string& path) {

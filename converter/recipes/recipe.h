@@ -70,7 +70,8 @@ std::vector<std::int64_t> softmax_layers(const RecipeParams& params);
 // "liger-gla" -> "LinearizeLigerGlaForCausalLM"
 std::string linearized_architecture_name(const std::string& recipe);
 
-// The closest of `candidates` to `name` by edit distance (for "did you mean" in errors).
+// Levenshtein distance, and the closest of `candidates` to `name` by it (for "did you mean" in errors).
+std::size_t edit_distance(const std::string& a, const std::string& b);
 std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
 
 // One per recipe file.

@@ -20,21 +20,6 @@ std::vector<Recipe> register_all() {
 const RecipeParam kSoftmaxLayers{"softmax_layers", nlohmann::json::array(),
                                  "layers kept as exact source softmax attention (inter-layer hybrid)"};
 
-std::size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
 bool same_type(const nlohmann::json& value, const nlohmann::json& default_value) {
   if (default_value.is_null()) return value.is_null() || value.is_number_integer();  // derived sizes
   if (default_value.is_number_float()) return value.is_number();
@@ -60,6 +45,21 @@ const Recipe& find_recipe(const std::string& name, const std::string& file, cons
   for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
   throw InputError(file, field, "unknown recipe '" + name + "' (did you mean '" + nearest_name(name, known) +
                                     "'? known: " + list + ")");
+}
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
 }
 
 std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates) {
