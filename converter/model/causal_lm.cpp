@@ -15,8 +15,17 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 
 }  // namespace
 
+SwiGluMlp::SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
+                     const at::Tensor& up_bias, at::Tensor down_bias)
+    : gate_up_(at::cat({gate, up})), down_(std::move(down)), down_bias_(std::move(down_bias)) {
+  if (gate_bias.defined() || up_bias.defined())
+    gate_up_bias_ = at::cat({gate_bias.defined() ? gate_bias : at::zeros_like(up_bias),
+                             up_bias.defined() ? up_bias : at::zeros_like(gate_bias)});
+}
+
 at::Tensor SwiGluMlp::forward(const at::Tensor& x) const {
-  return linear(at::silu(linear(x, gate, gate_bias)) * linear(x, up, up_bias), down, down_bias);
+  const auto gate_up = linear(x, gate_up_, gate_up_bias_).chunk(2, -1);
+  return linear(at::silu(gate_up[0]) * gate_up[1], down_, down_bias_);
 }
 
 std::int64_t DecodeState::bytes() const {
@@ -43,7 +52,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   const auto checkpoint = CheckpointWeights::open(dir);
   auto specs = decoder_tensors(*cfg.family, cfg);
   if (overrides) specs.insert(specs.end(), overrides->extra_tensors.begin(), overrides->extra_tensors.end());
-  const auto w = ModelWeights::load(checkpoint, specs, options.dtype, options.device);
+  auto w = ModelWeights::load(checkpoint, specs, options.dtype, options.device);
   model.embed_ = w.get("model.embed_tokens.weight");
   model.final_norm_ = w.get("model.norm.weight");
   model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get("lm_head.weight");
@@ -52,10 +61,11 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     DecoderLayer layer;
     layer.input_norm = w.get(p + "input_layernorm.weight");
     layer.post_attention_norm = w.get(p + "post_attention_layernorm.weight");
-    AttentionProjections proj{w.get(p + "self_attn.q_proj.weight"), w.get(p + "self_attn.k_proj.weight"),
-                              w.get(p + "self_attn.v_proj.weight"), w.get(p + "self_attn.o_proj.weight"),
-                              w.optional(p + "self_attn.q_proj.bias"), w.optional(p + "self_attn.k_proj.bias"),
-                              w.optional(p + "self_attn.v_proj.bias"), w.optional(p + "self_attn.o_proj.bias")};
+    // take(): the fused copies the mixer and the MLP make replace these as each layer is built.
+    AttentionProjections proj{w.take(p + "self_attn.q_proj.weight"), w.take(p + "self_attn.k_proj.weight"),
+                              w.take(p + "self_attn.v_proj.weight"), w.take(p + "self_attn.o_proj.weight"),
+                              w.take(p + "self_attn.q_proj.bias"), w.take(p + "self_attn.k_proj.bias"),
+                              w.take(p + "self_attn.v_proj.bias"), w.take(p + "self_attn.o_proj.bias")};
     SoftmaxAttentionShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.max_position_embeddings,
                                 cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
                                     ? cfg.sliding_window
@@ -63,8 +73,9 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope);
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);
-    layer.mlp = {w.get(p + "mlp.gate_proj.weight"), w.get(p + "mlp.up_proj.weight"), w.get(p + "mlp.down_proj.weight"),
-                 w.optional(p + "mlp.gate_proj.bias"), w.optional(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias")};
+    layer.mlp = SwiGluMlp(w.take(p + "mlp.gate_proj.weight"), w.take(p + "mlp.up_proj.weight"),
+                          w.take(p + "mlp.down_proj.weight"), w.take(p + "mlp.gate_proj.bias"),
+                          w.take(p + "mlp.up_proj.bias"), w.take(p + "mlp.down_proj.bias"));
     model.layers_.push_back(std::move(layer));
   }
   return model;

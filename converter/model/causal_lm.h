@@ -16,10 +16,20 @@
 
 namespace linearize {
 
-struct SwiGluMlp {
-  at::Tensor gate, up, down;                 // [ff, d], [ff, d], [d, ff]
-  at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
+class SwiGluMlp {
+ public:
+  SwiGluMlp() = default;
+  // gate, up: [ff, d]; down: [d, ff]; biases undefined when absent. Gate and up are stored as one
+  // [2 ff, d] matrix (one GEMM instead of two); gate() and up() are views of it.
+  SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
+            const at::Tensor& up_bias, at::Tensor down_bias);
   at::Tensor forward(const at::Tensor& x) const;  // down(silu(gate x) * up x) (Shazeer 2020, eq. 6)
+  at::Tensor gate() const { return gate_up_.narrow(0, 0, gate_up_.size(0) / 2); }
+  at::Tensor up() const { return gate_up_.narrow(0, gate_up_.size(0) / 2, gate_up_.size(0) / 2); }
+  const at::Tensor& down() const { return down_; }
+
+ private:
+  at::Tensor gate_up_, gate_up_bias_, down_, down_bias_;
 };
 
 struct DecoderLayer {

@@ -18,16 +18,39 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
-// [B, T, H*D] -> [B, H, T, D]
-at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
-  return x.view({x.size(0), x.size(1), heads, -1}).transpose(1, 2);
-}
 
 }  // namespace
 
 SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope)
     : proj_(std::move(proj)), shape_(shape), rope_(std::move(rope)),
-      freqs_(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings)) {}
+      freqs_(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings)) {
+  // Fused once here; q/k/v become views of the fused matrix, so the model holds one copy of them.
+  qkv_ = at::cat({proj_.q, proj_.k, proj_.v});
+  const auto q_rows = proj_.q.size(0), kv_rows = proj_.k.size(0);
+  proj_.q = qkv_.narrow(0, 0, q_rows);
+  proj_.k = qkv_.narrow(0, q_rows, kv_rows);
+  proj_.v = qkv_.narrow(0, q_rows + kv_rows, kv_rows);
+  if (proj_.q_bias.defined() || proj_.k_bias.defined() || proj_.v_bias.defined()) {
+    const auto or_zeros = [&](const at::Tensor& b, std::int64_t rows) { return b.defined() ? b : at::zeros({rows}, qkv_.options()); };
+    qkv_bias_ = at::cat({or_zeros(proj_.q_bias, q_rows), or_zeros(proj_.k_bias, kv_rows), or_zeros(proj_.v_bias, kv_rows)});
+    proj_.q_bias = qkv_bias_.narrow(0, 0, q_rows);
+    proj_.k_bias = qkv_bias_.narrow(0, q_rows, kv_rows);
+    proj_.v_bias = qkv_bias_.narrow(0, q_rows + kv_rows, kv_rows);
+  }
+}
+
+ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
+  const auto B = x.size(0), T = x.size(1), D = shape_.head_dim;
+  const auto qkv = project(x, qkv_, qkv_bias_);
+  const auto q_width = shape_.heads * D, kv_width = shape_.kv_heads * D;
+  return {qkv.narrow(-1, 0, q_width).view({B, T, shape_.heads, D}),
+          qkv.narrow(-1, q_width, kv_width).view({B, T, shape_.kv_heads, D}),
+          qkv.narrow(-1, q_width + kv_width, kv_width).view({B, T, shape_.kv_heads, D})};
+}
+
+at::Tensor SoftmaxAttentionMixer::project_output(const at::Tensor& heads) const {
+  return project(heads.reshape({heads.size(0), heads.size(1), -1}), proj_.o, proj_.o_bias);
+}
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const {
   const auto positions = at::arange(start, start + length, like.options().dtype(at::kLong));
@@ -41,10 +64,9 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
 
 at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t start, MixerState* state,
                                           const MixerCall& call) const {
-  const std::int64_t B = x.size(0), T = x.size(1);
-  auto q = split_heads(project(x, proj_.q, proj_.q_bias), shape_.heads);
-  auto k = split_heads(project(x, proj_.k, proj_.k_bias), shape_.kv_heads);
-  auto v = split_heads(project(x, proj_.v, proj_.v_bias), shape_.kv_heads);
+  const std::int64_t T = x.size(1);
+  const auto heads = project_heads(x);  // [B, T, H, D] -> [B, H, T, D] for attention
+  auto q = heads.q.transpose(1, 2), k = heads.k.transpose(1, 2), v = heads.v.transpose(1, 2);
   const auto cs = cos_sin(start, T, x);
   q = kernels::apply_rope(q, cs);
   k = kernels::apply_rope(k, cs);
@@ -72,8 +94,7 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
     cache->v = v.narrow(2, v.size(2) - keep, keep);
     cache->key_start = start + T - keep;
   }
-  const auto merged = attended.transpose(1, 2).reshape({B, T, shape_.heads * shape_.head_dim});
-  return project(merged, proj_.o, proj_.o_bias);
+  return project_output(attended.transpose(1, 2));
 }
 
 std::unique_ptr<MixerState> SoftmaxAttentionMixer::new_state() const { return std::make_unique<KvCache>(); }

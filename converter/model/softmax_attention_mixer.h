@@ -14,6 +14,11 @@ struct AttentionProjections {
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when absent
 };
 
+// q, k, v of one projection call in fla's sequence-first layout: [B, T, H, D], [B, T, Hkv, D] x 2.
+struct ProjectedHeads {
+  at::Tensor q, k, v;
+};
+
 struct SoftmaxAttentionShape {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t max_position_embeddings = 0;  // dynamic RoPE rescales past it
@@ -28,6 +33,12 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   std::unique_ptr<MixerState> new_state() const override;
   std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
 
+  // One GEMM for q, k and v together (their weights are stored as one [q+k+v, hidden] matrix; the
+  // separate q/k/v of projections() are views of it), split into heads; not rotated.
+  ProjectedHeads project_heads(const at::Tensor& x) const;
+  // [B, T, H, D] -> o_proj -> [B, T, hidden]
+  at::Tensor project_output(const at::Tensor& heads) const;
+
   const AttentionProjections& projections() const { return proj_; }
   const SoftmaxAttentionShape& shape() const { return shape_; }
   const RopeConfig& rope() const { return rope_; }
@@ -36,6 +47,7 @@ class SoftmaxAttentionMixer final : public TokenMixer {
 
  private:
   AttentionProjections proj_;
+  at::Tensor qkv_, qkv_bias_;  // fused; proj_.q/k/v (and biases) are row slices of these
   SoftmaxAttentionShape shape_;
   RopeConfig rope_;
   kernels::RopeFrequencies freqs_;  // at max_position_embeddings (dynamic RoPE recomputes beyond it)

@@ -75,6 +75,14 @@ const at::Tensor& ModelWeights::get(const std::string& name) const {
   return it->second;
 }
 
+at::Tensor ModelWeights::take(const std::string& name) {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) return {};
+  auto t = std::move(it->second);
+  tensors_.erase(it);
+  return t;
+}
+
 at::Tensor ModelWeights::optional(const std::string& name) const {
   const auto it = tensors_.find(name);
   return it == tensors_.end() ? at::Tensor() : it->second;

@@ -27,6 +27,9 @@ class ModelWeights {
   const at::Tensor& get(const std::string& name) const;  // throws if absent
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
   at::Tensor optional(const std::string& name) const;    // undefined if absent
+  // Hands the tensor over and forgets it (undefined if absent): a loader that fuses tensors frees each
+  // part as it goes, so loading never holds much more than one copy of the model.
+  at::Tensor take(const std::string& name);
 
  private:
   std::unordered_map<std::string, at::Tensor> tensors_;

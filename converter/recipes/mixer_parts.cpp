@@ -3,31 +3,17 @@
 #include "kernels/feature_maps.h"
 
 namespace linearize::recipes {
-namespace {
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
-
-}  // namespace
 
 HeadsBTHD project_heads(const SoftmaxAttentionMixer& source, const at::Tensor& x) {
-  const auto& p = source.projections();
-  const auto& s = source.shape();
-  const auto B = x.size(0), T = x.size(1);
-  return {linear(x, p.q, p.q_bias).view({B, T, s.heads, s.head_dim}),
-          linear(x, p.k, p.k_bias).view({B, T, s.kv_heads, s.head_dim}),
-          linear(x, p.v, p.v_bias).view({B, T, s.kv_heads, s.head_dim})};
+  const auto heads = source.project_heads(x);
+  return {heads.q, heads.k, heads.v};
 }
 
 at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
   return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
 }
 
-at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o) {
-  const auto& p = source.projections();
-  return linear(o.reshape({o.size(0), o.size(1), -1}), p.o, p.o_bias);
-}
+at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o) { return source.project_output(o); }
 
 at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads) {
   const auto groups = heads / x.size(2);
