@@ -59,9 +59,12 @@ void add_convert_command(CLI::App& app) {
     spdlog::info("wrote {} ({} layers converted, {} new parameters) in {:.2f} s", opts->out, result.converted_layers,
                  result.new_parameters, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 
-    // The export records the logits its verify prompts give (L2 of every later verify), then is verified.
-    const auto model = load_model(opts->out);
-    record_verify_logits(opts->out, model, builtin_verify_prompts(model.config().vocab_size));
+    // The export records the logits its verify prompts give (L2 of every later verify), then is verified;
+    // one model in memory at a time.
+    {
+      const auto model = load_model(opts->out);
+      record_verify_logits(opts->out, model, builtin_verify_prompts(model.config().vocab_size));
+    }
     VerifyOptions verify;
     verify.model = opts->out;
     verify.source = std::filesystem::path(opts->model);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -175,17 +176,43 @@ void check_reload(const std::filesystem::path& dir, const CausalLM& model, Repor
   else r.add("L2", "reload reproduces the recorded logits (other device/dtype/threads)", worst, "<=", kFormsTolerance);
 }
 
+// What L3 and L4 need from the source, per prompt: its logits and named intermediates. Computed before
+// the model is loaded, so verify holds one model in memory at a time.
+struct SourceOutputs {
+  std::vector<at::Tensor> logits;                            // [T, vocab]
+  std::vector<std::map<std::string, at::Tensor>> captured;  // layers.{i}.out / attn_in / attn_out
+};
+
+SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& config, const LoadOptions& load,
+                         const std::vector<std::vector<std::int64_t>>& prompts) {
+  const auto source = load_model(dir, load);
+  if (source.config().num_hidden_layers != config.num_hidden_layers || source.config().vocab_size != config.vocab_size)
+    throw InputError(dir.string(), "config.json", "is not this model's source (layers or vocabulary differ)");
+  warm_up(source, prompts);
+  SourceOutputs out;
+  for (const auto& p : prompts) {
+    std::map<std::string, at::Tensor> seen;
+    const auto keep = [&seen](const std::string& name, const at::Tensor& t) {
+      for (const char* suffix : {".out", ".attn_in", ".attn_out"}) {
+        const std::string s(suffix);
+        if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0 && name.rfind("layers.", 0) == 0)
+          seen[name] = t;
+      }
+    };
+    out.logits.push_back(source.forward(as_batch(p, source.options().device), keep)[0]);
+    out.captured.push_back(std::move(seen));
+  }
+  return out;
+}
+
 // L3: layers kept as softmax attention compute exactly what the source layer computes on the same input.
-void check_exactness(const CausalLM& model, const CausalLM& source, const std::vector<std::vector<std::int64_t>>& prompts,
-                     ReportBuilder& r) {
+void check_exactness(const CausalLM& model, const SourceOutputs& source, ReportBuilder& r) {
   const auto kept = model.config().linearize.is_null()
                         ? std::vector<std::int64_t>{}
                         : model.config().linearize.value("softmax_layers", std::vector<std::int64_t>{});
   if (kept.empty()) return;
   double worst = 0;
-  for (const auto& p : prompts) {
-    std::map<std::string, at::Tensor> seen;
-    source.forward(as_batch(p, source.options().device), [&](const std::string& name, const at::Tensor& t) { seen[name] = t; });
+  for (const auto& seen : source.captured) {
     for (const auto layer : kept) {
       const std::string scope = "layers." + std::to_string(layer);
       const CaptureFn none;
@@ -198,34 +225,32 @@ void check_exactness(const CausalLM& model, const CausalLM& source, const std::v
 }
 
 // L4: next-token distributions and hidden states against the source.
-void check_agreement(const CausalLM& model, const CausalLM& source, const VerifyOptions& options,
+void check_agreement(const CausalLM& model, const SourceOutputs& source, const VerifyOptions& options,
                      const std::vector<std::vector<std::int64_t>>& prompts, ReportBuilder& r) {
   std::vector<double> kls;
   double agree = 0, positions = 0, nll_model = 0, nll_source = 0, targets = 0;
   const auto layers = model.config().num_hidden_layers;
   std::vector<double> layer_error(static_cast<std::size_t>(layers), 0.0);
-  for (const auto& p : prompts) {
-    const auto ids = as_batch(p, model.options().device);
-    std::map<std::string, at::Tensor> src_h, mod_h;
-    const auto keep = [](std::map<std::string, at::Tensor>& into) {
-      return [&into](const std::string& name, const at::Tensor& t) {
-        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".out") == 0) into[name] = t;
-      };
-    };
-    const auto ls = at::log_softmax(source.forward(ids, keep(src_h))[0].to(at::kDouble), -1);
-    const auto lm = at::log_softmax(model.forward(ids, keep(mod_h))[0].to(at::kDouble), -1);
+  for (std::size_t n = 0; n < prompts.size(); ++n) {
+    const auto ids = as_batch(prompts[n], model.options().device);
+    std::map<std::string, at::Tensor> mod_h;
+    const auto ls = at::log_softmax(source.logits[n].to(at::kDouble), -1);
+    const auto lm = at::log_softmax(model.forward(ids, [&mod_h](const std::string& name, const at::Tensor& t) {
+                                            if (name.size() > 4 && name.compare(name.size() - 4, 4, ".out") == 0) mod_h[name] = t;
+                                          })[0].to(at::kDouble),
+                                    -1);
     const auto kl = (ls.exp() * (ls - lm)).sum(-1);  // KL(source || model) per position
     for (std::int64_t t = 0; t < kl.size(0); ++t) kls.push_back(kl[t].item<double>());
     agree += ls.argmax(-1).eq(lm.argmax(-1)).sum().item<double>();
     positions += static_cast<double>(kl.size(0));
     const auto next = ids[0].narrow(0, 1, ids.size(1) - 1).to(at::kCPU).unsqueeze(1);
-    nll_source -= ls.narrow(0, 0, ids.size(1) - 1).gather(1, next).sum().item<double>();
-    nll_model -= lm.narrow(0, 0, ids.size(1) - 1).gather(1, next).sum().item<double>();
+    nll_source -= ls.narrow(0, 0, ids.size(1) - 1).to(at::kCPU).gather(1, next).sum().item<double>();
+    nll_model -= lm.narrow(0, 0, ids.size(1) - 1).to(at::kCPU).gather(1, next).sum().item<double>();
     targets += static_cast<double>(ids.size(1) - 1);
     for (std::int64_t i = 0; i < layers; ++i) {
       const auto name = "layers." + std::to_string(i) + ".out";
       auto& e = layer_error[static_cast<std::size_t>(i)];
-      e = std::max(e, relative_error(mod_h.at(name), src_h.at(name)));
+      e = std::max(e, relative_error(mod_h.at(name), source.captured[n].at(name)));
     }
   }
   std::sort(kls.begin(), kls.end());
@@ -323,21 +348,20 @@ VerifyReport verify_model(const VerifyOptions& options) {
   ReportBuilder r;
   const auto config = load_model_config(options.model / "config.json");
   if (!check_structure(options.model, config, options, r)) return std::move(r.report);
-  const auto model = load_model(options.model, options.load);
   const auto prompts = options.prompts.empty() ? builtin_verify_prompts(config.vocab_size) : options.prompts;
   for (const auto& p : prompts)
     for (const auto id : p)
       if (id < 0 || id >= config.vocab_size)
         throw InputError("command line", "prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
+  std::optional<SourceOutputs> source;
+  if (options.source) source = run_source(*options.source, config, options.load, prompts);
+  const auto model = load_model(options.model, options.load);
   warm_up(model, prompts);
   check_forms(model, prompts, r);
   check_reload(options.model, model, r);
-  if (options.source) {
-    const auto source = load_model(*options.source, options.load);
-    if (source.config().num_hidden_layers != config.num_hidden_layers || source.config().vocab_size != config.vocab_size)
-      throw InputError(options.source->string(), "config.json", "is not this model's source (layers or vocabulary differ)");
-    check_exactness(model, source, prompts, r);
-    check_agreement(model, source, options, prompts, r);
+  if (source) {
+    check_exactness(model, *source, r);
+    check_agreement(model, *source, options, prompts, r);
   }
   return std::move(r.report);
 }
