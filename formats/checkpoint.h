@@ -30,6 +30,7 @@ class CheckpointWeights {
   const TensorEntry& entry(const std::string& name) const;
   const SafetensorsFile& shard_of(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;  // a view of the mapping
+  void release(const std::string& name) const { shard_of(name).release(name); }  // after copying it
   // Names the source of a tensor in errors: the shard's path.
   std::string file_of(const std::string& name) const { return shard_of(name).path(); }
   std::optional<std::uint64_t> declared_total_size() const { return declared_total_size_; }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -38,6 +39,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+void MappedFile::release(std::size_t offset, std::size_t length) const {
+  const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  const std::size_t begin = (offset + page - 1) / page * page, end = std::min(size_, offset + length) / page * page;
+  if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);  // advice only: failure changes nothing
 }
 
 }  // namespace linearize

@@ -23,6 +23,10 @@ class MappedFile {
   const std::uint8_t* data() const { return data_; }
   std::size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the pages of [offset, offset + length) from this process (MADV_DONTNEED; whole pages inside the
+  // range only). They stay in the page cache and read back from it if touched again: a loader that has
+  // copied a tensor calls this so the process does not also keep the mapped copy resident.
+  void release(std::size_t offset, std::size_t length) const;
 
  private:
   MappedFile(std::string path, std::uint8_t* data, std::size_t size) : path_(std::move(path)), data_(data), size_(size) {}

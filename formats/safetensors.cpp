@@ -62,6 +62,10 @@ std::vector<std::string> SafetensorsFile::names() const {
   return out;
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  if (const TensorEntry* entry = find(name)) file_->release(header_.data_start + entry->begin, entry->nbytes());
+}
+
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const TensorEntry* entry = find(name);
   if (entry == nullptr) throw InputError(path(), "tensor '" + name + "'", "not in this file");

@@ -37,6 +37,8 @@ class SafetensorsFile {
   // clone() or .to() what you modify). Copies only if the data is not aligned
   // to its element size, which our writer and the reference writer never produce.
   at::Tensor tensor(const std::string& name) const;
+  // Lets the process drop the mapped pages of a tensor it has copied (MappedFile::release).
+  void release(const std::string& name) const;
 
  private:
   SafetensorsFile(std::shared_ptr<MappedFile> file, SafetensorsHeader header);

@@ -1,16 +1,50 @@
 #include "converter/model/softmax_attention_mixer.h"
 
+#include <algorithm>
+
 #include "kernels/softmax_attention.h"
 
 namespace linearize {
 namespace {
 
 // Keys and values seen so far ([B, Hkv, S, D], already rotated), starting at absolute position key_start.
+// Full-attention layers append into buffers that grow by doubling, so a decode step copies one token's
+// keys, not the whole cache (a torch.cat per step, as transformers' DynamicCache does, is O(context)).
+// Sliding layers keep exactly their window - 1 newest keys.
 struct KvCache final : MixerState {
-  at::Tensor k, v;
+  at::Tensor k_buffer, v_buffer;  // capacity >= length along dim 2
+  std::int64_t length = 0;
   std::int64_t key_start = 0;
+
+  at::Tensor k() const { return k_buffer.narrow(2, 0, length); }
+  at::Tensor v() const { return v_buffer.narrow(2, 0, length); }
+  void append(const at::Tensor& k_new, const at::Tensor& v_new) {
+    const std::int64_t needed = length + k_new.size(2);
+    if (!k_buffer.defined() || k_buffer.size(2) < needed) {
+      const std::int64_t capacity = std::max<std::int64_t>(needed, k_buffer.defined() ? 2 * k_buffer.size(2) : 0);
+      auto grow = [&](const at::Tensor& old, const at::Tensor& like) {
+        auto sizes = like.sizes().vec();
+        sizes[2] = capacity;
+        auto fresh = at::empty(sizes, like.options());
+        if (length > 0) fresh.narrow(2, 0, length).copy_(old.narrow(2, 0, length));
+        return fresh;
+      };
+      k_buffer = grow(k_buffer, k_new);
+      v_buffer = grow(v_buffer, v_new);
+    }
+    k_buffer.narrow(2, length, k_new.size(2)).copy_(k_new);
+    v_buffer.narrow(2, length, v_new.size(2)).copy_(v_new);
+    length = needed;
+  }
+  // Keeps the last `keep` keys only (a sliding window), in a buffer of exactly that size.
+  void keep_last(std::int64_t keep) {
+    k_buffer = k().narrow(2, length - keep, keep).clone();
+    v_buffer = v().narrow(2, length - keep, keep).clone();
+    key_start += length - keep;
+    length = keep;
+  }
   std::int64_t bytes() const override {
-    return k.defined() ? static_cast<std::int64_t>(k.nbytes() + v.nbytes()) : 0;
+    return k_buffer.defined() ? static_cast<std::int64_t>(k_buffer.nbytes() + v_buffer.nbytes()) : 0;
   }
 };
 
@@ -81,19 +115,16 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   options.key_start = start;
   options.window = shape_.window;
   auto* cache = static_cast<KvCache*>(state);
-  if (cache && cache->k.defined()) {
-    k = at::cat({cache->k, k}, 2);
-    v = at::cat({cache->v, v}, 2);
+  if (cache) {
+    if (cache->length == 0) cache->key_start = start;
+    cache->append(k, v);
+    k = cache->k();
+    v = cache->v();
     options.key_start = cache->key_start;
   }
   const auto attended = kernels::softmax_attention(q, k, v, options);
-  if (cache) {
-    // A sliding layer's next query (at start+T) sees keys from start+T-window+1 on: keep exactly those.
-    const std::int64_t keep = shape_.window ? std::min<std::int64_t>(*shape_.window - 1, k.size(2)) : k.size(2);
-    cache->k = k.narrow(2, k.size(2) - keep, keep);
-    cache->v = v.narrow(2, v.size(2) - keep, keep);
-    cache->key_start = start + T - keep;
-  }
+  // A sliding layer's next query (at start+T) sees keys from start+T-window+1 on: keep exactly those.
+  if (cache && shape_.window && cache->length > *shape_.window - 1) cache->keep_last(*shape_.window - 1);
   return project_output(attended.transpose(1, 2));
 }
 

@@ -64,6 +64,7 @@ ModelWeights ModelWeights::load(const CheckpointWeights& weights, const std::vec
     // to 11x (decode) slower on the 100M bench model than over anonymous memory (huge pages, no TLB
     // thrash). The mapping is dropped after loading, so the process still holds one copy of the model.
     if (loaded.data_ptr() == mapped.data_ptr()) loaded = loaded.clone();
+    weights.release(spec.name);  // the copy is ours: the mapped pages need not stay resident too
     out.tensors_.emplace(spec.name, std::move(loaded));
   }
   return out;
