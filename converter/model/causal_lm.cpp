@@ -61,11 +61,11 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     DecoderLayer layer;
     layer.input_norm = w.get(p + "input_layernorm.weight");
     layer.post_attention_norm = w.get(p + "post_attention_layernorm.weight");
-    // take(): the fused copies the mixer and the MLP make replace these as each layer is built.
+    // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
     AttentionProjections proj{w.take(p + "self_attn.q_proj.weight"), w.take(p + "self_attn.k_proj.weight"),
-                              w.take(p + "self_attn.v_proj.weight"), w.take(p + "self_attn.o_proj.weight"),
+                              w.take(p + "self_attn.v_proj.weight"), w.get(p + "self_attn.o_proj.weight"),
                               w.take(p + "self_attn.q_proj.bias"), w.take(p + "self_attn.k_proj.bias"),
-                              w.take(p + "self_attn.v_proj.bias"), w.take(p + "self_attn.o_proj.bias")};
+                              w.take(p + "self_attn.v_proj.bias"), w.optional(p + "self_attn.o_proj.bias")};
     SoftmaxAttentionShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.max_position_embeddings,
                                 cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
                                     ? cfg.sliding_window
@@ -74,8 +74,9 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);
     layer.mlp = SwiGluMlp(w.take(p + "mlp.gate_proj.weight"), w.take(p + "mlp.up_proj.weight"),
-                          w.take(p + "mlp.down_proj.weight"), w.take(p + "mlp.gate_proj.bias"),
-                          w.take(p + "mlp.up_proj.bias"), w.take(p + "mlp.down_proj.bias"));
+                          w.get(p + "mlp.down_proj.weight"), w.take(p + "mlp.gate_proj.bias"),
+                          w.take(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias"));
+    w.release_taken();
     model.layers_.push_back(std::move(layer));
   }
   return model;

@@ -56,16 +56,14 @@ ModelWeights ModelWeights::load(const CheckpointWeights& weights, const std::vec
                                 at::ScalarType dtype, const at::Device& device) {
   check_tensors(weights, specs);
   ModelWeights out;
+  out.checkpoint_ = &weights;
   for (const auto& spec : specs) {
     if (!weights.contains(spec.name)) continue;
     const auto mapped = weights.tensor(spec.name);
     auto loaded = mapped.to(device, dtype);
-    // Compute from private memory, not from the file mapping: GEMMs over page-cache pages ran 4x (prefill)
-    // to 11x (decode) slower on the 100M bench model than over anonymous memory (huge pages, no TLB
-    // thrash). The mapping is dropped after loading, so the process still holds one copy of the model.
-    if (loaded.data_ptr() == mapped.data_ptr()) loaded = loaded.clone();
-    weights.release(spec.name);  // the copy is ours: the mapped pages need not stay resident too
-    out.tensors_.emplace(spec.name, std::move(loaded));
+    const bool still_mapped = loaded.data_ptr() == mapped.data_ptr();
+    if (!still_mapped) weights.release(spec.name);  // converted: the copy is ours already
+    out.tensors_.emplace(spec.name, Entry{std::move(loaded), still_mapped});
   }
   return out;
 }
@@ -73,20 +71,31 @@ ModelWeights ModelWeights::load(const CheckpointWeights& weights, const std::vec
 const at::Tensor& ModelWeights::get(const std::string& name) const {
   const auto it = tensors_.find(name);
   if (it == tensors_.end()) throw std::out_of_range("ModelWeights: no tensor " + name);
-  return it->second;
+  auto& entry = it->second;
+  if (entry.mapped) {
+    entry.tensor = entry.tensor.clone();
+    entry.mapped = false;
+    checkpoint_->release(name);
+  }
+  return entry.tensor;
 }
 
 at::Tensor ModelWeights::take(const std::string& name) {
   const auto it = tensors_.find(name);
   if (it == tensors_.end()) return {};
-  auto t = std::move(it->second);
+  auto t = std::move(it->second.tensor);
+  if (it->second.mapped) taken_.push_back(name);
   tensors_.erase(it);
   return t;
 }
 
+void ModelWeights::release_taken() {
+  for (const auto& name : taken_) checkpoint_->release(name);
+  taken_.clear();
+}
+
 at::Tensor ModelWeights::optional(const std::string& name) const {
-  const auto it = tensors_.find(name);
-  return it == tensors_.end() ? at::Tensor() : it->second;
+  return contains(name) ? get(name) : at::Tensor();
 }
 
 }  // namespace linearize
