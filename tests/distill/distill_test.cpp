@@ -130,21 +130,23 @@ TEST(AttentionTransfer, GradientsReachEveryNewTensorAndNothingElse) {
   }
 }
 
-TEST(Distill, StageOneCutsTheAttentionMseTenfold) {
+TEST(Distill, StageOneCutsTheValidationAttentionMseTenfold) {
   test::TempDir dir;
-  // The demo's settings: 256-token sequences, batch 4, lr 1e-2 (LoLCATs), 200 steps.
-  auto config = RunConfig::load(std::filesystem::path(LINEARIZE_CONFIGS) / "demo-tiny.yaml",
-                                {"model=" + tiny_llama().string(), "out=" + (dir / "run").string(),
-                                 "data.files=[" + (test::fixtures_dir() / "corpus" / "corpus.txt").string() + "]",
-                                 "stage1.steps=200", "log_every=50", "checkpoint.every=200"});
-  DistillOptions options{config, false, stderr, std::nullopt};
-  const auto result = run_distill(options);
-  ASSERT_TRUE(result.initial_transfer_loss && result.final_transfer_loss);
-  EXPECT_LE(*result.final_transfer_loss, *result.initial_transfer_loss / 10) << *result.initial_transfer_loss;
-  EXPECT_LT(result.after->kl, result.before->kl);
-  ASSERT_TRUE(result.verify);
-  EXPECT_TRUE(result.verify->passed()) << result.verify->table();
+  auto config = small_run(dir / "run", 150);
+  config.data.validation_fraction = 0.02;
+  config.log_every = 50;
+  ASSERT_EQ(run_to_end(cli_args(config, dir / "cfg"), dir / "stdout"), 0);
+  std::vector<double> validation;
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (const auto r = nlohmann::json::parse(line); r.contains("val_loss")) validation.push_back(r["val_loss"].get<double>());
+  ASSERT_EQ(validation.size(), 4u);  // steps 0, 50, 100, 150
+  // Measured 2049 -> 106 (19x) at these settings; 10x is the target.
+  EXPECT_LE(validation.back(), validation.front() / 10) << validation.front() << " -> " << validation.back();
+  const auto out = test::read_file(dir / "stdout");
+  EXPECT_NE(out.find("verify: PASS"), std::string::npos) << out;
   EXPECT_TRUE(std::filesystem::exists(dir / "run" / "report.html"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "run" / "model" / "verify_logits.safetensors"));
 }
 
 TEST(Distill, ResumeAfterSigkillReproducesTheLossTrajectoryBitwise) {
@@ -209,6 +211,17 @@ TEST(DistillCli, MistypedKeyFailsBeforeAnyWorkNamingTheNearestKey) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("stage1.steps"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+}
+
+TEST(DistillConfigs, EveryShippedRunFileLoads) {
+  std::size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(LINEARIZE_CONFIGS)) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(RunConfig::load(entry.path()));
+    ++files;
+  }
+  EXPECT_GE(files, 5u);  // distill-example, demo-tiny, lolcats, hedgehog, supra
 }
 
 }  // namespace
