@@ -39,6 +39,18 @@ void check_supported(const RunConfig& config) {
     throw InputError(kConfigSource, "device.dtype", "bf16 autocast is not available in this build; use auto or fp32");
 }
 
+// A conversion left by an earlier run must be of this run's recipe with the same resolved parameters.
+void check_conversion(const ModelConfig& converted, const ModelConfig& source, const RunConfig& config) {
+  const auto expected = resolve_recipe_params(find_recipe(config.recipe.name, kConfigSource, "recipe.name"),
+                                              config.recipe.params, source, "recipe.params");
+  const auto& stored = converted.linearize;
+  if (stored.value("recipe", std::string()) != config.recipe.name || stored.value("params", nlohmann::json()) != expected)
+    throw InputError(converted.source, "linearize",
+                     "this conversion (" + stored.value("recipe", std::string()) + ", " + stored.value("params", nlohmann::json()).dump() +
+                         ") is not the run's recipe (" + config.recipe.name + ", " + expected.dump() +
+                         "): remove the directory or use another out");
+}
+
 TokenDataset make_dataset(const RunConfig& config, const ModelConfig& model) {
   const fs::path tokenizer_dir = config.data.tokenizer.empty() ? fs::path(config.model) : fs::path(config.data.tokenizer);
   const auto tokenizer = Tokenizer::from_dir(tokenizer_dir);
@@ -248,6 +260,7 @@ DistillResult run_distill(const DistillOptions& options) {
   load.device = config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
   const CausalLM source = load_model(config.model, load);  // the teacher: its attention and its hidden states
+  check_conversion(student.config(), source.config(), config);
   TokenDataset data = make_dataset(config, source.config());
   const auto validation = data.validation_batches();
 
