@@ -21,5 +21,6 @@ void add_generate_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_verify_command(CLI::App& app);
+void add_distill_command(CLI::App& app);
 
 }  // namespace linearize::cli

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   linearize::cli::add_tokenize_command(app);
   linearize::cli::add_convert_command(app);
   linearize::cli::add_verify_command(app);
+  linearize::cli::add_distill_command(app);
 
   try {
     app.parse(argc, argv);

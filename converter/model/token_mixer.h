@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -42,6 +44,11 @@ class TokenMixer {
   virtual at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const = 0;
   virtual std::unique_ptr<MixerState> new_state() const = 0;
   virtual std::string kind() const = 0;  // "softmax", "softmax-window", a recipe's mixer name
+
+  // The tensors a converted mixer adds, by their NewTensor names ("feature_map_q.weight"), as handles
+  // sharing the mixer's own: requires_grad_() or set_data() on them acts on the mixer. Empty for the
+  // softmax mixer and for recipes without new tensors.
+  virtual std::vector<std::pair<std::string, at::Tensor>> trainable() const { return {}; }
 };
 
 }  // namespace linearize

@@ -35,6 +35,9 @@ class HedgehogMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "hedgehog"; }
+  std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
+    return {{"feature_map_q.weight", map_q_}, {"feature_map_k.weight", map_k_}};
+  }
 
  private:
   SoftmaxAttentionMixer source_;

@@ -68,6 +68,9 @@ class LolcatsMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "lolcats"; }
+  std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
+    return {{"feature_map_q.weight", map_q_}, {"feature_map_k.weight", map_k_}, {"window_factors", window_factors_}};
+  }
 
  private:
   SoftmaxAttentionMixer source_;

@@ -69,6 +69,9 @@ class SupraMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "supra"; }
+  std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
+    return {{"feature_map_q.weight", wq_}, {"feature_map_q.bias", bq_}, {"feature_map_k.weight", wk_}, {"feature_map_k.bias", bk_}};
+  }
 
  private:
   SoftmaxAttentionMixer source_;

@@ -1,0 +1,56 @@
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "cli/commands.h"
+#include "cli/verify_output.h"
+#include "distill/run.h"
+
+namespace linearize::cli {
+
+void add_distill_command(CLI::App& app) {
+  struct Options {
+    std::string config;
+    std::vector<std::string> settings;
+    bool resume = false, dump_config = false;
+  };
+  auto opts = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand("distill", "Train a converted model: attention transfer (stage 1), then export and verify it");
+  cmd->add_option("--config", opts->config, "YAML run file (configs/*.yaml)")->required();
+  cmd->add_option("--set", opts->settings, "Override a key, key.path=value in YAML syntax (repeatable), e.g. --set stage1.steps=50");
+  cmd->add_flag("--resume", opts->resume, "Continue from the newest complete checkpoint");
+  cmd->add_flag("--dump-config", opts->dump_config, "Print the effective config and exit");
+  cmd->callback([opts] {
+    DistillOptions run;
+    run.config = RunConfig::load(opts->config, opts->settings);
+    if (opts->dump_config) {
+      std::cout << run.config.dump();
+      return;
+    }
+    run.resume = opts->resume;
+    DistillResult result;
+    try {
+      result = run_distill(run);
+    } catch (const TrainingDiverged& e) {
+      throw CheckFailed(std::string("training diverged: ") + e.what());
+    }
+    if (result.stopped) {
+      std::cout << "stopped at step " << result.step << "; checkpoint " << result.checkpoint.string()
+                << "; resume with: linearize distill --config " << opts->config << " --resume\n";
+      return;
+    }
+    if (result.before && result.after) {
+      std::printf("held-out text        perplexity   KL(teacher||student)\n");
+      std::printf("teacher              %10.4f   %10.6f\n", result.after->teacher_perplexity, 0.0);
+      std::printf("training-free        %10.4f   %10.6f\n", result.before->student_perplexity, result.before->kl);
+      std::printf("after stage 1        %10.4f   %10.6f\n", result.after->student_perplexity, result.after->kl);
+      std::fflush(stdout);
+    }
+    report_verification(*result.verify, result.export_dir, std::nullopt);
+  });
+}
+
+}  // namespace linearize::cli

@@ -1,0 +1,53 @@
+// A `linearize distill` run (DESIGN section 7): converts the source with the recipe into <out>/converted
+// (once), trains stage 1 (attention transfer, distill/attention_transfer.h) with AdamW, the configured
+// schedule, gradient accumulation and clipping, checkpoints every `checkpoint.every` steps and at a stop,
+// and at the end exports the trained model to <out>/model, records its verify logits and verifies it
+// against the source. Records: <out>/metrics.jsonl, <out>/report.html, a progress line.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+
+#include "converter/verify.h"
+#include "distill/run_config.h"
+
+namespace linearize {
+
+struct DistillOptions {
+  RunConfig config;
+  bool resume = false;       // continue from the newest complete checkpoint
+  std::FILE* progress = stderr;
+  // Tests: at the start of optimiser step `poison_step` one trainable value becomes NaN, so the step's
+  // loss and gradients are non-finite (the divergence stop).
+  std::optional<std::int64_t> poison_step;
+};
+
+// Next-token figures on the validation sequences: the teacher's (source) and the student's perplexity,
+// and the mean KL(teacher || student) per predicted token.
+struct QualityFigures {
+  double teacher_perplexity = 0, student_perplexity = 0, kl = 0;
+};
+
+struct DistillResult {
+  bool stopped = false;  // SIGINT/SIGTERM: the step finished and `checkpoint` holds it
+  std::int64_t step = 0;
+  std::filesystem::path checkpoint;
+  std::filesystem::path export_dir;
+  std::optional<QualityFigures> before, after;  // training-free and trained (absent when stopped)
+  std::optional<double> initial_transfer_loss, final_transfer_loss;  // validation, stage 1
+  std::optional<VerifyReport> verify;
+};
+
+// A non-finite loss or gradient: the message names the step, the layer and the tensor, and the last good
+// checkpoint (left as it was).
+struct TrainingDiverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Throws InputError for a config or data problem (before training starts), TrainingDiverged as above.
+DistillResult run_distill(const DistillOptions& options);
+
+}  // namespace linearize
