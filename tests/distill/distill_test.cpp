@@ -125,7 +125,7 @@ TEST(AttentionTransfer, GradientsReachEveryNewTensorAndNothingElse) {
       EXPECT_TRUE(at::isfinite(tensor.grad()).all().item<bool>()) << name;
       EXPECT_GT(tensor.grad().abs().sum().item<double>(), 0.0) << name;
     }
-    EXPECT_FALSE(student.layers()[0].mlp.gate.requires_grad());
+    EXPECT_FALSE(student.layers()[0].mlp.gate().requires_grad());
     EXPECT_FALSE(student.layers()[0].input_norm.requires_grad());
   }
 }
