@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set-up, build, and the pipeline as far as it exists today on the bundled tiny models.
+# Set-up, build, and the whole pipeline on the bundled tiny models: inspect, tokenize, generate, forward,
+# convert + verify with every recipe, and a distillation run (stage 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -36,3 +37,8 @@ for recipe in liger-gla lolcats hedgehog supra; do
   "$bin" generate --model "$out/$recipe" --prompt "$prompt" --max-new-tokens 24
   echo
 done
+
+# Attention transfer (stage 1 of distill, LoLCATs) on the bundled model: prints the attention MSE,
+# perplexity and KL before and after, then the export's verify table.
+echo "== linearize distill --config configs/demo-tiny.yaml (LoLCATs stage 1 on tiny-llama)"
+"$bin" distill --config configs/demo-tiny.yaml --set out="$out/distill"
