@@ -86,10 +86,13 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
   }
   std::int64_t non_finite = 0;
   std::string first;
+  // Every pass over the files below releases each tensor's pages once read, so reading two models' files
+  // side by side does not make them both resident.
   for (const auto& name : weights.names()) {
     const auto t = weights.tensor(name);
-    if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) continue;
-    if (non_finite++ == 0) first = name;
+    const bool finite = !t.is_floating_point() || at::isfinite(t).all().item<bool>();
+    weights.release(name);
+    if (!finite && non_finite++ == 0) first = name;
   }
   r.add("L0", "tensors finite (no NaN/Inf)", static_cast<double>(non_finite), "==", 0,
         non_finite ? "first: " + first : "");
@@ -102,8 +105,9 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
     const auto recorded = nlohmann::json::parse(it->second);
     for (const auto& [name, hash] : recorded.items()) {
       const auto t = weights.contains(name) ? weights.tensor(name) : at::Tensor();
-      if (t.defined() && sha256_hex(t.data_ptr(), t.nbytes()) == hash.get<std::string>()) continue;
-      if (changed++ == 0) first_changed = name;
+      const bool same = t.defined() && sha256_hex(t.data_ptr(), t.nbytes()) == hash.get<std::string>();
+      if (t.defined()) weights.release(name);
+      if (!same && changed++ == 0) first_changed = name;
     }
     r.add("L0", "copied tensors match their recorded sha256", static_cast<double>(changed), "==", 0,
           changed ? "first: " + first_changed : std::to_string(recorded.size()) + " tensors");
@@ -119,6 +123,8 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
       const auto b = weights.contains(name) ? weights.tensor(name) : at::Tensor();
       const bool same = b.defined() && a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
                         std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
+      source.release(name);
+      if (b.defined()) weights.release(name);
       if (!same && differ++ == 0) first_differ = name;
     }
     r.add("L0", "copied tensors bit-identical to the source", static_cast<double>(differ), "==", 0,
