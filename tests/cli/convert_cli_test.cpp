@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 
@@ -84,6 +85,20 @@ TEST(ConvertCli, VerifyIsDeterministic) {
   EXPECT_EQ(first.exit_code, 0);
   EXPECT_EQ(first.out, second.out);
   EXPECT_EQ(first_json, test::read_file(dir / "out" / "verify.json"));
+}
+
+TEST(ConvertCli, VerifyOnAPlainCheckpointChecksFormsAndWritesNothingThere) {
+  test::TempDir dir;
+  std::filesystem::copy(fixture("tiny-mistral"), dir.path(), std::filesystem::copy_options::recursive);
+  const auto before = test::list_dir(dir.path());
+  const auto r = test::run_linearize({"verify", "--model", dir.path().string(), "--json", (dir / "report.json").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(row_of(r.out, "recurrent decode == chunked prefill").find("PASS"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("L2"), std::string::npos) << "a plain checkpoint records no logits: " << r.out;
+  auto expected = before;
+  expected.push_back("report.json");
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(test::list_dir(dir.path()), expected) << "only the --json file is written";
 }
 
 struct Corruption {
