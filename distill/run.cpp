@@ -318,7 +318,8 @@ DistillResult run_distill(const DistillOptions& options) {
   }
 
   StopFlag stop;
-  ProgressReporter progress(options.progress, ProgressReporter::is_tty(options.progress));
+  const bool live_progress = ProgressReporter::is_tty(options.progress);
+  ProgressReporter progress(options.progress, live_progress);
   progress.start("stage1", result.step, optim.steps);
   std::int64_t tokens = 0;
   std::vector<std::int64_t> layers;  // the converted layers, in the order of layer_mse
@@ -357,7 +358,8 @@ DistillResult run_distill(const DistillOptions& options) {
       schedule.observe(val ? *val : loss);  // plateau: the validation loss, the training loss without a split
       metrics.append(record);
     }
-    progress.update(step, loss, tokens);
+    // A terminal line is rewritten every step; a log gets a line per log step only.
+    if (live_progress || step % config.log_every == 0 || step == optim.steps) progress.update(step, loss, tokens);
     if (stop.requested()) {
       progress.finish();
       result.checkpoint = save();
