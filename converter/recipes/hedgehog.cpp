@@ -17,7 +17,7 @@ class HedgehogMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
     const std::int64_t H = source_.shape().heads;
-    const auto h = recipes::project_heads(source_, x);
+    const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
     kernels::LinearAttentionInputs in;
     in.q = kernels::hedgehog(recipes::rope_bthd(h.q, cs).to(at::kFloat), map_q_);
@@ -30,7 +30,7 @@ class HedgehogMixer final : public TokenMixer {
     auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
     if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
     if (st) st->linear = std::move(lin.state);
-    return recipes::output_projection(source_, lin.o.to(x.scalar_type()));
+    return source_.project_output(lin.o.to(x.scalar_type()));
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }

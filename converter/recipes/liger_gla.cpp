@@ -22,7 +22,7 @@ class LigerGlaMixer final : public TokenMixer {
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
-    const auto h = recipes::project_heads(source_, x);
+    const auto h = source_.project_heads(x);
     kernels::LinearAttentionInputs in;
     in.q = kernels::softmax_d(h.q.to(at::kFloat));
     in.k = kernels::softmax_d(h.k.to(at::kFloat));
@@ -47,7 +47,7 @@ class LigerGlaMixer final : public TokenMixer {
       st->linear = std::move(lin.state);
       st->window = recipes::last_keys(keys, window_);
     }
-    return recipes::output_projection(source_, (0.5 * o_swa + 0.5 * lin.o.to(at::kFloat)).to(x.scalar_type()));
+    return source_.project_output((0.5 * o_swa + 0.5 * lin.o.to(at::kFloat)).to(x.scalar_type()));
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }

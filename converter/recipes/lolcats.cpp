@@ -25,7 +25,7 @@ class LolcatsMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
     const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
-    const auto h = recipes::project_heads(source_, x);
+    const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, T, x);
     const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
     const auto keys = recipes::window_keys(st ? &st->window : nullptr, recipes::rope_bthd(h.k, cs), h.v, start);
@@ -63,7 +63,7 @@ class LolcatsMixer final : public TokenMixer {
       st->linear = std::move(lin.state);
       st->window = recipes::last_keys(keys, window_);
     }
-    return recipes::output_projection(source_, y.to(x.scalar_type()));
+    return source_.project_output(y.to(x.scalar_type()));
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }

@@ -4,16 +4,10 @@
 
 namespace linearize::recipes {
 
-HeadsBTHD project_heads(const SoftmaxAttentionMixer& source, const at::Tensor& x) {
-  const auto heads = source.project_heads(x);
-  return {heads.q, heads.k, heads.v};
-}
-
 at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
   return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
 }
 
-at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o) { return source.project_output(o); }
 
 at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads) {
   const auto groups = heads / x.size(2);

@@ -1,6 +1,6 @@
-// Pieces every linearized mixer shares: the source projections in fla's [B, T, H, D] layout, RoPE in that
-// layout, the output projection, and the decode state (a linear-attention state plus the window KV cache
-// of the hybrids).
+// Pieces every linearized mixer shares (the projections are the source attention's project_heads and
+// project_output): RoPE in fla's [B, T, H, D] layout, and the decode state (a linear-attention state
+// plus the window KV cache of the hybrids).
 #pragma once
 
 #include <cstdint>
@@ -11,18 +11,8 @@
 
 namespace linearize::recipes {
 
-struct HeadsBTHD {
-  at::Tensor q, k, v;  // [B, T, H, D], [B, T, Hkv, D], [B, T, Hkv, D]
-};
-
-// q, k, v of the source projections (biases included), split into heads, not rotated.
-HeadsBTHD project_heads(const SoftmaxAttentionMixer& source, const at::Tensor& x);
-
 // RoPE on [B, T, H, D] at positions start.. (the source model's own RoPE).
 at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs);
-
-// [B, T, H, D] -> o_proj -> [B, T, hidden]
-at::Tensor output_projection(const SoftmaxAttentionMixer& source, const at::Tensor& o);
 
 // Repeats kv heads to query heads ([B, T, Hkv, D] -> [B, T, H, D]) for recipes whose maps or decays
 // are per query head.

@@ -33,7 +33,6 @@ struct NewTensor {
   std::string name;
   std::vector<std::int64_t> shape;
   std::function<at::Tensor()> init;  // fp32 initial value (conversion), not called when loading
-  bool stage1_trainable = true;      // trained by attention transfer
 };
 
 struct LayerContext {

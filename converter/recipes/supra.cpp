@@ -43,7 +43,7 @@ class SupraMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
     const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
-    const auto h = recipes::project_heads(source_, x);
+    const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, T, x);
     const auto phi = [&](const at::Tensor& heads, const at::Tensor& w, const at::Tensor& b) {
       const auto mapped = at::relu(at::linear(heads.reshape({B, T, -1}).to(at::kFloat), w, b));
@@ -64,7 +64,7 @@ class SupraMixer final : public TokenMixer {
     const auto normed = (o - mean) * at::rsqrt(var + eps_);
     if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
     if (st) st->linear = std::move(lin.state);
-    return recipes::output_projection(source_, normed.to(x.scalar_type()));
+    return source_.project_output(normed.to(x.scalar_type()));
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
