@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/verify_output.h"
@@ -42,11 +45,18 @@ void add_distill_command(CLI::App& app) {
                 << "; resume with: linearize distill --config " << opts->config << " --resume\n";
       return;
     }
-    if (result.before && result.after) {
+    if (result.after) {
+      // A resumed run has no training-free row (it was measured before the interruption).
       std::printf("held-out text        perplexity   KL(teacher||student)\n");
       std::printf("teacher              %10.4f   %10.6f\n", result.after->teacher_perplexity, 0.0);
-      std::printf("training-free        %10.4f   %10.6f\n", result.before->student_perplexity, result.before->kl);
-      std::printf("after stage 1        %10.4f   %10.6f\n", result.after->student_perplexity, result.after->kl);
+      const bool stage2 = run.config.stage2.enabled;
+      const std::vector<std::pair<const char*, const std::optional<QualityFigures>*>> rows{
+          {"training-free", &result.before},
+          {"after stage 1", stage2 ? &result.after_stage1 : &result.after},
+          {"after stage 2", stage2 ? &result.after : nullptr}};
+      for (const auto& [label, figures] : rows)
+        if (figures && figures->has_value())
+          std::printf("%-20s %10.4f   %10.6f\n", label, (*figures)->student_perplexity, (*figures)->kl);
       std::fflush(stdout);
     }
     report_verification(*result.verify, result.export_dir, std::nullopt);

@@ -2,6 +2,7 @@
 
 #include <fstream>
 
+#include "converter/model/lora.h"
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/model/weights.h"
 #include "formats/atomic_file.h"
@@ -64,7 +65,9 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& config) {
   return specs;
 }
 
-CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
+namespace {
+
+CausalLM load_mixers(const std::filesystem::path& dir, const LoadOptions& options) {
   auto config = load_model_config(dir / "config.json");
   if (config.linearize.is_null()) return CausalLM::load(dir, std::move(config), options, nullptr);
 
@@ -83,6 +86,14 @@ CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options
     return recipe.make_mixer(ctx, source, tensors);
   };
   return CausalLM::load(dir, std::move(config), options, &overrides);
+}
+
+}  // namespace
+
+CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
+  CausalLM model = load_mixers(dir, options);
+  if (std::filesystem::exists(dir / kPeftAdapterDir / kPeftConfigFile)) attach_peft_adapter(model, dir / kPeftAdapterDir);
+  return model;
 }
 
 ConvertResult convert_checkpoint(const ConvertOptions& options) {

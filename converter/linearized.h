@@ -14,7 +14,7 @@
 namespace linearize {
 
 // A Hugging Face checkpoint or a linearize export: a converted model's layers get their recipe's mixers
-// (softmax_layers keep the source attention).
+// (softmax_layers keep the source attention); an export's LoRA adapter (<dir>/adapter, PEFT) is attached.
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
 
 // Every tensor a model directory must hold: the decoder's, plus its recipe's new ones when converted.

@@ -6,19 +6,26 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "converter/linearized.h"
+#include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/data.h"
 #include "distill/metrics.h"
 #include "distill/schedule.h"
 #include "distill/stop_flag.h"
+#include "formats/atomic_file.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/json_file.h"
+#include "formats/peft_adapter.h"
 #include "formats/tokenizer.h"
 
 namespace linearize {
@@ -29,8 +36,6 @@ constexpr const char* kConfigSource = "run config";
 
 // The parts of the schema this build trains; anything else is refused before any work.
 void check_supported(const RunConfig& config) {
-  if (config.stage2.enabled)
-    throw InputError(kConfigSource, "stage2.enabled", "stage 2 (LoRA) is not available in this build; set it to false");
   if (config.stage1.loss != Stage1Loss::kMse)
     throw InputError(kConfigSource, "stage1.loss", "only mse is available in this build");
   if (config.stage1.mode != Stage1Mode::kJoint)
@@ -119,27 +124,47 @@ ValidationLoss validation_transfer_loss(const CausalLM& student, const CausalLM&
   return total;
 }
 
+// One stage's micro-batch loss: the differentiable total and, for stage 1, each converted layer's part.
+struct StageLoss {
+  at::Tensor loss;
+  std::vector<double> layer_values;
+};
+
+// What a stage trains and how: its optimiser's tensors, every tensor a checkpoint of it keeps (stage 2
+// also keeps stage 1's result), its loss and its validation (which adds to a metrics record and returns
+// the figure a plateau schedule watches).
+struct StagePlan {
+  std::string name;  // "stage1", "stage2"
+  const Optimization* optim = nullptr;
+  std::int64_t first_step = 0;  // the global step before this stage's first
+  NamedTensors params;
+  NamedTensors saved;
+  std::vector<std::int64_t> layers;  // stage 1: the converted layers, in the order of layer_values
+  std::function<StageLoss(const at::Tensor& ids, const at::Tensor& labels)> loss;
+  std::function<std::optional<double>(nlohmann::json& record)> validate;
+};
+
 // Stops the run on a non-finite loss or gradient, naming the step, the layer and the tensor.
-void check_finite(std::int64_t step, double loss, const std::vector<std::int64_t>& layers,
-                  const std::vector<double>& layer_mse, const NamedTensors& params, const CheckpointManager& checkpoints) {
+void check_finite(const StagePlan& plan, std::int64_t step, double loss, const std::vector<double>& layer_values,
+                  const CheckpointManager& checkpoints) {
   std::string what;
-  for (const auto& [name, tensor] : params) {
+  for (const auto& [name, tensor] : plan.params) {
     if (tensor.grad().defined() && !at::isfinite(tensor.grad()).all().item<bool>()) {
       what = "non-finite gradient of " + name + " (layer " + std::to_string(layer_of(name)) + ")";
       break;
     }
   }
   if (what.empty() && !std::isfinite(loss)) {
-    for (std::size_t i = 0; i < layers.size(); ++i)
-      if (!std::isfinite(layer_mse[i])) {
-        what = "non-finite attention-transfer loss of layer " + std::to_string(layers[i]);
+    for (std::size_t i = 0; i < plan.layers.size() && i < layer_values.size(); ++i)
+      if (!std::isfinite(layer_values[i])) {
+        what = "non-finite attention-transfer loss of layer " + std::to_string(plan.layers[i]);
         break;
       }
     if (what.empty()) what = "non-finite loss";
   }
   if (what.empty()) return;
   const auto last = checkpoints.latest();
-  throw TrainingDiverged("stage1 step " + std::to_string(step) + ": " + what + " (loss " + std::to_string(loss) +
+  throw TrainingDiverged(plan.name + " step " + std::to_string(step) + ": " + what + " (loss " + std::to_string(loss) +
                          "); the step was not applied; last good checkpoint: " +
                          (last ? last->string() : std::string("none")));
 }
@@ -159,11 +184,49 @@ double clip_gradients(const NamedTensors& params, double max_norm) {
   return norm;
 }
 
+// Stage 2's loss on ids [B, T] with labels [B, T] (-100: no loss), averaged over the predicted tokens:
+// next-token cross-entropy (position t predicts label t + 1, the HF shift), KL(teacher || student) of the
+// next-token distributions on the same positions (the teacher is the source model, no grad), or their sum.
+StageLoss lora_loss(const CausalLM& student, const CausalLM& teacher, const at::Tensor& ids, const at::Tensor& labels,
+                    Stage2Loss kind) {
+  const auto targets = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1});
+  const auto mask = targets.ne(-100);
+  const auto count = std::max<std::int64_t>(mask.sum().item<std::int64_t>(), 1);
+  auto predicted_log_probs = [&](const at::Tensor& logits) {
+    const auto shifted = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, logits.size(-1)});
+    return at::log_softmax(shifted.to(at::kFloat), -1).index({mask});
+  };
+  const auto student_lp = predicted_log_probs(student.forward(ids));
+  at::Tensor loss = at::zeros({}, student_lp.options());
+  if (kind != Stage2Loss::kKl)
+    loss = loss - student_lp.gather(1, targets.index({mask}).unsqueeze(1)).sum() / static_cast<double>(count);
+  if (kind != Stage2Loss::kCe) {
+    at::Tensor teacher_lp;
+    {
+      at::NoGradGuard no_grad;
+      teacher_lp = predicted_log_probs(teacher.forward(ids));
+    }
+    loss = loss + (teacher_lp.exp() * (teacher_lp - student_lp)).sum() / static_cast<double>(count);
+  }
+  return {loss, {}};
+}
+
+// The stage-2 loss's counterpart on the validation figures (what the plateau schedule watches).
+double stage2_validation_loss(const QualityFigures& q, Stage2Loss kind) {
+  const double ce = std::log(q.student_perplexity);
+  return kind == Stage2Loss::kCe ? ce : kind == Stage2Loss::kKl ? q.kl : ce + q.kl;
+}
+
 // <out>/model: the converted directory with the trained tensors. Weights first, config.json last (a
 // directory counts as a model once config.json is there); the copied tensors keep their sha256 record.
-void export_model(const fs::path& converted, const fs::path& out, const NamedTensors& trained) {
+// Stage 2's adapters go to <out>/model/adapter (PEFT) or, with `merge`, into the weights (fp32 merge,
+// finiteness checked), and config.json's linearize.lora_merged lists the merged tensors so verify knows
+// they are no longer the source's.
+void export_model(const fs::path& converted, const fs::path& out, const NamedTensors& trained,
+                  const std::vector<std::shared_ptr<LoraLinear>>& adapters, const RunConfig& config) {
   fs::create_directories(out);
   fs::remove(out / "config.json");
+  fs::remove_all(out / kPeftAdapterDir);
   for (const auto& entry : fs::directory_iterator(converted)) {
     const auto name = entry.path().filename().string();
     if (!entry.is_regular_file() || name == "config.json" || name == kSingleWeightsFile || name == kVerifyLogitsFile ||
@@ -171,16 +234,44 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
       continue;
     fs::copy_file(entry.path(), out / name, fs::copy_options::overwrite_existing);
   }
+  const bool merge = config.stage2.merge && !adapters.empty();
+  std::map<std::string, at::Tensor> replaced;
+  for (const auto& [name, tensor] : trained) replaced[name] = tensor;
+  nlohmann::json merged_names = nlohmann::json::array();
+  if (merge) {
+    for (const auto& lora : adapters) {
+      replaced[lora->path() + ".weight"] = lora->merge();
+      merged_names.push_back(lora->path() + ".weight");
+    }
+  }
   const auto file = SafetensorsFile::open(converted / kSingleWeightsFile);
+  auto metadata = file.metadata();
+  if (merge) {
+    auto copied = nlohmann::json::parse(metadata.at(kCopiedTensorsMetadataKey));
+    for (const auto& name : merged_names) copied.erase(name.get<std::string>());
+    metadata[kCopiedTensorsMetadataKey] = copied.dump();
+  }
   NamedTensors tensors;
   for (const auto& name : file.names()) {
     at::Tensor value = file.tensor(name);
-    for (const auto& [trained_name, tensor] : trained)
-      if (trained_name == name) value = tensor.detach().to(at::kCPU, value.scalar_type()).contiguous();
+    if (const auto it = replaced.find(name); it != replaced.end())
+      value = it->second.detach().to(at::kCPU, value.scalar_type()).contiguous();
     tensors.emplace_back(name, value);
   }
-  write_safetensors(out / kSingleWeightsFile, tensors, file.metadata());
-  fs::copy_file(converted / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
+  write_safetensors(out / kSingleWeightsFile, tensors, metadata);
+  auto model_config = read_json_file(converted / "config.json");
+  if (merge) {
+    const auto& lora = config.stage2.lora;
+    model_config["linearize"]["lora_merged"] = {
+        {"r", lora.r}, {"alpha", lora.alpha}, {"rslora", lora.rslora}, {"tensors", merged_names}};
+  } else if (!adapters.empty()) {
+    PeftAdapter adapter;
+    const auto& lora = config.stage2.lora;
+    adapter.config = {lora.r, lora.alpha, lora.dropout, lora.rslora, lora.targets, out.string()};
+    for (const auto& module : adapters) adapter.modules.push_back(module->to_peft());
+    write_peft_adapter(out / kPeftAdapterDir, adapter);
+  }
+  write_file_atomic(out / "config.json", model_config.dump(2) + "\n");
 }
 
 std::vector<nlohmann::json> read_records(const fs::path& path) {
@@ -201,28 +292,142 @@ void write_report(const fs::path& out, const RunConfig& config, const DistillRes
     report.summary.emplace_back("stage 1 validation loss", figure(*result.initial_transfer_loss) + " -> " +
                                                                figure(*result.final_transfer_loss));
   }
-  if (result.before && result.after) {
-    report.summary.emplace_back("teacher perplexity", figure(result.after->teacher_perplexity));
-    report.summary.emplace_back("student perplexity", figure(result.before->student_perplexity) + " -> " +
-                                                          figure(result.after->student_perplexity));
-    report.summary.emplace_back("KL(teacher || student)", figure(result.before->kl) + " -> " + figure(result.after->kl));
+  const std::vector<std::pair<std::string, std::optional<QualityFigures>>> columns{
+      {"training-free", result.before}, {"after stage 1", result.after_stage1}, {"final", result.after}};
+  for (const auto& [label, q] : columns) {
+    if (!q) continue;
+    report.summary.emplace_back("perplexity, " + label, figure(q->student_perplexity) + " (teacher " +
+                                                           figure(q->teacher_perplexity) + ")");
+    report.summary.emplace_back("KL(teacher || student), " + label, figure(q->kl));
   }
-  LineChart curve{"stage 1: attention transfer", "optimiser step", "loss", true, {{"training", {}}, {"validation", {}}}};
+  std::map<std::string, LineChart> curves;
   std::vector<double> first_layers, last_layers;
   for (const auto& r : read_records(out / "metrics.jsonl")) {
+    const auto stage = r.value("stage", std::string("stage1"));
+    auto& curve = curves.try_emplace(stage, LineChart{stage == "stage1" ? "stage 1: attention transfer" : "stage 2: LoRA",
+                                                      "optimiser step", "loss", true, {{"training", {}}, {"validation", {}}}})
+                      .first->second;
     const auto step = static_cast<double>(r.value("step", std::int64_t{0}));
     if (r.contains("loss")) curve.series[0].points.emplace_back(step, r["loss"].get<double>());
-    if (r.contains("val_loss")) {
-      curve.series[1].points.emplace_back(step, r["val_loss"].get<double>());
+    if (r.contains("val_loss")) curve.series[1].points.emplace_back(step, r["val_loss"].get<double>());
+    if (r.contains("val_layer_mse")) {
       last_layers = r["val_layer_mse"].get<std::vector<double>>();
       if (first_layers.empty()) first_layers = last_layers;
     }
   }
-  report.curves.push_back(std::move(curve));
-  BarChart bars{"per-layer attention-output MSE (validation)", "MSE", {}, {{"before", first_layers}, {"after", last_layers}}};
-  for (const auto layer : layers) bars.labels.push_back("layer " + std::to_string(layer));
-  report.bars.push_back(std::move(bars));
+  for (auto& [stage, curve] : curves) report.curves.push_back(std::move(curve));
+  if (!layers.empty()) {
+    BarChart bars{"per-layer attention-output MSE (validation)", "MSE", {}, {{"before", first_layers}, {"after", last_layers}}};
+    for (const auto layer : layers) bars.labels.push_back("layer " + std::to_string(layer));
+    report.bars.push_back(std::move(bars));
+  }
   write_report_html(out / "report.html", report);
+}
+
+// The tensors of `saved` named in `params`, in params' order (a stage-2 checkpoint also holds stage 1's).
+NamedTensors select(const NamedTensors& saved, const NamedTensors& params) {
+  NamedTensors picked;
+  for (const auto& [name, tensor] : params)
+    for (const auto& entry : saved)
+      if (entry.first == name) picked.push_back(entry);
+  return picked;
+}
+
+// Shared by both stages: the data stream, the checkpoints, the records and the stop flag.
+struct TrainingContext {
+  const RunConfig& config;
+  const DistillOptions& options;
+  TokenDataset& data;
+  CheckpointManager& checkpoints;
+  MetricsLog& metrics;
+  StopFlag& stop;
+  at::Device device;
+};
+
+// Runs `plan` from global step `result.step` to the end of its stage (or a stop), resuming the optimiser
+// and schedule from `resumed` when it was saved inside this stage. Returns false when stopped.
+bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::optional<TrainingState>& resumed,
+                 const std::string& resumed_from, DistillResult& result) {
+  const auto& optim = *plan.optim;
+  const std::int64_t last_step = plan.first_step + optim.steps;
+  std::vector<at::Tensor> handles;
+  for (const auto& [name, tensor] : plan.params) handles.push_back(tensor);
+  torch::optim::AdamW optimizer(handles, torch::optim::AdamWOptions(optim.lr).weight_decay(optim.weight_decay));
+  LrSchedule schedule(optim);
+  const bool resuming = resumed && resumed->step > plan.first_step;
+  if (resuming) {
+    load_adamw(optimizer, plan.params, resumed->optimizer, resumed_from);
+    schedule.restore(resumed->scheduler, resumed_from);
+  }
+
+  auto save = [&] {
+    TrainingState state;
+    state.step = result.step;
+    for (const auto& [name, tensor] : plan.saved) state.trainables.emplace_back(name, tensor.detach());
+    state.optimizer = save_adamw(optimizer, plan.params);
+    state.scheduler = schedule.to_json();
+    state.data_position = ctx.data.position().to_json();
+    state.config_yaml = ctx.config.dump();
+    state.rng = capture_rng();
+    return ctx.checkpoints.save(state);
+  };
+  if (!resuming) {
+    nlohmann::json record{{"stage", plan.name}, {"step", plan.first_step}};
+    plan.validate(record);
+    ctx.metrics.append(record);
+  }
+
+  const bool live_progress = ProgressReporter::is_tty(ctx.options.progress);
+  ProgressReporter progress(ctx.options.progress, live_progress);
+  progress.start(plan.name, result.step - plan.first_step, optim.steps);
+  std::int64_t tokens = 0;
+  while (result.step < last_step) {
+    const std::int64_t step = result.step + 1;
+    const double lr = schedule.lr(step - plan.first_step);
+    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    if (ctx.options.poison_step && *ctx.options.poison_step == step) {
+      at::NoGradGuard no_grad;
+      plan.params.front().second.view({-1}).narrow(0, 0, 1).fill_(std::numeric_limits<double>::quiet_NaN());
+    }
+    optimizer.zero_grad();
+    double loss = 0;
+    std::vector<double> layer_values;
+    const auto accum = static_cast<double>(optim.grad_accum);
+    for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
+      const auto batch = ctx.data.next_batch();
+      const auto ids = batch.input_ids.to(ctx.device);
+      const auto r = plan.loss(ids, batch.labels.to(ctx.device));
+      (r.loss / accum).backward();
+      loss += r.loss.item<double>() / accum;
+      layer_values.resize(r.layer_values.size());
+      for (std::size_t i = 0; i < r.layer_values.size(); ++i) layer_values[i] += r.layer_values[i] / accum;
+      tokens += ids.numel();
+    }
+    check_finite(plan, step, loss, layer_values, ctx.checkpoints);
+    const double grad_norm = clip_gradients(plan.params, optim.clip);
+    optimizer.step();
+    result.step = step;
+
+    if (step % ctx.config.log_every == 0 || step == last_step) {
+      nlohmann::json record{{"stage", plan.name}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
+      if (!layer_values.empty()) record["layer_mse"] = layer_values;
+      const auto val = plan.validate(record);
+      schedule.observe(val ? *val : loss);  // plateau: the validation loss, the training loss without a split
+      ctx.metrics.append(record);
+    }
+    // A terminal line is rewritten every step; a log gets a line per log step only.
+    if (live_progress || step % ctx.config.log_every == 0 || step == last_step)
+      progress.update(step - plan.first_step, loss, tokens);
+    if (ctx.stop.requested()) {
+      progress.finish();
+      result.checkpoint = save();
+      result.stopped = true;
+      return false;
+    }
+    if (step % ctx.config.checkpoint.every == 0 || step == last_step) result.checkpoint = save();
+  }
+  progress.finish();
+  return true;
 }
 
 }  // namespace
@@ -259,123 +464,106 @@ DistillResult run_distill(const DistillOptions& options) {
   LoadOptions load;
   load.device = config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
-  const CausalLM source = load_model(config.model, load);  // the teacher: its attention and its hidden states
+  const CausalLM source = load_model(config.model, load);  // the teacher: its attention, hidden states and logits
   check_conversion(student.config(), source.config(), config);
   TokenDataset data = make_dataset(config, source.config());
   const auto validation = data.validation_batches();
 
-  const auto& stage = config.stage1;
-  const auto& optim = stage.optim;
-  const NamedTensors params = make_stage1_trainable(student);
-  if (params.empty())
+  // Stage 1's tensors exist (and are exported) whether or not stage 1 trains them.
+  const NamedTensors stage1_params = make_stage1_trainable(student);
+  const std::int64_t stage1_steps = config.stage1.enabled ? config.stage1.optim.steps : 0;
+  if (config.stage1.enabled && stage1_params.empty())
     throw InputError(kConfigSource, "stage1.enabled", "recipe " + config.recipe.name + " adds no trainable tensors; set it to false");
-  std::vector<at::Tensor> handles;
-  for (const auto& [name, tensor] : params) handles.push_back(tensor);
-  torch::optim::AdamW optimizer(handles, torch::optim::AdamWOptions(optim.lr).weight_decay(optim.weight_decay));
-  LrSchedule schedule(optim);
 
   DistillResult result;
   if (resumed) {
-    copy_trainables(params, resumed->trainables, resumed_from);
-    load_adamw(optimizer, params, resumed->optimizer, resumed_from);
-    schedule.restore(resumed->scheduler, resumed_from);
+    copy_trainables(stage1_params, select(resumed->trainables, stage1_params), resumed_from);
     data.restore(DataPosition::from_json(resumed->data_position, resumed_from));
     restore_rng(resumed->rng);
     result.step = resumed->step;
     spdlog::info("resuming from {} (step {})", resumed_from, result.step);
   } else {
+    at::manual_seed(config.seed);  // LoRA's A and dropout draw from the global generators
     fs::remove(out / "metrics.jsonl");
   }
   MetricsLog metrics(out / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
-
-  auto save = [&] {
-    TrainingState state;
-    state.step = result.step;
-    for (const auto& [name, tensor] : params) state.trainables.emplace_back(name, tensor.detach());
-    state.optimizer = save_adamw(optimizer, params);
-    state.scheduler = schedule.to_json();
-    state.data_position = data.position().to_json();
-    state.config_yaml = config.dump();
-    state.rng = capture_rng();
-    return checkpoints.save(state);
-  };
-  auto validate = [&](nlohmann::json& record) {
-    if (validation.empty()) return std::optional<double>{};
-    const auto v = validation_transfer_loss(student, source, validation, stage.factor);
-    record["val_loss"] = v.loss;
-    record["val_layer_mse"] = v.layer_mse;
-    return std::optional<double>{v.loss};
-  };
-
-  if (!resumed) {
-    nlohmann::json record{{"stage", "stage1"}, {"step", 0}};
-    validate(record);
-    metrics.append(record);
-  }
+  StopFlag stop;
+  const TrainingContext ctx{config, options, data, checkpoints, metrics, stop, load.device};
   if (!resumed && !validation.empty()) {
     result.before = evaluate_quality(student, source, validation);
-    result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage.factor).loss;
+    if (config.stage1.enabled)
+      result.initial_transfer_loss = validation_transfer_loss(student, source, validation, config.stage1.factor).loss;
   }
 
-  StopFlag stop;
-  const bool live_progress = ProgressReporter::is_tty(options.progress);
-  ProgressReporter progress(options.progress, live_progress);
-  progress.start("stage1", result.step, optim.steps);
-  std::int64_t tokens = 0;
-  std::vector<std::int64_t> layers;  // the converted layers, in the order of layer_mse
-  for (const auto& [name, tensor] : params)
+  std::vector<std::int64_t> layers;  // the converted layers, in the order of the per-layer losses
+  for (const auto& [name, tensor] : stage1_params)
     if (layers.empty() || layers.back() != layer_of(name)) layers.push_back(layer_of(name));
-  while (result.step < optim.steps) {
-    const std::int64_t step = result.step + 1;
-    const double lr = schedule.lr(step);
-    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    if (options.poison_step && *options.poison_step == step) {
-      at::NoGradGuard no_grad;
-      params.front().second.view({-1}).narrow(0, 0, 1).fill_(std::numeric_limits<double>::quiet_NaN());
+  if (config.stage1.enabled && result.step < stage1_steps) {
+    StagePlan plan;
+    plan.name = "stage1";
+    plan.optim = &config.stage1.optim;
+    plan.params = plan.saved = stage1_params;
+    plan.layers = layers;
+    const double factor = config.stage1.factor;
+    plan.loss = [&](const at::Tensor& ids, const at::Tensor&) {
+      auto r = attention_transfer_loss(student, source, ids, factor);
+      return StageLoss{r.loss, std::move(r.layer_mse)};
+    };
+    plan.validate = [&](nlohmann::json& record) {
+      if (validation.empty()) return std::optional<double>{};
+      const auto v = validation_transfer_loss(student, source, validation, factor);
+      record["val_loss"] = v.loss;
+      record["val_layer_mse"] = v.layer_mse;
+      return std::optional<double>{v.loss};
+    };
+    if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
+    if (!validation.empty()) {
+      result.final_transfer_loss = validation_transfer_loss(student, source, validation, factor).loss;
+      if (config.stage2.enabled) result.after_stage1 = evaluate_quality(student, source, validation);
     }
-    optimizer.zero_grad();
-    double loss = 0;
-    std::vector<double> layer_mse;
-    for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
-      const auto batch = data.next_batch();
-      const auto ids = batch.input_ids.to(load.device);
-      const auto r = attention_transfer_loss(student, source, ids, stage.factor);
-      (r.loss / static_cast<double>(optim.grad_accum)).backward();
-      loss += r.loss.item<double>() / static_cast<double>(optim.grad_accum);
-      layer_mse.resize(r.layer_mse.size());
-      for (std::size_t i = 0; i < r.layer_mse.size(); ++i) layer_mse[i] += r.layer_mse[i] / static_cast<double>(optim.grad_accum);
-      tokens += ids.numel();
-    }
-    check_finite(step, loss, layers, layer_mse, params, checkpoints);
-    const double grad_norm = clip_gradients(params, optim.clip);
-    optimizer.step();
-    result.step = step;
-
-    if (step % config.log_every == 0 || step == optim.steps) {
-      nlohmann::json record{{"stage", "stage1"}, {"step", step}, {"loss", loss}, {"lr", lr},
-                            {"grad_norm", grad_norm}, {"layer_mse", layer_mse}};
-      const auto val = validate(record);
-      schedule.observe(val ? *val : loss);  // plateau: the validation loss, the training loss without a split
-      metrics.append(record);
-    }
-    // A terminal line is rewritten every step; a log gets a line per log step only.
-    if (live_progress || step % config.log_every == 0 || step == optim.steps) progress.update(step, loss, tokens);
-    if (stop.requested()) {
-      progress.finish();
-      result.checkpoint = save();
-      result.stopped = true;
-      return result;
-    }
-    if (step % config.checkpoint.every == 0 || step == optim.steps) result.checkpoint = save();
   }
-  progress.finish();
+  for (const auto& [name, tensor] : stage1_params) tensor.requires_grad_(false);  // frozen from here on
 
-  if (!validation.empty()) {
-    result.after = evaluate_quality(student, source, validation);
-    result.final_transfer_loss = validation_transfer_loss(student, source, validation, stage.factor).loss;
+  std::vector<std::shared_ptr<LoraLinear>> adapters;
+  if (config.stage2.enabled) {
+    const auto& lora = config.stage2.lora;
+    adapters = attach_lora(student, lora.targets, {lora.r, lora.alpha, lora.dropout, lora.rslora});
+    StagePlan plan;
+    plan.name = "stage2";
+    plan.optim = &config.stage2.optim;
+    plan.first_step = stage1_steps;
+    for (const auto& adapter : adapters) {
+      plan.params.emplace_back(adapter->a_name(), adapter->a());
+      plan.params.emplace_back(adapter->b_name(), adapter->b());
+    }
+    plan.saved = stage1_params;
+    plan.saved.insert(plan.saved.end(), plan.params.begin(), plan.params.end());
+    if (resumed && resumed->step > stage1_steps) copy_trainables(plan.params, select(resumed->trainables, plan.params), resumed_from);
+    const auto kind = config.stage2.loss;
+    auto set_training = [&](bool training) {
+      for (const auto& adapter : adapters) adapter->set_training(training);
+    };
+    plan.loss = [&](const at::Tensor& ids, const at::Tensor& labels) {
+      set_training(true);
+      auto r = lora_loss(student, source, ids, labels, kind);
+      set_training(false);
+      return r;
+    };
+    plan.validate = [&](nlohmann::json& record) {
+      if (validation.empty()) return std::optional<double>{};
+      const auto q = evaluate_quality(student, source, validation);
+      const double loss = stage2_validation_loss(q, kind);
+      record["val_loss"] = loss;
+      record["val_perplexity"] = q.student_perplexity;
+      record["val_kl"] = q.kl;
+      return std::optional<double>{loss};
+    };
+    if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
   }
+
+  if (!validation.empty()) result.after = evaluate_quality(student, source, validation);
   result.export_dir = out / "model";
-  export_model(converted, result.export_dir, params);
+  export_model(converted, result.export_dir, stage1_params, adapters, config);
   const auto exported = load_model(result.export_dir);
   record_verify_logits(result.export_dir, exported, builtin_verify_prompts(exported.config().vocab_size));
   VerifyOptions verify;
@@ -384,7 +572,7 @@ DistillResult run_distill(const DistillOptions& options) {
   verify.max_kl = config.verify.max_kl;
   verify.min_top1 = config.verify.min_top1;
   result.verify = verify_model(verify);
-  write_report(out, config, result, layers);
+  write_report(out, config, result, config.stage1.enabled ? layers : std::vector<std::int64_t>{});
   return result;
 }
 

@@ -1,8 +1,12 @@
 // A `linearize distill` run (DESIGN section 7): converts the source with the recipe into <out>/converted
-// (once), trains stage 1 (attention transfer, distill/attention_transfer.h) with AdamW, the configured
-// schedule, gradient accumulation and clipping, checkpoints every `checkpoint.every` steps and at a stop,
-// and at the end exports the trained model to <out>/model, records its verify logits and verifies it
-// against the source. Records: <out>/metrics.jsonl, <out>/report.html, a progress line.
+// (once), trains stage 1 (attention transfer, distill/attention_transfer.h), then stage 2 (LoRA on the
+// configured projections, base frozen, next-token CE and/or KL to the source's logits), each with AdamW,
+// its schedule, gradient accumulation and clipping. Optimiser steps are numbered across both stages
+// (stage 2 continues after stage 1's last), so one checkpoint directory and one metrics.jsonl serve both.
+// Checkpoints every `checkpoint.every` steps, at each stage's end and at a stop. At the end it exports
+// <out>/model (stage 2's adapter in <out>/model/adapter, PEFT's layout, or merged into the weights),
+// records its verify logits and verifies it against the source. Records: <out>/metrics.jsonl,
+// <out>/report.html, a progress line.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +40,9 @@ struct DistillResult {
   std::int64_t step = 0;
   std::filesystem::path checkpoint;
   std::filesystem::path export_dir;
-  std::optional<QualityFigures> before, after;  // training-free and trained (absent when stopped)
+  // Training-free, after stage 1 (when stage 2 follows) and at the end; absent when stopped or resumed
+  // past the point they were measured at.
+  std::optional<QualityFigures> before, after_stage1, after;
   std::optional<double> initial_transfer_loss, final_transfer_loss;  // validation, stage 1
   std::optional<VerifyReport> verify;
 };

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up, build, and the whole pipeline on the bundled tiny models: inspect, tokenize, generate, forward,
-# convert + verify with every recipe, and a distillation run (stage 1).
+# convert + verify with every recipe, and a distillation run (stage 1 + stage 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -38,7 +38,7 @@ for recipe in liger-gla lolcats hedgehog supra; do
   echo
 done
 
-# Attention transfer (stage 1 of distill, LoLCATs) on the bundled model: prints the attention MSE,
+# Attention transfer then LoRA (stages 1 and 2 of distill, LoLCATs) on the bundled model: prints the attention MSE,
 # perplexity and KL before and after, then the export's verify table.
-echo "== linearize distill --config configs/demo-tiny.yaml (LoLCATs stage 1 on tiny-llama)"
+echo "== linearize distill --config configs/demo-tiny.yaml (LoLCATs stages 1 + 2 on tiny-llama)"
 "$bin" distill --config configs/demo-tiny.yaml --set out="$out/distill"

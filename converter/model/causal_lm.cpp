@@ -16,8 +16,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 }  // namespace
 
 SwiGluMlp::SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
-                     const at::Tensor& up_bias, at::Tensor down_bias)
-    : gate_up_(at::cat({gate, up})), down_(std::move(down)), down_bias_(std::move(down_bias)) {
+                     const at::Tensor& up_bias, at::Tensor down_bias, std::shared_ptr<const LayerAdapters> adapters)
+    : gate_up_(at::cat({gate, up})), down_(std::move(down)), down_bias_(std::move(down_bias)), adapters_(std::move(adapters)) {
   if (gate_bias.defined() || up_bias.defined())
     gate_up_bias_ = at::cat({gate_bias.defined() ? gate_bias : at::zeros_like(up_bias),
                              up_bias.defined() ? up_bias : at::zeros_like(gate_bias)});
@@ -25,7 +25,35 @@ SwiGluMlp::SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor do
 
 at::Tensor SwiGluMlp::forward(const at::Tensor& x) const {
   const auto gate_up = linear(x, gate_up_, gate_up_bias_).chunk(2, -1);
-  return linear(at::silu(gate_up[0]) * gate_up[1], down_, down_bias_);
+  if (!adapters_) return linear(at::silu(gate_up[0]) * gate_up[1], down_, down_bias_);
+  const auto hidden = at::silu(adapters_->apply(Projection::gate, x, gate_up[0])) * adapters_->apply(Projection::up, x, gate_up[1]);
+  return adapters_->apply(Projection::down, hidden, linear(hidden, down_, down_bias_));
+}
+
+at::Tensor DecoderLayer::weight(Projection projection) const {
+  switch (projection) {
+    case Projection::q: return attention.q;
+    case Projection::k: return attention.k;
+    case Projection::v: return attention.v;
+    case Projection::o: return attention.o;
+    case Projection::gate: return mlp.gate();
+    case Projection::up: return mlp.up();
+    case Projection::down: return mlp.down();
+  }
+  return {};
+}
+
+at::Tensor DecoderLayer::bias(Projection projection) const {
+  switch (projection) {
+    case Projection::q: return attention.q_bias;
+    case Projection::k: return attention.k_bias;
+    case Projection::v: return attention.v_bias;
+    case Projection::o: return attention.o_bias;
+    case Projection::gate: return mlp.gate_bias();
+    case Projection::up: return mlp.up_bias();
+    case Projection::down: return mlp.down_bias();
+  }
+  return {};
 }
 
 std::int64_t DecodeState::bytes() const {
@@ -70,12 +98,13 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
                                 cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
                                     ? cfg.sliding_window
                                     : std::nullopt};
-    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope);
+    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope, layer.adapters);
+    layer.attention = softmax->projections();
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);
     layer.mlp = SwiGluMlp(w.take(p + "mlp.gate_proj.weight"), w.take(p + "mlp.up_proj.weight"),
                           w.get(p + "mlp.down_proj.weight"), w.take(p + "mlp.gate_proj.bias"),
-                          w.take(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias"));
+                          w.take(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias"), layer.adapters);
     w.release_taken();
     model.layers_.push_back(std::move(layer));
   }

@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include "converter/model/linear_adapter.h"
+#include "converter/model/softmax_attention_mixer.h"
 #include "converter/model/token_mixer.h"
 #include "converter/model_config.h"
 
@@ -21,21 +23,34 @@ class SwiGluMlp {
   SwiGluMlp() = default;
   // gate, up: [ff, d]; down: [d, ff]; biases undefined when absent. Gate and up are stored as one
   // [2 ff, d] matrix (one GEMM instead of two); gate() and up() are views of it.
+  // `adapters`: the layer's; adapters on gate/up/down_proj add their deltas.
   SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
-            const at::Tensor& up_bias, at::Tensor down_bias);
+            const at::Tensor& up_bias, at::Tensor down_bias, std::shared_ptr<const LayerAdapters> adapters = nullptr);
   at::Tensor forward(const at::Tensor& x) const;  // down(silu(gate x) * up x) (Shazeer 2020, eq. 6)
   at::Tensor gate() const { return gate_up_.narrow(0, 0, gate_up_.size(0) / 2); }
   at::Tensor up() const { return gate_up_.narrow(0, gate_up_.size(0) / 2, gate_up_.size(0) / 2); }
   const at::Tensor& down() const { return down_; }
+  at::Tensor gate_bias() const { return gate_up_bias_.defined() ? gate_up_bias_.narrow(0, 0, gate_up_bias_.size(0) / 2) : at::Tensor(); }
+  at::Tensor up_bias() const {
+    return gate_up_bias_.defined() ? gate_up_bias_.narrow(0, gate_up_bias_.size(0) / 2, gate_up_bias_.size(0) / 2) : at::Tensor();
+  }
+  const at::Tensor& down_bias() const { return down_bias_; }
 
  private:
   at::Tensor gate_up_, gate_up_bias_, down_, down_bias_;
+  std::shared_ptr<const LayerAdapters> adapters_;
 };
 
 struct DecoderLayer {
   at::Tensor input_norm, post_attention_norm;  // RMSNorm weights [d]
   std::unique_ptr<TokenMixer> mixer;
   SwiGluMlp mlp;
+  AttentionProjections attention;  // the source attention's weights (views), which converted mixers reuse
+  std::shared_ptr<LayerAdapters> adapters = std::make_shared<LayerAdapters>();  // shared with mixer and MLP
+
+  // A projection's frozen weight [out, in] and bias (undefined when absent).
+  at::Tensor weight(Projection projection) const;
+  at::Tensor bias(Projection projection) const;
 };
 
 // Per-sequence decode state: every layer's mixer state and the next position.
@@ -51,7 +66,6 @@ struct LoadOptions {
 };
 
 class ModelWeights;
-class SoftmaxAttentionMixer;
 
 // How a converted model replaces layers' mixers at load time: the tensors it adds (checked with the
 // decoder's in one pass) and a factory given the source attention and every loaded weight.

@@ -55,8 +55,9 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
 
 }  // namespace
 
-SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope)
-    : proj_(std::move(proj)), shape_(shape), rope_(std::move(rope)),
+SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope,
+                                             std::shared_ptr<const LayerAdapters> adapters)
+    : proj_(std::move(proj)), shape_(shape), rope_(std::move(rope)), adapters_(std::move(adapters)),
       freqs_(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings)) {
   // Fused once here; q/k/v become views of the fused matrix, so the model holds one copy of them.
   qkv_ = at::cat({proj_.q, proj_.k, proj_.v});
@@ -77,13 +78,19 @@ ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
   const auto B = x.size(0), T = x.size(1), D = shape_.head_dim;
   const auto qkv = project(x, qkv_, qkv_bias_);
   const auto q_width = shape_.heads * D, kv_width = shape_.kv_heads * D;
-  return {qkv.narrow(-1, 0, q_width).view({B, T, shape_.heads, D}),
-          qkv.narrow(-1, q_width, kv_width).view({B, T, shape_.kv_heads, D}),
-          qkv.narrow(-1, q_width + kv_width, kv_width).view({B, T, shape_.kv_heads, D})};
+  auto q = qkv.narrow(-1, 0, q_width), k = qkv.narrow(-1, q_width, kv_width), v = qkv.narrow(-1, q_width + kv_width, kv_width);
+  if (adapters_) {
+    q = adapters_->apply(Projection::q, x, q);
+    k = adapters_->apply(Projection::k, x, k);
+    v = adapters_->apply(Projection::v, x, v);
+  }
+  return {q.view({B, T, shape_.heads, D}), k.view({B, T, shape_.kv_heads, D}), v.view({B, T, shape_.kv_heads, D})};
 }
 
 at::Tensor SoftmaxAttentionMixer::project_output(const at::Tensor& heads) const {
-  return project(heads.reshape({heads.size(0), heads.size(1), -1}), proj_.o, proj_.o_bias);
+  const auto flat = heads.reshape({heads.size(0), heads.size(1), -1});
+  const auto out = project(flat, proj_.o, proj_.o_bias);
+  return adapters_ ? adapters_->apply(Projection::o, flat, out) : out;
 }
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const {

@@ -4,6 +4,7 @@
 
 #include <optional>
 
+#include "converter/model/linear_adapter.h"
 #include "converter/model/token_mixer.h"
 #include "kernels/rope.h"
 
@@ -27,16 +28,19 @@ struct SoftmaxAttentionShape {
 
 class SoftmaxAttentionMixer final : public TokenMixer {
  public:
-  SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope);
+  // `adapters`: the layer's (shared, so adapters attached after loading act here too); null for none.
+  SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxAttentionShape shape, RopeConfig rope,
+                        std::shared_ptr<const LayerAdapters> adapters = nullptr);
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override;
   std::unique_ptr<MixerState> new_state() const override;
   std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
 
   // One GEMM for q, k and v together (their weights are stored as one [q+k+v, hidden] matrix; the
-  // separate q/k/v of projections() are views of it), split into heads; not rotated.
+  // separate q/k/v of projections() are views of it), split into heads; not rotated. Adapters on
+  // q/k/v_proj add their deltas.
   ProjectedHeads project_heads(const at::Tensor& x) const;
-  // [B, T, H, D] -> o_proj -> [B, T, hidden]
+  // [B, T, H, D] -> o_proj (and its adapter) -> [B, T, hidden]
   at::Tensor project_output(const at::Tensor& heads) const;
 
   const AttentionProjections& projections() const { return proj_; }
@@ -50,6 +54,7 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   at::Tensor qkv_, qkv_bias_;  // fused; proj_.q/k/v (and biases) are row slices of these
   SoftmaxAttentionShape shape_;
   RopeConfig rope_;
+  std::shared_ptr<const LayerAdapters> adapters_;
   kernels::RopeFrequencies freqs_;  // at max_position_embeddings (dynamic RoPE recomputes beyond it)
 };
 

@@ -9,7 +9,7 @@
 #include <csignal>
 
 #include "distill/checkpoint.h"
-#include "distill/lora.h"
+#include "converter/model/lora.h"
 #include "distill/stop_flag.h"
 #include "formats/error.h"
 #include "test_util.h"

@@ -1,25 +1,33 @@
-// Stage 1 and `linearize distill` on the tiny fixture: gradients reach every recipe's new tensors and
-// nothing else; attention transfer cuts the attention-output MSE; a run killed with SIGKILL resumes onto
-// the uninterrupted loss trajectory bit for bit; SIGTERM saves and exits 0; a NaN stops the run naming
-// the step, the layer and the tensor, with the last good checkpoint intact.
+// Stages 1 and 2 of `linearize distill` on the tiny fixture: gradients reach every recipe's new tensors and
+// nothing else; attention transfer cuts the attention-output MSE; stage 2 exports a PEFT adapter or merges
+// it, and both verify; a run killed with SIGKILL in either stage resumes onto the uninterrupted loss
+// trajectory bit for bit; SIGTERM saves and exits 0; a NaN stops the run naming the step, the layer and
+// the tensor, with the last good checkpoint intact; a checkpoint write that fails (file size limit) names
+// the checkpoint and leaves the previous one whole.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "converter/linearized.h"
+#include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/run.h"
+#include "formats/json_file.h"
+#include "formats/peft_adapter.h"
 #include "test_util.h"
 
 namespace linearize {
@@ -28,14 +36,16 @@ namespace {
 std::filesystem::path tiny_llama() { return test::fixtures_dir() / "tiny-llama"; }
 
 // A short run: 64-token sequences, batch 2, no validation split (the loss trajectory is what these check).
-RunConfig small_run(const std::filesystem::path& out, std::int64_t steps) {
+// With `stage2_steps`, stage 2 follows: LoRA with dropout (so its random draws must resume too), CE + KL.
+RunConfig small_run(const std::filesystem::path& out, std::int64_t steps, std::int64_t stage2_steps = 0) {
   return RunConfig::parse(R"(
 model: )" + tiny_llama().string() + R"(
 out: )" + out.string() + R"(
 recipe: {name: lolcats, params: {window: 16}}
 data: {files: [)" + (test::fixtures_dir() / "corpus" / "corpus.txt").string() + R"(], seq_len: 64, batch_size: 2, validation_fraction: 0}
 stage1: {lr: 0.01, schedule: constant, grad_accum: 2, steps: )" + std::to_string(steps) + R"(}
-stage2: {enabled: false}
+stage2: {enabled: )" + (stage2_steps > 0 ? "true" : "false") + R"(, steps: )" + std::to_string(std::max<std::int64_t>(stage2_steps, 1)) + R"(,
+         lr: 0.003, schedule: constant, grad_accum: 2, loss: ce+kl, lora: {r: 4, alpha: 8, dropout: 0.1}}
 checkpoint: {every: 3, keep: 2}
 log_every: 1
 )", "test");
@@ -60,16 +70,24 @@ std::map<std::int64_t, double> losses(const std::filesystem::path& metrics) {
   return by_step;
 }
 
-// Starts the binary with `args`, stdout to `stdout_file`, stderr discarded. One OpenMP thread: the runs
-// a test compares then use the same thread count, and none spins at OpenMP barriers for a core that
-// another process holds (which slows a 1-second run down to a minute on a busy 2-core machine).
-pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& stdout_file) {
+// Starts the binary with `args`, stdout to `stdout_file`, stderr to `stdout_file`.err. One OpenMP thread:
+// the runs a test compares then use the same thread count, and none spins at OpenMP barriers for a core
+// that another process holds (which slows a 1-second run down to a minute on a busy 2-core machine).
+// `file_size_limit` (bytes, RLIMIT_FSIZE) makes every write past it fail with EFBIG, as a full disk would.
+pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& stdout_file,
+            std::optional<rlim_t> file_size_limit = std::nullopt) {
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<char*> argv{const_cast<char*>(LINEARIZE_BINARY)};
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    if (!std::freopen(stdout_file.c_str(), "w", stdout) || !std::freopen("/dev/null", "w", stderr)) _exit(127);
+    const auto stderr_file = stdout_file.string() + ".err";
+    if (!std::freopen(stdout_file.c_str(), "w", stdout) || !std::freopen(stderr_file.c_str(), "w", stderr)) _exit(127);
+    if (file_size_limit) {
+      const rlimit limit{*file_size_limit, *file_size_limit};
+      signal(SIGXFSZ, SIG_IGN);  // a write past the limit then returns EFBIG instead of killing the process
+      if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(127);
+    }
     setenv("OMP_NUM_THREADS", "1", 1);
     execv(LINEARIZE_BINARY, argv.data());
     _exit(127);
@@ -80,9 +98,10 @@ pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& s
 // The exit code, or 128 + the signal that killed it.
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
-int run_to_end(const std::vector<std::string>& args, const std::filesystem::path& stdout_file) {
+int run_to_end(const std::vector<std::string>& args, const std::filesystem::path& stdout_file,
+               std::optional<rlim_t> file_size_limit = std::nullopt) {
   int status = 0;
-  waitpid(spawn(args, stdout_file), &status, 0);
+  waitpid(spawn(args, stdout_file, file_size_limit), &status, 0);
   return exit_code(status);
 }
 
@@ -151,15 +170,15 @@ TEST(Distill, StageOneCutsTheValidationAttentionMseTenfold) {
 
 TEST(Distill, ResumeAfterSigkillReproducesTheLossTrajectoryBitwise) {
   test::TempDir dir;
-  constexpr std::int64_t kSteps = 24;
-  const auto whole = small_run(dir / "whole", kSteps);
+  constexpr std::int64_t kStage1 = 12, kStage2 = 12, kSteps = kStage1 + kStage2;
+  const auto whole = small_run(dir / "whole", kStage1, kStage2);
   ASSERT_EQ(run_to_end(cli_args(whole, dir / "whole-cfg"), dir / "whole-out"), 0);
 
-  const auto killed = small_run(dir / "killed", kSteps);
+  const auto killed = small_run(dir / "killed", kStage1, kStage2);
   const auto args = cli_args(killed, dir / "killed-cfg");
   std::mt19937 random(std::random_device{}());
   const std::int64_t kill_step = std::uniform_int_distribution<std::int64_t>(4, kSteps - 4)(random);
-  SCOPED_TRACE("SIGKILL at step " + std::to_string(kill_step));
+  SCOPED_TRACE("SIGKILL at step " + std::to_string(kill_step) + (kill_step > kStage1 ? " (stage 2)" : " (stage 1)"));
   EXPECT_EQ(signal_at_step(args, dir / "killed" / "metrics.jsonl", kill_step, SIGKILL, dir / "killed-out"), 128 + SIGKILL);
   auto resume_args = args;
   resume_args.push_back("--resume");
@@ -200,6 +219,84 @@ TEST(Distill, NanStopsNamingStepLayerAndTensorAndKeepsTheLastCheckpoint) {
   const auto last = CheckpointManager::load(checkpoints.complete().back());
   EXPECT_EQ(last.step, 6);
   for (const auto& [name, tensor] : last.trainables) EXPECT_TRUE(at::isfinite(tensor).all().item<bool>()) << name;
+}
+
+TEST(Distill, NanInStageTwoNamesTheLoraTensor) {
+  test::TempDir dir;
+  DistillOptions options{small_run(dir / "run", 4, 6), false, stderr, 8};  // checkpoints at 3, 4 (stage end), 6
+  try {
+    run_distill(options);
+    FAIL() << "a NaN LoRA parameter did not stop the run";
+  } catch (const TrainingDiverged& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("stage2 step 8"), std::string::npos) << message;
+    EXPECT_NE(message.find("model.layers.0.self_attn.q_proj.lora_A.weight (layer 0)"), std::string::npos) << message;
+    EXPECT_NE(message.find("step-000006"), std::string::npos) << message;
+  }
+  const auto last = CheckpointManager::load(CheckpointManager(dir / "run" / "checkpoints", 2).complete().back());
+  EXPECT_EQ(last.step, 6);
+  for (const auto& [name, tensor] : last.trainables) EXPECT_TRUE(at::isfinite(tensor).all().item<bool>()) << name;
+}
+
+// Logits of an exported model on fixed ids.
+at::Tensor export_logits(const std::filesystem::path& model) {
+  at::NoGradGuard no_grad;
+  const auto exported = load_model(model);
+  return exported.forward(at::arange(0, 48, at::kLong).remainder(exported.config().vocab_size).view({1, -1}));
+}
+
+TEST(Distill, StageTwoExportsAPeftAdapterOrMergesItAndBothVerify) {
+  test::TempDir dir;
+  auto adapter_run = small_run(dir / "adapter", 3, 4);
+  ASSERT_EQ(run_to_end(cli_args(adapter_run, dir / "adapter-cfg"), dir / "adapter-out"), 0) << test::read_file(dir / "adapter-out.err");
+  EXPECT_NE(test::read_file(dir / "adapter-out").find("verify: PASS"), std::string::npos) << test::read_file(dir / "adapter-out");
+  const auto adapter = read_peft_adapter(dir / "adapter" / "model" / kPeftAdapterDir);
+  EXPECT_EQ(adapter.modules.size(), 2u * 4u);  // 2 layers x q, k, v, o
+  EXPECT_EQ(adapter.config.r, 4);
+  for (const auto& module : adapter.modules) EXPECT_GT(module.b.abs().max().item<double>(), 0.0) << module.path;  // trained
+
+  auto merge_run = small_run(dir / "merged", 3, 4);
+  merge_run.stage2.merge = true;
+  ASSERT_EQ(run_to_end(cli_args(merge_run, dir / "merged-cfg"), dir / "merged-out"), 0) << test::read_file(dir / "merged-out.err");
+  const auto merged_out = test::read_file(dir / "merged-out");
+  EXPECT_NE(merged_out.find("verify: PASS"), std::string::npos) << merged_out;
+  EXPECT_NE(merged_out.find("(8 with LoRA merged left out)"), std::string::npos) << merged_out;
+  EXPECT_FALSE(std::filesystem::exists(dir / "merged" / "model" / kPeftAdapterDir));
+  const auto config = read_json_file(dir / "merged" / "model" / "config.json");
+  EXPECT_EQ(config["linearize"]["lora_merged"]["tensors"].size(), 8u);
+
+  // Both runs trained the same adapters (same config, one thread); merging reassociates W x + s B (A x)
+  // into (W + s B A) x: fp32 rounding of a few ulp per projection, through 2 layers. 1e-5 of the largest
+  // logit bounds that with room; a dropped or doubled adapter moves the logits by orders more.
+  const auto with_adapter = export_logits(dir / "adapter" / "model"), merged = export_logits(dir / "merged" / "model");
+  EXPECT_LE((merged - with_adapter).abs().max().item<double>() / with_adapter.abs().max().item<double>(), 1e-5);
+}
+
+TEST(Distill, AFailedCheckpointWriteNamesItAndKeepsThePreviousOne) {
+  test::TempDir dir;
+  const auto first = small_run(dir / "run", 6);  // checkpoints at 3 and 6
+  ASSERT_EQ(run_to_end(cli_args(first, dir / "cfg"), dir / "first-out"), 0);
+  const CheckpointManager checkpoints(dir / "run" / "checkpoints", 2);
+  ASSERT_EQ(checkpoints.complete().size(), 2u);
+  const auto previous = checkpoints.complete().back();
+  const auto trainables = std::filesystem::file_size(previous / "trainables.safetensors");
+  // Files may grow to half a checkpoint's trainables: metrics.jsonl (a few KB) still fits, the next
+  // checkpoint does not, as on a disk that fills up between two checkpoints.
+  const auto limit = static_cast<rlim_t>(trainables / 2);
+  ASSERT_GT(limit, std::filesystem::file_size(dir / "run" / "metrics.jsonl") + 4096);
+
+  auto longer = small_run(dir / "run", 12);
+  auto args = cli_args(longer, dir / "cfg");
+  args.push_back("--resume");
+  EXPECT_NE(run_to_end(args, dir / "second-out", limit), 0);
+  const auto err = test::read_file(dir / "second-out.err");
+  EXPECT_NE(err.find("step-000009"), std::string::npos) << err;
+  EXPECT_NE(err.find("checkpoint not written"), std::string::npos) << err;
+  EXPECT_NE(err.find("the last complete checkpoint is " + previous.string()), std::string::npos) << err;
+  ASSERT_EQ(checkpoints.latest(), previous);
+  EXPECT_EQ(CheckpointManager::load(previous).step, 6);  // whole and readable
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "run" / "checkpoints"))
+    EXPECT_EQ(entry.path().filename().string().rfind(".", 0), std::string::npos) << "left behind: " << entry.path();
 }
 
 TEST(DistillCli, MistypedKeyFailsBeforeAnyWorkNamingTheNearestKey) {

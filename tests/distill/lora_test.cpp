@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "distill/lora.h"
+#include "converter/model/lora.h"
 
 #include <ATen/core/grad_mode.h>
 #include "formats/error.h"

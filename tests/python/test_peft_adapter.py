@@ -1,6 +1,8 @@
 """Our PEFT LoRA adapters against the reference: `peft.PeftModel.from_pretrained` loads what our C++
 writer produced onto transformers' LlamaForCausalLM, and peft's LoRA forward and merged weights must equal
-our LoraLinear::forward and LoraLinear::merge. Driven by ctest with LORA_PROBE pointing at the C++ tool.
+our LoraLinear::forward and LoraLinear::merge; and the adapter a `linearize distill` stage 2 exports loads
+onto the converted model's HF module names with every module and value in place. Driven by ctest with
+LORA_PROBE and LINEARIZE_BINARY pointing at the C++ tools.
 """
 import json
 import os
@@ -50,6 +52,37 @@ class PeftAdapter(unittest.TestCase):
 
     def test_rslora(self):
         self.check(r=4, alpha=8, rslora=True)
+
+    def test_distill_export_loads_onto_the_converted_model(self):
+        corpus = os.path.join(os.environ["LINEARIZE_FIXTURES"], "corpus", "corpus.txt")
+        with tempfile.TemporaryDirectory() as out:
+            run = os.path.join(out, "run.yaml")
+            with open(run, "w") as f:
+                f.write(f"""model: {MODEL}
+out: {out}/run
+recipe: {{name: lolcats, params: {{window: 16}}}}
+data: {{files: [{corpus}], seq_len: 64, batch_size: 2, validation_fraction: 0}}
+stage1: {{lr: 0.01, schedule: constant, grad_accum: 1, steps: 2}}
+stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, lora: {{r: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}}}}
+""")
+            subprocess.run([os.environ["LINEARIZE_BINARY"], "distill", "--config", run], check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            model_dir = os.path.join(out, "run", "model")
+            adapter_dir = os.path.join(model_dir, "adapter")
+            ours = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+            # The export's config.json is the source's plus a `linearize` object transformers keeps as an
+            # attribute; its weights add the recipe's tensors, which LlamaForCausalLM leaves unused.
+            base = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, adapter_dir)
+            loaded = {name: module for name, module in model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A}
+            expected = sorted(f"base_model.model.model.layers.{i}.{m}" for i in range(2)
+                              for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"))
+            self.assertEqual(sorted(loaded), expected)
+            for name, module in loaded.items():
+                key = name + ".lora_A.weight"
+                torch.testing.assert_close(module.lora_A["default"].weight, ours[key], rtol=0, atol=0)
+                torch.testing.assert_close(module.lora_B["default"].weight, ours[name + ".lora_B.weight"], rtol=0, atol=0)
+                self.assertGreater(module.lora_B["default"].weight.abs().max().item(), 0)  # trained, not the zero init
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 #include <iostream>
 #include <string>
 
-#include "distill/lora.h"
+#include "converter/model/lora.h"
 #include "formats/safetensors.h"
 
 int main(int argc, char** argv) {
