@@ -6,6 +6,8 @@
 #include <regex>
 #include <set>
 
+#include "formats/error.h"
+
 namespace linearize {
 
 std::string self_attn_scope(std::int64_t layer) { return "model.layers." + std::to_string(layer) + ".self_attn."; }
@@ -29,19 +31,77 @@ std::int64_t layer_of(const std::string& name) {
   return std::regex_search(name, m, pattern) ? std::stoll(m[1].str()) : -1;
 }
 
-TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& source, const at::Tensor& ids,
-                                     double factor) {
-  TransferLoss result;
+std::vector<std::int64_t> converted_layers(const CausalLM& student) {
+  std::vector<std::int64_t> layers;
   for (std::size_t i = 0; i < student.layers().size(); ++i)
-    if (!student.layers()[i].mixer->trainable().empty()) result.layers.push_back(static_cast<std::int64_t>(i));
+    if (!student.layers()[i].mixer->trainable().empty()) layers.push_back(static_cast<std::int64_t>(i));
+  return layers;
+}
+
+std::string layer_input_name(std::int64_t layer) { return "layers." + std::to_string(layer) + ".attn_in"; }
+std::string layer_target_name(std::int64_t layer) { return "layers." + std::to_string(layer) + ".attn_out"; }
+
+namespace {
+
+constexpr const char* kConfigSource = "run config";
+
+// The student layer's weights, or the InputError for a recipe that has none.
+at::Tensor student_weights(const CausalLM& student, std::int64_t layer, const at::Tensor& x) {
+  auto weights = student.layers()[static_cast<std::size_t>(layer)].mixer->attention_weights(x);
+  if (!weights.defined())
+    throw InputError(kConfigSource, "stage1.loss",
+                     "xent needs attention weights that sum to one over the keys; recipe " +
+                         student.config().linearize.value("recipe", std::string("?")) + " (layer " +
+                         std::to_string(layer) + ") mixes no such weights: use mse");
+  return weights;
+}
+
+}  // namespace
+
+at::Tensor attention_weight_xent(const at::Tensor& teacher, const at::Tensor& student) {
+  // The clamp is LoLCATs' (distill_attention_xent_mse.py): a weight that underflows to 0 where the teacher's
+  // is not would make the loss infinite. Masked keys have teacher weight 0 and add nothing.
+  return -(teacher * student.clamp_min(1e-12).log()).sum(-1).mean();
+}
+
+at::Tensor layer_transfer_loss(const CausalLM& student, const CausalLM& source, std::int64_t layer, const at::Tensor& x,
+                               const at::Tensor& teacher_out, Stage1Loss loss) {
+  const auto index = static_cast<std::size_t>(layer);
+  if (loss == Stage1Loss::kXent) {
+    at::Tensor teacher;
+    {
+      at::NoGradGuard no_grad;
+      teacher = source.layers()[index].mixer->attention_weights(x);
+    }
+    return attention_weight_xent(teacher, student_weights(student, layer, x));
+  }
+  const CaptureFn no_capture;
+  const auto student_out = student.layers()[index].mixer->forward(
+      x, 0, nullptr, MixerCall{no_capture, "layers." + std::to_string(layer) + ".mixer", kernels::MixerForm::chunked});
+  return at::mse_loss(student_out.to(at::kFloat), teacher_out.to(at::kFloat));
+}
+
+void check_stage1_loss(const CausalLM& student, Stage1Loss loss) {
+  if (loss != Stage1Loss::kXent) return;
+  at::NoGradGuard no_grad;
+  const auto one_token = at::zeros({1, 1, student.config().hidden_size}, student.options().dtype).to(student.options().device);
+  // Every layer, not only those with trainables: liger-gla trains none, and is no less refused.
+  for (std::size_t layer = 0; layer < student.layers().size(); ++layer)
+    student_weights(student, static_cast<std::int64_t>(layer), one_token);
+}
+
+TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& source, const at::Tensor& ids,
+                                     double factor, Stage1Loss loss) {
+  TransferLoss result;
+  result.layers = converted_layers(student);
 
   std::map<std::string, at::Tensor> captured;
   {
     at::NoGradGuard no_grad;
     std::set<std::string> wanted;
     for (const auto layer : result.layers) {
-      wanted.insert("layers." + std::to_string(layer) + ".attn_in");
-      wanted.insert("layers." + std::to_string(layer) + ".attn_out");
+      wanted.insert(layer_input_name(layer));
+      wanted.insert(layer_target_name(layer));
     }
     source.forward(ids, [&](const std::string& name, const at::Tensor& value) {
       if (wanted.count(name)) captured[name] = value;
@@ -49,16 +109,11 @@ TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& so
   }
 
   std::vector<at::Tensor> losses;
-  const CaptureFn no_capture;
   for (const auto layer : result.layers) {
-    const auto scope = "layers." + std::to_string(layer);
-    const auto& x = captured.at(scope + ".attn_in");
-    const auto& teacher = captured.at(scope + ".attn_out");
-    const auto student_out = student.layers()[static_cast<std::size_t>(layer)].mixer->forward(
-        x, 0, nullptr, MixerCall{no_capture, scope + ".mixer", kernels::MixerForm::chunked});
-    auto mse = at::mse_loss(student_out.to(at::kFloat), teacher.to(at::kFloat));
-    result.layer_mse.push_back(mse.item<double>());
-    losses.push_back(std::move(mse));
+    auto value = layer_transfer_loss(student, source, layer, captured.at(layer_input_name(layer)),
+                                     captured.at(layer_target_name(layer)), loss);
+    result.layer_mse.push_back(value.item<double>());
+    losses.push_back(std::move(value));
   }
   result.loss = factor * at::stack(losses).mean();
   return result;

@@ -1,6 +1,8 @@
 #include "converter/model/softmax_attention_mixer.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "kernels/softmax_attention.h"
 
@@ -103,14 +105,16 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
   return kernels::rope_cos_sin(freqs_, positions, like.scalar_type());
 }
 
+ProjectedHeads SoftmaxAttentionMixer::rotated_heads(const at::Tensor& x, std::int64_t start) const {
+  const auto heads = project_heads(x);  // [B, T, H, D] -> [B, H, T, D] for attention
+  const auto cs = cos_sin(start, x.size(1), x);
+  return {kernels::apply_rope(heads.q.transpose(1, 2), cs), kernels::apply_rope(heads.k.transpose(1, 2), cs),
+          heads.v.transpose(1, 2)};
+}
+
 at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t start, MixerState* state,
                                           const MixerCall& call) const {
-  const std::int64_t T = x.size(1);
-  const auto heads = project_heads(x);  // [B, T, H, D] -> [B, H, T, D] for attention
-  auto q = heads.q.transpose(1, 2), k = heads.k.transpose(1, 2), v = heads.v.transpose(1, 2);
-  const auto cs = cos_sin(start, T, x);
-  q = kernels::apply_rope(q, cs);
-  k = kernels::apply_rope(k, cs);
+  auto [q, k, v] = rotated_heads(x, start);
   if (call.capture) {
     call.capture(call.scope + ".q", q);
     call.capture(call.scope + ".k", k);
@@ -133,6 +137,18 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   // A sliding layer's next query (at start+T) sees keys from start+T-window+1 on: keep exactly those.
   if (cache && shape_.window && cache->length > *shape_.window - 1) cache->keep_last(*shape_.window - 1);
   return project_output(attended.transpose(1, 2));
+}
+
+at::Tensor SoftmaxAttentionMixer::attention_weights(const at::Tensor& x) const {
+  const std::int64_t T = x.size(1);
+  const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto heads = rotated_heads(x, 0);
+  const auto k = heads.k.to(compute).repeat_interleave(shape_.heads / shape_.kv_heads, 1);
+  const auto scores = at::matmul(heads.q.to(compute), k.transpose(-1, -2)) / std::sqrt(double(shape_.head_dim));
+  kernels::SoftmaxAttentionOptions options;
+  options.window = shape_.window;
+  const auto hidden = kernels::causal_window_mask(T, T, options, x.device()).logical_not();
+  return at::softmax(scores.masked_fill(hidden, -std::numeric_limits<double>::infinity()), -1);
 }
 
 std::unique_ptr<MixerState> SoftmaxAttentionMixer::new_state() const { return std::make_unique<KvCache>(); }

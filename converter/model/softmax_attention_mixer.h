@@ -35,6 +35,9 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override;
   std::unique_ptr<MixerState> new_state() const override;
   std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
+  // softmax(q_i.k_j / sqrt(d)) over the visible keys (causal, and the window on sliding layers): the
+  // teacher's weights in Hedgehog's attention distillation.
+  at::Tensor attention_weights(const at::Tensor& x) const override;
 
   // One GEMM for q, k and v together (their weights are stored as one [q+k+v, hidden] matrix; the
   // separate q/k/v of projections() are views of it), split into heads; not rotated. Adapters on
@@ -50,6 +53,9 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   kernels::RopeCosSin cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const;
 
  private:
+  // q, k (RoPE'd at positions start..) and v of x, heads first: [B, H, T, D], [B, Hkv, T, D] x 2.
+  ProjectedHeads rotated_heads(const at::Tensor& x, std::int64_t start) const;
+
   AttentionProjections proj_;
   at::Tensor qkv_, qkv_bias_;  // fused; proj_.q/k/v (and biases) are row slices of these
   SoftmaxAttentionShape shape_;

@@ -49,6 +49,13 @@ class TokenMixer {
   // sharing the mixer's own: requires_grad_() or set_data() on them acts on the mixer. Empty for the
   // softmax mixer and for recipes without new tensors.
   virtual std::vector<std::pair<std::string, at::Tensor>> trainable() const { return {}; }
+
+  // The mixer as attention weights, for a stateless forward of x [B, T, hidden] from position 0:
+  // [B, H, T, T] (fp32 or wider) with forward(x)_i = W_O sum_j a_ij v_j (v per query head) and each
+  // row a distribution over the keys j <= i. Hedgehog's attention distillation compares these
+  // (research/linearization.md 3). Undefined for mixers whose output is no such mix (gated or unnormalised
+  // states: liger-gla, supra). O(T^2) memory per head: for training-length sequences, not long prompts.
+  virtual at::Tensor attention_weights(const at::Tensor& /*x*/) const { return {}; }
 };
 
 }  // namespace linearize

@@ -16,13 +16,7 @@ class HedgehogMixer final : public TokenMixer {
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
-    const std::int64_t H = source_.shape().heads;
-    const auto h = source_.project_heads(x);
-    const auto cs = source_.cos_sin(start, x.size(1), x);
-    kernels::LinearAttentionInputs in;
-    in.q = kernels::hedgehog(recipes::rope_bthd(h.q, cs).to(at::kFloat), map_q_);
-    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H), map_k_);
-    in.v = recipes::repeat_heads(h.v, H);
+    const auto in = features(x, start);
     kernels::LinearAttentionOptions options;
     options.form = recipes::form_for(call, x.size(1), state);
     options.scale = 1.0;
@@ -33,6 +27,13 @@ class HedgehogMixer final : public TokenMixer {
     return source_.project_output(lin.o.to(x.scalar_type()));
   }
 
+  // a_ij = phi(q_i).phi(k_j) / sum_{j' <= i} phi(q_i).phi(k_j') (the forward's normaliser without fla's eps).
+  at::Tensor attention_weights(const at::Tensor& x) const override {
+    const auto in = features(x, 0);
+    const auto kernel = recipes::pairwise(in.q, in.k).tril();
+    return kernel / kernel.sum(-1, /*keepdim=*/true);
+  }
+
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "hedgehog"; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
@@ -40,6 +41,18 @@ class HedgehogMixer final : public TokenMixer {
   }
 
  private:
+  // phi(q), phi(k) and v of x at positions start.., all per query head.
+  kernels::LinearAttentionInputs features(const at::Tensor& x, std::int64_t start) const {
+    const std::int64_t H = source_.shape().heads;
+    const auto h = source_.project_heads(x);
+    const auto cs = source_.cos_sin(start, x.size(1), x);
+    kernels::LinearAttentionInputs in;
+    in.q = kernels::hedgehog(recipes::rope_bthd(h.q, cs).to(at::kFloat), map_q_);
+    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H), map_k_);
+    in.v = recipes::repeat_heads(h.v, H);
+    return in;
+  }
+
   SoftmaxAttentionMixer source_;
   at::Tensor map_q_, map_k_;
 };

@@ -7,6 +7,7 @@
 // The linear part covers exactly the keys that left the window: it runs on the key sequence shifted by
 // the window (the keys entering the state), so prefill and decode agree; decode keeps `window` keys.
 #include <cmath>
+#include <limits>
 
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
@@ -64,6 +65,27 @@ class LolcatsMixer final : public TokenMixer {
       st->window = recipes::last_keys(keys, window_);
     }
     return source_.project_output(y.to(x.scalar_type()));
+  }
+
+  // The output's weights with the shared normaliser, as LoLCATs' hybrid_attention_quadratic returns them for
+  // its xent (lolcats:src/model/linear_attention/linear_window_attention_sw.py): with w_ij = exp(s_ij - c_i)
+  // for i - window < j <= i and l_ij = phi_q(q_i).phi_k(k_j) for j <= i - window,
+  //   a_ij = (g_h w_ij + l_ij) / sum_j' (g_h w_ij' + l_ij').
+  at::Tensor attention_weights(const at::Tensor& x) const override {
+    const std::int64_t T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
+    const auto h = source_.project_heads(x);
+    const auto cs = source_.cos_sin(0, T, x);
+    const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
+    const auto k = recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H);
+    const auto positions = at::arange(T, x.options().dtype(at::kLong));
+    const auto back = positions.unsqueeze(1) - positions.unsqueeze(0);  // i - j
+    const auto outside_window = back.lt(0).logical_or(back.ge(window_));
+    const auto scores = recipes::pairwise(q, k).mul(1.0 / std::sqrt(double(d)))
+                            .masked_fill(outside_window, -std::numeric_limits<double>::infinity());
+    const auto win = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp();  // c_i: the window's row max
+    const auto lin = recipes::pairwise(kernels::hedgehog(q, map_q_), kernels::hedgehog(k, map_k_)).masked_fill(back.lt(window_), 0);
+    const auto mixed = at::sigmoid(window_factors_.to(at::kFloat)).view({1, H, 1, 1}) * win + lin;
+    return mixed / mixed.sum(-1, /*keepdim=*/true);
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }

@@ -8,10 +8,13 @@ at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
   return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
 }
 
-
 at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads) {
   const auto groups = heads / x.size(2);
   return groups == 1 ? x : x.repeat_interleave(groups, 2);
+}
+
+at::Tensor pairwise(const at::Tensor& a, const at::Tensor& b) {
+  return at::matmul(a.transpose(1, 2), b.transpose(1, 2).transpose(-1, -2));
 }
 
 WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start) {

@@ -18,6 +18,10 @@ at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs);
 // are per query head.
 at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads);
 
+// a_i.b_j for every pair of positions, per head: [B, T, H, F] x [B, S, H, F] -> [B, H, T, S] (the
+// quadratic form of a feature-map attention, for TokenMixer::attention_weights).
+at::Tensor pairwise(const at::Tensor& a, const at::Tensor& b);
+
 // The last keys and values a window hybrid needs in decode ([B, n, Hkv, D], rotated keys) and the
 // position of the first one. Holds exactly `window` keys once `window` tokens have been seen.
 struct WindowKv {
