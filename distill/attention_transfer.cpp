@@ -112,7 +112,7 @@ TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& so
   for (const auto layer : result.layers) {
     auto value = layer_transfer_loss(student, source, layer, captured.at(layer_input_name(layer)),
                                      captured.at(layer_target_name(layer)), loss);
-    result.layer_mse.push_back(value.item<double>());
+    result.layer_loss.push_back(value.item<double>());
     losses.push_back(std::move(value));
   }
   result.loss = factor * at::stack(losses).mean();

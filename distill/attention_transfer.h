@@ -48,9 +48,9 @@ std::string layer_input_name(std::int64_t layer);
 std::string layer_target_name(std::int64_t layer);
 
 struct TransferLoss {
-  at::Tensor loss;                   // factor x mean of layer_mse, differentiable in the trainables
+  at::Tensor loss;                   // factor x mean of layer_loss, differentiable in the trainables
   std::vector<std::int64_t> layers;  // the layers computed, in order
-  std::vector<double> layer_mse;     // per layer, unscaled: the MSE, or the cross-entropy under xent
+  std::vector<double> layer_loss;     // per layer, unscaled: the MSE, or the cross-entropy under xent
 };
 
 // The loss above on ids [B, T]. `source` is the source model (softmax mixers, fp32); `student` the

@@ -72,7 +72,7 @@ TransferLoss layerwise_transfer_loss(const CausalLM& student, const CausalLM& so
   auto value = layer_transfer_loss(student, source, layer, x, target, loss);
   TransferLoss result;
   result.layers = {layer};
-  result.layer_mse = {value.item<double>()};
+  result.layer_loss = {value.item<double>()};
   result.loss = factor * value;
   return result;
 }

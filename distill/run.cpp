@@ -1,5 +1,6 @@
 #include "distill/run.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 #include <torch/optim/adamw.h>
@@ -18,6 +19,7 @@
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/data.h"
+#include "distill/layer_inputs.h"
 #include "distill/metrics.h"
 #include "distill/schedule.h"
 #include "distill/stop_flag.h"
@@ -36,10 +38,6 @@ constexpr const char* kConfigSource = "run config";
 
 // The parts of the schema this build trains; anything else is refused before any work.
 void check_supported(const RunConfig& config) {
-  if (config.stage1.loss != Stage1Loss::kMse)
-    throw InputError(kConfigSource, "stage1.loss", "only mse is available in this build");
-  if (config.stage1.mode != Stage1Mode::kJoint)
-    throw InputError(kConfigSource, "stage1.mode", "only joint is available in this build");
   if (config.device.dtype == ComputeDtype::kBf16)
     throw InputError(kConfigSource, "device.dtype", "bf16 autocast is not available in this build; use auto or fp32");
 }
@@ -105,29 +103,31 @@ QualityFigures evaluate_quality(const CausalLM& student, const CausalLM& source,
 
 struct ValidationLoss {
   double loss = 0;
-  std::vector<double> layer_mse;
+  std::vector<double> layer_loss;
 };
 
 ValidationLoss validation_transfer_loss(const CausalLM& student, const CausalLM& source, const std::vector<Batch>& batches,
-                                        double factor) {
+                                        const Stage1Config& stage) {
   at::NoGradGuard no_grad;
   ValidationLoss total;
   for (const auto& batch : batches) {
-    const auto r = attention_transfer_loss(student, source, batch.input_ids.to(source.options().device), factor);
+    const auto r = attention_transfer_loss(student, source, batch.input_ids.to(source.options().device), stage.factor, stage.loss);
     total.loss += r.loss.item<double>();
-    total.layer_mse.resize(r.layer_mse.size());
-    for (std::size_t i = 0; i < r.layer_mse.size(); ++i) total.layer_mse[i] += r.layer_mse[i];
+    total.layer_loss.resize(r.layer_loss.size());
+    for (std::size_t i = 0; i < r.layer_loss.size(); ++i) total.layer_loss[i] += r.layer_loss[i];
   }
   const auto n = static_cast<double>(batches.size());
   total.loss /= n;
-  for (auto& v : total.layer_mse) v /= n;
+  for (auto& v : total.layer_loss) v /= n;
   return total;
 }
 
-// One stage's micro-batch loss: the differentiable total and, for stage 1, each converted layer's part.
+// One stage's micro-batch loss: the differentiable total, for stage 1 each trained layer's part, and the
+// tokens it covered.
 struct StageLoss {
   at::Tensor loss;
   std::vector<double> layer_values;
+  std::int64_t tokens = 0;
 };
 
 // What a stage trains and how: its optimiser's tensors, every tensor a checkpoint of it keeps (stage 2
@@ -139,8 +139,10 @@ struct StagePlan {
   std::int64_t first_step = 0;  // the global step before this stage's first
   NamedTensors params;
   NamedTensors saved;
-  std::vector<std::int64_t> layers;  // stage 1: the converted layers, in the order of layer_values
-  std::function<StageLoss(const at::Tensor& ids, const at::Tensor& labels)> loss;
+  std::vector<std::int64_t> layers;  // stage 1: the trained layers, in the order of layer_values
+  // The loss of micro-batch `micro` of the stage (0, 1, ... in step order: what a layer-wise plan indexes
+  // its cached rows by; the others draw their next batch from the data stream).
+  std::function<StageLoss(std::int64_t micro)> loss;
   std::function<std::optional<double>(nlohmann::json& record)> validate;
 };
 
@@ -208,7 +210,7 @@ StageLoss lora_loss(const CausalLM& student, const CausalLM& teacher, const at::
     }
     loss = loss + (teacher_lp.exp() * (teacher_lp - student_lp)).sum() / static_cast<double>(count);
   }
-  return {loss, {}};
+  return {loss, {}, ids.numel()};
 }
 
 // The stage-2 loss's counterpart on the validation figures (what the plateau schedule watches).
@@ -304,20 +306,21 @@ void write_report(const fs::path& out, const RunConfig& config, const DistillRes
   std::vector<double> first_layers, last_layers;
   for (const auto& r : read_records(out / "metrics.jsonl")) {
     const auto stage = r.value("stage", std::string("stage1"));
-    auto& curve = curves.try_emplace(stage, LineChart{stage == "stage1" ? "stage 1: attention transfer" : "stage 2: LoRA",
+    auto& curve = curves.try_emplace(stage, LineChart{stage == "stage2" ? "stage 2: LoRA" : "stage 1: attention transfer (" + stage + ")",
                                                       "optimiser step", "loss", true, {{"training", {}}, {"validation", {}}}})
                       .first->second;
     const auto step = static_cast<double>(r.value("step", std::int64_t{0}));
     if (r.contains("loss")) curve.series[0].points.emplace_back(step, r["loss"].get<double>());
     if (r.contains("val_loss")) curve.series[1].points.emplace_back(step, r["val_loss"].get<double>());
-    if (r.contains("val_layer_mse")) {
-      last_layers = r["val_layer_mse"].get<std::vector<double>>();
+    if (r.contains("val_layer_loss")) {
+      last_layers = r["val_layer_loss"].get<std::vector<double>>();
       if (first_layers.empty()) first_layers = last_layers;
     }
   }
   for (auto& [stage, curve] : curves) report.curves.push_back(std::move(curve));
   if (!layers.empty()) {
-    BarChart bars{"per-layer attention-output MSE (validation)", "MSE", {}, {{"before", first_layers}, {"after", last_layers}}};
+    const auto loss_name = to_string(config.stage1.loss);
+    BarChart bars{"per-layer stage 1 loss (" + loss_name + ", validation)", loss_name, {}, {{"before", first_layers}, {"after", last_layers}}};
     for (const auto layer : layers) bars.labels.push_back("layer " + std::to_string(layer));
     report.bars.push_back(std::move(bars));
   }
@@ -394,14 +397,12 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::o
     std::vector<double> layer_values;
     const auto accum = static_cast<double>(optim.grad_accum);
     for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
-      const auto batch = ctx.data.next_batch();
-      const auto ids = batch.input_ids.to(ctx.device);
-      const auto r = plan.loss(ids, batch.labels.to(ctx.device));
+      const auto r = plan.loss((step - plan.first_step - 1) * optim.grad_accum + micro);
       (r.loss / accum).backward();
       loss += r.loss.item<double>() / accum;
       layer_values.resize(r.layer_values.size());
       for (std::size_t i = 0; i < r.layer_values.size(); ++i) layer_values[i] += r.layer_values[i] / accum;
-      tokens += ids.numel();
+      tokens += r.tokens;
     }
     check_finite(plan, step, loss, layer_values, ctx.checkpoints);
     const double grad_norm = clip_gradients(plan.params, optim.clip);
@@ -410,7 +411,7 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::o
 
     if (step % ctx.config.log_every == 0 || step == last_step) {
       nlohmann::json record{{"stage", plan.name}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
-      if (!layer_values.empty()) record["layer_mse"] = layer_values;
+      if (!layer_values.empty()) record["layer_loss"] = layer_values;
       const auto val = plan.validate(record);
       schedule.observe(val ? *val : loss);  // plateau: the validation loss, the training loss without a split
       ctx.metrics.append(record);
@@ -471,9 +472,17 @@ DistillResult run_distill(const DistillOptions& options) {
 
   // Stage 1's tensors exist (and are exported) whether or not stage 1 trains them.
   const NamedTensors stage1_params = make_stage1_trainable(student);
-  const std::int64_t stage1_steps = config.stage1.enabled ? config.stage1.optim.steps : 0;
-  if (config.stage1.enabled && stage1_params.empty())
+  const auto& stage1 = config.stage1;
+  if (stage1.enabled && stage1_params.empty())
     throw InputError(kConfigSource, "stage1.enabled", "recipe " + config.recipe.name + " adds no trainable tensors; set it to false");
+  if (stage1.enabled) check_stage1_loss(student, stage1.loss);
+  std::vector<std::int64_t> layers;  // the converted layers, in the order of the per-layer losses
+  for (const auto& [name, tensor] : stage1_params)
+    if (layers.empty() || layers.back() != layer_of(name)) layers.push_back(layer_of(name));
+  // Layer-wise, each layer trains stage1.steps steps of its own, one layer after another.
+  const bool layerwise = stage1.mode == Stage1Mode::kLayerwise;
+  const std::int64_t stage1_steps =
+      stage1.enabled ? stage1.optim.steps * (layerwise ? static_cast<std::int64_t>(layers.size()) : 1) : 0;
 
   DistillResult result;
   if (resumed) {
@@ -483,7 +492,7 @@ DistillResult run_distill(const DistillOptions& options) {
     result.step = resumed->step;
     spdlog::info("resuming from {} (step {})", resumed_from, result.step);
   } else {
-    at::manual_seed(config.seed);  // LoRA's A and dropout draw from the global generators
+    at::manual_seed(config.seed);  // LoRA's dropout draws from the global generators
     fs::remove(out / "metrics.jsonl");
   }
   MetricsLog metrics(out / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
@@ -491,34 +500,68 @@ DistillResult run_distill(const DistillOptions& options) {
   const TrainingContext ctx{config, options, data, checkpoints, metrics, stop, load.device};
   if (!resumed && !validation.empty()) {
     result.before = evaluate_quality(student, source, validation);
-    if (config.stage1.enabled)
-      result.initial_transfer_loss = validation_transfer_loss(student, source, validation, config.stage1.factor).loss;
+    if (stage1.enabled) result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
   }
 
-  std::vector<std::int64_t> layers;  // the converted layers, in the order of the per-layer losses
-  for (const auto& [name, tensor] : stage1_params)
-    if (layers.empty() || layers.back() != layer_of(name)) layers.push_back(layer_of(name));
-  if (config.stage1.enabled && result.step < stage1_steps) {
-    StagePlan plan;
-    plan.name = "stage1";
-    plan.optim = &config.stage1.optim;
-    plan.params = plan.saved = stage1_params;
-    plan.layers = layers;
-    const double factor = config.stage1.factor;
-    plan.loss = [&](const at::Tensor& ids, const at::Tensor&) {
-      auto r = attention_transfer_loss(student, source, ids, factor);
-      return StageLoss{r.loss, std::move(r.layer_mse)};
-    };
-    plan.validate = [&](nlohmann::json& record) {
+  if (stage1.enabled && result.step < stage1_steps) {
+    // Validation records every layer's loss; a layer-wise plan's schedule watches its own layer's.
+    auto validate_layers = [&](nlohmann::json& record, std::optional<std::size_t> layer_index) {
       if (validation.empty()) return std::optional<double>{};
-      const auto v = validation_transfer_loss(student, source, validation, factor);
+      const auto v = validation_transfer_loss(student, source, validation, stage1);
       record["val_loss"] = v.loss;
-      record["val_layer_mse"] = v.layer_mse;
-      return std::optional<double>{v.loss};
+      record["val_layer_loss"] = v.layer_loss;
+      return std::optional<double>{layer_index ? v.layer_loss[*layer_index] : v.loss};
     };
-    if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
+    if (!layerwise) {
+      StagePlan plan;
+      plan.name = "stage1";
+      plan.optim = &stage1.optim;
+      plan.params = plan.saved = stage1_params;
+      plan.layers = layers;
+      plan.loss = [&](std::int64_t) {
+        const auto ids = data.next_batch().input_ids.to(load.device);
+        auto r = attention_transfer_loss(student, source, ids, stage1.factor, stage1.loss);
+        return StageLoss{r.loss, std::move(r.layer_loss), ids.numel()};
+      };
+      plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
+      if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
+    } else {
+      // Block-wise (DESIGN section 7): the teacher's input and output of every converted layer, for every
+      // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows.
+      const fs::path cache_path = out / "layer_cache.h5";
+      const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
+      if (!fs::exists(cache_path)) {
+        std::vector<at::Tensor> batches;
+        for (std::int64_t i = 0; i < micro_batches; ++i) batches.push_back(data.next_batch().input_ids.to(load.device));
+        const auto rows = write_layer_cache(cache_path, source, layers, batches);
+        spdlog::info("cached the inputs of {} layers for {} sequences in {}", layers.size(), rows, cache_path.string());
+      }
+      const LayerCache cache(cache_path, layers, source.config().hidden_size);
+      const std::int64_t batch = config.data.batch_size;
+      if (cache.rows() != micro_batches * batch)
+        throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache.rows()) + " sequences, the run trains on " +
+                                                          std::to_string(micro_batches * batch) + ": remove the file");
+      for (std::size_t j = 0; j < layers.size(); ++j) {
+        StagePlan plan;
+        plan.name = "stage1.layer" + std::to_string(layers[j]);
+        plan.optim = &stage1.optim;
+        plan.first_step = static_cast<std::int64_t>(j) * stage1.optim.steps;
+        if (result.step >= plan.first_step + stage1.optim.steps) continue;  // trained before a resume
+        for (const auto& entry : stage1_params)
+          if (layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
+        plan.saved = stage1_params;
+        plan.layers = {layers[j]};
+        plan.loss = [&, layer = layers[j]](std::int64_t micro) {
+          auto r = layerwise_transfer_loss(student, source, cache, layer, micro * batch, (micro + 1) * batch,
+                                           stage1.factor, stage1.loss);
+          return StageLoss{r.loss, std::move(r.layer_loss), batch * cache.seq_len()};
+        };
+        plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
+        if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
+      }
+    }
     if (!validation.empty()) {
-      result.final_transfer_loss = validation_transfer_loss(student, source, validation, factor).loss;
+      result.final_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
       if (config.stage2.enabled) result.after_stage1 = evaluate_quality(student, source, validation);
     }
   }
@@ -527,7 +570,10 @@ DistillResult run_distill(const DistillOptions& options) {
   std::vector<std::shared_ptr<LoraLinear>> adapters;
   if (config.stage2.enabled) {
     const auto& lora = config.stage2.lora;
-    adapters = attach_lora(student, lora.targets, {lora.r, lora.alpha, lora.dropout, lora.rslora});
+    // A's init comes from its own generator: a resume (which restores the global generators for dropout)
+    // then draws nothing from them before its first step.
+    adapters = attach_lora(student, lora.targets, {lora.r, lora.alpha, lora.dropout, lora.rslora},
+                           at::make_generator<at::CPUGeneratorImpl>(config.seed));
     StagePlan plan;
     plan.name = "stage2";
     plan.optim = &config.stage2.optim;
@@ -543,9 +589,10 @@ DistillResult run_distill(const DistillOptions& options) {
     auto set_training = [&](bool training) {
       for (const auto& adapter : adapters) adapter->set_training(training);
     };
-    plan.loss = [&](const at::Tensor& ids, const at::Tensor& labels) {
+    plan.loss = [&](std::int64_t) {
+      const auto batch = data.next_batch();
       set_training(true);
-      auto r = lora_loss(student, source, ids, labels, kind);
+      auto r = lora_loss(student, source, batch.input_ids.to(load.device), batch.labels.to(load.device), kind);
       set_training(false);
       return r;
     };

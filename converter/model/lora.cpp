@@ -25,7 +25,8 @@ LoraLinear::LoraLinear(std::string path, at::Tensor weight, at::Tensor bias, con
   if (options.r < 1) throw std::invalid_argument("LoraLinear: " + path_ + ": r must be >= 1");
   const auto fp32 = weight_.options().dtype(at::kFloat);
   const double bound = 1.0 / std::sqrt(static_cast<double>(weight_.size(1)));  // kaiming_uniform_(a=sqrt(5))
-  a_ = at::empty({options.r, weight_.size(1)}, fp32).uniform_(-bound, bound, generator).requires_grad_(true);
+  // Drawn on the CPU (a CPU generator serves any device), then moved to the weight's device.
+  a_ = at::empty({options.r, weight_.size(1)}, at::kFloat).uniform_(-bound, bound, generator).to(fp32).requires_grad_(true);
   b_ = at::zeros({weight_.size(0), options.r}, fp32).requires_grad_(true);
 }
 
@@ -71,7 +72,7 @@ std::string module_path(std::size_t layer, Projection projection) {
 }  // namespace
 
 std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std::vector<std::string>& targets,
-                                                     const LoraOptions& options) {
+                                                     const LoraOptions& options, std::optional<at::Generator> generator) {
   std::vector<std::shared_ptr<LoraLinear>> adapters;
   for (std::size_t i = 0; i < model.layers().size(); ++i) {
     auto& layer = model.layers()[i];
@@ -79,7 +80,7 @@ std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std:
       const auto projection = find_projection(target);
       if (!projection) throw std::invalid_argument("attach_lora: unknown projection " + target);
       auto lora = std::make_shared<LoraLinear>(module_path(i, *projection), layer.weight(*projection),
-                                               layer.bias(*projection), options);
+                                               layer.bias(*projection), options, generator);
       layer.adapters->attach(*projection, lora);
       adapters.push_back(std::move(lora));
     }

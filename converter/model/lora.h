@@ -76,9 +76,11 @@ class LoraLinear final : public LinearAdapter {
 class CausalLM;
 
 // LoRA on `targets` ("q_proj", ...) of every layer of `model`, attached to its projections: fresh adapters
-// (B = 0, so the model is unchanged) whose A draw from the global generator, layer by layer in target order.
+// (B = 0, so the model is unchanged) whose A draw from `generator` (a CPU one; default: the global one),
+// layer by layer in target order.
 std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std::vector<std::string>& targets,
-                                                     const LoraOptions& options);
+                                                     const LoraOptions& options,
+                                                     std::optional<at::Generator> generator = std::nullopt);
 
 // A PEFT adapter directory's modules attached to `model` (kPeftAdapterDir of an export). Throws InputError
 // naming the directory and the module for a path the model lacks or shapes that disagree.

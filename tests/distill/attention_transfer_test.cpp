@@ -152,7 +152,7 @@ TEST(AttentionXent, MatchesANaiveFp64Computation) {
     entropy /= n;
     kl /= n;
     SCOPED_TRACE("layer " + std::to_string(layer));
-    const double got = r.layer_mse[static_cast<std::size_t>(layer)];
+    const double got = r.layer_loss[static_cast<std::size_t>(layer)];
     EXPECT_NEAR(got, xent, 1e-5 * xent);
     EXPECT_NEAR(got, entropy + kl, 1e-5 * xent);
     EXPECT_GT(kl, 0.0);
@@ -271,11 +271,11 @@ TEST(LayerCache, RoundTripsAndLayerwiseLossEqualsJointPerLayer) {
       for (const auto& [name, tensor] : params) tensor.mutable_grad() = at::Tensor();
       const auto one = layerwise_transfer_loss(student, source, cache, layers[i], 2, 4, 5.0, loss);
       ASSERT_EQ(one.layers, std::vector<std::int64_t>{layers[i]});
-      const double rel = std::abs(one.layer_mse[0] - joint.layer_mse[i]) / joint.layer_mse[i];
-      std::cout << to_string(loss) << " layer " << layers[i] << ": joint " << joint.layer_mse[i] << ", layer-wise "
-                << one.layer_mse[0] << ", relative difference " << rel << "\n";
+      const double rel = std::abs(one.layer_loss[0] - joint.layer_loss[i]) / joint.layer_loss[i];
+      std::cout << to_string(loss) << " layer " << layers[i] << ": joint " << joint.layer_loss[i] << ", layer-wise "
+                << one.layer_loss[0] << ", relative difference " << rel << "\n";
       EXPECT_LE(rel, 1e-7);
-      EXPECT_NEAR(one.loss.item<double>(), 5.0 * one.layer_mse[0], 1e-6 * 5.0 * one.layer_mse[0]);
+      EXPECT_NEAR(one.loss.item<double>(), 5.0 * one.layer_loss[0], 1e-6 * 5.0 * one.layer_loss[0]);
       one.loss.backward();  // reaches this layer's tensors only
       for (const auto& [name, tensor] : params)
         EXPECT_EQ(tensor.grad().defined(), layer_of(name) == layers[i]) << name;
