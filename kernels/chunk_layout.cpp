@@ -19,29 +19,39 @@ ChunkLayout::ChunkLayout(int64_t batch, int64_t tokens, int64_t kv_heads, int64_
   TORCH_CHECK(chunk >= 1, "chunk size must be >= 1, got ", chunk);
 }
 
-at::Tensor ChunkLayout::pad_tokens(const at::Tensor& x) const {
-  const int64_t pad = chunks_ * chunk_ - tokens_;
-  if (pad == 0) return x;
+int64_t ChunkLayout::count_or_rest(int64_t first, int64_t count) const {
+  TORCH_CHECK(first >= 0 && first < chunks_ && count <= chunks_ - first, "chunks [", first, ", +", count,
+              ") out of ", chunks_);
+  return count < 0 ? chunks_ - first : count;
+}
+
+at::Tensor ChunkLayout::pad_tokens(const at::Tensor& x, int64_t first, int64_t count) const {
+  const int64_t start = first * chunk_, length = std::min(tokens_ - start, count * chunk_);
+  const at::Tensor window = x.narrow(1, start, length);
+  const int64_t pad = count * chunk_ - length;
+  if (pad == 0) return window;
   std::vector<int64_t> widths(2 * (x.dim() - 1), 0);  // pairs from the last dim back to dim 1 (tokens)
   widths.back() = pad;
-  return at::constant_pad_nd(x, widths, 0);
+  return at::constant_pad_nd(window, widths, 0);
 }
 
-at::Tensor ChunkLayout::queries(const at::Tensor& q) const {
-  const int64_t d = q.size(-1);
-  return pad_tokens(q)
-      .view({batch_, chunks_, chunk_, kv_heads_, group_, d})
+at::Tensor ChunkLayout::queries(const at::Tensor& q, int64_t first, int64_t count) const {
+  const int64_t n = count_or_rest(first, count), d = q.size(-1);
+  return pad_tokens(q, first, n)
+      .view({batch_, n, chunk_, kv_heads_, group_, d})
       .permute({0, 3, 1, 4, 2, 5})
-      .reshape({batch_, kv_heads_, chunks_, group_ * chunk_, d});
+      .contiguous()
+      .view({batch_, kv_heads_, n, group_ * chunk_, d});
 }
 
-at::Tensor ChunkLayout::keys(const at::Tensor& x) const {
-  const int64_t d = x.size(-1);
-  return pad_tokens(x).view({batch_, chunks_, chunk_, kv_heads_, d}).permute({0, 3, 1, 2, 4}).contiguous();
+at::Tensor ChunkLayout::keys(const at::Tensor& x, int64_t first, int64_t count) const {
+  const int64_t n = count_or_rest(first, count), d = x.size(-1);
+  return pad_tokens(x, first, n).view({batch_, n, chunk_, kv_heads_, d}).permute({0, 3, 1, 2, 4}).contiguous();
 }
 
-at::Tensor ChunkLayout::scalars(const at::Tensor& x) const {
-  return pad_tokens(x).view({batch_, chunks_, chunk_, kv_heads_}).permute({0, 3, 1, 2}).contiguous();
+at::Tensor ChunkLayout::scalars(const at::Tensor& x, int64_t first, int64_t count) const {
+  const int64_t n = count_or_rest(first, count);
+  return pad_tokens(x, first, n).view({batch_, n, chunk_, kv_heads_}).permute({0, 3, 1, 2}).contiguous();
 }
 
 at::Tensor ChunkLayout::merge_queries(const at::Tensor& o) const {

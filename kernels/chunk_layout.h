@@ -23,17 +23,22 @@ class ChunkLayout {
   int64_t chunk() const { return chunk_; }
   int64_t group() const { return group_; }
 
+  // The layouts below are contiguous copies.
   // q [B,T,Hkv*G,D] -> [B, Hkv, N, G*C, D]: row g*C + i is query head g of the group at token i.
-  at::Tensor queries(const at::Tensor& q) const;
+  // `first` and `count` pick the chunks [first, first + count) only (count < 0: to the end), so that a
+  // caller can work through slabs of chunks without a full-size copy of the sequence.
+  at::Tensor queries(const at::Tensor& q, int64_t first = 0, int64_t count = -1) const;
   // k or v [B,T,Hkv,D] -> [B, Hkv, N, C, D].
-  at::Tensor keys(const at::Tensor& x) const;
+  at::Tensor keys(const at::Tensor& x, int64_t first = 0, int64_t count = -1) const;
   // A per-head scalar [B,T,Hkv] -> [B, Hkv, N, C].
-  at::Tensor scalars(const at::Tensor& x) const;
-  // The inverse of queries(): [B, Hkv, N, G*C, D] -> [B, T, Hkv*G, D].
+  at::Tensor scalars(const at::Tensor& x, int64_t first = 0, int64_t count = -1) const;
+  // The inverse of queries() over all N chunks: [B, Hkv, N, G*C, D] -> [B, T, Hkv*G, D].
   at::Tensor merge_queries(const at::Tensor& o) const;
 
  private:
-  at::Tensor pad_tokens(const at::Tensor& x) const;
+  // The tokens of chunks [first, first + count), zero padded to count * C: [B, count * C, ...].
+  at::Tensor pad_tokens(const at::Tensor& x, int64_t first, int64_t count) const;
+  int64_t count_or_rest(int64_t first, int64_t count) const;
   int64_t batch_, tokens_, kv_heads_, group_, chunk_, chunks_;
 };
 

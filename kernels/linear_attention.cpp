@@ -2,11 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/chunk_layout.h"
+#include "kernels/gated_diagonal.h"
 
 namespace linearize::kernels {
 
@@ -175,127 +177,123 @@ CoreResult parallel(const Problem& p, const at::Tensor& h0) {
   return {o.permute({0, 3, 1, 2, 4}).reshape({p.B, p.T, p.Hq, -1}), h};
 }
 
-// ---- chunked (research/kernels.md 1.1): per chunk, the state contribution (K (.) exp(G_last - G))^T V,
-// a scan over chunk states only, then o = (Q (.) exp G) h_n + A V with the intra-chunk scores A.
-// G is the per-chunk inclusive cumsum of the log gates (reset at each chunk), so exponents are <= 0.
+// ---- chunked (research/kernels.md 1.1). Per chunk n, with G the per-chunk inclusive cumsum of the log
+// gates (reset at each chunk) and h_n the state at its start:
+//   o_n = (Q (.) exp G) h_n + A_n V_n,   h_{n+1} = diag(exp G_last) h_n + (K (.) exp(G_last - G))^T V_n.
+// Nothing but h_n depends on earlier chunks, so the decayed q and k and the intra-chunk output A_n V_n are
+// batched over a slab of chunks, and the sequential pass is two baddbmm per chunk.
 
-// Intra-chunk output for a scalar gate (or none): A = (Q K^T) (.) exp(G_i - G_j) on j <= i.
-at::Tensor intra_scalar(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& Gs,
-                        const at::Tensor& causal, int64_t G) {
-  const auto sizes = k.sizes();  // [B,Hkv,n,C,K]
-  const int64_t C = sizes[3];
-  at::Tensor A = at::matmul(q, k.transpose(-1, -2));  // [B,Hkv,n,G*C,C]
-  if (Gs.defined()) {
-    const at::Tensor D = (Gs.unsqueeze(-1) - Gs.unsqueeze(-2)).masked_fill(causal.logical_not(), kNegInf).exp();
-    A = (A.view({sizes[0], sizes[1], sizes[2], G, C, C}) * D.unsqueeze(3)).view({sizes[0], sizes[1], sizes[2], G * C, C});
-  } else {
-    A = A.masked_fill(causal.logical_not().repeat({G, 1}), 0);
-  }
-  return at::matmul(A, v);
+// What the state pass needs for a slab of n chunks (BH = B * Hkv).
+struct ChunkTerms {
+  at::Tensor qdecayed;  // [BH,n,G*C,K]: q (.) exp(G)
+  at::Tensor kdecayed;  // [BH,n,C,K]: k (.) exp(G_last - G)
+  at::Tensor decay;     // exp(G_last): [BH,n,K,1] (per channel) or [BH,n,1,1]; undefined without a gate
+  at::Tensor intra;     // [BH,n,G*C,V']: A V
+};
+
+// A scalar gate (or none), Gc [BH,n,C] or undefined: A = (Q K^T) (.) exp(G_i - G_j) on j <= i.
+ChunkTerms scalar_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& Gc,
+                        int64_t G) {
+  const int64_t BH = k.size(0), n = k.size(1), C = k.size(2), K = k.size(3);
+  const at::Tensor A = at::matmul(q, k.transpose(-1, -2));  // [BH,n,G*C,C]
+  const at::Tensor causal = detail::causal_mask(C, q);
+  if (!Gc.defined()) return {q, k, {}, at::matmul(A.masked_fill(causal.logical_not().repeat({G, 1}), 0), v)};
+  const at::Tensor D = (Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(causal.logical_not(), kNegInf).exp();
+  const at::Tensor last = Gc.narrow(-1, C - 1, 1);  // [BH,n,1]
+  return {(q.view({BH, n, G, C, K}) * Gc.exp().unsqueeze(2).unsqueeze(-1)).view({BH, n, G * C, K}),
+          k * (last - Gc).exp().unsqueeze(-1), last.exp().unsqueeze(-1),
+          at::matmul((A.view({BH, n, G, C, C}) * D.unsqueeze(2)).view({BH, n, G * C, C}), v)};
 }
 
-// Intra-chunk output for a per-channel gate, fla's secondary chunking with sub-chunks of c tokens:
-// off-diagonal blocks (query sub-chunk a > key sub-chunk b) are matmuls of
-// (q_a (.) exp(G_a - G_end(b))) and (k_b (.) exp(G_end(b) - G_b)), both exponents <= 0; diagonal blocks
-// use the exact pairwise exp(G_i - G_j) element-wise.
-at::Tensor intra_channel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& Gs,
-                         int64_t G, int64_t c) {
-  const auto sizes = k.sizes();  // [B,Hkv,n,C,K]
-  const int64_t B = sizes[0], H = sizes[1], n = sizes[2], C = sizes[3], K = sizes[4], V = v.size(-1);
-  const int64_t NC = C / c;
-  const at::Tensor Gsub = Gs.view({B, H, n, NC, c, K});
-  const at::Tensor ksub = k.view({B, H, n, NC, c, K});
-  const at::Tensor vsub = v.view({B, H, n, NC, c, V});
-  const at::Tensor qsub = q.view({B, H, n, G, NC, c, K});
+// A per-channel gate, g and its cumsum Gc [BH,n,C,K]: fla's secondary chunking (research/kernels.md 1.1,
+// stage 2) with sub-chunks of c tokens. Over M = BH*n chunks, NC = C/c sub-chunks, ref_a = G at the first
+// row of sub-chunk a (fla's G_n) and end_b = G at the last row of sub-chunk b. Gates are <= 0, so G never
+// increases along a chunk and every exponent below is <= 0 whatever the gate strength:
+//   q part  q_i exp(G_i - ref_a), i in sub-chunk a (i at or after ref_a's row);
+//   k part  k_j exp(end_b - G_j), j in sub-chunk b (j at or before end_b's row), moved to ref_a for a > b
+//           by exp(ref_a - end_b) (row a*c is after row (b+1)*c - 1);
+// and an off-diagonal block is their matmul, since exp(G_i - G_j) = exp(G_i - ref_a) exp(ref_a - G_j).
+// The diagonal c x c blocks (j, i in one sub-chunk, where no such split is <= 0 on both sides) are exact
+// (gated_diagonal.h).
+ChunkTerms channel_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                         const at::Tensor& Gc, int64_t G, int64_t c) {
+  const int64_t BH = k.size(0), n = k.size(1), C = k.size(2), K = k.size(3), V = v.size(-1);
+  const int64_t M = BH * n, NC = C / c;
+  const at::Tensor Gs = Gc.view({M, NC, c, K});
+  const at::Tensor ref = Gs.select(2, 0), end = Gs.select(2, c - 1);  // [M,NC,K]
+  const at::Tensor last = end.select(1, NC - 1);                        // [M,K]
+  const at::Tensor qsub = q.view({M, G, NC, c, K}) * (Gs - ref.unsqueeze(2)).exp().unsqueeze(1);
+  const at::Tensor ksub = k.view({M, NC, c, K}) * (end.unsqueeze(2) - Gs).exp();
+  // The inter-chunk factors from the same ones, products of two factors <= 1:
+  // exp(G) = exp(G - ref) exp(ref) and exp(G_last - G) = exp(end - G) exp(G_last - end).
+  ChunkTerms t;
+  t.qdecayed = (qsub * ref.exp().view({M, 1, NC, 1, K})).view({BH, n, G * C, K});
+  t.kdecayed = (ksub * (last.unsqueeze(1) - end).exp().unsqueeze(2)).view({BH, n, C, K});
+  t.decay = last.exp().view({BH, n, K, 1});
 
-  // Diagonal blocks: A[a,i,j] = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i within sub-chunk a. The exponent
-  // is clamped at 0 (reached only above the diagonal, which the mask then zeroes) so nothing overflows.
-  const at::Tensor pairwise = (Gsub.unsqueeze(-2) - Gsub.unsqueeze(-3)).clamp_max(0).exp();  // [B,H,n,NC,c,c,K]
-  const at::Tensor Adiag = at::matmul(pairwise * ksub.unsqueeze(-3), qsub.permute({0, 1, 2, 4, 5, 6, 3}))
-                               .permute({0, 1, 2, 3, 6, 4, 5})
-                               .masked_fill(detail::causal_mask(c, q).logical_not(), 0);  // [B,H,n,NC,G,c,c]
-  at::Tensor o = at::matmul(Adiag.reshape({B, H, n, NC, G * c, c}), vsub)
-                     .view({B, H, n, NC, G, c, V})
-                     .permute({0, 1, 2, 4, 3, 5, 6})
-                     .reshape({B, H, n, G * C, V});
-  if (NC == 1) return o;
+  const at::Tensor diagonal = detail::gated_diagonal_scores(q.view({M, G, C, K}), k.view({M, C, K}),
+                                                            Gc.view({M, C, K}), g.view({M, C, K}), c);
+  at::Tensor intra = at::matmul(diagonal.view({M, NC, G * c, c}), v.view({M, NC, c, V}));  // [M,NC,G*c,V]
+  const at::Tensor vrows = v.view({M, C, V});
+  for (int64_t a = 1; a < NC; ++a) {  // query sub-chunk a against the keys of sub-chunks 0..a-1
+    const at::Tensor keys =
+        (ksub.narrow(1, 0, a) * (ref.select(1, a).unsqueeze(1) - end.narrow(1, 0, a)).exp().unsqueeze(2))
+            .view({M, a * c, K});
+    const at::Tensor scores = at::matmul(qsub.select(2, a).reshape({M, G * c, K}), keys.transpose(1, 2));
+    intra.select(1, a).baddbmm_(scores, vrows.narrow(1, 0, a * c));
+  }
+  t.intra = intra.view({M, NC, G, c, V}).transpose(1, 2).reshape({BH, n, G * C, V});
+  return t;
+}
 
-  // Off-diagonal blocks against key sub-chunks b = 0..NC-2 (the last one has no later query sub-chunk).
-  const int64_t NB = NC - 1;
-  const at::Tensor Gend = Gsub.narrow(3, 0, NB).select(-2, c - 1);  // [B,H,n,NB,K]
-  const at::Tensor kdec = ksub.narrow(3, 0, NB) * (Gend.unsqueeze(-2) - Gsub.narrow(3, 0, NB)).exp();
-  // q_a (.) exp(G_a - G_end(b)) for every (b, a): [B,H,n,NB,G,NC,c,K]; blocks a <= b are masked below
-  // (their exponent is clamped so that nothing overflows there).
-  const at::Tensor qdec = qsub.unsqueeze(3) *
-                          (Gsub.unsqueeze(3).unsqueeze(3) - Gend.view({B, H, n, NB, 1, 1, 1, K})).clamp_max(0).exp();
-  const at::Tensor block_mask = at::arange(NC, q.options()).view({1, NC}) >
-                                at::arange(NB, q.options()).view({NB, 1});  // [NB, NC]: a > b
-  const at::Tensor Aoff = at::matmul(qdec.view({B, H, n, NB, G * NC * c, K}), kdec.transpose(-1, -2))
-                              .view({B, H, n, NB, G, NC, c, c})
-                              .mul(block_mask.view({NB, 1, NC, 1, 1}).to(q.scalar_type()));
-  return o + at::matmul(Aoff.view({B, H, n, NB, G * C, c}), vsub.narrow(3, 0, NB)).sum(3);
+// The largest divisor of C that is at most the requested sub-chunk (C = 64 and 16: fla's 4 x 16; C = 40: 10).
+int64_t sub_chunk_for(int64_t C, int64_t requested) {
+  TORCH_CHECK(requested >= 1, "linear_attention: sub_chunk_size must be >= 1, got ", requested);
+  int64_t c = std::min(requested, C);
+  while (C % c != 0) --c;
+  return c;
 }
 
 CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions& opt) {
   const int64_t C = opt.chunk_size;
   TORCH_CHECK(C >= 1, "linear_attention: chunk_size must be >= 1");
-  const int64_t c = p.gate == Gate::channel ? std::min(opt.sub_chunk_size, C) : C;
-  TORCH_CHECK(c >= 1 && C % c == 0, "linear_attention: sub_chunk_size ", c, " must divide chunk_size ", C);
   const detail::ChunkLayout layout(p.B, p.T, p.Hkv, p.G, C);
-  const int64_t N = layout.chunks(), Vp = p.v.size(-1);
+  const int64_t N = layout.chunks(), BH = p.B * p.Hkv, K = p.K, Vp = p.v.size(-1);
+  const int64_t c = p.gate == Gate::channel ? sub_chunk_for(C, opt.sub_chunk_size) : C;
+  // A slab's temporaries are a few copies of its q, k, v, gates and output (the scalar-gate scores add
+  // G*C*C). Small slabs (one chunk of all heads at H = 8, d = 128) measured fastest: the temporaries stay
+  // in cache and their allocations are reused.
+  const int64_t per_chunk = BH * C * (p.G * (2 * K + 2 * Vp + C) + 5 * K + Vp);
+  const int64_t slab = detail::chunks_per_slab(per_chunk, N, int64_t{1} << 18);
 
-  const at::Tensor q = layout.queries(p.q);  // [B,Hkv,N,G*C,K]
-  const at::Tensor k = layout.keys(p.k);     // [B,Hkv,N,C,K]
-  const at::Tensor v = layout.keys(p.v);     // [B,Hkv,N,C,V']
-  at::Tensor Gc;                             // per-chunk inclusive cumsum: [B,Hkv,N,C] or [B,Hkv,N,C,K]
-  if (p.gate == Gate::scalar) Gc = layout.scalars(p.g).cumsum(-1);
-  if (p.gate == Gate::channel) Gc = layout.keys(p.g).cumsum(-2);
-
-  // The largest temporaries per chunk: the decayed queries against every key sub-chunk and the pairwise
-  // decays of the diagonal blocks (per-channel gates), or the C x C scores; plus the chunk's start state.
-  const int64_t scores = p.gate == Gate::channel ? (C / c - 1) * p.G * C * p.K + C * c * p.K : p.G * C * C;
-  const int64_t slab = detail::chunks_per_slab(p.B * p.Hkv * (scores + p.K * Vp), N);
-  const auto qs = q.split(slab, 2), ks = k.split(slab, 2), vs = v.split(slab, 2);
-  std::vector<at::Tensor> Gs;
-  if (Gc.defined()) Gs = Gc.split(slab, 2);
-  const at::Tensor causal = detail::causal_mask(C, p.q);
-
-  std::vector<at::Tensor> outs;
-  outs.reserve(qs.size());
-  for (size_t s = 0; s < qs.size(); ++s) {
-    const int64_t n = ks[s].size(2);
-    // State contributions of each chunk and the decay across each chunk.
-    at::Tensor kdecayed = ks[s], qdecayed = qs[s], chunk_decay;
-    if (p.gate == Gate::scalar) {
-      const at::Tensor last = Gs[s].narrow(-1, C - 1, 1);  // [B,Hkv,n,1]
-      kdecayed = ks[s] * (last - Gs[s]).exp().unsqueeze(-1);
-      chunk_decay = last.exp().unsqueeze(-1);  // [B,Hkv,n,1,1]
-      qdecayed = (qs[s].view({p.B, p.Hkv, n, p.G, C, p.K}) * Gs[s].exp().unsqueeze(3).unsqueeze(-1))
-                     .view({p.B, p.Hkv, n, p.G * C, p.K});
-    } else if (p.gate == Gate::channel) {
-      const at::Tensor last = Gs[s].narrow(-2, C - 1, 1);  // [B,Hkv,n,1,K]
-      kdecayed = ks[s] * (last - Gs[s]).exp();
-      chunk_decay = last.exp().transpose(-1, -2);  // [B,Hkv,n,K,1]
-      qdecayed = (qs[s].view({p.B, p.Hkv, n, p.G, C, p.K}) * Gs[s].exp().unsqueeze(3))
-                     .view({p.B, p.Hkv, n, p.G * C, p.K});
+  h = h.reshape({BH, K, Vp});
+  std::vector<at::Tensor> outs;  // per chunk [B,C,Hkv,G,V'], so that one stack writes the sequence layout
+  outs.reserve(N);
+  for (int64_t first = 0; first < N; first += slab) {
+    const int64_t n = std::min(slab, N - first);
+    const at::Tensor q = layout.queries(p.q, first, n).view({BH, n, p.G * C, K});
+    const at::Tensor k = layout.keys(p.k, first, n).view({BH, n, C, K});
+    const at::Tensor v = layout.keys(p.v, first, n).view({BH, n, C, Vp});
+    ChunkTerms t;
+    if (p.gate == Gate::channel) {
+      const at::Tensor g = layout.keys(p.g, first, n).view({BH, n, C, K});
+      t = channel_terms(q, k, v, g, g.cumsum(2), p.G, c);
+    } else {
+      const at::Tensor Gc =
+          p.gate == Gate::scalar ? layout.scalars(p.g, first, n).view({BH, n, C}).cumsum(2) : at::Tensor();
+      t = scalar_terms(q, k, v, Gc, p.G);
     }
-    const auto contributions = at::matmul(kdecayed.transpose(-1, -2), vs[s]).unbind(2);  // n x [B,Hkv,K,V']
+    // unbind, not select in the loop: select's backward would allocate a full-size gradient per chunk.
+    const auto qs = t.qdecayed.unbind(1), ks = t.kdecayed.unbind(1), vs = v.unbind(1), intras = t.intra.unbind(1);
     std::vector<at::Tensor> decays;
-    if (chunk_decay.defined()) decays = chunk_decay.unbind(2);
-    std::vector<at::Tensor> starts;
-    starts.reserve(n);
+    if (t.decay.defined()) decays = t.decay.unbind(1);
     for (int64_t i = 0; i < n; ++i) {
-      starts.push_back(h);
-      h = decays.empty() ? h + contributions[i] : at::addcmul(contributions[i], h, decays[i]);
+      outs.push_back(at::baddbmm(intras[i], qs[i], h).view({p.B, p.Hkv, p.G, C, Vp}).permute({0, 3, 1, 2, 4}));
+      h = at::baddbmm(decays.empty() ? h : h * decays[i], ks[i].transpose(1, 2), vs[i]);
     }
-    const at::Tensor inter = at::matmul(qdecayed, at::stack(starts, 2));  // [B,Hkv,n,G*C,V']
-    const at::Tensor intra = p.gate == Gate::channel
-                                 ? intra_channel(qs[s], ks[s], vs[s], Gs[s], p.G, c)
-                                 : intra_scalar(qs[s], ks[s], vs[s], Gc.defined() ? Gs[s] : at::Tensor(), causal, p.G);
-    outs.push_back(inter + intra);
   }
-  const at::Tensor o = outs.size() == 1 ? outs.front() : at::cat(outs, 2);
-  return {layout.merge_queries(o), h};
+  const at::Tensor o = at::stack(outs, 1).view({p.B, N * C, p.Hq, Vp}).narrow(1, 0, p.T);
+  return {o, h.view({p.B, p.Hkv, K, Vp})};
 }
 
 }  // namespace

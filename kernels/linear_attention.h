@@ -55,9 +55,9 @@ struct LinearAttentionOptions {
   bool normalize = false;       // divide by scale * q.z + eps
   double eps = 1e-10;           // fla's normaliser epsilon
   int64_t chunk_size = 64;      // C, chunked form only
-  // c, per-channel gates only: C/c sub-blocks, exact element-wise diagonal. fla uses 16 on GPUs; 8 is
-  // ~10% faster on CPU (fewer pairwise exps, bench/kernels_bench.cpp).
-  int64_t sub_chunk_size = 8;
+  // c, per-channel gates only: the chunk's C/c sub-chunks, matmuls between sub-chunks and exact decays
+  // inside one (fla's secondary chunking, 16 as in fla). Rounded down to a divisor of C.
+  int64_t sub_chunk_size = 16;
 };
 
 struct LinearAttentionOutput {

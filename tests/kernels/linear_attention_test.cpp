@@ -238,6 +238,42 @@ INSTANTIATE_TEST_SUITE_P(Kernels, LinearMixer,
                                            Variant::gla),
                          [](const ::testing::TestParamInfo<Variant>& param) { return name(param.param); });
 
+// Chunk sizes that 16 does not divide: the sub-chunk becomes the largest divisor <= 16 (24: 12, 40: 10,
+// 37: 1), and the result is still exact.
+TEST(LinearMixerGla, ChunkSizesNotAMultipleOfTheSubChunkAreExact) {
+  const Shape s;
+  const auto in = make_inputs(Variant::gla, s, at::kDouble);
+  const auto st = make_state(Variant::gla, s, at::kDouble);
+  const auto reference = linear_attention(in, st, options_for(Variant::gla, MixerForm::parallel));
+  for (int64_t chunk : {24, 37, 40}) {
+    EXPECT_LE(diff(linear_attention(in, st, options_for(Variant::gla, MixerForm::chunked, chunk)), reference), 1e-10)
+        << "chunk " << chunk;
+  }
+}
+
+// Log gates of -20 per step on half the channels (the others barely decay): inside a chunk exp(G) reaches
+// e^-1280, so a factorisation with any exponent > 0 would overflow. Every factor the chunked form uses is
+// <= 1, so fp32 stays finite and both precisions match the fp64 oracle.
+TEST(LinearMixerGla, StrongDecayStaysFiniteAndExact) {
+  Shape s;
+  s.T = 150;
+  auto in = make_inputs(Variant::gla, s, at::kDouble);
+  in.log_decay = at::where(at::arange(s.K) % 2 == 0, -20.0, -1e-3).to(at::kDouble).expand_as(in.k).contiguous();
+  const auto st = make_state(Variant::gla, s, at::kDouble);
+  const auto reference = linear_attention(in, st, options_for(Variant::gla, MixerForm::parallel));
+  for (int64_t chunk : {16, 64, 128}) {
+    EXPECT_LE(diff(linear_attention(in, st, options_for(Variant::gla, MixerForm::chunked, chunk)), reference), 1e-10)
+        << "chunk " << chunk;
+    LinearAttentionInputs in32 = in;
+    in32.q = in.q.to(at::kFloat), in32.k = in.k.to(at::kFloat), in32.v = in.v.to(at::kFloat);
+    in32.log_decay = in.log_decay.to(at::kFloat);
+    LinearState st32{st.kv.to(at::kFloat), {}};
+    const auto got = linear_attention(in32, st32, options_for(Variant::gla, MixerForm::chunked, chunk));
+    EXPECT_TRUE(got.o.isfinite().all().item<bool>() && got.state.kv.isfinite().all().item<bool>()) << "chunk " << chunk;
+    EXPECT_LE(diff(got, reference), 5e-6) << "chunk " << chunk;
+  }
+}
+
 TEST(LinearMixerApi, RejectsInconsistentShapes) {
   LinearAttentionInputs in = make_inputs(Variant::gla, Shape{}, at::kFloat);
   in.log_decay = in.log_decay.narrow(3, 0, 3);
