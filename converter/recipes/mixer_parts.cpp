@@ -8,27 +8,9 @@ at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
   return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
 }
 
-
 at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads) {
   const auto groups = heads / x.size(2);
   return groups == 1 ? x : x.repeat_interleave(groups, 2);
-}
-
-WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start) {
-  if (!cache || !cache->k.defined()) return {k, v, start};
-  return {at::cat({cache->k, k}, 1), at::cat({cache->v, v}, 1), cache->start};
-}
-
-WindowKv last_keys(const WindowKv& keys, std::int64_t window) {
-  const std::int64_t n = keys.k.size(1), keep = std::min(window, n);
-  // clone: a view would pin the whole prompt's keys in memory for the rest of the decode
-  return {keys.k.narrow(1, n - keep, keep).clone(), keys.v.narrow(1, n - keep, keep).clone(), keys.start + n - keep};
-}
-
-std::int64_t LinearMixerState::bytes() const {
-  std::int64_t total = linear.empty() ? 0 : linear.bytes();
-  if (window.k.defined()) total += static_cast<std::int64_t>(window.k.nbytes() + window.v.nbytes());
-  return total;
 }
 
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
