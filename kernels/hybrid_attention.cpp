@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "kernels/window_attention.h"
 
@@ -44,7 +45,7 @@ void keep_last_keys(const WindowKeys& keys, int64_t window, HybridState& state) 
 WindowSoftmaxParts window_branch(const at::Tensor& q, const WindowKeys& keys, const HybridAttentionOptions& opt) {
   const int64_t T = q.size(1);
   const int64_t block = opt.form == MixerForm::parallel ? T : opt.form == MixerForm::chunked ? opt.chunk_size : 1;
-  const double scale = opt.scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, scale, block);
 }
 

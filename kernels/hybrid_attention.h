@@ -1,6 +1,6 @@
 // Sliding-window softmax attention + linear attention in one token mixer, the intra-layer hybrids of
 // Liger and LoLCATs (research/linearization.md 1 and 2). Query n sees the keys n - window < j <= n through
-// exact softmax (scores s_nj = scale q_n.k_j, every exponent s_nj - c_n <= 0 with c_n the row max), and the
+// exact softmax (scores s_nj = q_n.k_j / sqrt(D), every exponent s_nj - c_n <= 0, c_n the row max), and the
 // linear branch covers
 //   Liger  : every key j <= n with GLA; o_n = 0.5 num_n / den_n + 0.5 o_lin_n (two separate normalisers),
 //            o_lin_n = phi_q(q_n)^T S_n,  S_n = diag(exp(g_n)) S_{n-1} + phi_k(k_n) v_n^T  (scale 1);
@@ -23,7 +23,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
 
 #include "kernels/linear_attention.h"
 
@@ -39,7 +38,6 @@ struct HybridState {
 struct HybridAttentionOptions {
   MixerForm form = MixerForm::chunked;
   int64_t window = 64;
-  std::optional<double> scale;  // of the window scores, default D^-0.5
   int64_t chunk_size = 64;      // chunked form: query block of the window branch and chunk of the linear one
 };
 

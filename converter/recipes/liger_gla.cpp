@@ -28,7 +28,7 @@ class LigerGlaMixer final : public TokenMixer {
                                            at::log_sigmoid(k) / gate_normalizer_};
     kernels::HybridAttentionOptions options;
     options.form = recipes::form_for(call, x.size(1), state);
-    options.window = window_;  // scale 1/sqrt(head_dim), the source attention's
+    options.window = window_;
     auto out = kernels::liger_attention(in, st ? st->hybrid : kernels::HybridState{}, options);
     if (call.capture) call.capture(call.scope + ".y", out.o);
     if (st) st->hybrid = std::move(out.state);
