@@ -1,8 +1,10 @@
 // Sliding-window softmax attention split into its numerator and denominator, so a hybrid can either
 // normalise it on its own (Liger: o_swa = num / den) or share the normaliser with a linear branch
 // (LoLCATs: (g num + lin_num) / (g den + lin_den)). Query n sees keys n - window < j <= n.
-// Computed in query blocks of `window` rows against the keys that block can see (O(T window) memory, not
-// O(T^2)); every exponent is s - c_n <= 0 with c_n the row max over the window, as in LoLCATs.
+// Computed in query blocks of `block` rows against the keys that block can see (O(T (block + window))
+// memory): block = T is the full masked matrix, block = 1 the per-token decode. Every exponent is s - c_n
+// <= 0 with c_n the row max over the window, as in LoLCATs. Grouped query heads are folded into the rows of
+// their kv head's block (no repeated keys).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,6 @@ struct WindowSoftmaxParts {
 // scale: multiplies q.k (pass 1/sqrt(D) for standard attention). Differentiable.
 WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         std::int64_t query_start, std::int64_t key_start, std::int64_t window,
-                                        double scale);
+                                        double scale, std::int64_t block);
 
 }  // namespace linearize::kernels

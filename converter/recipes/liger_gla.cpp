@@ -4,13 +4,11 @@
 //   linear o_lin = GLA(softmax_d(q), softmax_d(k), v), scale 1, no denominator, no RoPE;
 //   window o_swa = softmax attention over RoPE'd q, k in a window of 64 (its own normaliser);
 //   o = 0.5 o_swa + 0.5 o_lin, then W_O.
-// Unlike the reference code, decode keeps the window's KV cache, so decode equals prefill.
-#include <cmath>
-
+// kernels/hybrid_attention.h computes it. Unlike the reference code, decode keeps the window's KV cache,
+// so decode equals prefill.
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/feature_maps.h"
-#include "kernels/window_attention.h"
 
 namespace linearize {
 namespace {
@@ -21,36 +19,23 @@ class LigerGlaMixer final : public TokenMixer {
       : source_(source), window_(window), gate_normalizer_(gate_normalizer) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
-    auto* st = static_cast<recipes::LinearMixerState*>(state);
+    auto* st = static_cast<recipes::HybridMixerState*>(state);
     const auto h = source_.project_heads(x);
-    kernels::LinearAttentionInputs in;
-    in.q = kernels::softmax_d(h.q.to(at::kFloat));
-    in.k = kernels::softmax_d(h.k.to(at::kFloat));
-    in.v = h.v;
-    in.log_decay = at::log_sigmoid(h.k.to(at::kFloat)) / gate_normalizer_;
-    kernels::LinearAttentionOptions options;
-    options.form = recipes::form_for(call, x.size(1), state);
-    options.scale = 1.0;
-    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
-
     const auto cs = source_.cos_sin(start, x.size(1), x);
-    const auto q = recipes::rope_bthd(h.q, cs);
-    const auto keys = recipes::window_keys(st ? &st->window : nullptr, recipes::rope_bthd(h.k, cs), h.v, start);
-    const auto swa = kernels::window_softmax_parts(q, keys.k, keys.v, start, keys.start, window_,
-                                                   1.0 / std::sqrt(static_cast<double>(source_.shape().head_dim)));
-    const auto o_swa = swa.numerator / swa.denominator.unsqueeze(-1);
-    if (call.capture) {
-      call.capture(call.scope + ".o_lin", lin.o);
-      call.capture(call.scope + ".o_swa", o_swa);
-    }
-    if (st) {
-      st->linear = std::move(lin.state);
-      st->window = recipes::last_keys(keys, window_);
-    }
-    return source_.project_output((0.5 * o_swa + 0.5 * lin.o.to(at::kFloat)).to(x.scalar_type()));
+    const auto k = h.k.to(at::kFloat);
+    const kernels::LigerAttentionInputs in{recipes::rope_bthd(h.q, cs), recipes::rope_bthd(h.k, cs), h.v,
+                                           kernels::softmax_d(h.q.to(at::kFloat)), kernels::softmax_d(k),
+                                           at::log_sigmoid(k) / gate_normalizer_};
+    kernels::HybridAttentionOptions options;
+    options.form = recipes::form_for(call, x.size(1), state);
+    options.window = window_;
+    auto out = kernels::liger_attention(in, st ? st->hybrid : kernels::HybridState{}, options);
+    if (call.capture) call.capture(call.scope + ".y", out.o);
+    if (st) st->hybrid = std::move(out.state);
+    return source_.project_output(out.o.to(x.scalar_type()));
   }
 
-  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }
   std::string kind() const override { return "liger-gla"; }
 
  private:

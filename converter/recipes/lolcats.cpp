@@ -6,13 +6,13 @@
 // s_nj = q_n.k_j / sqrt(d), c_n the row max, g_h = sigmoid(w_h) learned per head (w0 = -2.1972, g = 0.1).
 // The linear part covers exactly the keys that left the window: it runs on the key sequence shifted by
 // the window (the keys entering the state), so prefill and decode agree; decode keeps `window` keys.
+// kernels/hybrid_attention.h computes it.
 #include <cmath>
 #include <limits>
 
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/feature_maps.h"
-#include "kernels/window_attention.h"
 
 namespace linearize {
 namespace {
@@ -24,47 +24,23 @@ class LolcatsMixer final : public TokenMixer {
         window_factors_(t.at("window_factors")) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
-    auto* st = static_cast<recipes::LinearMixerState*>(state);
-    const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
+    auto* st = static_cast<recipes::HybridMixerState*>(state);
+    const std::int64_t H = source_.shape().heads;
     const auto h = source_.project_heads(x);
-    const auto cs = source_.cos_sin(start, T, x);
+    const auto cs = source_.cos_sin(start, x.size(1), x);
     const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
-    const auto keys = recipes::window_keys(st ? &st->window : nullptr, recipes::rope_bthd(h.k, cs), h.v, start);
-
-    // Window part over the last `window` keys of each query.
-    const auto win = kernels::window_softmax_parts(q, keys.k, keys.v, start, keys.start, window_, 1.0 / std::sqrt(double(d)));
-
-    // Linear part: query n reads the keys at positions <= n - window. Key j enters the state as query
-    // j + window arrives, so the entering sequence is the keys `window` positions back, with zero
-    // features (not phi(0)) for positions before 0.
-    const std::int64_t back = start - window_;  // position of the key entering with the first query
-    const std::int64_t first_available = keys.start;
-    const std::int64_t pad = std::clamp<std::int64_t>(first_available - back, 0, T);
-    const std::int64_t count = T - pad, from = count > 0 ? back + pad - first_available : 0;
-    const auto phi_q = kernels::hedgehog(q, map_q_);
-    at::Tensor enter_k, enter_v;
-    {
-      const auto k_in = recipes::repeat_heads(keys.k.narrow(1, from, count).to(at::kFloat), H);
-      const auto v_in = recipes::repeat_heads(keys.v.narrow(1, from, count).to(at::kFloat), H);
-      const auto ones = at::ones({B, count, H, 1}, v_in.options());
-      enter_k = at::cat({at::zeros({B, pad, H, phi_q.size(-1)}, phi_q.options()), kernels::hedgehog(k_in, map_k_)}, 1);
-      enter_v = at::cat({at::zeros({B, pad, H, d + 1}, v_in.options()), at::cat({v_in, ones}, -1)}, 1);
-    }
-    kernels::LinearAttentionInputs in{phi_q, enter_k, enter_v, {}, {}};
-    kernels::LinearAttentionOptions options;
-    options.form = recipes::form_for(call, T, state);
-    options.scale = 1.0;
-    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
-    const auto lin_num = lin.o.narrow(-1, 0, d), lin_den = lin.o.select(-1, d);
-
-    const auto g = at::sigmoid(window_factors_.to(at::kFloat)).view({1, 1, H});
-    const auto y = (g.unsqueeze(-1) * win.numerator + lin_num) / (g * win.denominator + lin_den).unsqueeze(-1);
-    if (call.capture) call.capture(call.scope + ".y", y);
-    if (st) {
-      st->linear = std::move(lin.state);
-      st->window = recipes::last_keys(keys, window_);
-    }
-    return source_.project_output(y.to(x.scalar_type()));
+    // q is fp32, so the maps are too, whatever dtype the model was loaded in.
+    const kernels::LolcatsAttentionInputs in{
+        q, recipes::rope_bthd(h.k, cs), h.v, kernels::hedgehog(q, map_q_.to(at::kFloat)),
+        [this, H](const at::Tensor& k) { return kernels::hedgehog(recipes::repeat_heads(k, H), map_k_.to(at::kFloat)); },
+        window_factors_};
+    kernels::HybridAttentionOptions options;
+    options.form = recipes::form_for(call, x.size(1), state);
+    options.window = window_;
+    auto out = kernels::lolcats_attention(in, st ? st->hybrid : kernels::HybridState{}, options);
+    if (call.capture) call.capture(call.scope + ".y", out.o);
+    if (st) st->hybrid = std::move(out.state);
+    return source_.project_output(out.o.to(x.scalar_type()));
   }
 
   // The output's weights with the shared normaliser, as LoLCATs' hybrid_attention_quadratic returns them for
@@ -83,12 +59,12 @@ class LolcatsMixer final : public TokenMixer {
     const auto scores = recipes::pairwise(q, k).mul(1.0 / std::sqrt(double(d)))
                             .masked_fill(outside_window, -std::numeric_limits<double>::infinity());
     const auto win = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp();  // c_i: the window's row max
-    const auto lin = recipes::pairwise(kernels::hedgehog(q, map_q_), kernels::hedgehog(k, map_k_)).masked_fill(back.lt(window_), 0);
+    const auto lin = recipes::pairwise(kernels::hedgehog(q, map_q_.to(at::kFloat)), kernels::hedgehog(k, map_k_.to(at::kFloat))).masked_fill(back.lt(window_), 0);
     const auto mixed = at::sigmoid(window_factors_.to(at::kFloat)).view({1, H, 1, 1}) * win + lin;
     return mixed / mixed.sum(-1, /*keepdim=*/true);
   }
 
-  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }
   std::string kind() const override { return "lolcats"; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{"feature_map_q.weight", map_q_}, {"feature_map_k.weight", map_k_}, {"window_factors", window_factors_}};

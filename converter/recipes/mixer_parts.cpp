@@ -17,23 +17,6 @@ at::Tensor pairwise(const at::Tensor& a, const at::Tensor& b) {
   return at::matmul(a.transpose(1, 2), b.transpose(1, 2).transpose(-1, -2));
 }
 
-WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start) {
-  if (!cache || !cache->k.defined()) return {k, v, start};
-  return {at::cat({cache->k, k}, 1), at::cat({cache->v, v}, 1), cache->start};
-}
-
-WindowKv last_keys(const WindowKv& keys, std::int64_t window) {
-  const std::int64_t n = keys.k.size(1), keep = std::min(window, n);
-  // clone: a view would pin the whole prompt's keys in memory for the rest of the decode
-  return {keys.k.narrow(1, n - keep, keep).clone(), keys.v.narrow(1, n - keep, keep).clone(), keys.start + n - keep};
-}
-
-std::int64_t LinearMixerState::bytes() const {
-  std::int64_t total = linear.empty() ? 0 : linear.bytes();
-  if (window.k.defined()) total += static_cast<std::int64_t>(window.k.nbytes() + window.v.nbytes());
-  return total;
-}
-
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
   const std::int64_t heads = ctx.config.num_attention_heads, d = ctx.config.head_dim;
   const auto& f_param = ctx.params.at("feature_dim");

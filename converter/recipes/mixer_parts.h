@@ -1,12 +1,12 @@
 // Pieces every linearized mixer shares (the projections are the source attention's project_heads and
-// project_output): RoPE in fla's [B, T, H, D] layout, and the decode state (a linear-attention state
-// plus the window KV cache of the hybrids).
+// project_output): RoPE in fla's [B, T, H, D] layout, and the decode states.
 #pragma once
 
 #include <cstdint>
 
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/recipes/recipe.h"
+#include "kernels/hybrid_attention.h"
 #include "kernels/linear_attention.h"
 
 namespace linearize::recipes {
@@ -22,22 +22,15 @@ at::Tensor repeat_heads(const at::Tensor& x, std::int64_t heads);
 // quadratic form of a feature-map attention, for TokenMixer::attention_weights).
 at::Tensor pairwise(const at::Tensor& a, const at::Tensor& b);
 
-// The last keys and values a window hybrid needs in decode ([B, n, Hkv, D], rotated keys) and the
-// position of the first one. Holds exactly `window` keys once `window` tokens have been seen.
-struct WindowKv {
-  at::Tensor k, v;
-  std::int64_t start = 0;
-};
-
-// The keys (and values) a window hybrid's call sees: the cached ones, then this call's, with the
-// position of the first; and the cache update that keeps the last `window` of them.
-WindowKv window_keys(const WindowKv* cache, const at::Tensor& k, const at::Tensor& v, std::int64_t start);
-WindowKv last_keys(const WindowKv& keys, std::int64_t window);
-
 struct LinearMixerState final : MixerState {
   kernels::LinearState linear;
-  WindowKv window;
-  std::int64_t bytes() const override;
+  std::int64_t bytes() const override { return linear.empty() ? 0 : linear.bytes(); }
+};
+
+// The window hybrids' decode state: the linear state and the window's KV cache.
+struct HybridMixerState final : MixerState {
+  kernels::HybridState hybrid;
+  std::int64_t bytes() const override { return hybrid.bytes(); }
 };
 
 // Hedgehog feature maps of LoLCATs and Hedgehog: feature_map_q.weight and feature_map_k.weight, [H, d, f]

@@ -22,16 +22,20 @@ TEST_P(WindowParts, NumeratorOverDenominatorIsWindowedSoftmaxAttention) {
   const std::int64_t S = c.cached + c.queries, start = 40;  // queries at absolute positions 40..
   const auto q = at::randn({2, c.queries, 4, 8}, opts);       // [B, T, H, D], H = 2 x Hkv
   const auto k = at::randn({2, S, 2, 8}, opts), v = at::randn({2, S, 2, 8}, opts);
-  const auto parts = window_softmax_parts(q, k, v, start, start - c.cached, c.window, 1.0 / std::sqrt(8.0));
   SoftmaxAttentionOptions o;
   o.query_start = start;
   o.key_start = start - c.cached;
   o.window = c.window;
   const auto expected = softmax_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), o).transpose(1, 2);
-  // fp64 both ways, the same terms summed in another order: ~1e-16 per op.
-  EXPECT_LE((parts.numerator / parts.denominator.unsqueeze(-1) - expected).abs().max().item<double>(), 1e-12);
-  // Every exponent is s - c_n <= 0 and the row's own maximum contributes exp(0) = 1.
-  EXPECT_GE(parts.denominator.min().item<double>(), 1.0);
+  // One query per block (decode), blocks of 5, of the window, and one block of all queries.
+  for (const std::int64_t block : {std::int64_t{1}, std::int64_t{5}, c.window, c.queries}) {
+    const auto parts = window_softmax_parts(q, k, v, start, start - c.cached, c.window, 1.0 / std::sqrt(8.0), block);
+    // fp64 both ways, the same terms summed in another order: ~1e-16 per op.
+    EXPECT_LE((parts.numerator / parts.denominator.unsqueeze(-1) - expected).abs().max().item<double>(), 1e-12)
+        << "block " << block;
+    // Every exponent is s - c_n <= 0 and the row's own maximum contributes exp(0) = 1.
+    EXPECT_GE(parts.denominator.min().item<double>(), 1.0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

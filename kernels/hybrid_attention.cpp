@@ -1,0 +1,153 @@
+#include "kernels/hybrid_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "kernels/window_attention.h"
+
+namespace linearize::kernels {
+namespace {
+
+at::ScalarType compute_type(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The keys the window branch of this call sees: the cached ones, then the call's own.
+struct WindowKeys {
+  at::Tensor k, v;
+  int64_t cached = 0;
+};
+
+WindowKeys window_keys(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const HybridState& initial,
+                       const HybridAttentionOptions& opt) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "hybrid attention: q, k, v must be [B, T, H, D]");
+  const int64_t B = q.size(0), T = q.size(1), Hkv = k.size(2);
+  TORCH_CHECK(T >= 1 && k.size(0) == B && k.size(1) == T && v.size(0) == B && v.size(1) == T && v.size(2) == Hkv &&
+                  k.size(3) == q.size(3) && Hkv >= 1 && q.size(2) % Hkv == 0,
+              "hybrid attention: q [B,T,Hq,D], k [B,T,Hkv,D], v [B,T,Hkv,V] with Hq a multiple of Hkv");
+  TORCH_CHECK(opt.window >= 1 && opt.chunk_size >= 1, "hybrid attention: window and chunk_size must be positive");
+  if (!initial.k.defined()) return {k, v, 0};
+  TORCH_CHECK(initial.k.size(1) <= opt.window && initial.v.size(1) == initial.k.size(1),
+              "hybrid attention: the window cache holds at most `window` keys");
+  return {at::cat({initial.k, k}, 1), at::cat({initial.v, v}, 1), initial.k.size(1)};
+}
+
+// The next cache: the last `window` keys. clone: a view would pin the whole prompt's keys for the decode.
+void keep_last_keys(const WindowKeys& keys, int64_t window, HybridState& state) {
+  const int64_t n = keys.k.size(1), keep = std::min(window, n);
+  state.k = keys.k.narrow(1, n - keep, keep).clone();
+  state.v = keys.v.narrow(1, n - keep, keep).clone();
+}
+
+// The window branch in the call's form: one block of all queries (the full masked matrix), blocks of C
+// queries, or one query at a time (decode).
+WindowSoftmaxParts window_branch(const at::Tensor& q, const WindowKeys& keys, const HybridAttentionOptions& opt) {
+  const int64_t T = q.size(1);
+  const int64_t block = opt.form == MixerForm::parallel ? T : opt.form == MixerForm::chunked ? opt.chunk_size : 1;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, scale, block);
+}
+
+LinearAttentionOptions linear_options(const HybridAttentionOptions& opt) {
+  LinearAttentionOptions lo;
+  lo.form = opt.form;
+  lo.chunk_size = opt.chunk_size;
+  lo.scale = 1.0;  // both hybrids use phi_q.phi_k unscaled (research/linearization.md 1, 2)
+  return lo;
+}
+
+// [B, n, Hkv, V] -> [B, n, Hf, V + 1]: the values of the keys entering the LoLCATs state, per feature head,
+// with a ones column whose running sum is the shared normaliser's linear part.
+at::Tensor values_with_ones(const at::Tensor& v, int64_t feature_heads) {
+  const auto per_head = feature_heads == v.size(2) ? v : v.repeat_interleave(feature_heads / v.size(2), 2);
+  return at::cat({per_head, at::ones_like(per_head.narrow(-1, 0, 1))}, -1);
+}
+
+// LoLCATs' linear numerator and denominator (the last channel) as the quadratic masked formula: query i
+// (relative position n + i, n keys cached) reads S0 and every key j <= n + i - window of the cache and
+// the call. Returns them and the state after the call.
+std::pair<at::Tensor, LinearState> lolcats_linear_parallel(const LolcatsAttentionInputs& in, const WindowKeys& keys,
+                                                           const LinearState& initial, int64_t window) {
+  const auto compute = compute_type(in.q);
+  const int64_t T = in.q.size(1), Hq = in.q.size(2), S = keys.k.size(1);
+  const auto phi_k = in.phi_k(keys.k.to(compute));  // [B, S, Hf, F]
+  const int64_t Hf = phi_k.size(2), F = phi_k.size(3);
+  TORCH_CHECK(Hf >= 1 && Hq % Hf == 0, "lolcats_attention: phi_k must give Hq or Hkv feature heads");
+  const auto v1 = values_with_ones(keys.v.to(compute), Hf);  // [B, S, Hf, V + 1]
+  // Per query head, [B, Hq, *, *].
+  const auto per_query_head = [Hq](const at::Tensor& x) { return x.repeat_interleave(Hq / x.size(2), 2).transpose(1, 2); };
+  const auto qh = in.phi_q.to(compute).transpose(1, 2);
+  auto scores = at::matmul(qh, per_query_head(phi_k).transpose(-1, -2));  // [B, Hq, T, S]
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(in.q.device());
+  const auto qpos = at::arange(keys.cached, keys.cached + T, opts).unsqueeze(1);
+  const auto older = at::arange(S, opts).unsqueeze(0).le(qpos - window);
+  scores = scores.masked_fill(older.logical_not(), 0.0);
+  auto lin = at::matmul(scores, per_query_head(v1));  // [B, Hq, T, V + 1]
+  const int64_t entered = std::max<int64_t>(0, S - window);  // keys j <= last query - window
+  auto state = at::matmul(phi_k.narrow(1, 0, entered).permute({0, 2, 3, 1}), v1.narrow(1, 0, entered).transpose(1, 2));
+  if (!initial.empty()) {
+    TORCH_CHECK(initial.kv.size(1) == Hf && initial.kv.size(2) == F, "lolcats_attention: the state must be [B, Hf, F, V+1]");
+    lin = lin + at::matmul(qh, per_query_head(initial.kv.to(compute).transpose(1, 2)));
+    state = state + initial.kv.to(compute);
+  }
+  return {lin.transpose(1, 2), LinearState{state, {}}};
+}
+
+}  // namespace
+
+int64_t HybridState::bytes() const {
+  int64_t total = linear.empty() ? 0 : linear.bytes();
+  if (k.defined()) total += static_cast<int64_t>(k.nbytes() + v.nbytes());
+  return total;
+}
+
+HybridAttentionOutput liger_attention(const LigerAttentionInputs& in, const HybridState& initial,
+                                      const HybridAttentionOptions& opt) {
+  const auto keys = window_keys(in.q, in.k, in.v, initial, opt);
+  const auto win = window_branch(in.q, keys, opt);
+  auto lin = linear_attention({in.phi_q, in.phi_k, in.v, in.log_decay, {}}, initial.linear, linear_options(opt));
+  const auto o = 0.5 * (win.numerator / win.denominator.unsqueeze(-1)) + 0.5 * lin.o.to(compute_type(in.q));
+  HybridAttentionOutput out{o.to(in.q.scalar_type()), {std::move(lin.state), {}, {}}};
+  keep_last_keys(keys, opt.window, out.state);
+  return out;
+}
+
+HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const HybridState& initial,
+                                        const HybridAttentionOptions& opt) {
+  const auto keys = window_keys(in.q, in.k, in.v, initial, opt);
+  const int64_t T = in.q.size(1), Hq = in.q.size(2), V = in.v.size(3);
+  TORCH_CHECK(in.phi_k, "lolcats_attention: phi_k (the key feature map) is required");
+  TORCH_CHECK(in.window_factor.dim() == 1 && in.window_factor.size(0) == Hq, "lolcats_attention: window_factor must be [Hq]");
+  const auto compute = compute_type(in.q);
+  const auto win = window_branch(in.q, keys, opt);
+
+  at::Tensor lin;
+  HybridAttentionOutput out;
+  if (opt.form == MixerForm::parallel) {
+    std::tie(lin, out.state.linear) = lolcats_linear_parallel(in, keys, initial.linear, opt.window);
+  } else {
+    // Key j enters the state as query j + window arrives: query i reads the key at relative position
+    // n + i - window, i.e. the first `count` keys of the window's key sequence after `pad` queries that
+    // come before any key has left (zero features for those, not phi(0)).
+    const int64_t pad = std::clamp<int64_t>(opt.window - keys.cached, 0, T), count = T - pad;
+    const auto phi_k = in.phi_k(keys.k.narrow(1, 0, count).to(compute));
+    const auto v1 = values_with_ones(keys.v.narrow(1, 0, count).to(compute), phi_k.size(2));
+    const auto pad_zeros = [pad](const at::Tensor& x) {
+      if (pad == 0) return x;
+      auto shape = x.sizes().vec();
+      shape[1] = pad;
+      return at::cat({at::zeros(shape, x.options()), x}, 1);
+    };
+    auto res = linear_attention({in.phi_q, pad_zeros(phi_k), pad_zeros(v1), {}, {}}, initial.linear, linear_options(opt));
+    lin = res.o.to(compute);
+    out.state.linear = std::move(res.state);
+  }
+  const auto f = at::sigmoid(in.window_factor.to(compute)).view({1, 1, Hq});
+  const auto y = (f.unsqueeze(-1) * win.numerator + lin.narrow(-1, 0, V)) / (f * win.denominator + lin.select(-1, V)).unsqueeze(-1);
+  out.o = y.to(in.q.scalar_type());
+  keep_last_keys(keys, opt.window, out.state);
+  return out;
+}
+
+}  // namespace linearize::kernels

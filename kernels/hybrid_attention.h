@@ -1,0 +1,70 @@
+// Sliding-window softmax attention + linear attention in one token mixer, the intra-layer hybrids of
+// Liger and LoLCATs (research/linearization.md 1 and 2). Query n sees the keys n - window < j <= n through
+// exact softmax (scores s_nj = q_n.k_j / sqrt(D), every exponent s_nj - c_n <= 0, c_n the row max), and the
+// linear branch covers
+//   Liger  : every key j <= n with GLA; o_n = 0.5 num_n / den_n + 0.5 o_lin_n (two separate normalisers),
+//            o_lin_n = phi_q(q_n)^T S_n,  S_n = diag(exp(g_n)) S_{n-1} + phi_k(k_n) v_n^T  (scale 1);
+//   LoLCATs: only the keys that left the window, j <= n - window, sharing one normaliser:
+//            y_n = (f num_n + sum_{j <= n-window} phi_q(q_n).phi_k(k_j) v_j)
+//                / (f den_n + sum_{j <= n-window} phi_q(q_n).phi_k(k_j)),   f = sigmoid(w_h) per head,
+// with num_n = sum_{window} exp(s_nj - c_n) v_j, den_n = sum_{window} exp(s_nj - c_n).
+// Three forms compute the same function (DESIGN section 4): parallel (the quadratic masked formula, the
+// oracle), chunked (windowed query blocks of C rows and the linear kernel's chunked form: prefill and
+// training) and recurrent (token by token: decode). The state is the linear state plus the KV cache of the
+// last `window` keys, so decode sees exactly the window prefill sees.
+//
+// Layout is fla's: q [B,T,Hq,D], k [B,T,Hkv,D] (RoPE'd, as the cache keeps them), v [B,T,Hkv,V]. Grouped
+// query heads: Hq = G Hkv and query head h reads kv head h / G; the window branch folds the G query heads
+// of a kv head into its rows instead of repeating keys. The arithmetic runs in fp32 (fp64 for fp64 q), the
+// output comes back in q's dtype. Every form is differentiable.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "kernels/linear_attention.h"
+
+namespace linearize::kernels {
+
+struct HybridState {
+  LinearState linear;  // Liger: [B,Hkv,F,V]; LoLCATs: [B,Hf,F,V+1], the last column the normaliser sum z
+  at::Tensor k, v;     // window cache: the last min(window, tokens seen) keys and values, [B,n,Hkv,D|V]
+
+  int64_t bytes() const;
+};
+
+struct HybridAttentionOptions {
+  MixerForm form = MixerForm::chunked;
+  int64_t window = 64;
+  int64_t chunk_size = 64;      // chunked form: query block of the window branch and chunk of the linear one
+};
+
+struct HybridAttentionOutput {
+  at::Tensor o;  // [B,T,Hq,V] in q's dtype
+  HybridState state;
+};
+
+struct LigerAttentionInputs {
+  at::Tensor q, k, v;       // window branch (v shared with the linear branch)
+  at::Tensor phi_q, phi_k;  // linear branch features: [B,T,Hq,F], [B,T,Hkv,F]
+  at::Tensor log_decay;     // [B,T,Hkv,F], GLA log gates <= 0
+};
+
+struct LolcatsAttentionInputs {
+  at::Tensor q, k, v;
+  at::Tensor phi_q;  // [B,T,Hq,F]
+  // Maps the keys that leave the window, [B,n,Hkv,D] as given in k, to their features [B,n,Hf,F], with
+  // Hf = Hq (maps per query head, as LoLCATs) or Hkv. Applied when a key leaves, so the cache holds raw keys.
+  std::function<at::Tensor(const at::Tensor&)> phi_k;
+  at::Tensor window_factor;  // [Hq], the logits w_h of f = sigmoid(w_h)
+};
+
+// Run over T >= 1 tokens that follow the ones `initial` has seen (a default HybridState: none).
+HybridAttentionOutput liger_attention(const LigerAttentionInputs& inputs, const HybridState& initial,
+                                      const HybridAttentionOptions& options);
+HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& inputs, const HybridState& initial,
+                                        const HybridAttentionOptions& options);
+
+}  // namespace linearize::kernels
