@@ -22,6 +22,7 @@
 #include "distill/layer_inputs.h"
 #include "distill/metrics.h"
 #include "distill/schedule.h"
+#include "distill/stage2_loss.h"
 #include "distill/stop_flag.h"
 #include "formats/atomic_file.h"
 #include "formats/checkpoint.h"
@@ -184,33 +185,6 @@ double clip_gradients(const NamedTensors& params, double max_norm) {
       if (tensor.grad().defined()) tensor.grad().mul_(coef);
   }
   return norm;
-}
-
-// Stage 2's loss on ids [B, T] with labels [B, T] (-100: no loss), averaged over the predicted tokens:
-// next-token cross-entropy (position t predicts label t + 1, the HF shift), KL(teacher || student) of the
-// next-token distributions on the same positions (the teacher is the source model, no grad), or their sum.
-StageLoss lora_loss(const CausalLM& student, const CausalLM& teacher, const at::Tensor& ids, const at::Tensor& labels,
-                    Stage2Loss kind) {
-  const auto targets = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1});
-  const auto mask = targets.ne(-100);
-  const auto count = std::max<std::int64_t>(mask.sum().item<std::int64_t>(), 1);
-  auto predicted_log_probs = [&](const at::Tensor& logits) {
-    const auto shifted = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, logits.size(-1)});
-    return at::log_softmax(shifted.to(at::kFloat), -1).index({mask});
-  };
-  const auto student_lp = predicted_log_probs(student.forward(ids));
-  at::Tensor loss = at::zeros({}, student_lp.options());
-  if (kind != Stage2Loss::kKl)
-    loss = loss - student_lp.gather(1, targets.index({mask}).unsqueeze(1)).sum() / static_cast<double>(count);
-  if (kind != Stage2Loss::kCe) {
-    at::Tensor teacher_lp;
-    {
-      at::NoGradGuard no_grad;
-      teacher_lp = predicted_log_probs(teacher.forward(ids));
-    }
-    loss = loss + (teacher_lp.exp() * (teacher_lp - student_lp)).sum() / static_cast<double>(count);
-  }
-  return {loss, {}, ids.numel()};
 }
 
 // The stage-2 loss's counterpart on the validation figures (what the plateau schedule watches).
@@ -592,9 +566,10 @@ DistillResult run_distill(const DistillOptions& options) {
     plan.loss = [&](std::int64_t) {
       const auto batch = data.next_batch();
       set_training(true);
-      auto r = lora_loss(student, source, batch.input_ids.to(load.device), batch.labels.to(load.device), kind);
+      const auto ids = batch.input_ids.to(load.device);
+      auto loss = stage2_loss(student, source, ids, batch.labels.to(load.device), kind);
       set_training(false);
-      return r;
+      return StageLoss{loss, {}, ids.numel()};
     };
     plan.validate = [&](nlohmann::json& record) {
       if (validation.empty()) return std::optional<double>{};
