@@ -219,7 +219,7 @@ TEST(Distill, LayerwiseTrainsEachLayerFromItsCacheAndResumesBitwise) {
 
   const auto args = cli_args(layerwise("killed"), dir / "killed-cfg");
   std::mt19937 random(std::random_device{}());
-  const std::int64_t kill_step = std::uniform_int_distribution<std::int64_t>(3, kSteps - 3)(random);
+  const std::int64_t kill_step = std::uniform_int_distribution<std::int64_t>(4, kSteps - 3)(random);  // after the first checkpoint (step 3)
   SCOPED_TRACE("SIGKILL at step " + std::to_string(kill_step));
   EXPECT_EQ(signal_at_step(args, dir / "killed" / "metrics.jsonl", kill_step, SIGKILL, dir / "killed-out"), 128 + SIGKILL);
   auto resume_args = args;
