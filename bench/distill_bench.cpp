@@ -6,8 +6,8 @@
 //   BM_Stage2Step/ce   LoRA r 8 alpha 16 on q,k,v,o (base and stage-1 tensors frozen): next-token CE,
 //   BM_Stage2Step/kl   or KL(teacher || student) with the source's forward; AdamW (lr 1e-4) on the adapters
 // Each step is one timed iteration of batch 1 x T tokens; tokens_per_s counts T per step (the "min"
-// aggregate's real_time is the fastest step). The initial
-// losses (before any step, no grad) go into the JSON context, so the other side can be checked against them.
+// aggregate's real_time is the fastest step). The initial losses (before any step, no grad) go into the
+// JSON context, so the other side can be checked against them.
 //
 //   distill_bench [--benchmark_out=FILE --benchmark_out_format=json ...]
 //   env: LINEARIZE_BENCH_SOURCE (HF checkpoint), LINEARIZE_BENCH_CONVERTED (its lolcats conversion),
