@@ -172,7 +172,8 @@ void check_finite(const StagePlan& plan, std::int64_t step, double loss, const s
                          (last ? last->string() : std::string("none")));
 }
 
-// max_norm / (norm + 1e-6), at most 1, as torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
+}  // namespace
+
 double clip_gradients(const NamedTensors& params, double max_norm) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> squares;
@@ -186,6 +187,8 @@ double clip_gradients(const NamedTensors& params, double max_norm) {
   }
   return norm;
 }
+
+namespace {
 
 // The stage-2 loss's counterpart on the validation figures (what the plateau schedule watches).
 double stage2_validation_loss(const QualityFigures& q, Stage2Loss kind) {

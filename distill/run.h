@@ -17,6 +17,7 @@
 
 #include "converter/verify.h"
 #include "distill/run_config.h"
+#include "formats/safetensors.h"
 
 namespace linearize {
 
@@ -52,6 +53,10 @@ struct DistillResult {
 struct TrainingDiverged : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Scales every gradient of `params` by max_norm / (norm + 1e-6) when their global L2 norm exceeds max_norm
+// (max_norm <= 0: never), as torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
+double clip_gradients(const NamedTensors& params, double max_norm);
 
 // Throws InputError for a config or data problem (before training starts), TrainingDiverged as above.
 DistillResult run_distill(const DistillOptions& options);

@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode)
-BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench linearize)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill)
+BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench linearize)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -223,6 +223,56 @@ for name in ("source", "converted"):
           f"resident growth {a['rss_growth_bytes'] / 2**20:.1f} -> {b['rss_growth_bytes'] / 2**20:.1f} MiB")
 ok = mem[("converted", 4096)]["state_bytes"] == mem[("converted", 256)]["state_bytes"]
 print(f"  converted state constant in decoded length: {'PASS' if ok else 'FAIL'}")
+PYEOF
+)
+}
+
+# Training steps of both LoLCATs stages against the same steps in plain PyTorch (bench/distill_pytorch.py:
+# transformers' Llama, the hybrid attention in its quadratic masked form, peft LoRA, torch.optim.AdamW) on the
+# random ~25M Llama and its lolcats conversion (window 64), fp32 CPU, batch 1 x 512 tokens, same threads.
+# The initial losses of both sides on the same ids come first: agreement is what makes the ratio a
+# comparison of the same computation. The sides run one after the other, so the load average around them
+# is printed: a shared machine's load moves the ratio.
+section_distill() {
+  local threads=${LINEARIZE_BENCH_THREADS:-$(nproc)}
+  local src=$LINEARIZE_BENCH_DIR/llama-25m conv=$LINEARIZE_BENCH_DIR/llama-25m-lolcats
+  local ours=$BENCH_OUT/distill_bench.json theirs=$BENCH_OUT/distill_pytorch.json load_before load_after
+  echo "== distill: stage 1 / stage 2 training steps, linearize vs plain PyTorch, llama-25m lolcats, $threads threads"
+  "$PY" bench/decoder_transformers.py make --out "$src" --size 25m
+  [ -f "$conv/config.json" ] || "$BUILD_DIR/cli/linearize" --log-level warn convert --model "$src" --recipe lolcats --out "$conv" --force >/dev/null
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  LINEARIZE_BENCH_SOURCE=$src LINEARIZE_BENCH_CONVERTED=$conv LINEARIZE_BENCH_THREADS=$threads \
+    "$BUILD_DIR/bench/distill_bench" --benchmark_out="$ours" --benchmark_out_format=json
+  "$PY" bench/distill_pytorch.py --source "$src" --converted "$conv" --threads "$threads" --out "$theirs"
+  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$ours" "$theirs" "$load_before" "$load_after" <<'PYEOF'
+import json, statistics, sys
+ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+ctx = ours["context"]
+runs = {(b["name"].split("/iterations")[0], b["aggregate_name"]): b for b in ours["benchmarks"] if "aggregate_name" in b}
+print(f"distill training steps ({ctx['source']} + lolcats, {theirs['parameters'] / 1e6:.1f}M parameters, fp32 CPU, "
+      f"batch {ctx['batch']} x {ctx['tokens']} tokens, threads {ctx['threads']}; load average {sys.argv[3]} before, "
+      f"{sys.argv[4]} after):")
+# Relative tolerances: fp32 sums in another order; KL is a small difference of two near-equal distributions.
+for key, label, tol in (("stage1_loss", "stage 1 loss (mse x 1000)", 1e-4), ("stage2_ce", "stage 2 CE", 1e-4),
+                        ("stage2_kl", "stage 2 KL", 1e-3)):
+    a, b = float(ctx[f"initial_{key}"]), theirs["initial"][key]
+    rel = abs(a - b) / max(abs(b), 1e-30)
+    print(f"  initial {label:26s} linearize {a:.9g}   pytorch {b:.9g}   rel diff {rel:.1e}   "
+          f"tolerance {tol:.0e}: {'AGREE' if rel <= tol else 'DISAGREE'}")
+# The verdict is on the fastest of 7 steps a side (load only ever adds time); the medians and the spread of
+# step times show how much the load moved them.
+tokens = int(ctx["tokens"])
+for bm, key, label in (("BM_Stage1Step", "stage1", "stage 1 (mse)"), ("BM_Stage2Step/ce", "stage2_ce", "stage 2 (ce)"),
+                       ("BM_Stage2Step/kl", "stage2_kl", "stage 2 (kl)")):
+    mine, ref = tokens / (runs[(bm, "min")]["real_time"] / 1e3), theirs["best_tokens_per_s"][key]
+    mine_median, ref_median = runs[(bm, "median")]["tokens_per_s"], theirs["tokens_per_s"][key]
+    steps = theirs["step_s"][key]
+    ratio = mine / ref
+    print(f"  {label:14s} linearize {mine:7.1f} tokens/s   pytorch {ref:7.1f} tokens/s   ratio {ratio:.2f}x   "
+          f"target >= 1.0x: {'PASS' if ratio >= 1 else 'FAIL'}")
+    print(f"  {'':14s}   medians: linearize {mine_median:7.1f} (cv {runs[(bm, 'cv')]['real_time'] * 100:.0f}%)   pytorch "
+          f"{ref_median:7.1f} (cv {statistics.stdev(steps) / statistics.mean(steps) * 100:.0f}%)   ratio {mine_median / ref_median:.2f}x")
 PYEOF
 )
 }
