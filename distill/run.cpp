@@ -1,6 +1,7 @@
 #include "distill/run.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 #include <torch/optim/adamw.h>
@@ -36,12 +37,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kConfigSource = "run config";
-
-// The parts of the schema this build trains; anything else is refused before any work.
-void check_supported(const RunConfig& config) {
-  if (config.device.dtype == ComputeDtype::kBf16)
-    throw InputError(kConfigSource, "device.dtype", "bf16 autocast is not available in this build; use auto or fp32");
-}
 
 // A conversion left by an earlier run must be of this run's recipe with the same resolved parameters.
 void check_conversion(const ModelConfig& converted, const ModelConfig& source, const RunConfig& config) {
@@ -121,6 +116,33 @@ ValidationLoss validation_transfer_loss(const CausalLM& student, const CausalLM&
   total.loss /= n;
   for (auto& v : total.layer_loss) v /= n;
   return total;
+}
+
+// bf16 autocast over a micro-batch's forward (DESIGN section 7: bf16 on CUDA by default, fp32 on CPU unless
+// asked): autocast's op lists run matmuls in bf16 and reductions, softmaxes and losses in fp32; weights,
+// trainables and AdamW's moments stay fp32. The backward runs outside it, as torch.autocast recommends.
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, at::DeviceType device) : enabled_(enabled), device_(device) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+    at::autocast::set_autocast_enabled(device_, true);
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(device_, false);
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  at::DeviceType device_;
+};
+
+bool uses_autocast(const DeviceConfig& device) {
+  return device.dtype == ComputeDtype::kBf16 || (device.dtype == ComputeDtype::kAuto && device.type == DeviceType::kCuda);
 }
 
 // One stage's micro-batch loss: the differentiable total, for stage 1 each trained layer's part, and the
@@ -374,7 +396,11 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::o
     std::vector<double> layer_values;
     const auto accum = static_cast<double>(optim.grad_accum);
     for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
-      const auto r = plan.loss((step - plan.first_step - 1) * optim.grad_accum + micro);
+      StageLoss r;
+      {
+        const AutocastScope autocast(uses_autocast(ctx.config.device), ctx.device.type());
+        r = plan.loss((step - plan.first_step - 1) * optim.grad_accum + micro);
+      }
       (r.loss / accum).backward();
       loss += r.loss.item<double>() / accum;
       layer_values.resize(r.layer_values.size());
@@ -412,7 +438,6 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::o
 
 DistillResult run_distill(const DistillOptions& options) {
   const RunConfig& config = options.config;
-  check_supported(config);
   const fs::path out = config.out, converted = out / "converted";
   CheckpointManager checkpoints(config.checkpoint.dir.empty() ? out / "checkpoints" : fs::path(config.checkpoint.dir),
                                 config.checkpoint.keep);
