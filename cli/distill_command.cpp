@@ -5,6 +5,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -21,7 +22,7 @@ void add_distill_command(CLI::App& app) {
     bool resume = false, dump_config = false;
   };
   auto opts = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand("distill", "Train a converted model: attention transfer (stage 1), then export and verify it");
+  auto* cmd = app.add_subcommand("distill", "Train a converted model: attention transfer (stage 1) and LoRA (stage 2), then export and verify it");
   cmd->add_option("--config", opts->config, "YAML run file (configs/*.yaml)")->required();
   cmd->add_option("--set", opts->settings, "Override a key, key.path=value in YAML syntax (repeatable), e.g. --set stage1.steps=50");
   cmd->add_flag("--resume", opts->resume, "Continue from the newest complete checkpoint");
@@ -41,8 +42,11 @@ void add_distill_command(CLI::App& app) {
       throw CheckFailed(std::string("training diverged: ") + e.what());
     }
     if (result.stopped) {
+      // The same overrides again: the checkpoint continues this run's config, not the file's alone.
+      std::string command = "linearize distill --config " + opts->config;
+      for (const auto& setting : opts->settings) command += " --set '" + setting + "'";
       std::cout << "stopped at step " << result.step << "; checkpoint " << result.checkpoint.string()
-                << "; resume with: linearize distill --config " << opts->config << " --resume\n";
+                << "; resume with: " << command << " --resume\n";
       return;
     }
     if (result.after) {
