@@ -19,20 +19,13 @@ class LigerGlaMixer final : public TokenMixer {
       : source_(source), window_(window), gate_normalizer_(gate_normalizer) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
-    auto* st = static_cast<recipes::HybridMixerState*>(state);
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
     const auto k = h.k.to(at::kFloat);
     const kernels::LigerAttentionInputs in{recipes::rope_bthd(h.q, cs), recipes::rope_bthd(h.k, cs), h.v,
                                            kernels::softmax_d(h.q.to(at::kFloat)), kernels::softmax_d(k),
                                            at::log_sigmoid(k) / gate_normalizer_};
-    kernels::HybridAttentionOptions options;
-    options.form = recipes::form_for(call, x.size(1), state);
-    options.window = window_;
-    auto out = kernels::liger_attention(in, st ? st->hybrid : kernels::HybridState{}, options);
-    if (call.capture) call.capture(call.scope + ".y", out.o);
-    if (st) st->hybrid = std::move(out.state);
-    return source_.project_output(out.o.to(x.scalar_type()));
+    return recipes::run_hybrid(kernels::liger_attention, in, window_, source_, x, state, call);
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }

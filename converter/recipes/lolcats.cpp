@@ -24,7 +24,6 @@ class LolcatsMixer final : public TokenMixer {
         window_factors_(t.at("window_factors")) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
-    auto* st = static_cast<recipes::HybridMixerState*>(state);
     const std::int64_t H = source_.shape().heads;
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
@@ -34,13 +33,7 @@ class LolcatsMixer final : public TokenMixer {
         q, recipes::rope_bthd(h.k, cs), h.v, kernels::hedgehog(q, map_q_.to(at::kFloat)),
         [this, H](const at::Tensor& k) { return kernels::hedgehog(recipes::repeat_heads(k, H), map_k_.to(at::kFloat)); },
         window_factors_};
-    kernels::HybridAttentionOptions options;
-    options.form = recipes::form_for(call, x.size(1), state);
-    options.window = window_;
-    auto out = kernels::lolcats_attention(in, st ? st->hybrid : kernels::HybridState{}, options);
-    if (call.capture) call.capture(call.scope + ".y", out.o);
-    if (st) st->hybrid = std::move(out.state);
-    return source_.project_output(out.o.to(x.scalar_type()));
+    return recipes::run_hybrid(kernels::lolcats_attention, in, window_, source_, x, state, call);
   }
 
   // The output's weights with the shared normaliser, as LoLCATs' hybrid_attention_quadratic returns them for

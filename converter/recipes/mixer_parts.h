@@ -33,11 +33,26 @@ struct HybridMixerState final : MixerState {
   std::int64_t bytes() const override { return hybrid.bytes(); }
 };
 
+// The form a call runs: recurrent for one token with a state, else the call's form.
+kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state);
+
+// A window hybrid's call: `kernel` (kernels::liger_attention or lolcats_attention) in the call's form from
+// the carried state, its output captured as <scope>.y, the state advanced, then the source's o_proj.
+template <class Kernel, class Inputs>
+at::Tensor run_hybrid(Kernel kernel, const Inputs& in, std::int64_t window, const SoftmaxAttentionMixer& source,
+                      const at::Tensor& x, MixerState* state, const MixerCall& call) {
+  auto* st = static_cast<HybridMixerState*>(state);
+  kernels::HybridAttentionOptions options;
+  options.form = form_for(call, x.size(1), state);
+  options.window = window;
+  auto out = kernel(in, st ? st->hybrid : kernels::HybridState{}, options);
+  if (call.capture) call.capture(call.scope + ".y", out.o);
+  if (st) st->hybrid = std::move(out.state);
+  return source.project_output(out.o.to(x.scalar_type()));
+}
+
 // Hedgehog feature maps of LoLCATs and Hedgehog: feature_map_q.weight and feature_map_k.weight, [H, d, f]
 // per query head, truncated-identity init (LoLCATs --lk_zero_init); f = params.feature_dim or d / 2.
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx);
-
-// The form a call runs: recurrent for one token with a state, else the call's form.
-kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state);
 
 }  // namespace linearize::recipes
