@@ -35,13 +35,12 @@ at::Tensor ChunkLayout::pad_tokens(const at::Tensor& x, int64_t first, int64_t c
   return at::constant_pad_nd(window, widths, 0);
 }
 
-at::Tensor ChunkLayout::queries(const at::Tensor& q, int64_t first, int64_t count) const {
+at::Tensor ChunkLayout::queries(const at::Tensor& q, int64_t first, int64_t count, double scale) const {
   const int64_t n = count_or_rest(first, count), d = q.size(-1);
-  return pad_tokens(q, first, n)
-      .view({batch_, n, chunk_, kv_heads_, group_, d})
-      .permute({0, 3, 1, 4, 2, 5})
-      .contiguous()
-      .view({batch_, kv_heads_, n, group_ * chunk_, d});
+  const at::Tensor chunks = pad_tokens(q, first, n).view({batch_, n, chunk_, kv_heads_, group_, d}).permute({0, 3, 1, 4, 2, 5});
+  // clone, not contiguous(): a view that is contiguous already would be the caller's tensor, scaled in place.
+  const at::Tensor copy = scale == 1 ? chunks.contiguous() : chunks.clone(at::MemoryFormat::Contiguous).mul_(scale);
+  return copy.view({batch_, kv_heads_, n, group_ * chunk_, d});
 }
 
 at::Tensor ChunkLayout::keys(const at::Tensor& x, int64_t first, int64_t count) const {

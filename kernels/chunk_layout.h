@@ -26,8 +26,9 @@ class ChunkLayout {
   // The layouts below are contiguous copies.
   // q [B,T,Hkv*G,D] -> [B, Hkv, N, G*C, D]: row g*C + i is query head g of the group at token i.
   // `first` and `count` pick the chunks [first, first + count) only (count < 0: to the end), so that a
-  // caller can work through slabs of chunks without a full-size copy of the sequence.
-  at::Tensor queries(const at::Tensor& q, int64_t first = 0, int64_t count = -1) const;
+  // caller can work through slabs of chunks without a full-size copy of the sequence. `scale` multiplies
+  // the copy while it is in cache (instead of a full-size pass over q beforehand).
+  at::Tensor queries(const at::Tensor& q, int64_t first = 0, int64_t count = -1, double scale = 1) const;
   // k or v [B,T,Hkv,D] -> [B, Hkv, N, C, D].
   at::Tensor keys(const at::Tensor& x, int64_t first = 0, int64_t count = -1) const;
   // A per-head scalar [B,T,Hkv] -> [B, Hkv, N, C].

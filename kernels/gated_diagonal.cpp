@@ -9,15 +9,7 @@
 #include <vector>
 
 #include "kernels/chunk_layout.h"
-
-// The library is built for a baseline x86-64; the loops below get AVX2 and AVX-512 clones picked at load
-// time (GCC function multiversioning), the rest of the build stays portable.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LINEARIZE_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LINEARIZE_MULTIVERSION
-#endif
-#define LINEARIZE_INLINE inline __attribute__((always_inline))
+#include "kernels/cpu_multiversion.h"
 
 namespace linearize::kernels::detail {
 namespace {
@@ -150,16 +142,7 @@ struct GatedDiagonal : public torch::autograd::Function<GatedDiagonal> {
     const at::Tensor qc = q.contiguous(), kc = k.contiguous(), a = g.exp().contiguous();
     ctx->save_for_backward({qc, kc, a});
     ctx->saved_data["c"] = c;
-    const int64_t M = kc.size(0), C = kc.size(1), K = kc.size(2), Gq = qc.size(1);
-    at::Tensor A = at::zeros({M, C / c, Gq, c, c}, qc.options());
-    AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "gated_diagonal_forward", [&] {
-      at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> w(K);
-        forward_range(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                      A.mutable_data_ptr<scalar_t>(), w.data(), begin, end, C, c, K, Gq);
-      });
-    });
-    return A;
+    return gated_diagonal_scores_forward(qc, kc, a, c);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -193,6 +176,21 @@ at::Tensor gated_diagonal_scores(const at::Tensor& q, const at::Tensor& k, const
   TORCH_CHECK(c >= 1 && k.size(1) % c == 0, "gated_diagonal_scores: sub-chunk ", c, " must divide ", k.size(1));
   if (!q.is_cpu()) return gated_diagonal_scores_reference(q, k, G, c);
   return GatedDiagonal::apply(q, k, G, g, c);
+}
+
+at::Tensor gated_diagonal_scores_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& a, int64_t c) {
+  TORCH_CHECK(q.is_cpu() && q.is_contiguous() && k.is_contiguous() && a.is_contiguous() && a.sizes() == k.sizes(),
+              "gated_diagonal_scores_forward: contiguous CPU q [M,Gq,C,K], k and a [M,C,K]");
+  const int64_t M = k.size(0), C = k.size(1), K = k.size(2), Gq = q.size(1);
+  at::Tensor A = at::zeros({M, C / c, Gq, c, c}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_diagonal_forward", [&] {
+    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> w(K);
+      forward_range(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                    A.mutable_data_ptr<scalar_t>(), w.data(), begin, end, C, c, K, Gq);
+    });
+  });
+  return A;
 }
 
 at::Tensor gated_diagonal_scores_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& G, int64_t c) {

@@ -21,6 +21,10 @@ namespace linearize::kernels::detail {
 at::Tensor gated_diagonal_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& G, const at::Tensor& g,
                                  int64_t c);
 
+// The CPU kernel's forward alone, from the per-step decays a = exp(g) [M, C, K] (no autograd): for callers
+// that already hold a and differentiate by other means (gla_chunk_terms.h).
+at::Tensor gated_diagonal_scores_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& a, int64_t c);
+
 // The same scores from ATen ops with the pairwise exps over [c, c, K] per sub-chunk (any device, autograd by
 // ATen): the oracle of the CPU kernel.
 at::Tensor gated_diagonal_scores_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& G, int64_t c);

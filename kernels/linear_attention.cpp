@@ -1,6 +1,7 @@
 #include "kernels/linear_attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +9,7 @@
 #include <vector>
 
 #include "kernels/chunk_layout.h"
-#include "kernels/gated_diagonal.h"
+#include "kernels/gla_chunk_terms.h"
 
 namespace linearize::kernels {
 
@@ -33,10 +34,12 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 enum class Gate { none, scalar, channel };
 
-// The validated problem in the compute dtype. q is pre-multiplied by the scale; v carries an extra
-// column of ones when normalising, so the normaliser z rides along as the state's last column.
+// The validated problem in the compute dtype. Each form applies the scale to q where it copies q anyway
+// (the chunked form in its chunk layout copy); v carries an extra column of ones when normalising, so the
+// normaliser z rides along as the state's last column.
 struct Problem {
   at::Tensor q, k, v, g;  // g: [B,T,Hkv] (scalar) or [B,T,Hkv,K] (channel), undefined for none
+  double scale = 1;
   Gate gate = Gate::none;
   int64_t B = 0, T = 0, Hq = 0, Hkv = 0, G = 1, K = 0, V = 0;
 };
@@ -66,8 +69,8 @@ Problem prepare(const LinearAttentionInputs& in, const LinearAttentionOptions& o
   p.G = p.Hq / p.Hkv;
 
   const auto dtype = detail::compute_dtype({in.q, in.k, in.v, in.log_decay, in.log_gamma});
-  const double scale = opt.scale.value_or(1.0 / std::sqrt(static_cast<double>(p.K)));
-  p.q = in.q.to(dtype) * scale;
+  p.scale = opt.scale.value_or(1.0 / std::sqrt(static_cast<double>(p.K)));
+  p.q = in.q.to(dtype);
   p.k = in.k.to(dtype);
   p.v = in.v.to(dtype);
   if (opt.normalize) p.v = at::cat({p.v, at::ones({p.B, p.T, p.Hkv, 1}, p.v.options())}, -1);
@@ -120,10 +123,10 @@ at::Tensor initial_state(const LinearState& s, const Problem& p, const LinearAtt
   return at::cat({h, s.k_sum.to(options.dtype()).unsqueeze(-1)}, -1);
 }
 
-// ---- recurrent: S_t = diag(exp g_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t (q pre-scaled) ----
+// ---- recurrent: S_t = diag(exp g_t) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t ----
 CoreResult recurrent(const Problem& p, at::Tensor h) {
   // unbind, not select in a loop: select's backward would allocate a full-size gradient per token.
-  const auto qs = p.q.view({p.B, p.T, p.Hkv, p.G, p.K}).unbind(1);
+  const auto qs = (p.q * p.scale).view({p.B, p.T, p.Hkv, p.G, p.K}).unbind(1);
   const auto ks = p.k.unbind(1);
   const auto vs = p.v.unbind(1);
   std::vector<at::Tensor> gs;
@@ -146,7 +149,7 @@ CoreResult recurrent(const Problem& p, at::Tensor h) {
 
 // ---- parallel: o = (QK^T (.) D) V + (Q (.) exp Gc) h0 with D_ij = exp(Gc_i - Gc_j) for j <= i ----
 CoreResult parallel(const Problem& p, const at::Tensor& h0) {
-  const at::Tensor q = p.q.view({p.B, p.T, p.Hkv, p.G, p.K}).permute({0, 2, 3, 1, 4});  // [B,Hkv,G,T,K]
+  const at::Tensor q = (p.q * p.scale).view({p.B, p.T, p.Hkv, p.G, p.K}).permute({0, 2, 3, 1, 4});  // [B,Hkv,G,T,K]
   const at::Tensor k = p.k.permute({0, 2, 1, 3});                                       // [B,Hkv,T,K]
   const at::Tensor v = p.v.permute({0, 2, 1, 3});                                       // [B,Hkv,T,V]
   const at::Tensor causal = detail::causal_mask(p.T, p.q);
@@ -205,41 +208,23 @@ ChunkTerms scalar_terms(const at::Tensor& q, const at::Tensor& k, const at::Tens
           at::matmul((A.view({BH, n, G, C, C}) * D.unsqueeze(2)).view({BH, n, G * C, C}), v)};
 }
 
-// A per-channel gate, g and its cumsum Gc [BH,n,C,K]: fla's secondary chunking (research/kernels.md 1.1,
-// stage 2) with sub-chunks of c tokens. Over M = BH*n chunks, NC = C/c sub-chunks, ref_a = G at the first
-// row of sub-chunk a (fla's G_n) and end_b = G at the last row of sub-chunk b. Gates are <= 0, so G never
-// increases along a chunk and every exponent below is <= 0 whatever the gate strength:
-//   q part  q_i exp(G_i - ref_a), i in sub-chunk a (i at or after ref_a's row);
-//   k part  k_j exp(end_b - G_j), j in sub-chunk b (j at or before end_b's row), moved to ref_a for a > b
-//           by exp(ref_a - end_b) (row a*c is after row (b+1)*c - 1);
-// and an off-diagonal block is their matmul, since exp(G_i - G_j) = exp(G_i - ref_a) exp(ref_a - G_j).
-// The diagonal c x c blocks (j, i in one sub-chunk, where no such split is <= 0 on both sides) are exact
-// (gated_diagonal.h).
-ChunkTerms channel_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                         const at::Tensor& Gc, int64_t G, int64_t c) {
+// A per-channel gate g [BH,n,C,K]: fla's secondary chunking with sub-chunks of c tokens (gla_chunk_terms.h).
+// Query sub-chunk a's intra-chunk output is its exact diagonal block times its own values plus, for a > 0,
+// (qsub_a keys_a^T) times the values of sub-chunks 0..a-1.
+ChunkTerms channel_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, int64_t G,
+                         int64_t c) {
   const int64_t BH = k.size(0), n = k.size(1), C = k.size(2), K = k.size(3), V = v.size(-1);
   const int64_t M = BH * n, NC = C / c;
-  const at::Tensor Gs = Gc.view({M, NC, c, K});
-  const at::Tensor ref = Gs.select(2, 0), end = Gs.select(2, c - 1);  // [M,NC,K]
-  const at::Tensor last = end.select(1, NC - 1);                        // [M,K]
-  const at::Tensor qsub = q.view({M, G, NC, c, K}) * (Gs - ref.unsqueeze(2)).exp().unsqueeze(1);
-  const at::Tensor ksub = k.view({M, NC, c, K}) * (end.unsqueeze(2) - Gs).exp();
-  // The inter-chunk factors from the same ones, products of two factors <= 1:
-  // exp(G) = exp(G - ref) exp(ref) and exp(G_last - G) = exp(end - G) exp(G_last - end).
+  const auto terms = detail::gla_chunk_terms(q.view({M, G, C, K}), k.view({M, C, K}), g.view({M, C, K}), c);
   ChunkTerms t;
-  t.qdecayed = (qsub * ref.exp().view({M, 1, NC, 1, K})).view({BH, n, G * C, K});
-  t.kdecayed = (ksub * (last.unsqueeze(1) - end).exp().unsqueeze(2)).view({BH, n, C, K});
-  t.decay = last.exp().view({BH, n, K, 1});
-
-  const at::Tensor diagonal = detail::gated_diagonal_scores(q.view({M, G, C, K}), k.view({M, C, K}),
-                                                            Gc.view({M, C, K}), g.view({M, C, K}), c);
-  at::Tensor intra = at::matmul(diagonal.view({M, NC, G * c, c}), v.view({M, NC, c, V}));  // [M,NC,G*c,V]
+  t.qdecayed = terms.qdecayed.view({BH, n, G * C, K});
+  t.kdecayed = terms.kdecayed.view({BH, n, C, K});
+  t.decay = terms.decay.view({BH, n, K, 1});
+  at::Tensor intra = at::matmul(terms.diagonal.view({M, NC, G * c, c}), v.view({M, NC, c, V}));  // [M,NC,G*c,V]
   const at::Tensor vrows = v.view({M, C, V});
-  for (int64_t a = 1; a < NC; ++a) {  // query sub-chunk a against the keys of sub-chunks 0..a-1
-    const at::Tensor keys =
-        (ksub.narrow(1, 0, a) * (ref.select(1, a).unsqueeze(1) - end.narrow(1, 0, a)).exp().unsqueeze(2))
-            .view({M, a * c, K});
-    const at::Tensor scores = at::matmul(qsub.select(2, a).reshape({M, G * c, K}), keys.transpose(1, 2));
+  for (int64_t a = 1; a < NC; ++a) {
+    const at::Tensor keys = terms.keys.narrow(1, detail::sub_chunk_keys_offset(a, c), a * c);
+    const at::Tensor scores = at::bmm(terms.qsub.select(1, a).view({M, G * c, K}), keys.transpose(1, 2));
     intra.select(1, a).baddbmm_(scores, vrows.narrow(1, 0, a * c));
   }
   t.intra = intra.view({M, NC, G, c, V}).transpose(1, 2).reshape({BH, n, G * C, V});
@@ -266,18 +251,30 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
   const int64_t per_chunk = BH * C * (p.G * (2 * K + 2 * Vp + C) + 5 * K + Vp);
   const int64_t slab = detail::chunks_per_slab(per_chunk, N, int64_t{1} << 18);
 
+  // Without autograd each chunk's output goes straight into the output buffer and the state is updated in
+  // place: no full-size temporaries, whose page faults made long sequences slower per token. With autograd,
+  // one stack at the end (writes into slices of one buffer would make every chunk's backward copy the whole
+  // output gradient) and a fresh state per chunk (the previous one is saved for the backward).
+  const bool record = at::GradMode::is_enabled() &&
+                      (p.q.requires_grad() || p.k.requires_grad() || p.v.requires_grad() ||
+                       (p.g.defined() && p.g.requires_grad()) || h.requires_grad());
   h = h.reshape({BH, K, Vp});
-  std::vector<at::Tensor> outs;  // per chunk [B,C,Hkv,G,V'], so that one stack writes the sequence layout
-  outs.reserve(N);
+  at::Tensor o;
+  std::vector<at::Tensor> outs;  // with autograd: per chunk [B,C,Hkv,G,V'], stacked into the sequence layout
+  if (record) {
+    outs.reserve(N);
+  } else {
+    o = at::empty({p.B, N * C, p.Hq, Vp}, p.q.options());
+    h = h.clone();  // may be a view of the caller's initial state
+  }
   for (int64_t first = 0; first < N; first += slab) {
     const int64_t n = std::min(slab, N - first);
-    const at::Tensor q = layout.queries(p.q, first, n).view({BH, n, p.G * C, K});
+    const at::Tensor q = layout.queries(p.q, first, n, p.scale).view({BH, n, p.G * C, K});
     const at::Tensor k = layout.keys(p.k, first, n).view({BH, n, C, K});
     const at::Tensor v = layout.keys(p.v, first, n).view({BH, n, C, Vp});
     ChunkTerms t;
     if (p.gate == Gate::channel) {
-      const at::Tensor g = layout.keys(p.g, first, n).view({BH, n, C, K});
-      t = channel_terms(q, k, v, g, g.cumsum(2), p.G, c);
+      t = channel_terms(q, k, v, layout.keys(p.g, first, n).view({BH, n, C, K}), p.G, c);
     } else {
       const at::Tensor Gc =
           p.gate == Gate::scalar ? layout.scalars(p.g, first, n).view({BH, n, C}).cumsum(2) : at::Tensor();
@@ -288,12 +285,21 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
     std::vector<at::Tensor> decays;
     if (t.decay.defined()) decays = t.decay.unbind(1);
     for (int64_t i = 0; i < n; ++i) {
-      outs.push_back(at::baddbmm(intras[i], qs[i], h).view({p.B, p.Hkv, p.G, C, Vp}).permute({0, 3, 1, 2, 4}));
-      h = at::baddbmm(decays.empty() ? h : h * decays[i], ks[i].transpose(1, 2), vs[i]);
+      const auto as_sequence = [&](const at::Tensor& x) {  // [BH,G*C,V'] -> [B,C,Hkv,G,V']
+        return x.view({p.B, p.Hkv, p.G, C, Vp}).permute({0, 3, 1, 2, 4});
+      };
+      if (record) {
+        outs.push_back(as_sequence(at::baddbmm(intras[i], qs[i], h)));
+        h = at::baddbmm(decays.empty() ? h : h * decays[i], ks[i].transpose(1, 2), vs[i]);
+      } else {
+        o.narrow(1, (first + i) * C, C).view({p.B, C, p.Hkv, p.G, Vp}).copy_(as_sequence(intras[i].baddbmm_(qs[i], h)));
+        if (!decays.empty()) h.mul_(decays[i]);
+        h.baddbmm_(ks[i].transpose(1, 2), vs[i]);
+      }
     }
   }
-  const at::Tensor o = at::stack(outs, 1).view({p.B, N * C, p.Hq, Vp}).narrow(1, 0, p.T);
-  return {o, h.view({p.B, p.Hkv, K, Vp})};
+  if (record) o = at::stack(outs, 1).view({p.B, N * C, p.Hq, Vp});
+  return {o.narrow(1, 0, p.T), h.view({p.B, p.Hkv, K, Vp})};
 }
 
 }  // namespace

@@ -130,6 +130,7 @@ TEST_P(LinearMixer, CarriedStateEqualsOneCall) {
   const Shape s;
   const auto in = make_inputs(variant, s, at::kDouble);
   const auto st = make_state(variant, s, at::kDouble);
+  const at::Tensor kv_before = st.kv.clone();
   const auto whole = linear_attention(in, st, options_for(variant, MixerForm::parallel));
   for (auto form : {MixerForm::parallel, MixerForm::chunked, MixerForm::recurrent}) {
     const auto first = linear_attention(slice(in, 0, 37), st, options_for(variant, form));
@@ -147,6 +148,7 @@ TEST_P(LinearMixer, CarriedStateEqualsOneCall) {
   // From a zero state, the state after the call is the same whichever form made it.
   const auto from_zero = linear_attention(in, {}, options_for(variant, MixerForm::chunked));
   EXPECT_LE(diff(from_zero, linear_attention(in, {}, options_for(variant, MixerForm::recurrent))), 1e-10);
+  EXPECT_TRUE(at::equal(st.kv, kv_before)) << "the caller's initial state was modified";
 }
 
 // Grouped kv heads give exactly what repeating k, v and the gates per query head gives.
