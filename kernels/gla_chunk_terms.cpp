@@ -3,8 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/autograd.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <vector>
@@ -85,54 +84,27 @@ LINEARIZE_MULTIVERSION void terms_range(const double* q, const double* k, const 
   chunk_terms(q, k, a, qd, kd, decay, qsub, keys, w, begin, end, C, c, K, Gq);
 }
 
-std::vector<at::Tensor> as_list(const GlaChunkTerms& t) {
-  return {t.qdecayed, t.kdecayed, t.decay, t.qsub, t.keys, t.diagonal};
-}
-
-// The fused forward; the backward recomputes the reference's graph at the saved inputs and differentiates
-// it (the reference's diagonal part is gated_diagonal's hand-written backward).
-struct FusedChunkTerms : public torch::autograd::Function<FusedChunkTerms> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
-                                                const at::Tensor& k, const at::Tensor& g, int64_t c) {
-    const at::Tensor qc = q.contiguous(), kc = k.contiguous(), a = g.exp().contiguous();
-    ctx->save_for_backward({q, k, g});
-    ctx->saved_data["c"] = c;
-    const int64_t M = kc.size(0), C = kc.size(1), K = kc.size(2), Gq = qc.size(1), NC = C / c;
-    GlaChunkTerms t;
-    t.qdecayed = at::empty_like(qc);
-    t.kdecayed = at::empty_like(kc);
-    t.decay = at::empty({M, K}, kc.options());
-    t.qsub = at::empty({M, NC, Gq, c, K}, qc.options());
-    t.keys = at::empty({M, sub_chunk_keys_offset(NC, c), K}, kc.options());
-    AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "gla_chunk_terms", [&] {
-      at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> w(K);
-        terms_range(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                    t.qdecayed.mutable_data_ptr<scalar_t>(), t.kdecayed.mutable_data_ptr<scalar_t>(),
-                    t.decay.mutable_data_ptr<scalar_t>(), t.qsub.mutable_data_ptr<scalar_t>(),
-                    t.keys.mutable_data_ptr<scalar_t>(), w.data(), begin, end, C, c, K, Gq);
-      });
+GlaChunkTerms fused_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& g, int64_t c) {
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), a = g.exp().contiguous();
+  const int64_t M = kc.size(0), C = kc.size(1), K = kc.size(2), Gq = qc.size(1), NC = C / c;
+  GlaChunkTerms t;
+  t.qdecayed = at::empty_like(qc);
+  t.kdecayed = at::empty_like(kc);
+  t.decay = at::empty({M, K}, kc.options());
+  t.qsub = at::empty({M, NC, Gq, c, K}, qc.options());
+  t.keys = at::empty({M, sub_chunk_keys_offset(NC, c), K}, kc.options());
+  AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "gla_chunk_terms", [&] {
+    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> w(K);
+      terms_range(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                  t.qdecayed.mutable_data_ptr<scalar_t>(), t.kdecayed.mutable_data_ptr<scalar_t>(),
+                  t.decay.mutable_data_ptr<scalar_t>(), t.qsub.mutable_data_ptr<scalar_t>(),
+                  t.keys.mutable_data_ptr<scalar_t>(), w.data(), begin, end, C, c, K, Gq);
     });
-    t.diagonal = gated_diagonal_scores_forward(qc, kc, a, c);
-    return as_list(t);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::AutoGradMode enable_grad(true);
-    std::vector<at::Tensor> inputs;
-    for (const auto& x : saved) inputs.push_back(x.detach().requires_grad_(true));
-    const auto all = as_list(gla_chunk_terms_reference(inputs[0], inputs[1], inputs[2], ctx->saved_data["c"].toInt()));
-    std::vector<at::Tensor> outputs, output_grads;  // keys is empty and constant with a single sub-chunk
-    for (size_t i = 0; i < all.size(); ++i) {
-      if (all[i].requires_grad()) outputs.push_back(all[i]), output_grads.push_back(grads[i]);
-    }
-    auto d = torch::autograd::grad(outputs, inputs, output_grads, /*retain_graph=*/false, /*create_graph=*/false,
-                                   /*allow_unused=*/true);
-    return {d[0], d[1], d[2], at::Tensor()};
-  }
-};
+  });
+  t.diagonal = gated_diagonal_scores_forward(qc, kc, a, c);
+  return t;
+}
 
 }  // namespace
 
@@ -141,9 +113,9 @@ GlaChunkTerms gla_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at
                   q.size(2) == k.size(1) && q.size(3) == k.size(2),
               "gla_chunk_terms: q [M,Gq,C,K], k and g [M,C,K], got ", q.sizes(), ", ", k.sizes(), ", ", g.sizes());
   TORCH_CHECK(c >= 1 && k.size(1) % c == 0, "gla_chunk_terms: sub-chunk ", c, " must divide ", k.size(1));
-  if (!q.is_cpu()) return gla_chunk_terms_reference(q, k, g, c);
-  const auto t = FusedChunkTerms::apply(q, k, g, c);
-  return {t[0], t[1], t[2], t[3], t[4], t[5]};
+  const bool record = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || g.requires_grad());
+  if (!q.is_cpu() || record) return gla_chunk_terms_reference(q, k, g, c);
+  return fused_chunk_terms(q, k, g, c);
 }
 
 GlaChunkTerms gla_chunk_terms_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& g, int64_t c) {
