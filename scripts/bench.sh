@@ -4,7 +4,7 @@
 # ratio measured in the same run, printed next to its target.
 #
 #   scripts/bench.sh               # every section
-#   scripts/bench.sh safetensors   # only the named sections (safetensors, tokenizer)
+#   scripts/bench.sh kernels       # only the named sections (see SECTIONS)
 #
 # env: BUILD_DIR (default build), BENCH_OUT, LINEARIZE_BENCH_DIR (where synthetic inputs are written and
 # reused, default $BUILD_DIR/bench), LINEARIZE_BENCH_MB (size of the synthetic safetensors file, 2048).
