@@ -1,6 +1,7 @@
 #include "kernels/chunk_layout.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 
@@ -63,6 +64,11 @@ at::Tensor ChunkLayout::merge_queries(const at::Tensor& o) const {
 
 int64_t chunks_per_slab(int64_t elements_per_chunk, int64_t chunks, int64_t budget) {
   return std::clamp<int64_t>(budget / std::max<int64_t>(elements_per_chunk, 1), 1, std::max<int64_t>(chunks, 1));
+}
+
+bool records_grad(const std::vector<at::Tensor>& inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  return std::any_of(inputs.begin(), inputs.end(), [](const at::Tensor& t) { return t.defined() && t.requires_grad(); });
 }
 
 at::Tensor causal_mask(int64_t size, const at::Tensor& like) {

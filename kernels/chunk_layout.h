@@ -46,6 +46,10 @@ class ChunkLayout {
 // Chunks per slab so that a slab's largest temporary holds about `budget` elements (at least 1 chunk).
 int64_t chunks_per_slab(int64_t elements_per_chunk, int64_t chunks, int64_t budget = int64_t{1} << 21);
 
+// Whether autograd records a graph through these inputs (grad mode on and one of the defined ones
+// requires grad): the chunked mixers take in-place and fused paths only when it does not.
+bool records_grad(const std::vector<at::Tensor>& inputs);
+
 // [C, C] lower-triangular (diagonal included) boolean mask on x's device.
 at::Tensor causal_mask(int64_t size, const at::Tensor& like);
 

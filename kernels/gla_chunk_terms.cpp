@@ -3,11 +3,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels/chunk_layout.h"
 #include "kernels/cpu_multiversion.h"
 #include "kernels/gated_diagonal.h"
 
@@ -113,8 +113,7 @@ GlaChunkTerms gla_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at
                   q.size(2) == k.size(1) && q.size(3) == k.size(2),
               "gla_chunk_terms: q [M,Gq,C,K], k and g [M,C,K], got ", q.sizes(), ", ", k.sizes(), ", ", g.sizes());
   TORCH_CHECK(c >= 1 && k.size(1) % c == 0, "gla_chunk_terms: sub-chunk ", c, " must divide ", k.size(1));
-  const bool record = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || g.requires_grad());
-  if (!q.is_cpu() || record) return gla_chunk_terms_reference(q, k, g, c);
+  if (!q.is_cpu() || records_grad({q, k, g})) return gla_chunk_terms_reference(q, k, g, c);
   return fused_chunk_terms(q, k, g, c);
 }
 

@@ -1,7 +1,6 @@
 #include "kernels/linear_attention.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -255,9 +254,7 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
   // place: no full-size temporaries, whose page faults made long sequences slower per token. With autograd,
   // one stack at the end (writes into slices of one buffer would make every chunk's backward copy the whole
   // output gradient) and a fresh state per chunk (the previous one is saved for the backward).
-  const bool record = at::GradMode::is_enabled() &&
-                      (p.q.requires_grad() || p.k.requires_grad() || p.v.requires_grad() ||
-                       (p.g.defined() && p.g.requires_grad()) || h.requires_grad());
+  const bool record = detail::records_grad({p.q, p.k, p.v, p.g, h});
   h = h.reshape({BH, K, Vp});
   at::Tensor o;
   std::vector<at::Tensor> outs;  // with autograd: per chunk [B,C,Hkv,G,V'], stacked into the sequence layout
