@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The transformers side of the decoder benchmark (scripts/bench.sh section `decoder`).
 
-    decoder_transformers.py make --out DIR [--size 100m|1b]   # random Llama checkpoint, made once
+    decoder_transformers.py make --out DIR [--size 100m|135m|1b] [--dtype fp32|bf16] [--tokenizer DIR]
+                                                              # random Llama checkpoint, made once
     decoder_transformers.py run --model DIR --threads N [--device cpu|cuda --dtype fp32|bf16] --out FILE.json
 
 `run` times what `linearize`'s model_bench times, on the same prompt: prefill of T tokens (batch 1, KV
@@ -9,6 +10,7 @@ cache on, logits of the last position only, as generate() asks for) and greedy d
 through the KV cache in a plain loop of model() calls (leaner than generate(), so a fair baseline)."""
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +25,10 @@ SIZES = {
     # ~25M, 6 layers, for decode at long contexts (16K) on a CPU: the source's KV cache vs a conversion.
     "25m": dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=6,
                 num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True),
-    # ~1.1B (TinyLlama's shape) for the CUDA run.
+    # ~135M, SmolLM-135M's shape (30 layers, GQA 9/3, head_dim 64): verify's cost at a real depth.
+    "135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+    # ~1.1B (TinyLlama's shape) for the CUDA run and verify's cost at 1B.
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False),
 }
@@ -42,7 +47,13 @@ def make(args):
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=32768, rms_norm_eps=1e-5, **SIZES[args.size])
     model = LlamaForCausalLM(config).eval()
+    if args.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     model.save_pretrained(out)
+    # A tokenizer makes verify tokenize its built-in text (ids below the vocabulary of every size here).
+    if args.tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(Path(args.tokenizer) / name, out / name)
     print(f"{out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
 
 
@@ -97,6 +108,8 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("--out", required=True)
     m.add_argument("--size", default="100m", choices=SIZES)
+    m.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    m.add_argument("--tokenizer", help="copy tokenizer.json and tokenizer_config.json from this directory")
     r = sub.add_parser("run")
     r.add_argument("--model", required=True)
     r.add_argument("--threads", type=int, required=True)

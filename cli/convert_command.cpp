@@ -59,16 +59,8 @@ void add_convert_command(CLI::App& app) {
     spdlog::info("wrote {} ({} layers converted, {} new parameters) in {:.2f} s", opts->out, result.converted_layers,
                  result.new_parameters, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 
-    // The export records the logits its verify prompts give (L2 of every later verify), then is verified;
-    // one model in memory at a time.
-    {
-      const auto model = load_model(opts->out);
-      record_verify_logits(opts->out, model, builtin_verify_prompts(model.config().vocab_size));
-    }
-    VerifyOptions verify;
-    verify.model = opts->out;
-    verify.source = std::filesystem::path(opts->model);
-    report_verification(verify_model(verify), opts->out, std::nullopt);
+    // The export records the logits its verify prompts give (L2 of every later verify), then is verified.
+    report_verification(record_and_verify(opts->out, opts->model), opts->out, std::nullopt);
   });
 }
 

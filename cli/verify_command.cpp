@@ -15,20 +15,23 @@
 namespace linearize::cli {
 
 void report_verification(const VerifyReport& report, const std::filesystem::path& model_dir,
-                         const std::optional<std::filesystem::path>& json_out) {
+                         const std::optional<std::filesystem::path>& json_out,
+                         const std::optional<std::filesystem::path>& junit_out) {
   std::cout << report.table();
   const auto json = report.to_json().dump(2) + "\n";
   // An export keeps its last report beside its weights (DESIGN section 5); other directories are not ours
   // to write into, so they get the report only where --json says.
   if (!load_model_config(model_dir / "config.json").linearize.is_null()) write_file_atomic(model_dir / kVerifyReportFile, json);
   if (json_out) write_file_atomic(*json_out, json);
+  if (junit_out) write_file_atomic(*junit_out, report.junit("linearize verify " + model_dir.string()));
   if (!report.passed()) throw CheckFailed("verification failed: see the FAIL rows above");
 }
 
 void add_verify_command(CLI::App& app) {
   struct Options {
-    std::string model, source, text_file, prompt_ids, json;
-    std::optional<double> max_kl, min_top1;
+    std::string model, source, text_file, prompt_ids, json, junit;
+    std::optional<double> max_kl, min_top1, min_gen_agree;
+    std::int64_t generate_tokens = 32;
     double layer_budget = 0.25;
   };
   auto opts = std::make_shared<Options>();
@@ -40,16 +43,27 @@ void add_verify_command(CLI::App& app) {
   text_option->excludes(ids_option);
   cmd->add_option("--max-kl", opts->max_kl, "Fail when the mean KL(source || model) exceeds this");
   cmd->add_option("--min-top1", opts->min_top1, "Fail when top-1 agreement with the source is below this");
+  cmd->add_option("--min-gen-agree", opts->min_gen_agree,
+                  "Fail when greedy continuations agree with the source's on less than this mean fraction of tokens before their first divergence")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--generate-tokens", opts->generate_tokens, "Tokens per greedy continuation compared with the source (0: none)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{4096}));
   cmd->add_option("--layer-budget", opts->layer_budget, "Per-layer hidden-state relative error budget (L4 names the first layer over it)");
   cmd->add_option("--json", opts->json, "Also write the report as JSON here");
+  cmd->add_option("--junit", opts->junit, "Also write the report as JUnit XML here (one test case per check)");
   cmd->callback([opts] {
     VerifyOptions verify;
     verify.model = opts->model;
     if (!opts->source.empty()) verify.source = std::filesystem::path(opts->source);
     verify.max_kl = opts->max_kl;
     verify.min_top1 = opts->min_top1;
+    verify.min_gen_agree = opts->min_gen_agree;
+    verify.generate_tokens = opts->generate_tokens;
     verify.layer_budget = opts->layer_budget;
-    if (!opts->prompt_ids.empty()) verify.prompts.push_back(parse_id_list(opts->prompt_ids, "--prompt-ids"));
+    if (!opts->prompt_ids.empty()) {
+      verify.prompts.ids.push_back(parse_id_list(opts->prompt_ids, "--prompt-ids"));
+      verify.prompts.origin = "--prompt-ids";
+    }
     if (!opts->text_file.empty()) {
       std::ifstream in(opts->text_file, std::ios::binary);
       if (!in) throw InputError(opts->text_file, "--text", "cannot be read");
@@ -58,12 +72,15 @@ void add_verify_command(CLI::App& app) {
       // Prompts of at most 256 tokens: long enough to pass every default window, short enough for L1's
       // token-by-token decode to stay quick.
       for (std::size_t i = 0; i < ids.size(); i += 256)
-        verify.prompts.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
+        verify.prompts.ids.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
                                     ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + 256)));
-      if (verify.prompts.empty()) throw InputError(opts->text_file, "--text", "holds no tokens");
+      if (verify.prompts.ids.empty()) throw InputError(opts->text_file, "--text", "holds no tokens");
+      verify.prompts.origin = "--text " + opts->text_file;
     }
-    report_verification(verify_model(verify), opts->model,
-                        opts->json.empty() ? std::nullopt : std::optional<std::filesystem::path>(opts->json));
+    const auto optional_path = [](const std::string& p) {
+      return p.empty() ? std::nullopt : std::optional<std::filesystem::path>(p);
+    };
+    report_verification(verify_model(verify), opts->model, optional_path(opts->json), optional_path(opts->junit));
   });
 }
 

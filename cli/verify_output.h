@@ -10,7 +10,9 @@
 namespace linearize::cli {
 
 // Throws CheckFailed when the report failed (main maps it to exit 1).
+// `junit_out`: also the report as JUnit XML there, one testcase per check.
 void report_verification(const VerifyReport& report, const std::filesystem::path& model_dir,
-                         const std::optional<std::filesystem::path>& json_out);
+                         const std::optional<std::filesystem::path>& json_out,
+                         const std::optional<std::filesystem::path>& junit_out = std::nullopt);
 
 }  // namespace linearize::cli

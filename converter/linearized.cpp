@@ -1,6 +1,8 @@
 #include "converter/linearized.h"
 
+#include <algorithm>
 #include <fstream>
+#include <stdexcept>
 
 #include "converter/model/lora.h"
 #include "converter/model/softmax_attention_mixer.h"
@@ -90,6 +92,37 @@ CausalLM load_mixers(const std::filesystem::path& dir, const LoadOptions& option
 
 }  // namespace
 
+std::vector<std::int64_t> converted_layers(const ModelConfig& config) {
+  if (config.linearize.is_null()) return {};
+  const auto params = recipe_of(config).params;
+  std::vector<std::int64_t> layers;
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i)
+    if (!is_softmax_layer(params, i)) layers.push_back(i);
+  return layers;
+}
+
+std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t layer, at::ScalarType dtype) {
+  const auto& config = model.config();
+  if (config.linearize.is_null()) return nullptr;
+  const auto of = recipe_of(config);
+  if (is_softmax_layer(of.params, layer)) return nullptr;
+  const auto& decoder_layer = model.layers()[static_cast<std::size_t>(layer)];
+  const auto cast = [dtype](const at::Tensor& t) { return t.defined() ? t.detach().to(dtype) : t; };
+  const auto& a = decoder_layer.attention;
+  const SoftmaxAttentionMixer source({cast(a.q), cast(a.k), cast(a.v), cast(a.o), cast(a.q_bias), cast(a.k_bias),
+                                      cast(a.v_bias), cast(a.o_bias)},
+                                     attention_shape(config, layer), config.rope, decoder_layer.adapters);
+  const LayerContext ctx{config, layer, of.params};
+  const auto held = decoder_layer.mixer->trainable();
+  LayerTensors tensors;
+  for (const auto& t : of.recipe->new_tensors(ctx)) {
+    const auto it = std::find_if(held.begin(), held.end(), [&t](const auto& h) { return h.first == t.name; });
+    if (it == held.end()) throw std::logic_error("rebuild_mixer: the " + of.recipe->name + " mixer does not hold " + t.name);
+    tensors[t.name] = cast(it->second);
+  }
+  return of.recipe->make_mixer(ctx, source, tensors);
+}
+
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
   CausalLM model = load_mixers(dir, options);
   if (std::filesystem::exists(dir / kPeftAdapterDir / kPeftConfigFile)) attach_peft_adapter(model, dir / kPeftAdapterDir);
@@ -103,6 +136,15 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   const auto config = load_model_config(options.source / "config.json");
   if (!config.linearize.is_null())
     throw InputError(config.source, "linearize", "is already a converted model; convert its source instead");
+  // Dynamic NTK RoPE rescales every rotation angle by the sequence's total length once it passes
+  // max_position_embeddings: a recurrent state (and a window cache of keys rotated earlier) holds keys
+  // rotated at the lengths seen so far, so prefill and decode would compute different functions
+  // (transformers' own cached decode differs from its prefill there too). Every other RoPE type the
+  // families use (default, linear, llama3, yarn) rotates position t the same way whatever the length.
+  if (config.rope.type == RopeType::Dynamic)
+    throw InputError(config.source, "rope_scaling.rope_type",
+                     "'dynamic' rescales RoPE by the total sequence length, which a recurrent state cannot follow; "
+                     "convert a copy whose config uses a fixed scaling (default, linear, llama3 or yarn)");
   const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
   ConvertResult result;
   result.params = resolve_recipe_params(recipe, options.params, config, options.params_origin);

@@ -17,6 +17,14 @@ namespace linearize {
 // (softmax_layers keep the source attention); an export's LoRA adapter (<dir>/adapter, PEFT) is attached.
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
 
+// A converted layer's mixer built again from the model's own weights, adapters and recipe tensors, cast to
+// `dtype`: verify's per-layer L1 runs it in fp64 (one layer at a time, never a second copy of the model).
+// Null for layers kept as softmax and for models that are not conversions.
+std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t layer, at::ScalarType dtype);
+
+// The layers a conversion replaced with its recipe's mixer (none for a plain checkpoint).
+std::vector<std::int64_t> converted_layers(const ModelConfig& config);
+
 // Every tensor a model directory must hold: the decoder's, plus its recipe's new ones when converted.
 std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
 

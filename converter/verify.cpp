@@ -13,21 +13,40 @@
 
 #include "converter/linearized.h"
 #include "converter/model/weights.h"
+#include "converter/verify_text.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/safetensors.h"
 #include "formats/sha256.h"
+#include "formats/tokenizer.h"
 
 namespace linearize {
 namespace {
 
-// fp32 forms of the same function differ in summation order and in how gate cumsums are exponentiated:
-// ~1e-6 of the largest logit through a few layers. 1e-4 (DESIGN section 6) leaves a margin of ~100 and
-// still catches a wrong mask, decay or state hand-over, which move logits by 1e-2 and more.
-constexpr double kFormsTolerance = 1e-4;
+// L1 per layer runs each converted layer's mixer in fp64 on the input the model gave that layer. An output
+// entry of any form is a sum of at most T <= kSampleMaxTokens = 512 products (with gate factors <= 1); two
+// summation orders of T terms differ by at most ~T u |terms| (Higham's gamma_T, u = 1.1e-16), i.e. ~6e-14
+// of the summed magnitudes. 1e-10 of the largest output leaves a factor ~1600 for cancellation (sum of
+// |terms| over |sum|), while every real fault (a shifted decay, a missing diagonal block, a window off by
+// one, a map on the wrong input) moves outputs by 1e-4 and more. It holds for any depth and width: each
+// layer is checked alone, on its own input.
+constexpr double kFp64FormsTolerance = 1e-10;
+// L1 runs on a bounded sample of the prompts, so its cost does not grow with --text: each prompt's first
+// kSampleMaxTokens tokens (the parallel form is O(T^2)), prompts taken in order until kSampleTokenBudget
+// tokens. The built-in prompts fit whole; L2 and L4 see every prompt.
+constexpr std::int64_t kSampleMaxTokens = 512;
+constexpr std::int64_t kSampleTokenBudget = 1536;
 // Layers kept as softmax run the very same operations as the source, on the same inputs: only the
 // grouping of identical fp32 work may differ; 1e-5 relative.
 constexpr double kExactTolerance = 1e-5;
+
+// Unit roundoff of the compute dtype.
+double unit_roundoff(at::ScalarType t) {
+  return t == at::kBFloat16 ? std::ldexp(1.0, -8) : t == at::kHalf ? std::ldexp(1.0, -11) : t == at::kDouble ? std::ldexp(1.0, -53) : std::ldexp(1.0, -24);
+}
+
+// The larger of two errors, NaN counting as the largest (std::max would drop a NaN that comes second).
+double worse(double a, double b) { return std::isnan(a) || b <= a ? a : b; }
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   const auto e = expected.to(at::kDouble);
@@ -141,30 +160,161 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
   return true;
 }
 
-// L1: chunked prefill == parallel form == token-by-token recurrent decode; state carried across a split.
-void check_forms(const CausalLM& model, const std::vector<std::vector<std::int64_t>>& prompts, ReportBuilder& r) {
-  double parallel = 0, recurrent = 0, carry = 0;
+std::string layer_name(std::int64_t layer, const char* what) { return "layers." + std::to_string(layer) + "." + what; }
+
+std::vector<std::vector<std::int64_t>> l1_sample(const std::vector<std::vector<std::int64_t>>& prompts) {
+  std::vector<std::vector<std::int64_t>> sample;
+  std::int64_t taken = 0;
   for (const auto& p : prompts) {
-    const auto ids = as_batch(p, model.options().device);
-    const auto chunked = model.forward(ids, {}, kernels::MixerForm::chunked)[0];
-    parallel = std::max(parallel, relative_error(model.forward(ids, {}, kernels::MixerForm::parallel)[0], chunked));
-    auto state = model.new_state();
-    std::vector<at::Tensor> rows;
-    for (std::int64_t t = 0; t < ids.size(1); ++t) rows.push_back(model.step(ids.select(1, t), state)[0]);
-    recurrent = std::max(recurrent, relative_error(at::stack(rows), chunked));
-    auto split = model.new_state();
-    const std::int64_t half = ids.size(1) / 2;
-    model.prefill(ids.narrow(1, 0, half), split);
-    const auto last = model.prefill(ids.narrow(1, half, ids.size(1) - half), split)[0];
-    carry = std::max(carry, relative_error(last, chunked[ids.size(1) - 1]));
+    const auto length = std::min<std::int64_t>({static_cast<std::int64_t>(p.size()), kSampleMaxTokens, kSampleTokenBudget - taken});
+    if (length <= 0) break;
+    sample.emplace_back(p.begin(), p.begin() + length);
+    taken += length;
   }
-  r.add("L1", "parallel form == chunked prefill (logits)", parallel, "<=", kFormsTolerance);
-  r.add("L1", "recurrent decode == chunked prefill (logits)", recurrent, "<=", kFormsTolerance);
-  r.add("L1", "split prompt, carried state == one prefill", carry, "<=", kFormsTolerance);
+  return sample;
 }
 
-// L2: the logits recorded at export come back: bit-identical on the same device, dtype and threads.
-void check_reload(const std::filesystem::path& dir, const CausalLM& model, ReportBuilder& r) {
+// L1 per layer, fp64: every converted layer's mixer, rebuilt in fp64 from the model's own weights, run in
+// its parallel, chunked and recurrent forms and with the prompt split into pieces carrying the state, on the
+// input that layer receives in the model (captured from the compute-dtype forward). The exactness claim.
+void check_layer_forms(const CausalLM& model, const std::vector<std::vector<std::int64_t>>& prompts, ReportBuilder& r) {
+  const auto converted = converted_layers(model.config());
+  if (converted.empty()) return;
+  // The sample: captured inputs of every converted layer, [1, T, hidden] each, in the compute dtype.
+  std::map<std::string, std::int64_t> wanted;
+  for (const auto i : converted) wanted[layer_name(i, "attn_in")] = i;
+  std::map<std::int64_t, std::vector<at::Tensor>> inputs;
+  std::int64_t sampled = 0;
+  for (const auto& p : prompts) {
+    sampled += static_cast<std::int64_t>(p.size());
+    model.forward(as_batch(p, model.options().device), [&](const std::string& name, const at::Tensor& t) {
+      const auto it = wanted.find(name);
+      if (it != wanted.end()) inputs[it->second].push_back(t.detach());
+    });
+  }
+  // Where split prompts are cut: a chunk boundary, each window's edge, and a point on no boundary.
+  const std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
+  std::set<std::int64_t> cuts{37, chunk};
+  const auto& params = model.config().linearize.value("params", nlohmann::json::object());
+  if (params.contains("window") && params["window"].is_number_integer()) cuts.insert(params["window"].get<std::int64_t>());
+  if (model.config().sliding_window) cuts.insert(*model.config().sliding_window);
+
+  struct Worst {
+    double value = 0;
+    std::int64_t layer = -1;
+    void update(double v, std::int64_t l) {
+      if (layer < 0 || (!std::isnan(value) && !(v <= value))) value = v, layer = l;
+    }
+  } parallel, recurrent, carry;
+  const CaptureFn none;
+  // A mixer's output token by token through its recurrent form.
+  const auto decode = [&none](const TokenMixer& mixer, const at::Tensor& x, const std::string& scope) {
+    auto state = mixer.new_state();
+    std::vector<at::Tensor> steps;
+    for (std::int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.forward(x.narrow(1, t, 1), t, state.get(), MixerCall{none, scope}));
+    return at::cat(steps, 1);
+  };
+  for (const auto layer : converted) {
+    const auto mixer = rebuild_mixer(model, layer, at::kDouble);
+    const auto& own = *model.layers()[static_cast<std::size_t>(layer)].mixer;
+    const auto scope = layer_name(layer, "mixer");
+    double layer_parallel = 0, layer_recurrent = 0, layer_carry = 0, own_chunked = 0, own_recurrent = 0;
+    for (const auto& captured : inputs[layer]) {
+      const auto x = captured.to(at::kDouble);
+      const std::int64_t T = x.size(1);
+      const auto chunked = mixer->forward(x, 0, nullptr, MixerCall{none, scope, kernels::MixerForm::chunked});
+      layer_parallel = worse(layer_parallel, relative_error(mixer->forward(x, 0, nullptr, MixerCall{none, scope, kernels::MixerForm::parallel}), chunked));
+      layer_recurrent = worse(layer_recurrent, relative_error(decode(*mixer, x, scope), chunked));
+      own_chunked = worse(own_chunked, relative_error(own.forward(captured, 0, nullptr, MixerCall{none, scope}), chunked));
+      own_recurrent = worse(own_recurrent, relative_error(decode(own, captured, scope), chunked));
+      if (T < 2) continue;
+      auto split = mixer->new_state();
+      std::vector<at::Tensor> pieces;
+      std::int64_t from = 0;
+      for (const auto cut : cuts) {
+        if (cut <= from || cut >= T) continue;
+        pieces.push_back(mixer->forward(x.narrow(1, from, cut - from), from, split.get(), MixerCall{none, scope}));
+        from = cut;
+      }
+      pieces.push_back(mixer->forward(x.narrow(1, from, T - from), from, split.get(), MixerCall{none, scope}));
+      layer_carry = worse(layer_carry, relative_error(at::cat(pieces, 1), chunked));
+    }
+    parallel.update(layer_parallel, layer);
+    recurrent.update(layer_recurrent, layer);
+    carry.update(layer_carry, layer);
+    r.report.layer_forms.push_back({{"layer", layer},
+                                    {"fp64_parallel_vs_chunked", layer_parallel},
+                                    {"fp64_recurrent_vs_chunked", layer_recurrent},
+                                    {"fp64_split_vs_one_call", layer_carry},
+                                    {dtype_name(model.options().dtype) + "_chunked_vs_fp64", own_chunked},
+                                    {dtype_name(model.options().dtype) + "_recurrent_vs_fp64", own_recurrent}});
+  }
+  std::string cut_list;
+  for (const auto c : cuts) cut_list += (cut_list.empty() ? "" : ", ") + std::to_string(c);
+  const auto where = [&](const Worst& w) {
+    return "worst layer " + std::to_string(w.layer) + " of " + std::to_string(converted.size()) + " converted; " +
+           std::to_string(sampled) + " positions";
+  };
+  r.add("L1", "per layer fp64: parallel == chunked", parallel.value, "<=", kFp64FormsTolerance, where(parallel));
+  r.add("L1", "per layer fp64: recurrent == chunked", recurrent.value, "<=", kFp64FormsTolerance, where(recurrent));
+  r.add("L1", "per layer fp64: split prompt, carried state == one call", carry.value, "<=", kFp64FormsTolerance,
+        where(carry) + "; cut at " + cut_list);
+}
+
+// L1 end to end, in the compute dtype: chunked prefill vs the parallel form vs token-by-token decode, and
+// a prompt split in two with the state carried, through the whole model. The forms are exact (the fp64 rows
+// above); here they differ by rounding only, and the bound says how much rounding a model of this depth and
+// activation scale may show, derived rather than a constant a deeper model outgrows:
+//   - one form's sum over T terms and another order of it differ by ~u sqrt(T) of the largest term
+//     (rounding errors of a long sum add like a random walk), u the compute dtype's unit roundoff;
+//   - that error is relative to the largest activation of the residual stream, while the logits depend on
+//     the typical channels: an outlier channel A = max|h| / rms(h) times the rest (massive activations)
+//     makes the same absolute error A times larger relative to what matters;
+//   - each of the L layers adds its own through the residual stream (L, the worst case of sqrt(L)).
+// bound = 4 u sqrt(T) L A, with 4 for the constants of the rounding model (one rounding per multiply and
+// add, the normalisation after the sum). A fault that the fp64 rows would miss changes logits by far more.
+// Returns the bound, which L2 applies when it cannot ask for bit identity.
+double check_forms(const CausalLM& model, const std::vector<std::vector<std::int64_t>>& prompts, ReportBuilder& r) {
+  double parallel = 0, recurrent = 0, carry = 0, outlier_ratio = 1;
+  std::int64_t longest = 1;
+  const auto outliers = [&outlier_ratio](const std::string& name, const at::Tensor& t) {
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".out") != 0) return;
+    const auto h = t.detach().to(at::kDouble);
+    const double rms = h.pow(2).mean().sqrt().item<double>();
+    if (rms > 0) outlier_ratio = worse(outlier_ratio, h.abs().max().item<double>() / rms);
+  };
+  for (const auto& p : prompts) {
+    const auto ids = as_batch(p, model.options().device);
+    const std::int64_t T = ids.size(1);
+    longest = std::max(longest, T);
+    const auto chunked = model.forward(ids, outliers, kernels::MixerForm::chunked)[0];
+    parallel = worse(parallel, relative_error(model.forward(ids, {}, kernels::MixerForm::parallel)[0], chunked));
+    auto state = model.new_state();
+    std::vector<at::Tensor> rows;
+    for (std::int64_t t = 0; t < T; ++t) rows.push_back(model.step(ids.select(1, t), state)[0]);
+    recurrent = worse(recurrent, relative_error(at::stack(rows), chunked));
+    if (T < 2) continue;
+    auto split = model.new_state();
+    const std::int64_t half = T / 2;
+    model.prefill(ids.narrow(1, 0, half), split);
+    const auto last = model.prefill(ids.narrow(1, half, T - half), split)[0];
+    carry = worse(carry, relative_error(last, chunked[T - 1]));
+  }
+  const double u = unit_roundoff(model.options().dtype);
+  const auto layers = static_cast<double>(model.config().num_hidden_layers);
+  const double bound = 4 * u * std::sqrt(static_cast<double>(longest)) * layers * outlier_ratio;
+  std::ostringstream how;
+  how << "bound 4 u sqrt(T) L A: u " << format_value(u) << ", T " << longest << ", L " << layers << ", A "
+      << format_value(outlier_ratio);
+  r.add("L1", "drift in " + dtype_name(model.options().dtype) + ": parallel form vs chunked (logits)", parallel, "<=", bound, how.str());
+  r.add("L1", "drift in " + dtype_name(model.options().dtype) + ": recurrent decode vs chunked (logits)", recurrent, "<=", bound);
+  r.add("L1", "drift in " + dtype_name(model.options().dtype) + ": split prompt, carried state vs one prefill", carry, "<=", bound);
+  return bound;
+}
+
+// L2: the logits recorded at export come back: bit-identical on the same device, dtype and threads, else
+// within the rounding drift bound of L1 (another thread count or device reorders the same sums).
+void check_reload(const std::filesystem::path& dir, const CausalLM& model, double drift_bound, ReportBuilder& r) {
   const auto path = dir / kVerifyLogitsFile;
   // Only an export promises recorded logits; a plain checkpoint without them has no L2 to check.
   if (!std::filesystem::exists(path) && model.config().linearize.is_null()) return;
@@ -186,10 +336,10 @@ void check_reload(const std::filesystem::path& dir, const CausalLM& model, Repor
     if (!ids) break;
     const auto expected = recorded.tensor("prompt." + std::to_string(i) + ".logits");
     const auto got = model.forward(recorded.tensor(ids->name).unsqueeze(0).to(model.options().device))[0].to(at::kCPU);
-    worst = std::max(worst, exact ? (got.to(at::kFloat) - expected).abs().max().item<double>() : relative_error(got, expected));
+    worst = worse(worst, exact ? (got.to(at::kFloat) - expected).abs().max().item<double>() : relative_error(got, expected));
   }
   if (exact) r.add("L2", "reload reproduces the recorded logits (bit-identical)", worst, "==", 0);
-  else r.add("L2", "reload reproduces the recorded logits (other device/dtype/threads)", worst, "<=", kFormsTolerance);
+  else r.add("L2", "reload reproduces the recorded logits (other device/dtype/threads)", worst, "<=", drift_bound);
 }
 
 // What L3 and L4 need from the source, per prompt: its logits and named intermediates. Computed before
@@ -197,10 +347,36 @@ void check_reload(const std::filesystem::path& dir, const CausalLM& model, Repor
 struct SourceOutputs {
   std::vector<at::Tensor> logits;                            // [T, vocab]
   std::vector<std::map<std::string, at::Tensor>> captured;  // layers.{i}.out / attn_in / attn_out
+  std::vector<std::vector<std::int64_t>> continuations;      // greedy, one per generation prompt
 };
 
-SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& config, const LoadOptions& load,
+// L4's generation prompts: the first kGenerationPromptTokens tokens of the first few prompts long enough.
+constexpr std::size_t kGenerationPrompts = 4, kGenerationPromptTokens = 24, kGenerationPromptMinTokens = 8;
+std::vector<std::vector<std::int64_t>> generation_prompts(const std::vector<std::vector<std::int64_t>>& prompts) {
+  std::vector<std::vector<std::int64_t>> out;
+  for (const auto& p : prompts) {
+    if (p.size() < kGenerationPromptMinTokens) continue;
+    out.emplace_back(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(std::min(p.size(), kGenerationPromptTokens)));
+    if (out.size() == kGenerationPrompts) break;
+  }
+  return out;
+}
+
+// Greedy decoding through prefill and the recurrent step (what `generate` does), `tokens` new ids.
+std::vector<std::int64_t> greedy(const CausalLM& model, const std::vector<std::int64_t>& prompt, std::int64_t tokens) {
+  auto state = model.new_state();
+  auto next = model.prefill(as_batch(prompt, model.options().device), state).argmax(-1);
+  std::vector<std::int64_t> out;
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    out.push_back(next.item<std::int64_t>());
+    if (i + 1 < tokens) next = model.step(next, state).argmax(-1);
+  }
+  return out;
+}
+
+SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& config, const VerifyOptions& options,
                          const std::vector<std::vector<std::int64_t>>& prompts) {
+  const auto& load = options.load;
   const auto source = load_model(dir, load);
   if (source.config().num_hidden_layers != config.num_hidden_layers || source.config().vocab_size != config.vocab_size)
     throw InputError(dir.string(), "config.json", "is not this model's source (layers or vocabulary differ)");
@@ -218,6 +394,7 @@ SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& co
     out.logits.push_back(source.forward(as_batch(p, source.options().device), keep)[0]);
     out.captured.push_back(std::move(seen));
   }
+  for (const auto& p : generation_prompts(prompts)) out.continuations.push_back(greedy(source, p, options.generate_tokens));
   return out;
 }
 
@@ -234,7 +411,7 @@ void check_exactness(const CausalLM& model, const SourceOutputs& source, ReportB
       const CaptureFn none;
       const auto out = model.layers()[static_cast<std::size_t>(layer)].mixer->forward(
           seen.at(scope + ".attn_in"), 0, nullptr, MixerCall{none, scope + ".mixer"});
-      worst = std::max(worst, relative_error(out, seen.at(scope + ".attn_out")));
+      worst = worse(worst, relative_error(out, seen.at(scope + ".attn_out")));
     }
   }
   r.add("L3", "softmax_layers reproduce the source layer outputs", worst, "<=", kExactTolerance);
@@ -266,7 +443,7 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
     for (std::int64_t i = 0; i < layers; ++i) {
       const auto name = "layers." + std::to_string(i) + ".out";
       auto& e = layer_error[static_cast<std::size_t>(i)];
-      e = std::max(e, relative_error(mod_h.at(name), source.captured[n].at(name)));
+      e = worse(e, relative_error(mod_h.at(name), source.captured[n].at(name)));
     }
   }
   std::sort(kls.begin(), kls.end());
@@ -282,6 +459,28 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
   if (options.min_top1) r.add("L4", "top-1 agreement with the source", top1, ">=", *options.min_top1);
   else r.info("L4", "top-1 agreement with the source", top1);
   r.info("L4", "perplexity ratio (model / source) on the prompts", ppl_ratio);
+
+  // Greedy generation: where the model's continuation first leaves the source's (likelihood figures can
+  // hide large generative gaps). The value is the mean fraction of tokens before the first divergence.
+  const auto gen = generation_prompts(prompts);
+  if (!gen.empty() && options.generate_tokens > 0) {
+    double position_sum = 0;
+    std::size_t identical = 0;
+    for (std::size_t n = 0; n < gen.size(); ++n) {
+      const auto ours = greedy(model, gen[n], options.generate_tokens);
+      const auto& theirs = source.continuations[n];
+      const auto first = static_cast<std::size_t>(std::mismatch(ours.begin(), ours.end(), theirs.begin()).first - ours.begin());
+      position_sum += static_cast<double>(first);
+      identical += first == ours.size();
+    }
+    const double mean_first = position_sum / static_cast<double>(gen.size());
+    const double fraction = mean_first / static_cast<double>(options.generate_tokens);
+    std::ostringstream detail;
+    detail << "mean first divergence at token " << format_value(mean_first) << " of " << options.generate_tokens << "; "
+           << identical << " of " << gen.size() << " continuations identical";
+    if (options.min_gen_agree) r.add("L4", "greedy generation agreement (tokens before first divergence)", fraction, ">=", *options.min_gen_agree, detail.str());
+    else r.info("L4", "greedy generation agreement (tokens before first divergence)", fraction, detail.str());
+  }
   std::int64_t first_over = -1;
   for (std::int64_t i = 0; i < layers; ++i) {
     const double e = layer_error[static_cast<std::size_t>(i)];
@@ -313,6 +512,7 @@ nlohmann::ordered_json VerifyReport::to_json() const {
     j["checks"].push_back(row);
   }
   j["layers"] = layers;
+  j["layer_forms"] = layer_forms;
   return j;
 }
 
@@ -332,17 +532,94 @@ std::string VerifyReport::table() const {
   return out.str();
 }
 
-std::vector<std::vector<std::int64_t>> builtin_verify_prompts(std::int64_t vocab_size) {
-  std::uint64_t x = 0x9E3779B97F4A7C15ULL;  // splitmix64: the same ids everywhere
-  std::vector<std::vector<std::int64_t>> prompts(2);
-  for (auto& p : prompts)
-    for (int i = 0; i < 96; ++i) {
-      x += 0x9E3779B97F4A7C15ULL;
-      std::uint64_t z = x;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-      p.push_back(static_cast<std::int64_t>((z ^ (z >> 31)) % static_cast<std::uint64_t>(vocab_size)));
+std::string VerifyReport::junit(const std::string& suite) const {
+  const auto escape = [](const std::string& text) {
+    std::string out;
+    for (const char c : text) {
+      switch (c) {
+        case '&': out += "&amp;"; break;
+        case '<': out += "&lt;"; break;
+        case '>': out += "&gt;"; break;
+        case '"': out += "&quot;"; break;
+        case '\'': out += "&apos;"; break;
+        default: out += c;
+      }
     }
+    return out;
+  };
+  std::size_t failures = 0;
+  for (const auto& c : checks) failures += c.enforced && !c.passed;
+  std::ostringstream out;
+  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"" << escape(suite) << "\" tests=\""
+      << checks.size() << "\" failures=\"" << failures << "\">\n";
+  for (const auto& c : checks) {
+    out << "  <testcase classname=\"verify." << escape(c.level) << "\" name=\"" << escape(c.name) << "\">";
+    const std::string value = "value " + format_value(c.value) +
+                              (c.enforced ? ", tolerance " + c.comparison + " " + format_value(c.tolerance) : " (reported, not enforced)") +
+                              (c.detail.empty() ? "" : "; " + c.detail);
+    if (c.enforced && !c.passed) out << "\n    <failure message=\"" << escape(value) << "\" type=\"" << escape(c.level) << "\"/>\n  ";
+    else out << "<system-out>" << escape(value) << "</system-out>";
+    out << "</testcase>\n";
+  }
+  out << "</testsuite>\n</testsuites>\n";
+  return out.str();
+}
+
+VerifyPrompts builtin_verify_prompts(const std::filesystem::path& dir, const ModelConfig& config) {
+  // Lengths at the edges of the chunked form's chunks and of every window the model has (the recipe's
+  // window branch, the source's sliding layers), and one long enough for a window cache to evict twice.
+  const std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
+  std::set<std::int64_t> windows;
+  const auto params = config.linearize.is_null() ? nlohmann::json::object()
+                                                 : config.linearize.value("params", nlohmann::json::object());
+  if (params.contains("window") && params["window"].is_number_integer()) windows.insert(params["window"].get<std::int64_t>());
+  if (config.sliding_window) windows.insert(*config.sliding_window);
+  std::set<std::int64_t> lengths{1, chunk - 1, chunk, chunk + 1};
+  std::int64_t widest = chunk;
+  for (const auto w : windows) {
+    for (const auto l : {w - 1, w, w + 1})
+      if (l >= 1) lengths.insert(l);
+    widest = std::max(widest, w);
+  }
+  lengths.insert(2 * widest + chunk + 1);
+
+  VerifyPrompts prompts;
+  if (!std::filesystem::exists(dir / "tokenizer.json")) {
+    std::uint64_t x = 0x9E3779B97F4A7C15ULL;  // splitmix64: the same ids everywhere
+    for (const auto length : lengths) {
+      auto& p = prompts.ids.emplace_back();
+      for (std::int64_t i = 0; i < length; ++i) {
+        x += 0x9E3779B97F4A7C15ULL;
+        std::uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        p.push_back(static_cast<std::int64_t>((z ^ (z >> 31)) % static_cast<std::uint64_t>(config.vocab_size)));
+      }
+    }
+    prompts.origin = "random token ids (the model directory has no tokenizer.json)";
+    return prompts;
+  }
+  const auto tokenizer = Tokenizer::from_dir(dir);
+  std::vector<std::vector<std::int64_t>> samples;
+  // Each sample starts as a document does: with BOS where the tokenizer defines one, whether or not its
+  // post-processor adds it (models put their attention sink and massive activations there).
+  const auto bos = tokenizer.bos_id();
+  for (const auto text : builtin_verify_texts()) {
+    auto ids = tokenizer.encode(text);
+    if (bos && (ids.empty() || ids.front() != *bos)) ids.insert(ids.begin(), *bos);
+    samples.push_back(std::move(ids));
+  }
+  // Prompt n starts at sample n (mod the count) and runs on into the next samples as far as it must.
+  std::size_t n = 0;
+  for (const auto length : lengths) {
+    auto& p = prompts.ids.emplace_back();
+    for (std::size_t s = n++; static_cast<std::int64_t>(p.size()) < length; ++s) {
+      const auto& sample = samples[s % samples.size()];
+      p.insert(p.end(), sample.begin(), sample.begin() + std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(sample.size()),
+                                                                                  length - static_cast<std::ptrdiff_t>(p.size())));
+    }
+  }
+  prompts.origin = "built-in text (prose, code, numbers, non-English)";
   return prompts;
 }
 
@@ -364,22 +641,41 @@ VerifyReport verify_model(const VerifyOptions& options) {
   ReportBuilder r;
   const auto config = load_model_config(options.model / "config.json");
   if (!check_structure(options.model, config, options, r)) return std::move(r.report);
-  const auto prompts = options.prompts.empty() ? builtin_verify_prompts(config.vocab_size) : options.prompts;
-  for (const auto& p : prompts)
+  const auto given = options.prompts.ids.empty() ? builtin_verify_prompts(options.model, config) : options.prompts;
+  const auto& prompts = given.ids;
+  std::int64_t tokens = 0;
+  for (const auto& p : prompts) {
+    if (p.empty()) throw InputError(given.origin, "prompt", "is empty");
+    tokens += static_cast<std::int64_t>(p.size());
     for (const auto id : p)
       if (id < 0 || id >= config.vocab_size)
-        throw InputError("command line", "prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
+        throw InputError(given.origin, "prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
+  }
+  r.info("L1", "verify prompts", static_cast<double>(prompts.size()),
+         given.origin + ", " + std::to_string(tokens) + " tokens");
   std::optional<SourceOutputs> source;
-  if (options.source) source = run_source(*options.source, config, options.load, prompts);
+  if (options.source) source = run_source(*options.source, config, options, prompts);
   const auto model = load_model(options.model, options.load);
   warm_up(model, prompts);
-  check_forms(model, prompts, r);
-  check_reload(options.model, model, r);
+  const auto sample = l1_sample(prompts);
+  check_layer_forms(model, sample, r);
+  const double drift_bound = check_forms(model, sample, r);
+  check_reload(options.model, model, drift_bound, r);
   if (source) {
     check_exactness(model, *source, r);
     check_agreement(model, *source, options, prompts, r);
   }
   return std::move(r.report);
+}
+
+VerifyReport record_and_verify(const std::filesystem::path& dir, const std::filesystem::path& source, VerifyOptions options) {
+  {
+    const auto model = load_model(dir, options.load);
+    record_verify_logits(dir, model, builtin_verify_prompts(dir, model.config()).ids);
+  }  // one model in memory at a time
+  options.model = dir;
+  options.source = source;
+  return verify_model(options);
 }
 
 }  // namespace linearize

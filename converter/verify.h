@@ -15,12 +15,22 @@
 
 namespace linearize {
 
+// The prompts verify runs on, and where they came from (the report says).
+struct VerifyPrompts {
+  std::vector<std::vector<std::int64_t>> ids;
+  std::string origin;  // "built-in text", "random token ids (no tokenizer.json)", "--text FILE"
+};
+
 struct VerifyOptions {
   std::filesystem::path model;
-  std::optional<std::filesystem::path> source;     // enables the byte comparison of copies, L3 and L4
-  std::vector<std::vector<std::int64_t>> prompts;  // L1/L4 prompts; empty: the built-in set
-  std::optional<double> max_kl, min_top1;          // L4 thresholds, enforced when set
-  double layer_budget = 0.25;                       // L4: per-layer hidden-state relative error budget
+  std::optional<std::filesystem::path> source;  // enables the byte comparison of copies, L3 and L4
+  VerifyPrompts prompts;                        // L1/L4 prompts; empty: builtin_verify_prompts
+  std::optional<double> max_kl, min_top1;       // L4 thresholds, enforced when set
+  // L4 greedy generation: tokens per continuation, and the least mean fraction of them identical to the
+  // source's before the first divergence (enforced when set).
+  std::int64_t generate_tokens = 32;
+  std::optional<double> min_gen_agree;
+  double layer_budget = 0.25;  // L4: per-layer hidden-state relative error budget
   LoadOptions load;
 };
 
@@ -32,22 +42,28 @@ struct CheckResult {
   double tolerance = 0;
   bool enforced = true;    // false: reported only (an L4 figure without a threshold)
   bool passed = true;
-  std::string detail;      // what failed, by name
+  std::string detail;      // what failed, by name (the worst layer, the first differing tensor)
 };
 
 struct VerifyReport {
   std::vector<CheckResult> checks;
   nlohmann::ordered_json layers = nlohmann::ordered_json::array();  // L4 per-layer relative errors
+  // L1 per converted layer: the fp64 form differences, and how far the compute-dtype chunked and recurrent
+  // forms are from the fp64 result (which form rounds worst, and where in depth).
+  nlohmann::ordered_json layer_forms = nlohmann::ordered_json::array();
   bool passed() const;
   nlohmann::ordered_json to_json() const;
   std::string table() const;  // one row per check: level, check, value, tolerance, PASS/FAIL
+  // JUnit XML: one testcase per check (a FAIL carries value and tolerance), for CI systems' test views.
+  std::string junit(const std::string& suite) const;
 };
 
 VerifyReport verify_model(const VerifyOptions& options);
 
-// Deterministic prompts for L1/L2/L4 when none are given: 2 x 96 ids drawn from the vocabulary with a
-// fixed seed, long enough to pass every default window (64).
-std::vector<std::vector<std::int64_t>> builtin_verify_prompts(std::int64_t vocab_size);
+// The prompts of L1/L2/L4 when none are given: the built-in real text (verify_text.h) tokenized by the
+// model directory's tokenizer, cut to lengths at the chunk and window edges (1, C-1, C, C+1, W-1, W, W+1
+// and 2 max(W, C) + C + 1, so a window cache evicts); random token ids, said in `origin`, when there is no tokenizer.
+VerifyPrompts builtin_verify_prompts(const std::filesystem::path& dir, const ModelConfig& config);
 
 inline constexpr const char* kVerifyLogitsFile = "verify_logits.safetensors";
 inline constexpr const char* kVerifyReportFile = "verify.json";
@@ -56,5 +72,10 @@ inline constexpr const char* kVerifyReportFile = "verify.json";
 // device, dtype and thread count), which L2 of every later verify must reproduce.
 void record_verify_logits(const std::filesystem::path& dir, const CausalLM& model,
                           const std::vector<std::vector<std::int64_t>>& prompts);
+
+// What every export does last (convert, distill): record the logits of the built-in prompts from the
+// export as loaded, then verify it against its source with `options` (model and prompts are set here).
+VerifyReport record_and_verify(const std::filesystem::path& dir, const std::filesystem::path& source,
+                               VerifyOptions options = {});
 
 }  // namespace linearize

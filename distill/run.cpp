@@ -614,14 +614,11 @@ DistillResult run_distill(const DistillOptions& options) {
   if (!validation.empty()) result.after = evaluate_quality(student, source, validation);
   result.export_dir = out / "model";
   export_model(converted, result.export_dir, stage1_params, adapters, config);
-  const auto exported = load_model(result.export_dir);
-  record_verify_logits(result.export_dir, exported, builtin_verify_prompts(exported.config().vocab_size));
   VerifyOptions verify;
-  verify.model = result.export_dir;
-  verify.source = fs::path(config.model);
   verify.max_kl = config.verify.max_kl;
   verify.min_top1 = config.verify.min_top1;
-  result.verify = verify_model(verify);
+  verify.min_gen_agree = config.verify.min_gen_agree;
+  result.verify = record_and_verify(result.export_dir, fs::path(config.model), verify);
   write_report(out, config, result, config.stage1.enabled ? layers : std::vector<std::int64_t>{});
   return result;
 }

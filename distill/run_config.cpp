@@ -219,6 +219,7 @@ class Schema {
     integer("checkpoint.keep", c.checkpoint.keep);
     optional_real("verify.max_kl", c.verify.max_kl);
     optional_real("verify.min_top1", c.verify.min_top1);
+    optional_real("verify.min_gen_agree", c.verify.min_gen_agree);
     add("seed", [&v = c.seed](const YAML::Node& node, const std::string& source) {
           const auto i = node.IsScalar() ? parse_int(node.Scalar()) : std::nullopt;
           if (!i || *i < 0) expected(source, "seed", "a non-negative integer", node);
@@ -497,6 +498,8 @@ void RunConfig::validate(const std::string& source) const {
   require(source, "checkpoint.keep", checkpoint.keep, [](std::int64_t v) { return v >= 1; }, ">= 1");
   if (verify.max_kl) require(source, "verify.max_kl", *verify.max_kl, [](double v) { return v >= 0; }, ">= 0");
   if (verify.min_top1) require(source, "verify.min_top1", *verify.min_top1, [](double v) { return v >= 0 && v <= 1; }, "in [0, 1]");
+  if (verify.min_gen_agree)
+    require(source, "verify.min_gen_agree", *verify.min_gen_agree, [](double v) { return v >= 0 && v <= 1; }, "in [0, 1]");
   require(source, "log_every", log_every, [](std::int64_t v) { return v >= 1; }, ">= 1");
 }
 

@@ -94,6 +94,7 @@ struct CheckpointConfig {
 struct VerifyConfig {
   std::optional<double> max_kl;      // mean KL(teacher || student) bound; unset: reported, not enforced
   std::optional<double> min_top1;    // top-1 agreement bound in [0, 1]
+  std::optional<double> min_gen_agree;  // greedy generation: mean fraction before the first divergence, [0, 1]
 };
 
 struct RecipeConfig {

@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify)
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench linearize)
 
 scripts/setup.sh
@@ -226,6 +226,40 @@ for name in ("source", "converted"):
           f"resident growth {a['rss_growth_bytes'] / 2**20:.1f} -> {b['rss_growth_bytes'] / 2**20:.1f} MiB")
 ok = mem[("converted", 4096)]["state_bytes"] == mem[("converted", 256)]["state_bytes"]
 print(f"  converted state constant in decoded length: {'PASS' if ok else 'FAIL'}")
+PYEOF
+)
+}
+
+# What convert and verify cost at a real depth (bench/verify_cost.py): wall time and peak RSS of `convert`
+# (records and verifies on the built-in prompts) and of `verify --text` over 4096 tokens, fresh processes,
+# on a random SmolLM-135M-shaped Llama (30 layers, made here once, not committed) and on the deep fixture;
+# LINEARIZE_BENCH_VERIFY_1B=1 adds a random TinyLlama-1.1B-shaped bf16 checkpoint.
+section_verify() {
+  local models=("$LINEARIZE_BENCH_DIR/llama-135m")
+  echo "== verify: convert and verify --text 4096 tokens, wall time and peak RSS"
+  "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
+  [ -d tests/fixtures/deep-llama ] && models+=(tests/fixtures/deep-llama)
+  if [ "${LINEARIZE_BENCH_VERIFY_1B:-0}" = 1 ]; then
+    "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-1b-bf16" --size 1b --dtype bf16 --tokenizer tests/fixtures/tiny-llama
+    models+=("$LINEARIZE_BENCH_DIR/llama-1b-bf16")
+  fi
+  local jsons=()
+  for model in "${models[@]}"; do
+    local json=$BENCH_OUT/verify_cost_$(basename "$model").json
+    "$PY" bench/verify_cost.py --linearize "$BUILD_DIR/cli/linearize" --source "$model" --recipe lolcats \
+      --work "$LINEARIZE_BENCH_DIR/verify" --text-tokens 4096 --out "$json"
+    jsons+=("$json")
+  done
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "${jsons[@]}" <<'PYEOF'
+import json, sys
+print("verify cost (lolcats conversions, fresh processes):")
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    gib = 1 << 30
+    print(f"  {r['source']}: convert (+ verify, built-in prompts) {r['convert_s']:.1f} s, peak RSS {r['convert_peak_rss'] / gib:.2f} GiB"
+          f" [{'PASS' if r['convert_passed'] else 'FAIL'}]; verify --text {r['text_tokens']} tokens {r['verify_text_s']:.1f} s, "
+          f"peak RSS {r['verify_text_peak_rss'] / gib:.2f} GiB [{'PASS' if r['verify_text_passed'] else 'FAIL'}]"
+          + ("   target <= 60 s: " + ("PASS" if r['verify_text_s'] <= 60 else "FAIL") if "135m" in r["source"] else ""))
 PYEOF
 )
 }

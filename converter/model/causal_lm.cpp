@@ -62,6 +62,12 @@ std::int64_t DecodeState::bytes() const {
   return total;
 }
 
+SoftmaxAttentionShape attention_shape(const ModelConfig& config, std::int64_t layer) {
+  return {config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.max_position_embeddings,
+          config.layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? config.sliding_window
+                                                                                         : std::nullopt};
+}
+
 CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& options, const MixerOverrides* overrides) {
   return load(dir, load_model_config(dir / "config.json"), options, overrides);
 }
@@ -94,11 +100,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
                               w.take(p + "self_attn.v_proj.weight"), w.get(p + "self_attn.o_proj.weight"),
                               w.take(p + "self_attn.q_proj.bias"), w.take(p + "self_attn.k_proj.bias"),
                               w.take(p + "self_attn.v_proj.bias"), w.optional(p + "self_attn.o_proj.bias")};
-    SoftmaxAttentionShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.max_position_embeddings,
-                                cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding
-                                    ? cfg.sliding_window
-                                    : std::nullopt};
-    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), shape, cfg.rope, layer.adapters);
+    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), attention_shape(cfg, i), cfg.rope, layer.adapters);
     layer.attention = softmax->projections();
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);

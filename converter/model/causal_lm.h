@@ -67,6 +67,9 @@ struct LoadOptions {
 
 class ModelWeights;
 
+// The source attention's shape in `layer` (its window on sliding layers).
+SoftmaxAttentionShape attention_shape(const ModelConfig& config, std::int64_t layer);
+
 // How a converted model replaces layers' mixers at load time: the tensors it adds (checked with the
 // decoder's in one pass) and a factory given the source attention and every loaded weight.
 struct MixerOverrides {

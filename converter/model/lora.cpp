@@ -40,10 +40,12 @@ LoraLinear::LoraLinear(std::string path, at::Tensor weight, at::Tensor bias, con
 }
 
 at::Tensor LoraLinear::lora_path(const at::Tensor& x, bool training) const {
-  at::Tensor lora_in = x.to(a_.scalar_type());
+  // fp32, or fp64 for fp64 inputs (verify's per-layer L1 runs a layer in fp64).
+  const auto dtype = at::promote_types(x.scalar_type(), a_.scalar_type());
+  at::Tensor lora_in = x.to(dtype);
   // p = 0 is PEFT's nn.Identity: no dropout call, so no random numbers are drawn.
   if (training && options_.dropout > 0) lora_in = at::dropout(lora_in, options_.dropout, true);
-  return at::linear(at::linear(lora_in, a_), b_) * scale_;
+  return at::linear(at::linear(lora_in, a_.to(dtype)), b_.to(dtype)) * scale_;
 }
 
 at::Tensor LoraLinear::forward(const at::Tensor& x, bool training) const {

@@ -47,8 +47,8 @@ class HedgehogMixer final : public TokenMixer {
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
     kernels::LinearAttentionInputs in;
-    in.q = kernels::hedgehog(recipes::rope_bthd(h.q, cs).to(at::kFloat), map_q_);
-    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H), map_k_);
+    in.q = kernels::hedgehog(recipes::at_least_fp32(recipes::rope_bthd(h.q, cs)), map_q_);
+    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::at_least_fp32(recipes::rope_bthd(h.k, cs)), H), map_k_);
     in.v = recipes::repeat_heads(h.v, H);
     return in;
   }

@@ -21,9 +21,9 @@ class LigerGlaMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
-    const auto k = h.k.to(at::kFloat);
+    const auto k = recipes::at_least_fp32(h.k);
     const kernels::LigerAttentionInputs in{recipes::rope_bthd(h.q, cs), recipes::rope_bthd(h.k, cs), h.v,
-                                           kernels::softmax_d(h.q.to(at::kFloat)), kernels::softmax_d(k),
+                                           kernels::softmax_d(recipes::at_least_fp32(h.q)), kernels::softmax_d(k),
                                            at::log_sigmoid(k) / gate_normalizer_};
     return recipes::run_hybrid(kernels::liger_attention, in, window_, source_, x, state, call);
   }

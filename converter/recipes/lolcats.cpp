@@ -27,11 +27,11 @@ class LolcatsMixer final : public TokenMixer {
     const std::int64_t H = source_.shape().heads;
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
-    const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
-    // q is fp32, so the maps are too, whatever dtype the model was loaded in.
+    const auto q = recipes::at_least_fp32(recipes::rope_bthd(h.q, cs));
+    // The maps compute in q's dtype (fp32, or fp64 in verify's rebuilt mixer), whatever the model's.
     const kernels::LolcatsAttentionInputs in{
-        q, recipes::rope_bthd(h.k, cs), h.v, kernels::hedgehog(q, map_q_.to(at::kFloat)),
-        [this, H](const at::Tensor& k) { return kernels::hedgehog(recipes::repeat_heads(k, H), map_k_.to(at::kFloat)); },
+        q, recipes::rope_bthd(h.k, cs), h.v, kernels::hedgehog(q, map_q_.to(q.scalar_type())),
+        [this, H](const at::Tensor& k) { return kernels::hedgehog(recipes::repeat_heads(k, H), map_k_.to(k.scalar_type())); },
         window_factors_};
     return recipes::run_hybrid(kernels::lolcats_attention, in, window_, source_, x, state, call);
   }
@@ -44,16 +44,16 @@ class LolcatsMixer final : public TokenMixer {
     const std::int64_t T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(0, T, x);
-    const auto q = recipes::rope_bthd(h.q, cs).to(at::kFloat);
-    const auto k = recipes::repeat_heads(recipes::rope_bthd(h.k, cs).to(at::kFloat), H);
+    const auto q = recipes::at_least_fp32(recipes::rope_bthd(h.q, cs));
+    const auto k = recipes::repeat_heads(recipes::at_least_fp32(recipes::rope_bthd(h.k, cs)), H);
     const auto positions = at::arange(T, x.options().dtype(at::kLong));
     const auto back = positions.unsqueeze(1) - positions.unsqueeze(0);  // i - j
     const auto outside_window = back.lt(0).logical_or(back.ge(window_));
     const auto scores = recipes::pairwise(q, k).mul(1.0 / std::sqrt(double(d)))
                             .masked_fill(outside_window, -std::numeric_limits<double>::infinity());
     const auto win = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp();  // c_i: the window's row max
-    const auto lin = recipes::pairwise(kernels::hedgehog(q, map_q_.to(at::kFloat)), kernels::hedgehog(k, map_k_.to(at::kFloat))).masked_fill(back.lt(window_), 0);
-    const auto mixed = at::sigmoid(window_factors_.to(at::kFloat)).view({1, H, 1, 1}) * win + lin;
+    const auto lin = recipes::pairwise(kernels::hedgehog(q, map_q_.to(q.scalar_type())), kernels::hedgehog(k, map_k_.to(q.scalar_type()))).masked_fill(back.lt(window_), 0);
+    const auto mixed = at::sigmoid(window_factors_.to(q.scalar_type())).view({1, H, 1, 1}) * win + lin;
     return mixed / mixed.sum(-1, /*keepdim=*/true);
   }
 

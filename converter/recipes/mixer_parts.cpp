@@ -4,6 +4,10 @@
 
 namespace linearize::recipes {
 
+at::Tensor at_least_fp32(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? t : t.to(at::kFloat);
+}
+
 at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs) {
   return kernels::apply_rope(x.transpose(1, 2), cs).transpose(1, 2);
 }

@@ -11,6 +11,10 @@
 
 namespace linearize::recipes {
 
+// t in fp32 when it is narrower (bf16/fp16 models compute maps and gates in fp32), fp64 kept: verify's
+// per-layer L1 runs a mixer rebuilt in fp64, where a cast to fp32 would round each form differently.
+at::Tensor at_least_fp32(const at::Tensor& t);
+
 // RoPE on [B, T, H, D] at positions start.. (the source model's own RoPE).
 at::Tensor rope_bthd(const at::Tensor& x, const kernels::RopeCosSin& cs);
 

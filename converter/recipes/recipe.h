@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -54,7 +55,10 @@ struct Recipe {
 };
 
 // The registered recipes, and one by name (InputError(file, field) listing the known ones).
-const std::vector<Recipe>& registered_recipes();
+// A deque: registering more never moves the recipes already handed out.
+const std::deque<Recipe>& registered_recipes();
+// Adds a recipe defined outside registry.cpp (a plug-in, or a test's recipe); the name must be new.
+void register_recipe(Recipe recipe);
 const Recipe& find_recipe(const std::string& name, const std::string& file, const std::string& field);
 
 // Fills defaults and validates `given` (from --set or YAML) against the recipe: an unknown key names the

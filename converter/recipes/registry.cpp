@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cctype>
+#include <deque>
+#include <stdexcept>
 
 #include "converter/recipes/recipe.h"
 #include "formats/error.h"
@@ -28,11 +30,22 @@ bool same_type(const nlohmann::json& value, const nlohmann::json& default_value)
   return value.type() == default_value.type();
 }
 
+std::deque<Recipe>& registry() {
+  static std::deque<Recipe> registered = [] {
+    const auto all = register_all();
+    return std::deque<Recipe>(all.begin(), all.end());
+  }();
+  return registered;
+}
+
 }  // namespace
 
-const std::vector<Recipe>& registered_recipes() {
-  static const std::vector<Recipe> registered = register_all();
-  return registered;
+const std::deque<Recipe>& registered_recipes() { return registry(); }
+
+void register_recipe(Recipe recipe) {
+  for (const auto& r : registry())
+    if (r.name == recipe.name) throw std::invalid_argument("register_recipe: '" + recipe.name + "' is registered already");
+  registry().push_back(std::move(recipe));
 }
 
 const Recipe& find_recipe(const std::string& name, const std::string& file, const std::string& field) {

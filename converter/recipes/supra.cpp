@@ -46,7 +46,7 @@ class SupraMixer final : public TokenMixer {
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, T, x);
     const auto phi = [&](const at::Tensor& heads, const at::Tensor& w, const at::Tensor& b) {
-      const auto mapped = at::relu(at::linear(heads.reshape({B, T, -1}).to(at::kFloat), w, b));
+      const auto mapped = at::relu(at::linear(recipes::at_least_fp32(heads.reshape({B, T, -1})), w, b));
       return recipes::rope_bthd(mapped.view({B, T, -1, d}), cs);
     };
     kernels::LinearAttentionInputs in;
@@ -59,7 +59,7 @@ class SupraMixer final : public TokenMixer {
     options.scale = 1.0 / std::sqrt(static_cast<double>(d));
     auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
     // GroupNorm(num_groups = H, affine = False) over the concatenated heads: each head normalised alone.
-    const auto o = lin.o.to(at::kFloat);
+    const auto o = recipes::at_least_fp32(lin.o);
     const auto mean = o.mean(-1, true), var = (o - mean).pow(2).mean(-1, true);
     const auto normed = (o - mean) * at::rsqrt(var + eps_);
     if (call.capture) call.capture(call.scope + ".o_lin", lin.o);

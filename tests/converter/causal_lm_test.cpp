@@ -1,4 +1,4 @@
-// The reference forward against what transformers computed for the three fixtures (tests/fixtures/*/
+// The reference forward against what transformers computed for the fixtures (tests/fixtures/*/
 // reference.safetensors, fp32, eager attention), decode through step() against the full forward, and a
 // bf16 model against fp32.
 #include <gtest/gtest.h>
@@ -17,6 +17,13 @@ namespace {
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   return (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>() /
          expected.to(at::kDouble).abs().max().item<double>();
+}
+
+// The same per position ([T, d] rows), worst row: deep-llama's <|bos|> row carries channels of +-1000, and
+// measured against those a 1e-5 bound would let the other positions' O(1) channels be off by 1e-2.
+double relative_error_per_position(const at::Tensor& actual, const at::Tensor& expected) {
+  const auto e = expected.to(at::kDouble);
+  return ((actual.to(at::kDouble) - e).abs().amax(-1) / e.abs().amax(-1)).max().item<double>();
 }
 
 // fp32 with the same operations in a different order (fused SDPA vs eager softmax, another GEMM blocking)
@@ -46,10 +53,10 @@ TEST_P(ReferenceForward, LogitsAndEveryHiddenStateMatchTransformers) {
     // transformers' hidden_states: the embeddings, each layer's output but the last, then the final norm.
     for (std::int64_t j = 0; j <= layers; ++j) {
       const std::string ours = j == 0 ? "embed" : j == layers ? "norm" : "layers." + std::to_string(j - 1) + ".out";
-      EXPECT_LE(relative_error(seen.at(ours), ref.tensor(p + "hidden." + std::to_string(j))), kHiddenTolerance)
+      EXPECT_LE(relative_error_per_position(seen.at(ours), ref.tensor(p + "hidden." + std::to_string(j))), kHiddenTolerance)
           << p << "hidden." << j << " vs " << ours;
     }
-    EXPECT_LE(relative_error(seen.at("layers." + std::to_string(layers - 1) + ".out"), ref.tensor(p + "last_layer_prenorm")),
+    EXPECT_LE(relative_error_per_position(seen.at("layers." + std::to_string(layers - 1) + ".out"), ref.tensor(p + "last_layer_prenorm")),
               kHiddenTolerance);
   }
 }
@@ -107,12 +114,23 @@ TEST_P(ReferenceForward, Bf16ComputeStaysCloseToFp32) {
   EXPECT_GE(agree, 0.75);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2"),
-                         [](const testing::TestParamInfo<std::string>& param) {
-                           auto name = param.param.substr(5);
-                           name[0] = static_cast<char>(std::toupper(name[0]));
-                           return name;
-                         });
+// "deep-llama" -> "DeepLlama".
+std::string fixture_test_name(const testing::TestParamInfo<std::string>& param) {
+  std::string name;
+  bool upper = true;
+  for (const char c : param.param) {
+    if (c == '-') {
+      upper = true;
+      continue;
+    }
+    name += upper ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+    upper = false;
+  }
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"),
+                         fixture_test_name);
 
 }  // namespace
 }  // namespace linearize

@@ -3,6 +3,7 @@
 // parameters are validated. The windowed hybrids' decode state stays constant in the context length.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "converter/linearized.h"
@@ -15,7 +16,6 @@ namespace linearize {
 namespace {
 
 const std::vector<std::string> kRecipes{"liger-gla", "lolcats", "hedgehog", "supra"};
-const std::vector<std::string> kFixtures{"tiny-llama", "tiny-mistral", "tiny-qwen2"};
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   return (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>() /
@@ -30,7 +30,7 @@ std::filesystem::path convert(const test::TempDir& dir, const std::string& fixtu
   options.recipe = recipe;
   options.params = std::move(params);
   convert_checkpoint(options);
-  record_verify_logits(options.out, load_model(options.out), builtin_verify_prompts(768));
+  record_verify_logits(options.out, load_model(options.out), builtin_verify_prompts(options.out, load_model_config(options.out / "config.json")).ids);
   return options.out;
 }
 
@@ -40,23 +40,38 @@ const CheckResult& row(const VerifyReport& report, const std::string& name_start
   throw std::runtime_error("no check " + name_start);
 }
 
-// L0-L3 on every recipe x fixture, on 96-token prompts: past every window (64, and Mistral's 16).
-TEST(Recipes, EveryRecipeOnEveryFixturePassesVerify) {
+class EveryRecipe : public testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+// L0-L4 for every recipe on every fixture (deep-llama: 24 layers, outlier channels), on the built-in
+// prompts: past every window (64, and Mistral's 16); whole conversions and hybrids keeping the last layer.
+TEST_P(EveryRecipe, PassesVerify) {
+  const auto& [fixture, recipe] = GetParam();
   test::TempDir dir;
-  for (const auto& fixture : kFixtures) {
-    for (const auto& recipe : kRecipes) {
-      const auto out = convert(dir, fixture, recipe);
-      VerifyOptions options;
-      options.model = out;
-      options.source = test::fixtures_dir() / fixture;
-      const auto report = verify_model(options);
-      EXPECT_TRUE(report.passed()) << fixture << " " << recipe << "\n" << report.table();
-      for (const char* l1 : {"parallel form", "recurrent decode", "split prompt"})
-        EXPECT_TRUE(row(report, l1).passed) << fixture << " " << recipe << " " << l1;
-      EXPECT_EQ(row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
-    }
+  const auto layers = load_model_config(test::fixtures_dir() / fixture / "config.json").num_hidden_layers;
+  for (const auto& kept : {nlohmann::json::array(), nlohmann::json{layers - 1}}) {
+    const auto out = convert(dir, fixture, recipe, {{"softmax_layers", kept}});
+    VerifyOptions options;
+    options.model = out;
+    options.source = test::fixtures_dir() / fixture;
+    const auto report = verify_model(options);
+    const std::string what = fixture + " " + recipe + " softmax_layers " + kept.dump();
+    EXPECT_TRUE(report.passed()) << what << "\n" << report.table();
+    for (const char* l1 : {"per layer fp64: parallel", "per layer fp64: recurrent", "per layer fp64: split prompt",
+                           "drift in fp32: parallel", "drift in fp32: recurrent", "drift in fp32: split prompt"})
+      EXPECT_TRUE(row(report, l1).passed) << what << " " << l1;
+    EXPECT_EQ(row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
+    std::filesystem::remove_all(out);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, EveryRecipe,
+                         testing::Combine(testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"),
+                                          testing::ValuesIn(kRecipes)),
+                         [](const testing::TestParamInfo<std::tuple<std::string, std::string>>& param) {
+                           auto name = std::get<0>(param.param) + "_" + std::get<1>(param.param);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST(Recipes, SoftmaxLayersReproduceTheSourceLayers) {
   test::TempDir dir;

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 LINEARIZE = os.environ["LINEARIZE_BINARY"]
 FIXTURES = os.environ["LINEARIZE_FIXTURES"]
-MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2"]
+MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"]
 
 
 def weight_files(model_dir):
@@ -90,6 +90,9 @@ class InspectFixtures(unittest.TestCase):
 
     def test_qwen2(self):
         self.check("tiny-qwen2")
+
+    def test_deep_llama(self):
+        self.check("deep-llama")
 
 
 if __name__ == "__main__":

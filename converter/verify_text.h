@@ -1,0 +1,12 @@
+// The real text verify runs on when no --text is given (DESIGN section 6, L4): a few KB of prose, code,
+// numbers and non-English prose, compiled into the binary so an export verifies anywhere.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+namespace linearize {
+
+const std::vector<std::string_view>& builtin_verify_texts();
+
+}  // namespace linearize
