@@ -60,7 +60,9 @@ void add_convert_command(CLI::App& app) {
                  result.new_parameters, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 
     // The export records the logits its verify prompts give (L2 of every later verify), then is verified.
-    report_verification(record_and_verify(opts->out, opts->model), opts->out, std::nullopt);
+    VerifyOptions verify;
+    verify.progress = log_verify_stage;
+    report_verification(record_and_verify(opts->out, opts->model, verify), opts->out, std::nullopt);
   });
 }
 

@@ -1,4 +1,5 @@
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <iostream>
@@ -13,6 +14,8 @@
 #include "formats/tokenizer.h"
 
 namespace linearize::cli {
+
+void log_verify_stage(const std::string& stage, double seconds) { spdlog::info("verify: {} done in {:.1f} s", stage, seconds); }
 
 void report_verification(const VerifyReport& report, const std::filesystem::path& model_dir,
                          const std::optional<std::filesystem::path>& json_out,
@@ -53,6 +56,7 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--junit", opts->junit, "Also write the report as JUnit XML here (one test case per check)");
   cmd->callback([opts] {
     VerifyOptions verify;
+    verify.progress = log_verify_stage;
     verify.model = opts->model;
     if (!opts->source.empty()) verify.source = std::filesystem::path(opts->source);
     verify.max_kl = opts->max_kl;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ struct VerifyOptions {
   std::optional<double> min_gen_agree;
   double layer_budget = 0.25;  // L4: per-layer hidden-state relative error budget
   LoadOptions load;
+  // Called as each stage ends ("L1 per layer fp64", ...) with its wall seconds: verify of a real model
+  // takes minutes, and the CLI shows where they go.
+  std::function<void(const std::string& stage, double seconds)> progress;
 };
 
 struct CheckResult {
@@ -48,8 +52,8 @@ struct CheckResult {
 struct VerifyReport {
   std::vector<CheckResult> checks;
   nlohmann::ordered_json layers = nlohmann::ordered_json::array();  // L4 per-layer relative errors
-  // L1 per converted layer: the fp64 form differences, and how far the compute-dtype chunked and recurrent
-  // forms are from the fp64 result (which form rounds worst, and where in depth).
+  // L1 per converted layer: the fp64 form differences, and how far the compute-dtype chunked form is from
+  // the fp64 result (where in depth rounding grows).
   nlohmann::ordered_json layer_forms = nlohmann::ordered_json::array();
   bool passed() const;
   nlohmann::ordered_json to_json() const;
