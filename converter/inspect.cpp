@@ -1,5 +1,6 @@
 #include "converter/inspect.h"
 
+#include <cmath>
 #include <map>
 #include <sstream>
 
@@ -80,7 +81,17 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
   r["max_position_embeddings"] = cfg.max_position_embeddings;
   r["rms_norm_eps"] = cfg.rms_norm_eps;
   r["rope"] = rope_json(cfg.rope);
+  if (cfg.sliding_rope) r["sliding_rope"] = rope_json(*cfg.sliding_rope);
   r["attention_window"] = window_json(cfg);
+  const auto& b = cfg.block;
+  nlohmann::ordered_json block{{"norm", b.norm == NormStyle::OnePlusWeight ? "rmsnorm (1+w)" : "rmsnorm"},
+                               {"sandwich_norms", b.sandwich_norms},
+                               {"qk_norm", b.qk_norm},
+                               {"activation", cfg.hidden_act},
+                               {"embedding_scale", b.embedding_scale},
+                               {"attention_scale", b.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))}};
+  if (b.final_logit_softcap) block["final_logit_softcap"] = *b.final_logit_softcap;
+  r["block"] = block;
   r["tie_word_embeddings"] = cfg.tie_word_embeddings;
   r["attention_bias"] = cfg.attention_bias;
   r["mlp_bias"] = cfg.mlp_bias;

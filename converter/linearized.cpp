@@ -110,8 +110,8 @@ std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t la
   const auto cast = [dtype](const at::Tensor& t) { return t.defined() ? t.detach().to(dtype) : t; };
   const auto& a = decoder_layer.attention;
   const SoftmaxAttentionMixer source({cast(a.q), cast(a.k), cast(a.v), cast(a.o), cast(a.q_bias), cast(a.k_bias),
-                                      cast(a.v_bias), cast(a.o_bias)},
-                                     attention_shape(config, layer), config.rope, decoder_layer.adapters);
+                                      cast(a.v_bias), cast(a.o_bias), cast(a.q_norm), cast(a.k_norm)},
+                                     attention_shape(config, layer), config.rope_for(layer), decoder_layer.adapters);
   const LayerContext ctx{config, layer, of.params};
   const auto held = decoder_layer.mixer->trainable();
   LayerTensors tensors;
@@ -141,11 +141,12 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   // rotated at the lengths seen so far, so prefill and decode would compute different functions
   // (transformers' own cached decode differs from its prefill there too). Every other RoPE type the
   // families use (default, linear, llama3, yarn) rotates position t the same way whatever the length.
-  if (config.rope.type == RopeType::Dynamic)
+  if (config.rope.type == RopeType::Dynamic || (config.sliding_rope && config.sliding_rope->type == RopeType::Dynamic))
     throw InputError(config.source, "rope_scaling.rope_type",
                      "'dynamic' rescales RoPE by the total sequence length, which a recurrent state cannot follow; "
                      "convert a copy whose config uses a fixed scaling (default, linear, llama3 or yarn)");
   const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
+  if (recipe.check_source) recipe.check_source(config);
   ConvertResult result;
   result.params = resolve_recipe_params(recipe, options.params, config, options.params_origin);
 

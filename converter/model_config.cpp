@@ -24,14 +24,9 @@ RopeType parse_rope_type(const JsonObject& obj, const std::string& key, const st
   obj.fail(key, "unsupported RoPE type '" + name + "' (supported: default, linear, dynamic, llama3, yarn)");
 }
 
-RopeConfig parse_rope(const JsonObject& root, std::int64_t max_positions) {
+// One RoPE: the top-level rope_theta / partial_rotary_factor, overridden by `params` where given.
+RopeConfig parse_rope(const JsonObject& root, const std::optional<JsonObject>& params, std::int64_t max_positions) {
   RopeConfig rope;
-  // `rope_scaling` (legacy) wins over `rope_parameters`, as in transformers' convert_rope_params_to_dict.
-  std::optional<JsonObject> params = root.get_optional_object("rope_scaling");
-  if (!params) params = root.get_optional_object("rope_parameters");
-  if (params && params->raw().contains("full_attention"))
-    params->fail("full_attention", "per-layer-type RoPE parameters are not supported");
-
   const auto top_theta = root.get_optional_double("rope_theta");
   rope.theta = top_theta.value_or(10000.0);
   rope.partial_rotary_factor = root.get_optional_double("partial_rotary_factor").value_or(1.0);
@@ -98,6 +93,17 @@ std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const Co
   return window;
 }
 
+void read_qwen_window_layers(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg) {
+  const auto window = read_sliding_window(root, defaults);
+  cfg.use_sliding_window = root.get_bool("use_sliding_window", false);
+  cfg.max_window_layers = root.get_optional_int("max_window_layers").value_or(defaults.max_window_layers);
+  cfg.sliding_window = cfg.use_sliding_window ? window : std::nullopt;
+  if (read_layer_types(root, cfg)) return;
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+    cfg.layer_types.push_back(cfg.sliding_window && i >= *cfg.max_window_layers ? AttentionKind::Sliding
+                                                                                : AttentionKind::Full);
+}
+
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
   if (!root.has("layer_types")) return false;
   const auto names = root.get_string_list("layer_types");
@@ -112,6 +118,10 @@ bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
   if (cfg.has_sliding_layers() && !cfg.sliding_window)
     root.fail("layer_types", "names sliding_attention layers but no sliding_window is in effect");
   return true;
+}
+
+const RopeConfig& ModelConfig::rope_for(std::int64_t layer) const {
+  return sliding_rope && layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? *sliding_rope : rope;
 }
 
 bool ModelConfig::has_sliding_layers() const {
@@ -154,8 +164,8 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   if (cfg.num_attention_heads % cfg.num_key_value_heads != 0)
     root.fail("num_key_value_heads", std::to_string(cfg.num_key_value_heads) + " does not divide num_attention_heads " +
                                          std::to_string(cfg.num_attention_heads));
-  if (root.has("head_dim")) {
-    cfg.head_dim = positive(root, "head_dim", root.get_int("head_dim"));
+  if (root.has("head_dim") || family.head_dim) {
+    cfg.head_dim = positive(root, "head_dim", root.get_optional_int("head_dim").value_or(family.head_dim.value_or(0)));
   } else {
     if (cfg.hidden_size % cfg.num_attention_heads != 0)
       root.fail("num_attention_heads", std::to_string(cfg.num_attention_heads) + " does not divide hidden_size " +
@@ -167,11 +177,26 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   cfg.rms_norm_eps = root.get_optional_double("rms_norm_eps").value_or(1e-6);
   if (!(cfg.rms_norm_eps > 0.0)) root.fail("rms_norm_eps", "must be positive");
   cfg.hidden_act = root.get_optional_string("hidden_act").value_or("silu");
-  cfg.rope = parse_rope(root, cfg.max_position_embeddings);
+  // `rope_scaling` (legacy) wins over `rope_parameters`, as in transformers' convert_rope_params_to_dict.
+  // transformers 5 writes one parameter object per layer type where they differ (Gemma 3).
+  std::optional<JsonObject> rope_params = root.get_optional_object("rope_scaling");
+  if (!rope_params) rope_params = root.get_optional_object("rope_parameters");
+  if (rope_params && rope_params->raw().contains("full_attention")) {
+    cfg.rope = parse_rope(root, rope_params->get_optional_object("full_attention"), cfg.max_position_embeddings);
+    if (rope_params->raw().contains("sliding_attention"))
+      cfg.sliding_rope = parse_rope(root, rope_params->get_optional_object("sliding_attention"), cfg.max_position_embeddings);
+  } else {
+    cfg.rope = parse_rope(root, rope_params, cfg.max_position_embeddings);
+  }
   const auto rotary = static_cast<std::int64_t>(std::llround(cfg.head_dim * cfg.rope.partial_rotary_factor));
   if (rotary % 2 != 0) root.fail("head_dim", "rotary dimension " + std::to_string(rotary) + " is odd");
-  cfg.tie_word_embeddings = root.get_bool("tie_word_embeddings", false);
+  cfg.tie_word_embeddings = root.get_bool("tie_word_embeddings", family.tie_word_embeddings);
+  cfg.block = cfg.family->block;
   cfg.family->read_family_config(root, family, cfg);
+  const std::string act_key = root.has("hidden_activation") ? "hidden_activation" : "hidden_act";
+  if (cfg.hidden_act == "silu") cfg.block.activation = MlpActivation::Silu;
+  else if (cfg.hidden_act == "gelu_pytorch_tanh") cfg.block.activation = MlpActivation::GeluTanh;
+  else root.fail(act_key, "'" + cfg.hidden_act + "' is not supported (the gated MLP takes silu or gelu_pytorch_tanh)");
   cfg.dtype = root.get_optional_string("dtype").value_or(root.get_optional_string("torch_dtype").value_or(""));
   const auto bos = parse_token_ids(root, "bos_token_id");
   if (bos.size() > 1) root.fail("bos_token_id", "expected one id");

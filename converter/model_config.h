@@ -37,7 +37,9 @@ struct ModelConfig {
   std::int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   std::string hidden_act = "silu";
-  RopeConfig rope;
+  RopeConfig rope;                      // of every layer, or of the full-attention layers when...
+  std::optional<RopeConfig> sliding_rope;  // ...the sliding layers have their own (Gemma 3's local base)
+  BlockSpec block;                       // the family's block, refined by its reader
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // Llama's key; Qwen2's hard-coded q/k/v bias is family->qkv_bias_always
   bool mlp_bias = false;
@@ -50,6 +52,7 @@ struct ModelConfig {
   std::vector<std::int64_t> eos_token_ids;
 
   std::int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }
+  const RopeConfig& rope_for(std::int64_t layer) const;
   bool has_sliding_layers() const;
 };
 
@@ -61,6 +64,9 @@ ModelConfig load_model_config(const std::filesystem::path& config_json);
 // Shared by the family readers: `sliding_window` (explicit null = no window, absent = the family default),
 // and an explicit `layer_types` list (returns false when the file has none).
 std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const ConfigDefaults& defaults);
+// Qwen2's and Qwen3's rule: a window only with `use_sliding_window`; then `layer_types` if given, else the
+// layers from `max_window_layers` on slide.
+void read_qwen_window_layers(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg);
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg);
 
 }  // namespace linearize

@@ -14,6 +14,7 @@
 
 #include "converter/linearized.h"
 #include "converter/model/weights.h"
+#include "converter/next_token.h"
 #include "converter/verify_text.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -466,13 +467,13 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
                                             if (name.size() > 4 && name.compare(name.size() - 4, 4, ".out") == 0) mod_h[name] = t;
                                           })[0].to(at::kDouble),
                                     -1);
-    const auto kl = (ls.exp() * (ls - lm)).sum(-1);  // KL(source || model) per position
+    const auto kl = kl_per_row(ls, lm);  // KL(source || model) per position, fp64: near-identical models
     for (std::int64_t t = 0; t < kl.size(0); ++t) kls.push_back(kl[t].item<double>());
     agree += ls.argmax(-1).eq(lm.argmax(-1)).sum().item<double>();
     positions += static_cast<double>(kl.size(0));
-    const auto next = ids[0].narrow(0, 1, ids.size(1) - 1).to(at::kCPU).unsqueeze(1);
-    nll_source -= ls.narrow(0, 0, ids.size(1) - 1).to(at::kCPU).gather(1, next).sum().item<double>();
-    nll_model -= lm.narrow(0, 0, ids.size(1) - 1).to(at::kCPU).gather(1, next).sum().item<double>();
+    const auto next = shifted_targets(ids);
+    nll_source += nll_sum(ls.narrow(0, 0, ids.size(1) - 1), next).item<double>();
+    nll_model += nll_sum(lm.narrow(0, 0, ids.size(1) - 1), next).item<double>();
     targets += static_cast<double>(ids.size(1) - 1);
     for (std::int64_t i = 0; i < layers; ++i) {
       const auto name = "layers." + std::to_string(i) + ".out";

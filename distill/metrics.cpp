@@ -38,6 +38,8 @@ std::string rate(double per_second) {
 // Chart geometry, in SVG user units.
 constexpr double kWidth = 640, kHeight = 300, kLeft = 64, kRight = 16, kTop = 32, kBottom = 44;
 constexpr double kPlotWidth = kWidth - kLeft - kRight, kPlotHeight = kHeight - kTop - kBottom;
+// Category labels under a bar chart: 560 px of plot fit ~16 labels like "layer 12" at font-size 11.
+constexpr std::size_t kMaxAxisLabels = 16;
 const char* const kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
 
 const char* color(std::size_t i) { return kColors[i % (sizeof kColors / sizeof kColors[0])]; }
@@ -143,7 +145,9 @@ std::string bar_chart_svg(const BarChart& chart) {
              color(s) + "\"><title>" + escape_html(name + ", " + chart.labels[i] + ": " + format("%.6g", values[i])) + "</title></rect>\n";
     }
   }
-  for (std::size_t i = 0; i < chart.labels.size(); ++i) {
+  // At most ~kMaxAxisLabels labels fit under the plot (a 30-layer chart's ran into each other): every k-th.
+  const std::size_t every = (chart.labels.size() + kMaxAxisLabels - 1) / kMaxAxisLabels;
+  for (std::size_t i = 0; i < chart.labels.size(); i += std::max<std::size_t>(every, 1)) {
     svg += "<text x=\"" + format("%.1f", kLeft + group * (static_cast<double>(i) + 0.5)) + "\" y=\"" + format("%.1f", kTop + kPlotHeight + 16) +
            "\" text-anchor=\"middle\" font-size=\"11\">" + escape_html(chart.labels[i]) + "</text>\n";
   }

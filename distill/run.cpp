@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "converter/linearized.h"
+#include "converter/next_token.h"
 #include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
@@ -79,18 +80,15 @@ QualityFigures evaluate_quality(const CausalLM& student, const CausalLM& source,
   std::int64_t count = 0;
   for (const auto& batch : batches) {
     const auto ids = batch.input_ids.to(source.options().device);
-    // Position t predicts label t + 1 (the HF shift); -100 labels carry no loss.
-    const auto labels = batch.labels.narrow(1, 1, batch.labels.size(1) - 1).reshape({-1}).to(ids.device());
+    // -100 labels carry no loss.
+    const auto labels = shifted_targets(batch.labels).to(ids.device());
     const auto mask = labels.ne(-100);
-    auto log_probs = [&](const CausalLM& model) {
-      const auto logits = model.forward(ids).to(at::kFloat);
-      return at::log_softmax(logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, logits.size(-1)}), -1).index({mask});
-    };
-    const auto teacher = log_probs(source), pupil = log_probs(student);
-    const auto targets = labels.index({mask}).unsqueeze(1);
-    teacher_nll -= teacher.gather(1, targets).sum().item<double>();
-    student_nll -= pupil.gather(1, targets).sum().item<double>();
-    kl += (teacher.exp() * (teacher - pupil)).sum().item<double>();
+    const auto teacher = shifted_log_probs(source.forward(ids), at::kFloat, mask);
+    const auto pupil = shifted_log_probs(student.forward(ids), at::kFloat, mask);
+    const auto targets = labels.index({mask});
+    teacher_nll += nll_sum(teacher, targets).item<double>();
+    student_nll += nll_sum(pupil, targets).item<double>();
+    kl += kl_per_row(teacher, pupil).sum().item<double>();
     count += targets.size(0);
   }
   const auto n = static_cast<double>(std::max<std::int64_t>(count, 1));
@@ -487,6 +485,12 @@ DistillResult run_distill(const DistillOptions& options) {
       stage1.enabled ? stage1.optim.steps * (layerwise ? static_cast<std::int64_t>(layers.size()) : 1) : 0;
 
   DistillResult result;
+  // The training-free figures, from the student as converted: before a checkpoint's tensors replace its
+  // own, so a resumed run's report keeps them (they draw no random numbers).
+  if (!validation.empty()) {
+    result.before = evaluate_quality(student, source, validation);
+    if (stage1.enabled) result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
+  }
   if (resumed) {
     copy_trainables(stage1_params, select(resumed->trainables, stage1_params), resumed_from);
     data.restore(DataPosition::from_json(resumed->data_position, resumed_from));
@@ -500,10 +504,6 @@ DistillResult run_distill(const DistillOptions& options) {
   MetricsLog metrics(out / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
   StopFlag stop;
   const TrainingContext ctx{config, options, data, checkpoints, metrics, stop, load.device};
-  if (!resumed && !validation.empty()) {
-    result.before = evaluate_quality(student, source, validation);
-    if (stage1.enabled) result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
-  }
 
   if (stage1.enabled && result.step < stage1_steps) {
     // Validation records every layer's loss; a layer-wise plan's schedule watches its own layer's.

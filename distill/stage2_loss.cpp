@@ -4,28 +4,25 @@
 
 #include <algorithm>
 
+#include "converter/next_token.h"
+
 namespace linearize {
 
 at::Tensor stage2_loss(const CausalLM& student, const CausalLM& teacher, const at::Tensor& ids, const at::Tensor& labels,
                        Stage2Loss kind) {
-  const auto targets = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1});
+  const auto targets = shifted_targets(labels);
   const auto mask = targets.ne(-100);
-  const auto count = std::max<std::int64_t>(mask.sum().item<std::int64_t>(), 1);
-  auto predicted_log_probs = [&](const at::Tensor& logits) {
-    const auto shifted = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, logits.size(-1)});
-    return at::log_softmax(shifted.to(at::kFloat), -1).index({mask});
-  };
-  const auto student_lp = predicted_log_probs(student.forward(ids));
+  const auto count = static_cast<double>(std::max<std::int64_t>(mask.sum().item<std::int64_t>(), 1));
+  const auto student_lp = shifted_log_probs(student.forward(ids), at::kFloat, mask);
   at::Tensor loss = at::zeros({}, student_lp.options());
-  if (kind != Stage2Loss::kKl)
-    loss = loss - student_lp.gather(1, targets.index({mask}).unsqueeze(1)).sum() / static_cast<double>(count);
+  if (kind != Stage2Loss::kKl) loss = loss + nll_sum(student_lp, targets.index({mask})) / count;
   if (kind != Stage2Loss::kCe) {
     at::Tensor teacher_lp;
     {
       at::NoGradGuard no_grad;
-      teacher_lp = predicted_log_probs(teacher.forward(ids));
+      teacher_lp = shifted_log_probs(teacher.forward(ids), at::kFloat, mask);
     }
-    loss = loss + (teacher_lp.exp() * (teacher_lp - student_lp)).sum() / static_cast<double>(count);
+    loss = loss + kl_per_row(teacher_lp, student_lp).sum() / count;
   }
   return loss;
 }

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <cstdlib>
+#include <system_error>
 
 #include "formats/error.h"
 
@@ -46,22 +47,38 @@ void AtomicFile::write(const void* data, std::size_t size) {
 
 void AtomicFile::commit() {
   if (file_ == nullptr) throw std::logic_error("AtomicFile::commit twice or after failure");
-  if (std::fflush(file_) != 0 || ::fsync(::fileno(file_)) != 0) fail("flush failed");
+  if (std::fflush(file_) != 0) fail("flush failed");
   if (std::fclose(file_) != 0) {
     file_ = nullptr;
     fail("close failed");
   }
   file_ = nullptr;
-  if (std::rename(temp_.c_str(), target_.c_str()) != 0) fail("rename failed");
-  temp_.clear();
-  // Persist the rename itself: without a directory fsync a crash can forget it.
-  auto dir = target_.parent_path();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  try {
+    publish_file(temp_, target_);
+  } catch (const std::system_error& e) {
+    errno = e.code().value();
+    fail(e.what());
   }
+  temp_.clear();
+}
+
+namespace {
+
+void fsync_path(const std::filesystem::path& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + path.string());
+  const int rc = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (rc != 0) throw std::system_error(error, std::generic_category(), "fsync " + path.string());
+}
+
+}  // namespace
+
+void publish_file(const std::filesystem::path& temp, const std::filesystem::path& target) {
+  fsync_path(temp, O_RDONLY);
+  std::filesystem::rename(temp, target);
+  fsync_path(target.parent_path().empty() ? std::filesystem::path(".") : target.parent_path(), O_RDONLY | O_DIRECTORY);
 }
 
 void write_file_atomic(const std::filesystem::path& target, std::string_view bytes) {

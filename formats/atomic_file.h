@@ -31,4 +31,9 @@ class AtomicFile {
 
 void write_file_atomic(const std::filesystem::path& target, std::string_view bytes);
 
+// Makes the complete file `temp` the file at `target`, durably: fsyncs it, renames it over the target and
+// fsyncs the directory (without which a crash can forget the rename). Every atomic writer ends here
+// (AtomicFile, the HDF5 stores). Throws std::system_error naming the path.
+void publish_file(const std::filesystem::path& temp, const std::filesystem::path& target);
+
 }  // namespace linearize

@@ -1,14 +1,13 @@
 #include "formats/hdf5_store.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
 #include <hdf5.h>
-#include <unistd.h>
 
 #include <functional>
 #include <system_error>
 #include <type_traits>
 
+#include "formats/atomic_file.h"
 #include "formats/error.h"
 
 namespace linearize {
@@ -62,15 +61,6 @@ class Id {
 };
 
 hid_t memory_type(at::ScalarType dtype) { return dtype == at::kBFloat16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_FLOAT; }
-
-void fsync_path(const fs::path& path, int flags) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + path.string());
-  const int rc = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  if (rc != 0) throw std::system_error(error, std::generic_category(), "fsync " + path.string());
-}
 
 }  // namespace
 
@@ -154,9 +144,7 @@ void Hdf5Writer::close() {
   check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_, "file", "flush failed");
   release();
   try {
-    fsync_path(temp_, O_RDONLY);
-    fs::rename(temp_, path_);
-    fsync_path(path_.parent_path().empty() ? fs::path(".") : path_.parent_path(), O_RDONLY | O_DIRECTORY);
+    publish_file(temp_, path_);
   } catch (const std::exception& e) {
     std::error_code ignored;
     fs::remove(temp_, ignored);

@@ -10,4 +10,8 @@ namespace linearize::kernels {
 // models round exactly where the reference rounds.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// Gemma's RMSNorm: (1 + w) * x / sqrt(mean(x^2) + eps), the product taken in fp32 before the cast back
+// (transformers' Gemma3RMSNorm), so the zero-centred weight w keeps its precision in bf16 models.
+at::Tensor rms_norm_one_plus(const at::Tensor& x, const at::Tensor& weight, double eps);
+
 }  // namespace linearize::kernels

@@ -51,6 +51,8 @@ print(f"    breakdown: open+validate {runs['BM_OpenValidate']['real_time']:.1f} 
       f"{runs['BM_OpenValidateTouchEveryTensor']['real_time']:.1f} us")
 print(f"  ratio (interleaved medians {r['touch_us']:.1f} / {r['header_us']:.1f} us): "
       f"{r['ratio']:.2f}x   target <= 2x: {'PASS' if r['ratio'] <= 2 else 'FAIL'}")
+print(f"  sha256 of the mapped file (OpenSSL EVP): {runs['BM_Sha256MappedFile']['bytes_per_second'] / 1e9:.2f} GB/s "
+      f"({runs['BM_Sha256MappedFile']['real_time']:.0f} ms for the file)")
 print(f"  peak RSS reading all tensors:    {rss['peak_rss'] / gib:.2f} GiB = {rss['ratio']:.3f}x file   "
       f"target <= 1.1x: {'PASS' if rss['ratio'] <= 1.1 else 'FAIL'}")
 print(f"    of which before opening (LibTorch loaded): {rss['rss_before_open'] / gib:.2f} GiB; "

@@ -19,7 +19,15 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
     linear("self_attn.k_proj", kv_out, d, qkv_bias);
     linear("self_attn.v_proj", kv_out, d, qkv_bias);
     linear("self_attn.o_proj", d, q_out, cfg.attention_bias);
+    if (cfg.block.qk_norm) {
+      specs.push_back({p + "self_attn.q_norm.weight", {cfg.head_dim}});
+      specs.push_back({p + "self_attn.k_norm.weight", {cfg.head_dim}});
+    }
     specs.push_back({p + "post_attention_layernorm.weight", {d}});
+    if (cfg.block.sandwich_norms) {
+      specs.push_back({p + "pre_feedforward_layernorm.weight", {d}});
+      specs.push_back({p + "post_feedforward_layernorm.weight", {d}});
+    }
     linear("mlp.gate_proj", ff, d, cfg.mlp_bias);
     linear("mlp.up_proj", ff, d, cfg.mlp_bias);
     linear("mlp.down_proj", d, ff, cfg.mlp_bias);

@@ -11,6 +11,8 @@ std::vector<Architecture> register_all() {
       llama_architecture(),
       mistral_architecture(),
       qwen2_architecture(),
+      qwen3_architecture(),
+      gemma3_architecture(),
   };
 }
 

@@ -19,5 +19,7 @@ const std::vector<Architecture>& architectures();
 Architecture llama_architecture();
 Architecture mistral_architecture();
 Architecture qwen2_architecture();
+Architecture qwen3_architecture();
+Architecture gemma3_architecture();
 
 }  // namespace linearize

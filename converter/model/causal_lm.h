@@ -1,6 +1,7 @@
-// One decoder for every model: embeddings, N blocks (RMSNorm -> token mixer -> residual -> RMSNorm ->
-// SwiGLU MLP -> residual), final norm, lm_head (tied or not). Source and converted models differ only in
-// their list of mixers.
+// One decoder for every model: embeddings (scaled where the family says), N blocks (RMSNorm -> token mixer
+// [-> RMSNorm] -> residual -> RMSNorm -> gated MLP [-> RMSNorm] -> residual, the bracketed norms Gemma's
+// sandwich), final norm, lm_head (tied or not), an optional logit soft-cap. The block is what the
+// family's BlockSpec says. Source and converted models differ only in their list of mixers.
 #pragma once
 
 #include <filesystem>
@@ -18,15 +19,17 @@
 
 namespace linearize {
 
-class SwiGluMlp {
+class GatedMlp {
  public:
-  SwiGluMlp() = default;
+  GatedMlp() = default;
   // gate, up: [ff, d]; down: [d, ff]; biases undefined when absent. Gate and up are stored as one
   // [2 ff, d] matrix (one GEMM instead of two); gate() and up() are views of it.
   // `adapters`: the layer's; adapters on gate/up/down_proj add their deltas.
-  SwiGluMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
-            const at::Tensor& up_bias, at::Tensor down_bias, std::shared_ptr<const LayerAdapters> adapters = nullptr);
-  at::Tensor forward(const at::Tensor& x) const;  // down(silu(gate x) * up x) (Shazeer 2020, eq. 6)
+  GatedMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
+           const at::Tensor& up_bias, at::Tensor down_bias, MlpActivation activation,
+           std::shared_ptr<const LayerAdapters> adapters = nullptr);
+  // down(act(gate x) * up x): SwiGLU with silu, GeGLU with gelu-tanh (Shazeer 2020, eqs. 5-6).
+  at::Tensor forward(const at::Tensor& x) const;
   at::Tensor gate() const { return gate_up_.narrow(0, 0, gate_up_.size(0) / 2); }
   at::Tensor up() const { return gate_up_.narrow(0, gate_up_.size(0) / 2, gate_up_.size(0) / 2); }
   const at::Tensor& down() const { return down_; }
@@ -37,14 +40,19 @@ class SwiGluMlp {
   const at::Tensor& down_bias() const { return down_bias_; }
 
  private:
+  at::Tensor act(const at::Tensor& gate) const;
+
   at::Tensor gate_up_, gate_up_bias_, down_, down_bias_;
+  MlpActivation activation_ = MlpActivation::Silu;
   std::shared_ptr<const LayerAdapters> adapters_;
 };
 
 struct DecoderLayer {
-  at::Tensor input_norm, post_attention_norm;  // RMSNorm weights [d]
+  // RMSNorm weights [d], by their HF names: input_layernorm, post_attention_layernorm (the MLP's input norm,
+  // or with the sandwich the mixer's output norm), pre/post_feedforward_layernorm (sandwich only).
+  at::Tensor input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm;
   std::unique_ptr<TokenMixer> mixer;
-  SwiGluMlp mlp;
+  GatedMlp mlp;
   AttentionProjections attention;  // the source attention's weights (views), which converted mixers reuse
   std::shared_ptr<LayerAdapters> adapters = std::make_shared<LayerAdapters>();  // shared with mixer and MLP
 

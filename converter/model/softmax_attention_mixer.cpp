@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/norms.h"
 #include "kernels/softmax_attention.h"
 
 namespace linearize {
@@ -86,8 +87,16 @@ ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
     k = adapters_->apply(Projection::k, x, k);
     v = adapters_->apply(Projection::v, x, v);
   }
-  return {q.view({B, T, shape_.heads, D}), k.view({B, T, shape_.kv_heads, D}), v.view({B, T, shape_.kv_heads, D})};
+  ProjectedHeads heads{q.view({B, T, shape_.heads, D}), k.view({B, T, shape_.kv_heads, D}), v.view({B, T, shape_.kv_heads, D})};
+  if (proj_.q_norm.defined()) {
+    const auto norm = shape_.qk_norm_style == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus : kernels::rms_norm;
+    heads.q = norm(heads.q, proj_.q_norm, shape_.qk_norm_eps);
+    heads.k = norm(heads.k, proj_.k_norm, shape_.qk_norm_eps);
+  }
+  return heads;
 }
+
+double SoftmaxAttentionShape::effective_scale() const { return scale > 0 ? scale : 1.0 / std::sqrt(double(head_dim)); }
 
 at::Tensor SoftmaxAttentionMixer::project_output(const at::Tensor& heads) const {
   const auto flat = heads.reshape({heads.size(0), heads.size(1), -1});
@@ -125,6 +134,7 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   options.query_start = start;
   options.key_start = start;
   options.window = shape_.window;
+  options.scale = shape_.effective_scale();
   auto* cache = static_cast<KvCache*>(state);
   if (cache) {
     if (cache->length == 0) cache->key_start = start;
@@ -144,7 +154,7 @@ at::Tensor SoftmaxAttentionMixer::attention_weights(const at::Tensor& x) const {
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto heads = rotated_heads(x, 0);
   const auto k = heads.k.to(compute).repeat_interleave(shape_.heads / shape_.kv_heads, 1);
-  const auto scores = at::matmul(heads.q.to(compute), k.transpose(-1, -2)) / std::sqrt(double(shape_.head_dim));
+  const auto scores = at::matmul(heads.q.to(compute), k.transpose(-1, -2)) * shape_.effective_scale();
   kernels::SoftmaxAttentionOptions options;
   options.window = shape_.window;
   const auto hidden = kernels::causal_window_mask(T, T, options, x.device()).logical_not();

@@ -4,6 +4,7 @@
 
 #include <optional>
 
+#include "converter/architectures/architecture.h"
 #include "converter/model/linear_adapter.h"
 #include "converter/model/token_mixer.h"
 #include "kernels/rope.h"
@@ -13,9 +14,11 @@ namespace linearize {
 struct AttentionProjections {
   at::Tensor q, k, v, o;                    // [out, in] weights
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when absent
+  at::Tensor q_norm, k_norm;                  // [head_dim] per-head RMSNorm weights (Qwen3, Gemma 3), or undefined
 };
 
-// q, k, v of one projection call in fla's sequence-first layout: [B, T, H, D], [B, T, Hkv, D] x 2.
+// q, k, v of one projection call in fla's sequence-first layout: [B, T, H, D], [B, T, Hkv, D] x 2 (q and k
+// after the family's q/k norm, before RoPE).
 struct ProjectedHeads {
   at::Tensor q, k, v;
 };
@@ -24,6 +27,11 @@ struct SoftmaxAttentionShape {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t max_position_embeddings = 0;  // dynamic RoPE rescales past it
   std::optional<std::int64_t> window;        // Mistral / Qwen2 sliding layers
+  double scale = 0;                          // of q.k; 0: head_dim^-1/2 (Gemma: query_pre_attn_scalar^-1/2)
+  NormStyle qk_norm_style = NormStyle::Weight;
+  double qk_norm_eps = 1e-6;
+
+  double effective_scale() const;
 };
 
 class SoftmaxAttentionMixer final : public TokenMixer {

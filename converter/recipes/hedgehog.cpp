@@ -63,7 +63,7 @@ Recipe hedgehog_recipe() {
   Recipe r;
   r.name = "hedgehog";
   r.summary = "normalised linear attention with learned Hedgehog maps per head";
-  r.params = {{"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)"}};
+  r.params = {{"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)", true}};
   r.new_tensors = recipes::hedgehog_map_tensors;
   r.make_mixer = [](const LayerContext&, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<HedgehogMixer>(source, t);

@@ -75,8 +75,8 @@ Recipe lolcats_recipe() {
   Recipe r;
   r.name = "lolcats";
   r.summary = "Hedgehog maps + sliding window 64 sharing one normaliser, learned per-head window factor";
-  r.params = {{"window", 64, "keys n-window < j <= n take exact softmax; older keys the linear state"},
-              {"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)"},
+  r.params = {{"window", 64, "keys n-window < j <= n take exact softmax; older keys the linear state", true},
+              {"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)", true},
               {"window_factor_init", -2.1972, "initial w_h, g_h = sigmoid(w_h) (-2.1972: g = 0.1)"}};
   r.new_tensors = [](const LayerContext& ctx) {
     auto tensors = recipes::hedgehog_map_tensors(ctx);
@@ -85,6 +85,7 @@ Recipe lolcats_recipe() {
     tensors.push_back({"window_factors", {heads}, [heads, w0] { return at::full({heads}, w0, at::kFloat); }});
     return tensors;
   };
+  r.check_source = recipes::require_default_attention_scale;
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<LolcatsMixer>(source, ctx.params.at("window").get<std::int64_t>(), t);
   };

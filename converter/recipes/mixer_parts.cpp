@@ -1,5 +1,8 @@
 #include "converter/recipes/mixer_parts.h"
 
+#include <cmath>
+
+#include "formats/error.h"
 #include "kernels/feature_maps.h"
 
 namespace linearize::recipes {
@@ -27,6 +30,15 @@ std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
   const std::int64_t f = f_param.is_null() ? d / 2 : f_param.get<std::int64_t>();
   auto init = [heads, d, f] { return kernels::truncated_identity(heads, d, f, at::TensorOptions().dtype(at::kFloat)); };
   return {{"feature_map_q.weight", {heads, d, f}, init}, {"feature_map_k.weight", {heads, d, f}, init}};
+}
+
+void require_default_attention_scale(const ModelConfig& config) {
+  if (!config.block.attention_scale) return;
+  const double standard = 1.0 / std::sqrt(static_cast<double>(config.head_dim));
+  if (std::abs(*config.block.attention_scale - standard) > 1e-12 * standard)
+    throw InputError(config.source, "query_pre_attn_scalar",
+                     "is not head_dim, and the window branch of this recipe scores q.k / sqrt(head_dim); "
+                     "convert with hedgehog or supra");
 }
 
 kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state) {

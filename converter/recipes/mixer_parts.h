@@ -55,6 +55,11 @@ at::Tensor run_hybrid(Kernel kernel, const Inputs& in, std::int64_t window, cons
   return source.project_output(out.o.to(x.scalar_type()));
 }
 
+// Recipe::check_source of the window hybrids: their window branch scores q.k / sqrt(head_dim)
+// (kernels/hybrid_attention.h), so a family scoring otherwise (Gemma's query_pre_attn_scalar != head_dim)
+// is refused rather than converted into a different function.
+void require_default_attention_scale(const ModelConfig& config);
+
 // Hedgehog feature maps of LoLCATs and Hedgehog: feature_map_q.weight and feature_map_k.weight, [H, d, f]
 // per query head, truncated-identity init (LoLCATs --lk_zero_init); f = params.feature_dim or d / 2.
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx);

@@ -24,6 +24,7 @@ struct RecipeParam {
   std::string name;
   nlohmann::json default_value;
   std::string help;
+  bool positive = false;  // a number that must be > 0 (validated with the others)
 };
 
 // Every declared parameter with its value, validated (resolve_recipe_params).
@@ -52,6 +53,9 @@ struct Recipe {
   std::function<std::unique_ptr<TokenMixer>(const LayerContext&, const SoftmaxAttentionMixer& source,
                                             const LayerTensors& tensors)>
       make_mixer;
+  // Optional: throws InputError naming the config field when the recipe cannot convert this source (checked
+  // before anything is written).
+  std::function<void(const ModelConfig&)> check_source;
 };
 
 // The registered recipes, and one by name (InputError(file, field) listing the known ones).

@@ -120,9 +120,9 @@ RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& g
   if (std::adjacent_find(layers.begin(), layers.end()) != layers.end())
     throw InputError(file, "softmax_layers", "lists a layer twice");
   resolved["softmax_layers"] = layers;
-  for (const char* positive : {"window", "feature_dim", "gate_normalizer"})
-    if (resolved.contains(positive) && resolved[positive].is_number() && resolved[positive].get<double>() <= 0)
-      throw InputError(file, positive, "must be positive, got " + resolved[positive].dump());
+  for (const auto& p : declared)
+    if (p.positive && resolved[p.name].is_number() && resolved[p.name].get<double>() <= 0)
+      throw InputError(file, p.name, "must be positive, got " + resolved[p.name].dump());
   return resolved;
 }
 

@@ -88,10 +88,12 @@ TEST_P(ReferenceForward, PrefillThenStepsEqualOneFullForward) {
   for (std::int64_t t = 8; t < ids.size(1); ++t) rows.push_back(model.step(ids.select(1, t), state)[0]);
   const auto stepped = at::stack(rows);
   EXPECT_LE(relative_error(stepped, full.narrow(0, 7, ids.size(1) - 7)), kLogitTolerance);
-  if (model.config().sliding_window) {
-    // The cache of a sliding layer never holds more than window - 1 keys per kv head.
-    const auto per_key = 2 * model.config().num_key_value_heads * model.config().head_dim * 4;
-    EXPECT_EQ(state.bytes(), model.config().num_hidden_layers * (*model.config().sliding_window - 1) * per_key);
+  // The cache of a sliding layer never holds more than window - 1 keys per kv head.
+  const auto per_key = 2 * model.config().num_key_value_heads * model.config().head_dim * 4;
+  for (std::int64_t i = 0; i < model.config().num_hidden_layers; ++i) {
+    if (model.config().layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding) {
+      EXPECT_EQ(state.layers[static_cast<std::size_t>(i)]->bytes(), (*model.config().sliding_window - 1) * per_key) << "layer " << i;
+    }
   }
 }
 
@@ -129,7 +131,7 @@ std::string fixture_test_name(const testing::TestParamInfo<std::string>& param) 
   return name;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"),
                          fixture_test_name);
 
 }  // namespace

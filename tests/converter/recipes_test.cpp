@@ -15,7 +15,12 @@
 namespace linearize {
 namespace {
 
-const std::vector<std::string> kRecipes{"liger-gla", "lolcats", "hedgehog", "supra"};
+// Every registered recipe (the registry as the program starts: test-only recipes register later).
+const std::vector<std::string> kRecipes = [] {
+  std::vector<std::string> names;
+  for (const auto& recipe : registered_recipes()) names.push_back(recipe.name);
+  return names;
+}();
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   return (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>() /
@@ -65,13 +70,41 @@ TEST_P(EveryRecipe, PassesVerify) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EveryRecipe,
-                         testing::Combine(testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"),
+                         testing::Combine(testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"),
                                           testing::ValuesIn(kRecipes)),
                          [](const testing::TestParamInfo<std::tuple<std::string, std::string>>& param) {
                            auto name = std::get<0>(param.param) + "_" + std::get<1>(param.param);
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// Gemma scores q.k by query_pre_attn_scalar^-1/2; the window hybrids score their window by head_dim^-1/2, so
+// where the two differ they are refused before anything is written; the feature-map recipes convert.
+TEST(Recipes, WindowHybridsRefuseAnotherAttentionScale) {
+  test::TempDir dir;
+  std::filesystem::copy(test::fixtures_dir() / "tiny-gemma3", dir / "src", std::filesystem::copy_options::recursive);
+  auto config = nlohmann::json::parse(test::read_file(dir / "src" / "config.json"));
+  config["query_pre_attn_scalar"] = 64;
+  test::write_file(dir / "src" / "config.json", config.dump());
+  for (const char* recipe : {"liger-gla", "lolcats"}) {
+    ConvertOptions options;
+    options.source = dir / "src";
+    options.out = dir / recipe;
+    options.recipe = recipe;
+    try {
+      convert_checkpoint(options);
+      ADD_FAILURE() << recipe << " converted";
+    } catch (const InputError& e) {
+      EXPECT_EQ(e.field(), "query_pre_attn_scalar") << e.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(options.out)) << recipe;
+  }
+  ConvertOptions options;
+  options.source = dir / "src";
+  options.out = dir / "hedgehog";
+  options.recipe = "hedgehog";
+  EXPECT_NO_THROW(convert_checkpoint(options));
+}
 
 TEST(Recipes, SoftmaxLayersReproduceTheSourceLayers) {
   test::TempDir dir;

@@ -194,6 +194,27 @@ TEST(Distill, ResumeAfterSigkillReproducesTheLossTrajectoryBitwise) {
   }
 }
 
+// A resumed run's report keeps the training-free quality row (it was computed only by a fresh start, and a
+// 30-layer run's report lost it after --resume): the same figures as the run that was not resumed.
+TEST(Distill, AResumedRunsReportKeepsTheTrainingFreeRow) {
+  test::TempDir dir;
+  auto config = small_run(dir / "run", 6);
+  config.data.validation_fraction = 0.05;
+  const auto args = cli_args(config, dir / "cfg");
+  const auto row = [&] {
+    const auto text = test::read_file(dir / "run" / "report.html");
+    const auto at = text.find("perplexity, training-free");
+    return at == std::string::npos ? std::string() : text.substr(at, text.find("</tr>", at) - at);
+  };
+  ASSERT_EQ(run_to_end(args, dir / "first"), 0) << test::read_file(dir / "first.err");
+  const auto first = row();
+  EXPECT_FALSE(first.empty());
+  auto resume_args = args;
+  resume_args.push_back("--resume");
+  ASSERT_EQ(run_to_end(resume_args, dir / "resumed"), 0) << test::read_file(dir / "resumed.err");
+  EXPECT_EQ(row(), first);
+}
+
 TEST(Distill, LayerwiseTrainsEachLayerFromItsCacheAndResumesBitwise) {
   test::TempDir dir;
   constexpr std::int64_t kPerLayer = 8, kSteps = 2 * kPerLayer;  // two converted layers, one after the other

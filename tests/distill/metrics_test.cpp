@@ -137,5 +137,22 @@ TEST(ReportTest, HtmlHasTheSeriesAsInlineSvgAndEscapesText) {
   EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"report.html"});
 }
 
+// A 30-layer bar chart labels every second layer (at most 16 labels fit under the plot), starting at 0.
+TEST(ReportTest, ManyBarsLabelEveryKthCategory) {
+  Report report;
+  BarChart chart{"Per-layer loss", "MSE", {}, {{"after", {}}}};
+  for (int i = 0; i < 30; ++i) {
+    chart.labels.push_back("layer " + std::to_string(i));
+    chart.bars[0].second.push_back(0.1 * (i + 1));
+  }
+  report.bars.push_back(chart);
+  const std::string html = render_report_html(report);
+  EXPECT_NE(html.find(">layer 0</text>"), std::string::npos);
+  EXPECT_NE(html.find(">layer 28</text>"), std::string::npos);
+  EXPECT_EQ(html.find(">layer 1</text>"), std::string::npos);
+  EXPECT_EQ(html.find(">layer 29</text>"), std::string::npos);
+  EXPECT_NE(html.find("<title>after, layer 29: 3</title>"), std::string::npos) << "every bar keeps its tooltip";
+}
+
 }  // namespace
 }  // namespace linearize

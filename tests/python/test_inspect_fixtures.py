@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 LINEARIZE = os.environ["LINEARIZE_BINARY"]
 FIXTURES = os.environ["LINEARIZE_FIXTURES"]
-MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "deep-llama"]
+MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"]
 
 
 def weight_files(model_dir):
@@ -50,12 +50,27 @@ class InspectFixtures(unittest.TestCase):
         self.assertEqual(got["layer0_biases"], expected_biases)
         self.assertEqual(got["config_dtype"], str(cfg.dtype).replace("torch.", ""))
 
-        rope = cfg.rope_parameters
-        self.assertEqual(got["rope"]["type"], rope["rope_type"])
-        self.assertAlmostEqual(got["rope"]["theta"], rope["rope_theta"])
-        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if key in rope and rope["rope_type"] != "default":
-                self.assertAlmostEqual(got["rope"][key], rope[key], msg=key)
+        # One RoPE, or one per layer type (Gemma 3: the sliding layers' own base).
+        ropes = cfg.rope_parameters
+        per_type = "full_attention" in ropes
+        for ours, rope in ((got["rope"], ropes["full_attention"] if per_type else ropes),
+                           (got.get("sliding_rope"), ropes.get("sliding_attention") if per_type else None)):
+            if rope is None:
+                continue
+            self.assertEqual(ours["type"], rope["rope_type"])
+            self.assertAlmostEqual(ours["theta"], rope["rope_theta"])
+            for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if key in rope and rope["rope_type"] != "default":
+                    self.assertAlmostEqual(ours[key], rope[key], msg=key)
+
+        # The block, against the modules transformers built.
+        layer, block = model.model.layers[0], got["block"]
+        self.assertEqual(block["qk_norm"], hasattr(attn, "q_norm"))
+        self.assertEqual(block["sandwich_norms"], hasattr(layer, "pre_feedforward_layernorm"))
+        self.assertEqual(block["activation"], getattr(cfg, "hidden_activation", None) or cfg.hidden_act)
+        self.assertAlmostEqual(block["embedding_scale"], float(getattr(model.model.embed_tokens, "scalar_embed_scale", 1.0)))
+        self.assertAlmostEqual(block["attention_scale"], attn.scaling)
+        self.assertEqual(block.get("final_logit_softcap"), getattr(cfg, "final_logit_softcapping", None))
 
         layer_types = getattr(cfg, "layer_types", None)
         if cfg.model_type == "mistral":  # MistralConfig: one window for all layers, when set
@@ -90,6 +105,12 @@ class InspectFixtures(unittest.TestCase):
 
     def test_qwen2(self):
         self.check("tiny-qwen2")
+
+    def test_qwen3(self):
+        self.check("tiny-qwen3")
+
+    def test_gemma3(self):
+        self.check("tiny-gemma3")
 
     def test_deep_llama(self):
         self.check("deep-llama")

@@ -1,0 +1,32 @@
+# The layering of DESIGN section 2, checked: a folder includes headers only of itself and of the folders
+# below it (formats, kernels < converter < distill < cli; formats and kernels side by side, neither
+# including the other). Usage: cmake -DROOT=<repository or fixture root> -P check_layering.cmake
+# Prints every offending include as file:line and fails when there is one.
+cmake_minimum_required(VERSION 3.25)
+set(allowed_formats formats)
+set(allowed_kernels kernels)
+set(allowed_converter converter formats kernels)
+set(allowed_distill distill converter formats kernels)
+set(allowed_cli cli distill converter formats kernels)
+set(layers formats kernels converter distill cli)
+
+set(violations 0)
+foreach(layer IN LISTS layers)
+  file(GLOB_RECURSE sources "${ROOT}/${layer}/*.h" "${ROOT}/${layer}/*.cpp" "${ROOT}/${layer}/*.cu")
+  foreach(source IN LISTS sources)
+    file(STRINGS "${source}" lines REGEX "^[ \t]*#[ \t]*include[ \t]*\"[a-z_]+/")
+    foreach(line IN LISTS lines)
+      string(REGEX MATCH "\"([a-z_]+)/" _ "${line}")
+      set(target "${CMAKE_MATCH_1}")
+      if(target IN_LIST layers AND NOT target IN_LIST allowed_${layer})
+        file(RELATIVE_PATH shown "${ROOT}" "${source}")
+        message("${shown}: ${layer}/ may not include ${target}/: ${line}")
+        math(EXPR violations "${violations} + 1")
+      endif()
+    endforeach()
+  endforeach()
+endforeach()
+if(violations GREATER 0)
+  message(FATAL_ERROR "${violations} include(s) against the layering")
+endif()
+message("layering: every include points down")
