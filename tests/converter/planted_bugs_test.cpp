@@ -11,6 +11,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <iostream>
 
 #include "converter/linearized.h"
 #include "converter/model/lora.h"
@@ -122,6 +123,8 @@ TEST_P(PlantedBugs, VerifyFailsTheCoveringRowAndNamesTheLayer) {
   const auto& failing = row(report, bug.failing_row);
   EXPECT_FALSE(failing.passed) << report.table();
   EXPECT_EQ(failing.detail.rfind("worst layer 1 ", 0), 0u) << failing.detail;
+  std::cout << "planted " << bug.name << " in " << bug.recipe << ": " << failing.name << " = " << failing.value << " ("
+            << failing.detail << ")\n";
   // A fault is not rounding: it is orders of magnitude over the fp64 bound.
   EXPECT_GT(failing.value, 1e4 * failing.tolerance) << report.table();
 }
