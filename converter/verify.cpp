@@ -380,25 +380,32 @@ struct SourceOutputs {
   std::vector<std::vector<std::int64_t>> continuations;      // greedy, one per generation prompt
 };
 
-// L4's generation prompts: the first kGenerationPromptTokens tokens of the first few prompts long enough.
-constexpr std::size_t kGenerationPrompts = 4, kGenerationPromptTokens = 24, kGenerationPromptMinTokens = 8;
+// L4's generation prompts: the first kGenerationPromptTokens tokens of the first few prompts that long
+// (one length, so they decode as one batch).
+constexpr std::size_t kGenerationPrompts = 4, kGenerationPromptTokens = 24;
 std::vector<std::vector<std::int64_t>> generation_prompts(const std::vector<std::vector<std::int64_t>>& prompts) {
   std::vector<std::vector<std::int64_t>> out;
   for (const auto& p : prompts) {
-    if (p.size() < kGenerationPromptMinTokens) continue;
-    out.emplace_back(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(std::min(p.size(), kGenerationPromptTokens)));
+    if (p.size() < kGenerationPromptTokens) continue;
+    out.emplace_back(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(kGenerationPromptTokens));
     if (out.size() == kGenerationPrompts) break;
   }
   return out;
 }
 
-// Greedy decoding through prefill and the recurrent step (what `generate` does), `tokens` new ids.
-std::vector<std::int64_t> greedy(const CausalLM& model, const std::vector<std::int64_t>& prompt, std::int64_t tokens) {
+// Greedy decoding through prefill and the recurrent step (what `generate` does), `tokens` new ids for each
+// of the equally long prompts, all in one batch.
+std::vector<std::vector<std::int64_t>> greedy(const CausalLM& model, const std::vector<std::vector<std::int64_t>>& prompts,
+                                              std::int64_t tokens) {
+  std::vector<std::vector<std::int64_t>> out(prompts.size());
+  if (prompts.empty() || tokens <= 0) return out;
+  std::vector<at::Tensor> rows;
+  for (const auto& p : prompts) rows.push_back(at::tensor(p, at::kLong));
   auto state = model.new_state();
-  auto next = model.prefill(as_batch(prompt, model.options().device), state).argmax(-1);
-  std::vector<std::int64_t> out;
+  auto next = model.prefill(at::stack(rows).to(model.options().device), state).argmax(-1);
   for (std::int64_t i = 0; i < tokens; ++i) {
-    out.push_back(next.item<std::int64_t>());
+    const auto ids = next.to(at::kCPU);
+    for (std::size_t b = 0; b < prompts.size(); ++b) out[b].push_back(ids[static_cast<std::int64_t>(b)].item<std::int64_t>());
     if (i + 1 < tokens) next = model.step(next, state).argmax(-1);
   }
   return out;
@@ -429,7 +436,7 @@ SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& co
     out.logits.push_back(source.forward(as_batch(p, source.options().device), keep)[0]);
     out.captured.push_back(std::move(seen));
   }
-  for (const auto& p : generation_prompts(prompts)) out.continuations.push_back(greedy(source, p, options.generate_tokens));
+  out.continuations = greedy(source, generation_prompts(prompts), options.generate_tokens);
   return out;
 }
 
@@ -501,8 +508,9 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
   if (!gen.empty() && options.generate_tokens > 0) {
     double position_sum = 0;
     std::size_t identical = 0;
+    const auto continuations = greedy(model, gen, options.generate_tokens);
     for (std::size_t n = 0; n < gen.size(); ++n) {
-      const auto ours = greedy(model, gen[n], options.generate_tokens);
+      const auto& ours = continuations[n];
       const auto& theirs = source.continuations[n];
       const auto first = static_cast<std::size_t>(std::mismatch(ours.begin(), ours.end(), theirs.begin()).first - ours.begin());
       position_sum += static_cast<double>(first);
