@@ -18,6 +18,7 @@
 #include "converter/verify_text.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/markup.h"
 #include "formats/safetensors.h"
 #include "formats/sha256.h"
 #include "formats/tokenizer.h"
@@ -576,32 +577,18 @@ std::string VerifyReport::table() const {
 }
 
 std::string VerifyReport::junit(const std::string& suite) const {
-  const auto escape = [](const std::string& text) {
-    std::string out;
-    for (const char c : text) {
-      switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&quot;"; break;
-        case '\'': out += "&apos;"; break;
-        default: out += c;
-      }
-    }
-    return out;
-  };
   std::size_t failures = 0;
   for (const auto& c : checks) failures += c.enforced && !c.passed;
   std::ostringstream out;
-  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"" << escape(suite) << "\" tests=\""
+  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"" << escape_markup(suite) << "\" tests=\""
       << checks.size() << "\" failures=\"" << failures << "\">\n";
   for (const auto& c : checks) {
-    out << "  <testcase classname=\"verify." << escape(c.level) << "\" name=\"" << escape(c.name) << "\">";
+    out << "  <testcase classname=\"verify." << escape_markup(c.level) << "\" name=\"" << escape_markup(c.name) << "\">";
     const std::string value = "value " + format_value(c.value) +
                               (c.enforced ? ", tolerance " + c.comparison + " " + format_value(c.tolerance) : " (reported, not enforced)") +
                               (c.detail.empty() ? "" : "; " + c.detail);
-    if (c.enforced && !c.passed) out << "\n    <failure message=\"" << escape(value) << "\" type=\"" << escape(c.level) << "\"/>\n  ";
-    else out << "<system-out>" << escape(value) << "</system-out>";
+    if (c.enforced && !c.passed) out << "\n    <failure message=\"" << escape_markup(value) << "\" type=\"" << escape_markup(c.level) << "\"/>\n  ";
+    else out << "<system-out>" << escape_markup(value) << "</system-out>";
     out << "</testcase>\n";
   }
   out << "</testsuite>\n</testsuites>\n";

@@ -1,5 +1,7 @@
 #include "distill/metrics.h"
 
+#include "formats/markup.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -56,8 +58,8 @@ Range range_of(double lo, double hi) {
 
 std::string svg_open(const std::string& title) {
   return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + format("%.0f", kWidth) + "\" height=\"" + format("%.0f", kHeight) +
-         "\" viewBox=\"0 0 " + format("%.0f", kWidth) + " " + format("%.0f", kHeight) + "\" role=\"img\">\n<title>" + escape_html(title) +
-         "</title>\n<text x=\"" + format("%.1f", kWidth / 2) + "\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">" + escape_html(title) +
+         "\" viewBox=\"0 0 " + format("%.0f", kWidth) + " " + format("%.0f", kHeight) + "\" role=\"img\">\n<title>" + escape_markup(title) +
+         "</title>\n<text x=\"" + format("%.1f", kWidth / 2) + "\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">" + escape_markup(title) +
          "</text>\n<rect x=\"" + format("%.1f", kLeft) + "\" y=\"" + format("%.1f", kTop) + "\" width=\"" + format("%.1f", kPlotWidth) +
          "\" height=\"" + format("%.1f", kPlotHeight) + "\" fill=\"none\" stroke=\"#999\"/>\n";
 }
@@ -72,7 +74,7 @@ std::string y_axis(const Range& y, const std::string& y_label, const std::functi
            "\" text-anchor=\"end\" font-size=\"11\">" + format("%.3g", label(v)) + "</text>\n";
   }
   svg += "<text transform=\"translate(14," + format("%.1f", kTop + kPlotHeight / 2) + ") rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">" +
-         escape_html(y_label) + "</text>\n";
+         escape_markup(y_label) + "</text>\n";
   return svg;
 }
 
@@ -82,7 +84,7 @@ std::string legend(const std::vector<std::string>& names) {
     const double y = kTop + 14 + 14.0 * static_cast<double>(i);
     svg += "<rect x=\"" + format("%.1f", kWidth - kRight - 150) + "\" y=\"" + format("%.1f", y - 9) + "\" width=\"10\" height=\"10\" fill=\"" +
            color(i) + "\"/><text x=\"" + format("%.1f", kWidth - kRight - 136) + "\" y=\"" + format("%.1f", y) + "\" font-size=\"11\">" +
-           escape_html(names[i]) + "</text>\n";
+           escape_markup(names[i]) + "</text>\n";
   }
   return svg;
 }
@@ -107,7 +109,7 @@ std::string line_chart_svg(const LineChart& chart) {
            format("%.6g", v) + "</text>\n";
   }
   svg += "<text x=\"" + format("%.1f", kLeft + kPlotWidth / 2) + "\" y=\"" + format("%.1f", kHeight - 6) + "\" text-anchor=\"middle\" font-size=\"12\">" +
-         escape_html(chart.x_label) + "</text>\n";
+         escape_markup(chart.x_label) + "</text>\n";
   std::vector<std::string> names;
   for (std::size_t s = 0; s < chart.series.size(); ++s) {
     std::string points;
@@ -142,14 +144,14 @@ std::string bar_chart_svg(const BarChart& chart) {
       const double h = kPlotHeight * y.to_unit(std::max(0.0, values[i]));
       svg += "<rect x=\"" + format("%.1f", kLeft + group * (static_cast<double>(i) + 0.1) + bar * static_cast<double>(s)) + "\" y=\"" +
              format("%.1f", kTop + kPlotHeight - h) + "\" width=\"" + format("%.1f", bar) + "\" height=\"" + format("%.1f", h) + "\" fill=\"" +
-             color(s) + "\"><title>" + escape_html(name + ", " + chart.labels[i] + ": " + format("%.6g", values[i])) + "</title></rect>\n";
+             color(s) + "\"><title>" + escape_markup(name + ", " + chart.labels[i] + ": " + format("%.6g", values[i])) + "</title></rect>\n";
     }
   }
   // At most ~kMaxAxisLabels labels fit under the plot (a 30-layer chart's ran into each other): every k-th.
   const std::size_t every = (chart.labels.size() + kMaxAxisLabels - 1) / kMaxAxisLabels;
   for (std::size_t i = 0; i < chart.labels.size(); i += std::max<std::size_t>(every, 1)) {
     svg += "<text x=\"" + format("%.1f", kLeft + group * (static_cast<double>(i) + 0.5)) + "\" y=\"" + format("%.1f", kTop + kPlotHeight + 16) +
-           "\" text-anchor=\"middle\" font-size=\"11\">" + escape_html(chart.labels[i]) + "</text>\n";
+           "\" text-anchor=\"middle\" font-size=\"11\">" + escape_markup(chart.labels[i]) + "</text>\n";
   }
   return svg + legend(names) + "</svg>\n";
 }
@@ -224,29 +226,14 @@ void ProgressReporter::finish() {
   }
 }
 
-std::string escape_html(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 std::string render_report_html(const Report& report) {
-  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>" + escape_html(report.title) +
+  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>" + escape_markup(report.title) +
                      "</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;text-align:left}</style>\n</head>\n<body>\n<h1>" +
-                     escape_html(report.title) + "</h1>\n";
+                     escape_markup(report.title) + "</h1>\n";
   if (!report.summary.empty()) {
     html += "<table>\n";
-    for (const auto& [key, value] : report.summary) html += "<tr><th>" + escape_html(key) + "</th><td>" + escape_html(value) + "</td></tr>\n";
+    for (const auto& [key, value] : report.summary) html += "<tr><th>" + escape_markup(key) + "</th><td>" + escape_markup(value) + "</td></tr>\n";
     html += "</table>\n";
   }
   for (const auto& chart : report.curves) html += "<figure>\n" + line_chart_svg(chart) + "</figure>\n";

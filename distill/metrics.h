@@ -81,7 +81,6 @@ struct Report {
   std::vector<BarChart> bars;
 };
 
-std::string escape_html(std::string_view text);
 std::string render_report_html(const Report& report);
 void write_report_html(const std::filesystem::path& path, const Report& report);  // atomically
 

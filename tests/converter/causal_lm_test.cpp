@@ -78,7 +78,7 @@ TEST_P(ReferenceForward, GreedyDecodeThroughStepEqualsTransformersGenerate) {
 }
 
 TEST_P(ReferenceForward, PrefillThenStepsEqualOneFullForward) {
-  // 8 tokens of prefill, then one token at a time up to 48: past the Mistral window of 16, so the
+  // 8 tokens of prefill, then one token at a time up to 20: past the Mistral window of 16, so the
   // trimmed window cache must hold exactly the keys the full forward's mask lets through.
   const auto model = CausalLM::load(dir());
   const auto ids = reference().tensor("prompt.1.input_ids").unsqueeze(0);

@@ -17,7 +17,7 @@
 #include "converter/model/lora.h"
 #include "converter/verify.h"
 #include "formats/peft_adapter.h"
-#include "test_util.h"
+#include "conversion_test_util.h"
 
 namespace linearize {
 namespace {
@@ -92,11 +92,7 @@ std::string register_planted(const PlantedBug& bug, std::int64_t layer) {
   return name;
 }
 
-const CheckResult& row(const VerifyReport& report, const std::string& name_start) {
-  for (const auto& c : report.checks)
-    if (c.name.rfind(name_start, 0) == 0) return c;
-  throw std::runtime_error("no check " + name_start);
-}
+using test::report_row;
 
 // One key too many in the window (the kernel refuses a cache larger than its window, so not one too few).
 const Fault kWindowOffByOne = [](nlohmann::json& p, LayerTensors&) { p["window"] = p["window"].get<std::int64_t>() + 1; };
@@ -120,7 +116,7 @@ TEST_P(PlantedBugs, VerifyFailsTheCoveringRowAndNamesTheLayer) {
   convert_checkpoint(options);
   const auto report = record_and_verify(options.out, options.source);
   EXPECT_FALSE(report.passed()) << report.table();
-  const auto& failing = row(report, bug.failing_row);
+  const auto& failing = report_row(report, bug.failing_row);
   EXPECT_FALSE(failing.passed) << report.table();
   EXPECT_EQ(failing.detail.rfind("worst layer 1 ", 0), 0u) << failing.detail;
   std::cout << "planted " << bug.name << " in " << bug.recipe << ": " << failing.name << " = " << failing.value << " ("
@@ -168,8 +164,8 @@ TEST(PlantedBugsLora, ScaleChangedOnReloadFailsTheReload) {
     write_peft_adapter(options.out / kPeftAdapterDir, adapter);
   }
   const auto clean = record_and_verify(options.out, options.source);
-  EXPECT_TRUE(row(clean, "reload reproduces").passed) << clean.table();
-  EXPECT_TRUE(row(clean, "per layer fp64: recurrent").passed) << "the fp64 rows run the adapters in fp64 too\n" << clean.table();
+  EXPECT_TRUE(report_row(clean, "reload reproduces").passed) << clean.table();
+  EXPECT_TRUE(report_row(clean, "per layer fp64: recurrent").passed) << "the fp64 rows run the adapters in fp64 too\n" << clean.table();
 
   const auto config_path = options.out / kPeftAdapterDir / kPeftConfigFile;
   auto config = nlohmann::json::parse(test::read_file(config_path));
@@ -178,7 +174,7 @@ TEST(PlantedBugsLora, ScaleChangedOnReloadFailsTheReload) {
   VerifyOptions verify;
   verify.model = options.out;
   const auto reloaded = verify_model(verify);
-  EXPECT_FALSE(row(reloaded, "reload reproduces").passed) << reloaded.table();
+  EXPECT_FALSE(report_row(reloaded, "reload reproduces").passed) << reloaded.table();
   EXPECT_FALSE(reloaded.passed());
 }
 

@@ -10,7 +10,7 @@
 #include "converter/verify.h"
 #include "formats/error.h"
 #include "formats/safetensors.h"
-#include "test_util.h"
+#include "conversion_test_util.h"
 
 namespace linearize {
 namespace {
@@ -27,23 +27,15 @@ double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
          expected.to(at::kDouble).abs().max().item<double>();
 }
 
+// A converted fixture with its verify logits recorded, as convert leaves it.
 std::filesystem::path convert(const test::TempDir& dir, const std::string& fixture, const std::string& recipe,
                               nlohmann::json params = nlohmann::json::object()) {
-  ConvertOptions options;
-  options.source = test::fixtures_dir() / fixture;
-  options.out = dir / (fixture + "-" + recipe);
-  options.recipe = recipe;
-  options.params = std::move(params);
-  convert_checkpoint(options);
-  record_verify_logits(options.out, load_model(options.out), builtin_verify_prompts(options.out, load_model_config(options.out / "config.json")).ids);
-  return options.out;
+  const auto out = test::convert_fixture(dir, fixture, recipe, std::move(params));
+  record_verify_logits(out, load_model(out), builtin_verify_prompts(out, load_model_config(out / "config.json")).ids);
+  return out;
 }
 
-const CheckResult& row(const VerifyReport& report, const std::string& name_start) {
-  for (const auto& c : report.checks)
-    if (c.name.rfind(name_start, 0) == 0) return c;
-  throw std::runtime_error("no check " + name_start);
-}
+using test::report_row;
 
 class EveryRecipe : public testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
@@ -63,8 +55,8 @@ TEST_P(EveryRecipe, PassesVerify) {
     EXPECT_TRUE(report.passed()) << what << "\n" << report.table();
     for (const char* l1 : {"per layer fp64: parallel", "per layer fp64: recurrent", "per layer fp64: split prompt",
                            "drift in fp32: parallel", "drift in fp32: recurrent", "drift in fp32: split prompt"})
-      EXPECT_TRUE(row(report, l1).passed) << what << " " << l1;
-    EXPECT_EQ(row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
+      EXPECT_TRUE(report_row(report, l1).passed) << what << " " << l1;
+    EXPECT_EQ(report_row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
     std::filesystem::remove_all(out);
   }
 }
@@ -82,10 +74,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, EveryRecipe,
 // where the two differ they are refused before anything is written; the feature-map recipes convert.
 TEST(Recipes, WindowHybridsRefuseAnotherAttentionScale) {
   test::TempDir dir;
-  std::filesystem::copy(test::fixtures_dir() / "tiny-gemma3", dir / "src", std::filesystem::copy_options::recursive);
-  auto config = nlohmann::json::parse(test::read_file(dir / "src" / "config.json"));
-  config["query_pre_attn_scalar"] = 64;
-  test::write_file(dir / "src" / "config.json", config.dump());
+  test::copy_fixture("tiny-gemma3", dir / "src", [](nlohmann::json& c) { c["query_pre_attn_scalar"] = 64; });
   for (const char* recipe : {"liger-gla", "lolcats"}) {
     ConvertOptions options;
     options.source = dir / "src";
@@ -113,7 +102,7 @@ TEST(Recipes, SoftmaxLayersReproduceTheSourceLayers) {
   options.model = out;
   options.source = test::fixtures_dir() / "tiny-qwen2";
   const auto report = verify_model(options);
-  const auto& l3 = row(report, "softmax_layers reproduce");
+  const auto& l3 = report_row(report, "softmax_layers reproduce");
   EXPECT_TRUE(l3.passed) << report.table();
   EXPECT_LE(l3.value, 1e-6);
   // And the layers really are mixed: layer 1 is converted, so the logits move.
@@ -140,12 +129,12 @@ TEST(Recipes, LolcatsWithAWindowCoveringThePromptEqualsTheSource) {
   const auto out = convert(dir, "tiny-llama", "lolcats", {{"window", 64}});
   const auto ids = SafetensorsFile::open(test::fixtures_dir() / "tiny-llama" / "reference.safetensors")
                        .tensor("prompt.2.input_ids")
-                       .unsqueeze(0);  // 48 tokens
+                       .unsqueeze(0);  // 20 tokens
   const auto source = CausalLM::load(test::fixtures_dir() / "tiny-llama");
   // fp32, same maths in another order (windowed blocks vs one SDPA call): the 1e-5 relative of L3.
   EXPECT_LE(relative_error(load_model(out).forward(ids), source.forward(ids)), 1e-5);
   // Past the window it is a different function (the linear branch takes the old keys).
-  const auto long_ids = at::cat({ids, ids}, 1);
+  const auto long_ids = at::cat({ids, ids, ids, ids}, 1);  // 80 tokens, past the window of 64
   EXPECT_GT(relative_error(load_model(out).forward(long_ids), source.forward(long_ids)), 1e-3);
 }
 

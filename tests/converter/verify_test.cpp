@@ -11,27 +11,14 @@
 #include "converter/verify_text.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
-#include "test_util.h"
+#include "conversion_test_util.h"
 
 namespace linearize {
 namespace {
 
-std::filesystem::path convert(const test::TempDir& dir, const std::string& fixture, const std::string& recipe,
-                              nlohmann::json params = nlohmann::json::object()) {
-  ConvertOptions options;
-  options.source = test::fixtures_dir() / fixture;
-  options.out = dir / (fixture + "-" + recipe);
-  options.recipe = recipe;
-  options.params = std::move(params);
-  convert_checkpoint(options);
-  return options.out;
-}
+using test::convert_fixture;
 
-const CheckResult& row(const VerifyReport& report, const std::string& name_start) {
-  for (const auto& c : report.checks)
-    if (c.name.rfind(name_start, 0) == 0) return c;
-  throw std::runtime_error("no check " + name_start);
-}
+using test::report_row;
 
 std::vector<std::size_t> lengths(const VerifyPrompts& prompts) {
   std::vector<std::size_t> out;
@@ -43,12 +30,12 @@ std::vector<std::size_t> lengths(const VerifyPrompts& prompts) {
 // W+1 for each window, and 2 max(W, C) + C + 1 (three chunks at least; the window cache evicts).
 TEST(VerifyPrompts, BuiltInTextIsCutAtChunkAndWindowEdges) {
   test::TempDir dir;
-  const auto llama = convert(dir, "tiny-llama", "lolcats");
+  const auto llama = convert_fixture(dir, "tiny-llama", "lolcats");
   const auto llama_prompts = builtin_verify_prompts(llama, load_model_config(llama / "config.json"));
   EXPECT_EQ(lengths(llama_prompts), (std::vector<std::size_t>{1, 63, 64, 65, 193}));
   EXPECT_EQ(llama_prompts.origin.rfind("built-in text", 0), 0u) << llama_prompts.origin;
 
-  const auto mistral = convert(dir, "tiny-mistral", "lolcats", {{"window", 32}});
+  const auto mistral = convert_fixture(dir, "tiny-mistral", "lolcats", {{"window", 32}});
   EXPECT_EQ(lengths(builtin_verify_prompts(mistral, load_model_config(mistral / "config.json"))),
             (std::vector<std::size_t>{1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 193}));
 }
@@ -73,7 +60,7 @@ TEST(VerifyPrompts, PromptsAreTheSamplesTokenized) {
 
 TEST(VerifyPrompts, RandomIdsOnlyWithoutATokenizerAndTheReportSaysSo) {
   test::TempDir dir;
-  const auto out = convert(dir, "tiny-llama", "hedgehog");
+  const auto out = convert_fixture(dir, "tiny-llama", "hedgehog");
   std::filesystem::remove(out / "tokenizer.json");
   const auto config = load_model_config(out / "config.json");
   const auto prompts = builtin_verify_prompts(out, config);
@@ -84,46 +71,46 @@ TEST(VerifyPrompts, RandomIdsOnlyWithoutATokenizerAndTheReportSaysSo) {
   VerifyOptions options;
   options.model = out;
   const auto report = verify_model(options);
-  EXPECT_NE(row(report, "verify prompts").detail.find("random token ids"), std::string::npos);
+  EXPECT_NE(report_row(report, "verify prompts").detail.find("random token ids"), std::string::npos);
 }
 
 // Every converted layer is checked in fp64 to 1e-10, the worst layer named; the compute-dtype drift rows
 // carry their derived bound. Converting layers 0 and 2 of three leaves layer 1 as softmax: never "worst".
 TEST(VerifyLayerForms, Fp64RowsAreExactAndNameTheWorstLayer) {
   test::TempDir dir;
-  const auto out = convert(dir, "tiny-qwen2", "lolcats", {{"softmax_layers", {1}}, {"window", 16}});
+  const auto out = convert_fixture(dir, "tiny-qwen2", "lolcats", {{"softmax_layers", {1}}, {"window", 16}});
   const auto report = record_and_verify(out, test::fixtures_dir() / "tiny-qwen2");
   EXPECT_TRUE(report.passed()) << report.table();
   for (const char* name : {"per layer fp64: parallel", "per layer fp64: recurrent", "per layer fp64: split prompt"}) {
-    const auto& c = row(report, name);
+    const auto& c = report_row(report, name);
     EXPECT_LE(c.value, 1e-10) << name;
     EXPECT_EQ(c.tolerance, 1e-10);
     EXPECT_TRUE(c.detail.find("worst layer 0 ") == 0 || c.detail.find("worst layer 2 ") == 0) << c.detail;
     EXPECT_NE(c.detail.find("of 2 converted"), std::string::npos) << c.detail;
   }
-  const auto& drift = row(report, "drift in fp32: recurrent decode");
+  const auto& drift = report_row(report, "drift in fp32: recurrent decode");
   EXPECT_GT(drift.tolerance, 0);
   EXPECT_LE(drift.value, drift.tolerance);
-  EXPECT_NE(row(report, "drift in fp32: parallel").detail.find("bound 4 u sqrt(T) L A"), std::string::npos);
+  EXPECT_NE(report_row(report, "drift in fp32: parallel").detail.find("bound 4 u sqrt(T) L A"), std::string::npos);
 }
 
 // Greedy generation: a conversion that keeps every layer as softmax continues exactly as the source; a
 // training-free hedgehog conversion leaves it early, and --min-gen-agree 1 fails it.
 TEST(VerifyGeneration, AgreementIsMeasuredAndEnforcedWhenAsked) {
   test::TempDir dir;
-  const auto exact = convert(dir, "tiny-llama", "hedgehog", {{"softmax_layers", {0, 1}}});
+  const auto exact = convert_fixture(dir, "tiny-llama", "hedgehog", {{"softmax_layers", {0, 1}}});
   VerifyOptions options;
   options.min_gen_agree = 1.0;
   const auto same = record_and_verify(exact, test::fixtures_dir() / "tiny-llama", options);
-  const auto& agree = row(same, "greedy generation agreement");
+  const auto& agree = report_row(same, "greedy generation agreement");
   EXPECT_EQ(agree.value, 1.0) << agree.detail;
   EXPECT_TRUE(agree.passed);
   EXPECT_NE(agree.detail.find("4 of 4 continuations identical"), std::string::npos) << agree.detail;
 
   test::TempDir other;
-  const auto lossy = convert(other, "tiny-llama", "hedgehog");
+  const auto lossy = convert_fixture(other, "tiny-llama", "hedgehog");
   const auto report = record_and_verify(lossy, test::fixtures_dir() / "tiny-llama", options);
-  const auto& diverged = row(report, "greedy generation agreement");
+  const auto& diverged = report_row(report, "greedy generation agreement");
   EXPECT_LT(diverged.value, 1.0) << diverged.detail;
   EXPECT_FALSE(diverged.passed);
   EXPECT_FALSE(report.passed());
@@ -146,10 +133,7 @@ TEST(VerifyReport, JunitHasOneCasePerCheckAndFailuresCarryTheirFigures) {
 // Dynamic NTK RoPE: refused before anything is written, naming the field and why.
 TEST(ConvertRope, DynamicScalingIsRefusedWithTheReason) {
   test::TempDir dir;
-  std::filesystem::copy(test::fixtures_dir() / "tiny-qwen2", dir / "src", std::filesystem::copy_options::recursive);
-  auto config = nlohmann::json::parse(test::read_file(dir / "src" / "config.json"));
-  config["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
-  test::write_file(dir / "src" / "config.json", config.dump());
+  test::copy_fixture("tiny-qwen2", dir / "src", [](nlohmann::json& c) { c["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}}; });
   ConvertOptions options;
   options.source = dir / "src";
   options.out = dir / "out";
