@@ -6,6 +6,7 @@
 
 #include "formats/checkpoint.h"
 #include "converter/model_config.h"
+#include "converter/names.h"
 
 namespace linearize {
 namespace {
@@ -97,9 +98,10 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
   r["mlp_bias"] = cfg.mlp_bias;
   // What the weights hold, which is not always what the config says (Qwen2 hard-codes q/k/v biases).
   std::vector<std::string> biases;
-  for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                           "mlp.up_proj", "mlp.down_proj"})
-    if (weights.contains(std::string("model.layers.0.") + proj + ".bias")) biases.emplace_back(proj);
+  using names::LayerModule;
+  for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj, LayerModule::gate_proj,
+                       LayerModule::up_proj, LayerModule::down_proj})
+    if (weights.contains(names::bias(0, m))) biases.push_back(names::module_in_layer(m));
   r["layer0_biases"] = biases;
   r["tensors"] = weights.names().size();
   r["bytes"] = bytes;

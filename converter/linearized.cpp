@@ -7,6 +7,7 @@
 #include "converter/model/lora.h"
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/model/weights.h"
+#include "converter/names.h"
 #include "formats/atomic_file.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -20,8 +21,6 @@
 
 namespace linearize {
 namespace {
-
-std::string layer_scope(std::int64_t layer) { return "model.layers." + std::to_string(layer) + ".self_attn."; }
 
 bool is_softmax_layer(const RecipeParams& params, std::int64_t layer) {
   const auto kept = softmax_layers(params);
@@ -45,7 +44,7 @@ std::vector<TensorSpec> recipe_tensors(const ModelConfig& config, const RecipeOf
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
     if (is_softmax_layer(r.params, i)) continue;
     for (auto& t : r.recipe->new_tensors(LayerContext{config, i, r.params}))
-      specs.push_back({layer_scope(i) + t.name, t.shape, false});
+      specs.push_back({names::recipe_tensor(i, t.name), t.shape, false});
   }
   return specs;
 }
@@ -84,7 +83,7 @@ CausalLM load_mixers(const std::filesystem::path& dir, const LoadOptions& option
     if (is_softmax_layer(params, layer)) return nullptr;
     const LayerContext ctx{cfg, layer, params};
     LayerTensors tensors;
-    for (const auto& t : recipe.new_tensors(ctx)) tensors[t.name] = weights.get(layer_scope(layer) + t.name);
+    for (const auto& t : recipe.new_tensors(ctx)) tensors[t.name] = weights.get(names::recipe_tensor(layer, t.name));
     return recipe.make_mixer(ctx, source, tensors);
   };
   return CausalLM::load(dir, std::move(config), options, &overrides);
@@ -171,7 +170,7 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
       for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params})) {
         auto value = t.init();
         result.new_parameters += value.numel();
-        tensors.emplace_back(layer_scope(i) + t.name, std::move(value));
+        tensors.emplace_back(names::recipe_tensor(i, t.name), std::move(value));
       }
     }
     if (options.progress) options.progress(i, config.num_hidden_layers);

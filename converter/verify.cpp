@@ -14,6 +14,7 @@
 
 #include "converter/linearized.h"
 #include "converter/model/weights.h"
+#include "converter/names.h"
 #include "converter/next_token.h"
 #include "converter/verify_text.h"
 #include "formats/checkpoint.h"
@@ -174,8 +175,6 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
   return true;
 }
 
-std::string layer_name(std::int64_t layer, const char* what) { return "layers." + std::to_string(layer) + "." + what; }
-
 // The L1 prompts that also run token by token, as (index into `sample`, tokens): the longest first until
 // kDecodeTokenBudget tokens, the last one taking its first tokens only (a prefix of a causal output is the
 // output of the prefix). In prompt order.
@@ -220,11 +219,13 @@ struct SampleForward {
 SampleForward run_sample(const CausalLM& model, std::vector<std::vector<std::int64_t>> prompts) {
   SampleForward out;
   out.prompts = std::move(prompts);
-  std::map<std::string, std::int64_t> wanted;
-  for (const auto i : converted_layers(model.config())) wanted[layer_name(i, "attn_in")] = i;
+  const auto converted = converted_layers(model.config());
+  const std::set<std::int64_t> wanted(converted.begin(), converted.end());
   const auto capture = [&](const std::string& name, const at::Tensor& t) {
-    if (const auto it = wanted.find(name); it != wanted.end()) out.layer_inputs[it->second].push_back(t.detach());
-    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".out") != 0) return;
+    const auto what = names::parse_capture(name);
+    if (!what) return;
+    if (what->what == names::Capture::attn_in && wanted.count(what->layer)) out.layer_inputs[what->layer].push_back(t.detach());
+    if (what->what != names::Capture::out) return;
     const auto h = t.detach().to(at::kDouble);
     const double rms = h.pow(2).mean().sqrt().item<double>();
     if (rms > 0) out.outlier_ratio = worse(out.outlier_ratio, h.abs().max().item<double>() / rms);
@@ -271,7 +272,7 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
   for (const auto layer : converted) {
     const auto mixer = rebuild_mixer(model, layer, at::kDouble);
     const auto& own = *model.layers()[static_cast<std::size_t>(layer)].mixer;
-    const auto scope = layer_name(layer, "mixer");
+    const auto scope = names::mixer_scope(layer);
     double layer_parallel = 0, layer_recurrent = 0, layer_carry = 0, own_chunked = 0;
     const auto& inputs = sample.layer_inputs.at(layer);
     for (std::size_t n = 0; n < inputs.size(); ++n) {
@@ -448,11 +449,11 @@ SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& co
   // L4 compares every layer's output; L3 needs the input and output of the layers kept as softmax. Only
   // those are held (for every prompt: with --text they add up).
   std::set<std::string> wanted;
-  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) wanted.insert(layer_name(i, "out"));
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) wanted.insert(names::capture(i, names::Capture::out));
   for (const auto layer : config.linearize.is_null() ? std::vector<std::int64_t>{}
                                                      : config.linearize.value("softmax_layers", std::vector<std::int64_t>{})) {
-    wanted.insert(layer_name(layer, "attn_in"));
-    wanted.insert(layer_name(layer, "attn_out"));
+    wanted.insert(names::capture(layer, names::Capture::attn_in));
+    wanted.insert(names::capture(layer, names::Capture::attn_out));
   }
   SourceOutputs out;
   for (const auto& p : prompts) {
@@ -476,11 +477,10 @@ void check_exactness(const CausalLM& model, const SourceOutputs& source, ReportB
   double worst = 0;
   for (const auto& seen : source.captured) {
     for (const auto layer : kept) {
-      const std::string scope = "layers." + std::to_string(layer);
       const CaptureFn none;
       const auto out = model.layers()[static_cast<std::size_t>(layer)].mixer->forward(
-          seen.at(scope + ".attn_in"), 0, nullptr, MixerCall{none, scope + ".mixer"});
-      worst = worse(worst, relative_error(out, seen.at(scope + ".attn_out")));
+          seen.at(names::capture(layer, names::Capture::attn_in)), 0, nullptr, MixerCall{none, names::mixer_scope(layer)});
+      worst = worse(worst, relative_error(out, seen.at(names::capture(layer, names::Capture::attn_out))));
     }
   }
   r.add("L3", "softmax_layers reproduce the source layer outputs", worst, "<=", kExactTolerance);
@@ -498,7 +498,8 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
     std::map<std::string, at::Tensor> mod_h;
     const auto ls = at::log_softmax(source.logits[n].to(at::kDouble), -1);
     const auto lm = at::log_softmax(model.forward(ids, [&mod_h](const std::string& name, const at::Tensor& t) {
-                                            if (name.size() > 4 && name.compare(name.size() - 4, 4, ".out") == 0) mod_h[name] = t;
+                                            const auto what = names::parse_capture(name);
+                                            if (what && what->what == names::Capture::out) mod_h[name] = t;
                                           })[0].to(at::kDouble),
                                     -1);
     const auto kl = kl_per_row(ls, lm);  // KL(source || model) per position, fp64: near-identical models
@@ -510,7 +511,7 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
     nll_model += nll_sum(lm.narrow(0, 0, ids.size(1) - 1), next).item<double>();
     targets += static_cast<double>(ids.size(1) - 1);
     for (std::int64_t i = 0; i < layers; ++i) {
-      const auto name = "layers." + std::to_string(i) + ".out";
+      const auto name = names::capture(i, names::Capture::out);
       auto& e = layer_error[static_cast<std::size_t>(i)];
       e = worse(e, relative_error(mod_h.at(name), source.captured[n].at(name)));
     }

@@ -3,14 +3,12 @@
 #include <ATen/core/grad_mode.h>
 
 #include <map>
-#include <regex>
 #include <set>
 
+#include "converter/names.h"
 #include "formats/error.h"
 
 namespace linearize {
-
-std::string self_attn_scope(std::int64_t layer) { return "model.layers." + std::to_string(layer) + ".self_attn."; }
 
 NamedTensors make_stage1_trainable(CausalLM& student) {
   NamedTensors params;
@@ -19,16 +17,10 @@ NamedTensors make_stage1_trainable(CausalLM& student) {
       // set_data swaps the storage under every handle of this tensor, the mixer's included.
       tensor.set_data(tensor.detach().clone());
       tensor.requires_grad_(true);
-      params.emplace_back(self_attn_scope(static_cast<std::int64_t>(i)) + name, tensor);
+      params.emplace_back(names::recipe_tensor(static_cast<std::int64_t>(i), name), tensor);
     }
   }
   return params;
-}
-
-std::int64_t layer_of(const std::string& name) {
-  static const std::regex pattern(R"(^model\.layers\.(\d+)\.)");
-  std::smatch m;
-  return std::regex_search(name, m, pattern) ? std::stoll(m[1].str()) : -1;
 }
 
 std::vector<std::int64_t> converted_layers(const CausalLM& student) {
@@ -37,9 +29,6 @@ std::vector<std::int64_t> converted_layers(const CausalLM& student) {
     if (!student.layers()[i].mixer->trainable().empty()) layers.push_back(static_cast<std::int64_t>(i));
   return layers;
 }
-
-std::string layer_input_name(std::int64_t layer) { return "layers." + std::to_string(layer) + ".attn_in"; }
-std::string layer_target_name(std::int64_t layer) { return "layers." + std::to_string(layer) + ".attn_out"; }
 
 namespace {
 
@@ -77,7 +66,7 @@ at::Tensor layer_transfer_loss(const CausalLM& student, const CausalLM& source, 
   }
   const CaptureFn no_capture;
   const auto student_out = student.layers()[index].mixer->forward(
-      x, 0, nullptr, MixerCall{no_capture, "layers." + std::to_string(layer) + ".mixer", kernels::MixerForm::chunked});
+      x, 0, nullptr, MixerCall{no_capture, names::mixer_scope(layer), kernels::MixerForm::chunked});
   return at::mse_loss(student_out.to(at::kFloat), teacher_out.to(at::kFloat));
 }
 
@@ -100,8 +89,8 @@ TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& so
     at::NoGradGuard no_grad;
     std::set<std::string> wanted;
     for (const auto layer : result.layers) {
-      wanted.insert(layer_input_name(layer));
-      wanted.insert(layer_target_name(layer));
+      wanted.insert(names::capture(layer, names::Capture::attn_in));
+      wanted.insert(names::capture(layer, names::Capture::attn_out));
     }
     source.forward(ids, [&](const std::string& name, const at::Tensor& value) {
       if (wanted.count(name)) captured[name] = value;
@@ -110,8 +99,8 @@ TransferLoss attention_transfer_loss(const CausalLM& student, const CausalLM& so
 
   std::vector<at::Tensor> losses;
   for (const auto layer : result.layers) {
-    auto value = layer_transfer_loss(student, source, layer, captured.at(layer_input_name(layer)),
-                                     captured.at(layer_target_name(layer)), loss);
+    auto value = layer_transfer_loss(student, source, layer, captured.at(names::capture(layer, names::Capture::attn_in)),
+                                     captured.at(names::capture(layer, names::Capture::attn_out)), loss);
     result.layer_loss.push_back(value.item<double>());
     losses.push_back(std::move(value));
   }

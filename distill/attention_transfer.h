@@ -28,24 +28,13 @@
 
 namespace linearize {
 
-// "model.layers.{i}.self_attn." (the HF names a converted layer's new tensors are stored under).
-std::string self_attn_scope(std::int64_t layer);
-
 // Every converted layer's new tensors as trainable parameters, by their stored names
 // ("model.layers.0.self_attn.feature_map_q.weight"). Each is first given its own memory (loaded fp32
 // weights view the read-only file mapping) and set to require grad; nothing else in the model does.
 NamedTensors make_stage1_trainable(CausalLM& student);
 
-// The layer index in a stored name ("model.layers.3.self_attn.x" -> 3), -1 for none.
-std::int64_t layer_of(const std::string& name);
-
 // The layers whose mixer has trainable tensors, in order.
 std::vector<std::int64_t> converted_layers(const CausalLM& student);
-
-// A layer's input and the teacher's output of it, named as the decoder captures them (and as the
-// layer-wise cache stores them): "layers.{i}.attn_in", "layers.{i}.attn_out".
-std::string layer_input_name(std::int64_t layer);
-std::string layer_target_name(std::int64_t layer);
 
 struct TransferLoss {
   at::Tensor loss;                   // factor x mean of layer_loss, differentiable in the trainables

@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "converter/names.h"
 #include "formats/error.h"
 
 namespace linearize {
@@ -17,7 +18,7 @@ std::int64_t write_layer_cache(const std::filesystem::path& path, const CausalLM
   const std::vector<std::int64_t> row{batches.front().size(1), source.config().hidden_size};
   std::set<std::string> wanted;
   for (const auto layer : layers)
-    for (const auto& name : {layer_input_name(layer), layer_target_name(layer)}) {
+    for (const auto& name : {names::capture(layer, names::Capture::attn_in), names::capture(layer, names::Capture::attn_out)}) {
       writer.create_dataset(name, at::kFloat, row);
       wanted.insert(name);
     }
@@ -37,7 +38,7 @@ LayerCache::LayerCache(const std::filesystem::path& path, const std::vector<std:
     : reader_(path) {
   bool first = true;
   for (const auto layer : layers)
-    for (const auto& name : {layer_input_name(layer), layer_target_name(layer)}) {
+    for (const auto& name : {names::capture(layer, names::Capture::attn_in), names::capture(layer, names::Capture::attn_out)}) {
       const auto shape = reader_.shape(name);  // an InputError naming the file and dataset when missing
       const auto fail = [&](const std::string& what) { throw InputError(path.string(), name, what); };
       if (reader_.dtype(name) != at::kFloat) fail(std::string("expected fp32 rows, got ") + c10::toString(reader_.dtype(name)));
@@ -55,11 +56,11 @@ LayerCache::LayerCache(const std::filesystem::path& path, const std::vector<std:
 }
 
 at::Tensor LayerCache::input(std::int64_t layer, std::int64_t begin, std::int64_t end) const {
-  return reader_.read(layer_input_name(layer), begin, end);
+  return reader_.read(names::capture(layer, names::Capture::attn_in), begin, end);
 }
 
 at::Tensor LayerCache::target(std::int64_t layer, std::int64_t begin, std::int64_t end) const {
-  return reader_.read(layer_target_name(layer), begin, end);
+  return reader_.read(names::capture(layer, names::Capture::attn_out), begin, end);
 }
 
 TransferLoss layerwise_transfer_loss(const CausalLM& student, const CausalLM& source, const LayerCache& cache,

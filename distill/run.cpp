@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "converter/linearized.h"
+#include "converter/names.h"
 #include "converter/next_token.h"
 #include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
@@ -173,7 +174,7 @@ void check_finite(const StagePlan& plan, std::int64_t step, double loss, const s
   std::string what;
   for (const auto& [name, tensor] : plan.params) {
     if (tensor.grad().defined() && !at::isfinite(tensor.grad()).all().item<bool>()) {
-      what = "non-finite gradient of " + name + " (layer " + std::to_string(layer_of(name)) + ")";
+      what = "non-finite gradient of " + name + " (layer " + std::to_string(names::layer_of(name).value_or(-1)) + ")";
       break;
     }
   }
@@ -239,8 +240,8 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
   nlohmann::json merged_names = nlohmann::json::array();
   if (merge) {
     for (const auto& lora : adapters) {
-      replaced[lora->path() + ".weight"] = lora->merge();
-      merged_names.push_back(lora->path() + ".weight");
+      replaced[names::weight_of(lora->path())] = lora->merge();
+      merged_names.push_back(names::weight_of(lora->path()));
     }
   }
   const auto file = SafetensorsFile::open(converted / kSingleWeightsFile);
@@ -478,7 +479,7 @@ DistillResult run_distill(const DistillOptions& options) {
   if (stage1.enabled) check_stage1_loss(student, stage1.loss);
   std::vector<std::int64_t> layers;  // the converted layers, in the order of the per-layer losses
   for (const auto& [name, tensor] : stage1_params)
-    if (layers.empty() || layers.back() != layer_of(name)) layers.push_back(layer_of(name));
+    if (layers.empty() || layers.back() != *names::layer_of(name)) layers.push_back(*names::layer_of(name));
   // Layer-wise, each layer trains stage1.steps steps of its own, one layer after another.
   const bool layerwise = stage1.mode == Stage1Mode::kLayerwise;
   const std::int64_t stage1_steps =
@@ -550,7 +551,7 @@ DistillResult run_distill(const DistillOptions& options) {
         plan.first_step = static_cast<std::int64_t>(j) * stage1.optim.steps;
         if (result.step >= plan.first_step + stage1.optim.steps) continue;  // trained before a resume
         for (const auto& entry : stage1_params)
-          if (layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
+          if (names::layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
         plan.saved = stage1_params;
         plan.layers = {layers[j]};
         plan.loss = [&, layer = layers[j]](std::int64_t micro) {

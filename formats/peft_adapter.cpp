@@ -34,6 +34,9 @@ json number(double value) {
 
 }  // namespace
 
+std::string peft_lora_a_name(const std::string& module_path) { return module_path + kSuffixA; }
+std::string peft_lora_b_name(const std::string& module_path) { return module_path + kSuffixB; }
+
 void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapter& adapter) {
   const auto& config = adapter.config;
   NamedTensors tensors;
@@ -44,8 +47,8 @@ void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapter& ada
       throw std::invalid_argument("write_peft_adapter: " + module.path + ": lora_A must be [r, in] and lora_B [out, r] with r = " +
                                   std::to_string(config.r));
     }
-    tensors.emplace_back(kPrefix + module.path + kSuffixA, a.detach().to(at::kFloat));
-    tensors.emplace_back(kPrefix + module.path + kSuffixB, b.detach().to(at::kFloat));
+    tensors.emplace_back(kPrefix + peft_lora_a_name(module.path), a.detach().to(at::kFloat));
+    tensors.emplace_back(kPrefix + peft_lora_b_name(module.path), b.detach().to(at::kFloat));
   }
   // The keys PEFT's LoraConfig saves for plain LoRA (peft:src/peft/tuners/lora/config.py).
   const json config_json = {

@@ -36,6 +36,11 @@ struct PeftAdapter {
   std::vector<PeftLoraModule> modules;  // sorted by path when read
 };
 
+// The factors' names in a checkpoint: <module path>.lora_A.weight and .lora_B.weight (PEFT's file
+// prefixes them with base_model.model.).
+std::string peft_lora_a_name(const std::string& module_path);
+std::string peft_lora_b_name(const std::string& module_path);
+
 // Writes the weights (fp32) and then the config, each atomically, so a directory with a config is complete.
 // Creates `dir` if needed. Throws std::invalid_argument for shapes that disagree with config.r.
 void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapter& adapter);

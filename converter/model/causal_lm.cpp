@@ -1,6 +1,7 @@
 #include "converter/model/causal_lm.h"
 
 #include "converter/model/softmax_attention_mixer.h"
+#include "converter/names.h"
 #include "converter/model/weights.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -96,31 +97,33 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   auto specs = decoder_tensors(*cfg.family, cfg);
   if (overrides) specs.insert(specs.end(), overrides->extra_tensors.begin(), overrides->extra_tensors.end());
   auto w = ModelWeights::load(checkpoint, specs, options.dtype, options.device);
-  model.embed_ = w.get("model.embed_tokens.weight");
-  model.final_norm_ = w.get("model.norm.weight");
-  model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get("lm_head.weight");
+  using names::LayerModule;
+  model.embed_ = w.get(names::kEmbedTokens);
+  model.final_norm_ = w.get(names::kFinalNorm);
+  model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get(names::kLmHead);
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const auto weight = [i](LayerModule m) { return names::weight(i, m); };
+    const auto bias = [i](LayerModule m) { return names::bias(i, m); };
     DecoderLayer layer;
-    layer.input_norm = w.get(p + "input_layernorm.weight");
-    layer.post_attention_norm = w.get(p + "post_attention_layernorm.weight");
+    layer.input_norm = w.get(weight(LayerModule::input_layernorm));
+    layer.post_attention_norm = w.get(weight(LayerModule::post_attention_layernorm));
     if (cfg.block.sandwich_norms) {
-      layer.pre_feedforward_norm = w.get(p + "pre_feedforward_layernorm.weight");
-      layer.post_feedforward_norm = w.get(p + "post_feedforward_layernorm.weight");
+      layer.pre_feedforward_norm = w.get(weight(LayerModule::pre_feedforward_layernorm));
+      layer.post_feedforward_norm = w.get(weight(LayerModule::post_feedforward_layernorm));
     }
     // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
-    AttentionProjections proj{w.take(p + "self_attn.q_proj.weight"), w.take(p + "self_attn.k_proj.weight"),
-                              w.take(p + "self_attn.v_proj.weight"), w.get(p + "self_attn.o_proj.weight"),
-                              w.take(p + "self_attn.q_proj.bias"), w.take(p + "self_attn.k_proj.bias"),
-                              w.take(p + "self_attn.v_proj.bias"), w.optional(p + "self_attn.o_proj.bias"),
-                              w.optional(p + "self_attn.q_norm.weight"), w.optional(p + "self_attn.k_norm.weight")};
+    AttentionProjections proj{w.take(weight(LayerModule::q_proj)), w.take(weight(LayerModule::k_proj)),
+                              w.take(weight(LayerModule::v_proj)), w.get(weight(LayerModule::o_proj)),
+                              w.take(bias(LayerModule::q_proj)), w.take(bias(LayerModule::k_proj)),
+                              w.take(bias(LayerModule::v_proj)), w.optional(bias(LayerModule::o_proj)),
+                              w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm))};
     auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), attention_shape(cfg, i), cfg.rope_for(i), layer.adapters);
     layer.attention = softmax->projections();
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);
-    layer.mlp = GatedMlp(w.take(p + "mlp.gate_proj.weight"), w.take(p + "mlp.up_proj.weight"),
-                         w.get(p + "mlp.down_proj.weight"), w.take(p + "mlp.gate_proj.bias"),
-                         w.take(p + "mlp.up_proj.bias"), w.optional(p + "mlp.down_proj.bias"), cfg.block.activation,
+    layer.mlp = GatedMlp(w.take(weight(LayerModule::gate_proj)), w.take(weight(LayerModule::up_proj)),
+                         w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
+                         w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
                          layer.adapters);
     w.release_taken();
     model.layers_.push_back(std::move(layer));
@@ -139,31 +142,31 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   auto h = at::embedding(embed_, ids.to(embed_.device()));
   // Gemma scales by sqrt(hidden) rounded to the weights' dtype first, as transformers does.
   if (block.embedding_scale != 1.0) h = h * at::scalar_tensor(block.embedding_scale, embed_.options());
-  if (capture) capture("embed", h);
+  if (capture) capture(names::kEmbedCapture, h);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const auto& layer = layers_[i];
-    const std::string scope = "layers." + std::to_string(i);
+    const auto layer_index = static_cast<std::int64_t>(i);
     const auto normed = norm(h, layer.input_norm);
     // attn_out / mlp_out are the mixer's and the MLP's own outputs (what verify and distill compare);
     // the sandwich's output norms act after them.
     const auto attn = layer.mixer->forward(normed, start, state ? state->layers[i].get() : nullptr,
-                                           MixerCall{capture, scope + ".mixer", form});
+                                           MixerCall{capture, names::mixer_scope(layer_index), form});
     h = h + (block.sandwich_norms ? norm(attn, layer.post_attention_norm) : attn);
     const auto mlp = layer.mlp.forward(norm(h, block.sandwich_norms ? layer.pre_feedforward_norm : layer.post_attention_norm));
     h = h + (block.sandwich_norms ? norm(mlp, layer.post_feedforward_norm) : mlp);
     if (capture) {
-      capture(scope + ".attn_in", normed);
-      capture(scope + ".attn_out", attn);
-      capture(scope + ".mlp_out", mlp);
-      capture(scope + ".out", h);
+      capture(names::capture(layer_index, names::Capture::attn_in), normed);
+      capture(names::capture(layer_index, names::Capture::attn_out), attn);
+      capture(names::capture(layer_index, names::Capture::mlp_out), mlp);
+      capture(names::capture(layer_index, names::Capture::out), h);
     }
   }
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   h = norm(h, final_norm_);
-  if (capture) capture("norm", h);
+  if (capture) capture(names::kNormCapture, h);
   auto logits = at::linear(h, lm_head_);
   if (block.final_logit_softcap) logits = at::tanh(logits / *block.final_logit_softcap) * *block.final_logit_softcap;
-  if (capture) capture("logits", logits);
+  if (capture) capture(names::kLogitsCapture, logits);
   return logits;
 }
 

@@ -1,33 +1,32 @@
 #include "converter/model/linear_adapter.h"
 
 namespace linearize {
-namespace {
 
-const std::array<std::string, kProjectionCount>& names() {
-  static const std::array<std::string, kProjectionCount> value{"q_proj", "k_proj",  "v_proj",   "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"};
-  return value;
+names::LayerModule layer_module(Projection projection) {
+  using names::LayerModule;
+  static constexpr std::array<LayerModule, kProjectionCount> modules{LayerModule::q_proj,    LayerModule::k_proj,  LayerModule::v_proj,
+                                                                     LayerModule::o_proj,    LayerModule::gate_proj,
+                                                                     LayerModule::up_proj,   LayerModule::down_proj};
+  return modules[static_cast<std::size_t>(projection)];
 }
 
-}  // namespace
-
-const std::string& projection_name(Projection projection) { return names()[static_cast<std::size_t>(projection)]; }
-
-std::string projection_module(Projection projection) {
-  const bool attention = projection == Projection::q || projection == Projection::k || projection == Projection::v ||
-                         projection == Projection::o;
-  return (attention ? "self_attn." : "mlp.") + projection_name(projection);
-}
+std::string projection_name(Projection projection) { return names::module_name(layer_module(projection)); }
 
 std::optional<Projection> find_projection(const std::string& name) {
   for (std::size_t i = 0; i < kProjectionCount; ++i)
-    if (names()[i] == name) return static_cast<Projection>(i);
+    if (projection_name(static_cast<Projection>(i)) == name) return static_cast<Projection>(i);
+  return std::nullopt;
+}
+
+std::optional<Projection> find_projection(names::LayerModule module) {
+  for (std::size_t i = 0; i < kProjectionCount; ++i)
+    if (layer_module(static_cast<Projection>(i)) == module) return static_cast<Projection>(i);
   return std::nullopt;
 }
 
 std::string projection_names() {
   std::string joined;
-  for (const auto& name : names()) joined += (joined.empty() ? "" : ", ") + name;
+  for (std::size_t i = 0; i < kProjectionCount; ++i) joined += (joined.empty() ? "" : ", ") + projection_name(static_cast<Projection>(i));
   return joined;
 }
 

@@ -11,17 +11,20 @@
 
 #include <ATen/ATen.h>
 
+#include "converter/names.h"
+
 namespace linearize {
 
 // The projections of a decoder layer, by their Hugging Face module names.
 enum class Projection : std::size_t { q, k, v, o, gate, up, down };
 inline constexpr std::size_t kProjectionCount = 7;
 
+// The layer module a projection is (converter/names.h builds its names).
+names::LayerModule layer_module(Projection projection);
 // "q_proj", ..., "down_proj" (PEFT's target_modules names).
-const std::string& projection_name(Projection projection);
-// The module path inside a layer: "self_attn.q_proj", "mlp.gate_proj".
-std::string projection_module(Projection projection);
+std::string projection_name(Projection projection);
 std::optional<Projection> find_projection(const std::string& name);
+std::optional<Projection> find_projection(names::LayerModule module);
 // Every projection name, for error messages.
 std::string projection_names();
 

@@ -5,7 +5,6 @@
 
 #include <ATen/core/grad_mode.h>
 
-#include <regex>
 
 #include <cmath>
 #include <stdexcept>
@@ -59,19 +58,11 @@ at::Tensor LoraLinear::merge() const {
   at::Tensor merged = weight_.to(at::kFloat) + at::matmul(b_.to(at::kFloat), a_.to(at::kFloat)) * scale_;
   const std::int64_t bad = merged.numel() - at::isfinite(merged).sum().item<std::int64_t>();
   if (bad != 0) {
-    throw std::runtime_error(path_ + ".weight: merging LoRA gives " + std::to_string(bad) +
+    throw std::runtime_error(names::weight_of(path_) + ": merging LoRA gives " + std::to_string(bad) +
                              " non-finite values (NaN/Inf); not merged (check " + a_name() + " and " + b_name() + ")");
   }
   return merged;
 }
-
-namespace {
-
-std::string module_path(std::size_t layer, Projection projection) {
-  return "model.layers." + std::to_string(layer) + "." + projection_module(projection);
-}
-
-}  // namespace
 
 std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std::vector<std::string>& targets,
                                                      const LoraOptions& options, std::optional<at::Generator> generator) {
@@ -81,7 +72,7 @@ std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std:
     for (const auto& target : targets) {
       const auto projection = find_projection(target);
       if (!projection) throw std::invalid_argument("attach_lora: unknown projection " + target);
-      auto lora = std::make_shared<LoraLinear>(module_path(i, *projection), layer.weight(*projection),
+      auto lora = std::make_shared<LoraLinear>(names::module_path(static_cast<std::int64_t>(i), layer_module(*projection)), layer.weight(*projection),
                                                layer.bias(*projection), options, generator);
       layer.adapters->attach(*projection, lora);
       adapters.push_back(std::move(lora));
@@ -93,14 +84,13 @@ std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std:
 std::vector<std::shared_ptr<LoraLinear>> attach_peft_adapter(CausalLM& model, const std::filesystem::path& dir) {
   const auto adapter = read_peft_adapter(dir);
   const LoraOptions options{adapter.config.r, adapter.config.lora_alpha, adapter.config.lora_dropout, adapter.config.use_rslora};
-  static const std::regex pattern(R"(^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$)");
   std::vector<std::shared_ptr<LoraLinear>> adapters;
   const std::string file = (dir / kPeftWeightsFile).string();
   for (const auto& module : adapter.modules) {
-    std::smatch m;
-    const auto projection = std::regex_match(module.path, m, pattern) ? find_projection(m[3].str()) : std::nullopt;
-    const auto layer = projection ? std::stoull(m[1].str()) : 0;
-    if (!projection || projection_module(*projection) != m[2].str() + "." + m[3].str() || layer >= model.layers().size())
+    const auto parsed = names::parse_module_path(module.path);
+    const auto projection = parsed ? find_projection(parsed->module) : std::nullopt;
+    const auto layer = projection ? static_cast<std::size_t>(parsed->layer) : 0;
+    if (!projection || layer >= model.layers().size())
       throw InputError(file, module.path, "is not a projection of this model (layers 0.." +
                                               std::to_string(model.layers().size() - 1) + ": " + projection_names() + ")");
     auto& target = model.layers()[layer];

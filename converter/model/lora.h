@@ -59,8 +59,8 @@ class LoraLinear final : public LinearAdapter {
   const LoraOptions& options() const { return options_; }
 
   // The trainable tensors' checkpoint / PEFT names: "<path>.lora_A.weight", "<path>.lora_B.weight".
-  std::string a_name() const { return path_ + ".lora_A.weight"; }
-  std::string b_name() const { return path_ + ".lora_B.weight"; }
+  std::string a_name() const { return peft_lora_a_name(path_); }
+  std::string b_name() const { return peft_lora_b_name(path_); }
   PeftLoraModule to_peft() const { return {path_, a_, b_}; }
 
  private:

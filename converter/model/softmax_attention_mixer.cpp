@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "converter/names.h"
 #include "kernels/norms.h"
 #include "kernels/softmax_attention.h"
 
@@ -125,9 +126,9 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
                                           const MixerCall& call) const {
   auto [q, k, v] = rotated_heads(x, start);
   if (call.capture) {
-    call.capture(call.scope + ".q", q);
-    call.capture(call.scope + ".k", k);
-    call.capture(call.scope + ".v", v);
+    call.capture(names::capture(call.scope, names::MixerCapture::q), q);
+    call.capture(names::capture(call.scope, names::MixerCapture::k), k);
+    call.capture(names::capture(call.scope, names::MixerCapture::v), v);
   }
 
   kernels::SoftmaxAttentionOptions options;

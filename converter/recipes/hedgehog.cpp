@@ -12,7 +12,7 @@ namespace {
 class HedgehogMixer final : public TokenMixer {
  public:
   HedgehogMixer(const SoftmaxAttentionMixer& source, const LayerTensors& t)
-      : source_(source), map_q_(t.at("feature_map_q.weight")), map_k_(t.at("feature_map_k.weight")) {}
+      : source_(source), map_q_(t.at(names::kFeatureMapQWeight)), map_k_(t.at(names::kFeatureMapKWeight)) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     auto* st = static_cast<recipes::LinearMixerState*>(state);
@@ -22,7 +22,7 @@ class HedgehogMixer final : public TokenMixer {
     options.scale = 1.0;
     options.normalize = true;  // the features are positive (softmaxes), so the denominator is too
     auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
-    if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
+    if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::o_lin), lin.o);
     if (st) st->linear = std::move(lin.state);
     return source_.project_output(lin.o.to(x.scalar_type()));
   }
@@ -37,7 +37,7 @@ class HedgehogMixer final : public TokenMixer {
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "hedgehog"; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
-    return {{"feature_map_q.weight", map_q_}, {"feature_map_k.weight", map_k_}};
+    return {{names::kFeatureMapQWeight, map_q_}, {names::kFeatureMapKWeight, map_k_}};
   }
 
  private:

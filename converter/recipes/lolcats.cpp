@@ -20,8 +20,8 @@ namespace {
 class LolcatsMixer final : public TokenMixer {
  public:
   LolcatsMixer(const SoftmaxAttentionMixer& source, std::int64_t window, const LayerTensors& t)
-      : source_(source), window_(window), map_q_(t.at("feature_map_q.weight")), map_k_(t.at("feature_map_k.weight")),
-        window_factors_(t.at("window_factors")) {}
+      : source_(source), window_(window), map_q_(t.at(names::kFeatureMapQWeight)), map_k_(t.at(names::kFeatureMapKWeight)),
+        window_factors_(t.at(names::kWindowFactors)) {}
 
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
     const std::int64_t H = source_.shape().heads;
@@ -60,7 +60,7 @@ class LolcatsMixer final : public TokenMixer {
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }
   std::string kind() const override { return "lolcats"; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
-    return {{"feature_map_q.weight", map_q_}, {"feature_map_k.weight", map_k_}, {"window_factors", window_factors_}};
+    return {{names::kFeatureMapQWeight, map_q_}, {names::kFeatureMapKWeight, map_k_}, {names::kWindowFactors, window_factors_}};
   }
 
  private:
@@ -82,7 +82,7 @@ Recipe lolcats_recipe() {
     auto tensors = recipes::hedgehog_map_tensors(ctx);
     const std::int64_t heads = ctx.config.num_attention_heads;
     const double w0 = ctx.params.at("window_factor_init").get<double>();
-    tensors.push_back({"window_factors", {heads}, [heads, w0] { return at::full({heads}, w0, at::kFloat); }});
+    tensors.push_back({names::kWindowFactors, {heads}, [heads, w0] { return at::full({heads}, w0, at::kFloat); }});
     return tensors;
   };
   r.check_source = recipes::require_default_attention_scale;

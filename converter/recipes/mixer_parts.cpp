@@ -29,7 +29,7 @@ std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
   const auto& f_param = ctx.params.at("feature_dim");
   const std::int64_t f = f_param.is_null() ? d / 2 : f_param.get<std::int64_t>();
   auto init = [heads, d, f] { return kernels::truncated_identity(heads, d, f, at::TensorOptions().dtype(at::kFloat)); };
-  return {{"feature_map_q.weight", {heads, d, f}, init}, {"feature_map_k.weight", {heads, d, f}, init}};
+  return {{names::kFeatureMapQWeight, {heads, d, f}, init}, {names::kFeatureMapKWeight, {heads, d, f}, init}};
 }
 
 void require_default_attention_scale(const ModelConfig& config) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "converter/model/softmax_attention_mixer.h"
+#include "converter/names.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/hybrid_attention.h"
 #include "kernels/linear_attention.h"
@@ -50,7 +51,7 @@ at::Tensor run_hybrid(Kernel kernel, const Inputs& in, std::int64_t window, cons
   options.form = form_for(call, x.size(1), state);
   options.window = window;
   auto out = kernel(in, st ? st->hybrid : kernels::HybridState{}, options);
-  if (call.capture) call.capture(call.scope + ".y", out.o);
+  if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::y), out.o);
   if (st) st->hybrid = std::move(out.state);
   return source.project_output(out.o.to(x.scalar_type()));
 }

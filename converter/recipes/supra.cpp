@@ -33,8 +33,8 @@ std::vector<double> alibi_slopes(std::int64_t n) {
 class SupraMixer final : public TokenMixer {
  public:
   SupraMixer(const SoftmaxAttentionMixer& source, double groupnorm_eps, const LayerTensors& t)
-      : source_(source), eps_(groupnorm_eps), wq_(t.at("feature_map_q.weight")), bq_(t.at("feature_map_q.bias")),
-        wk_(t.at("feature_map_k.weight")), bk_(t.at("feature_map_k.bias")) {
+      : source_(source), eps_(groupnorm_eps), wq_(t.at(names::kFeatureMapQWeight)), bq_(t.at(names::kFeatureMapQBias)),
+        wk_(t.at(names::kFeatureMapKWeight)), bk_(t.at(names::kFeatureMapKBias)) {
     std::vector<double> log_gamma;
     for (const double slope : alibi_slopes(source_.shape().heads)) log_gamma.push_back(-slope);
     log_gamma_ = at::tensor(log_gamma, at::kFloat).to(wq_.device());
@@ -62,7 +62,7 @@ class SupraMixer final : public TokenMixer {
     const auto o = recipes::at_least_fp32(lin.o);
     const auto mean = o.mean(-1, true), var = (o - mean).pow(2).mean(-1, true);
     const auto normed = (o - mean) * at::rsqrt(var + eps_);
-    if (call.capture) call.capture(call.scope + ".o_lin", lin.o);
+    if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::o_lin), lin.o);
     if (st) st->linear = std::move(lin.state);
     return source_.project_output(normed.to(x.scalar_type()));
   }
@@ -70,7 +70,7 @@ class SupraMixer final : public TokenMixer {
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "supra"; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
-    return {{"feature_map_q.weight", wq_}, {"feature_map_q.bias", bq_}, {"feature_map_k.weight", wk_}, {"feature_map_k.bias", bk_}};
+    return {{names::kFeatureMapQWeight, wq_}, {names::kFeatureMapQBias, bq_}, {names::kFeatureMapKWeight, wk_}, {names::kFeatureMapKBias, bk_}};
   }
 
  private:
@@ -91,8 +91,8 @@ Recipe supra_recipe() {
     const std::int64_t k = ctx.config.num_key_value_heads * ctx.config.head_dim;
     auto eye = [](std::int64_t n) { return [n] { return at::eye(n, at::kFloat); }; };
     auto zeros = [](std::int64_t n) { return [n] { return at::zeros({n}, at::kFloat); }; };
-    return std::vector<NewTensor>{{"feature_map_q.weight", {q, q}, eye(q)}, {"feature_map_q.bias", {q}, zeros(q)},
-                                  {"feature_map_k.weight", {k, k}, eye(k)}, {"feature_map_k.bias", {k}, zeros(k)}};
+    return std::vector<NewTensor>{{names::kFeatureMapQWeight, {q, q}, eye(q)}, {names::kFeatureMapQBias, {q}, zeros(q)},
+                                  {names::kFeatureMapKWeight, {k, k}, eye(k)}, {names::kFeatureMapKBias, {k}, zeros(k)}};
   };
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<SupraMixer>(source, ctx.params.at("groupnorm_eps").get<double>(), t);

@@ -64,7 +64,8 @@ TEST_P(LoraInModel, AdaptersOnEveryProjectionEqualTheMergedWeights) {
     for (const auto& name : kEveryProjection) {
       const auto projection = *find_projection(name);
       const auto& lora = adapters[i * kEveryProjection.size() + static_cast<std::size_t>(projection)];
-      ASSERT_EQ(lora->path(), "model.layers." + std::to_string(i) + "." + projection_module(projection));
+      const bool attention = projection <= Projection::o;
+      ASSERT_EQ(lora->path(), "model.layers." + std::to_string(i) + (attention ? ".self_attn." : ".mlp.") + name);
       layer.weight(projection).copy_(lora->merge());  // views: this writes the fused matrices
       layer.adapters->attach(projection, nullptr);
     }

@@ -148,7 +148,7 @@ const Fault kLigerMissingDiagonal = [](const MakeMixer&, const LayerContext&, co
                                 const MixerCall& call) {
     at::Tensor y;
     correct.forward(x, start, state, MixerCall{[&y](const std::string& name, const at::Tensor& t) {
-                                                 if (name.size() > 2 && name.compare(name.size() - 2, 2, ".y") == 0) y = t;
+                                                 if (names::is_capture(name, names::MixerCapture::y)) y = t;
                                                },
                                                call.scope, call.form});
     const auto h = source.project_heads(x);
@@ -169,7 +169,7 @@ const Fault kHedgehogMissingDiagonal = [](const MakeMixer&, const LayerContext&,
     if (state || start != 0) return correct.forward(x, start, state, call);
     at::Tensor o;
     correct.forward(x, start, state, MixerCall{[&o](const std::string& name, const at::Tensor& t) {
-                                                 if (name.size() > 6 && name.compare(name.size() - 6, 6, ".o_lin") == 0) o = t;
+                                                 if (names::is_capture(name, names::MixerCapture::o_lin)) o = t;
                                                },
                                                call.scope, call.form});
     const auto a = at::diagonal(correct.attention_weights(x), 0, -2, -1).transpose(1, 2).unsqueeze(-1);  // [B,T,H,1]

@@ -12,6 +12,7 @@
 
 #include "converter/linearized.h"
 #include "converter/model/softmax_attention_mixer.h"
+#include "converter/names.h"
 #include "distill/attention_transfer.h"
 #include "distill/layer_inputs.h"
 #include "formats/error.h"
@@ -260,8 +261,8 @@ TEST(LayerCache, RoundTripsAndLayerwiseLossEqualsJointPerLayer) {
   std::map<std::string, at::Tensor> captured;
   source.forward(batches[1], [&](const std::string& name, const at::Tensor& value) { captured[name] = value; });
   for (const auto layer : layers) {
-    EXPECT_TRUE(at::equal(cache.input(layer, 2, 4), captured.at(layer_input_name(layer))));
-    EXPECT_TRUE(at::equal(cache.target(layer, 2, 4), captured.at(layer_target_name(layer))));
+    EXPECT_TRUE(at::equal(cache.input(layer, 2, 4), captured.at("layers." + std::to_string(layer) + ".attn_in")));
+    EXPECT_TRUE(at::equal(cache.target(layer, 2, 4), captured.at("layers." + std::to_string(layer) + ".attn_out")));
   }
 
   for (const auto loss : {Stage1Loss::kMse, Stage1Loss::kXent}) {
@@ -278,7 +279,7 @@ TEST(LayerCache, RoundTripsAndLayerwiseLossEqualsJointPerLayer) {
       EXPECT_NEAR(one.loss.item<double>(), 5.0 * one.layer_loss[0], 1e-6 * 5.0 * one.layer_loss[0]);
       one.loss.backward();  // reaches this layer's tensors only
       for (const auto& [name, tensor] : params)
-        EXPECT_EQ(tensor.grad().defined(), layer_of(name) == layers[i]) << name;
+        EXPECT_EQ(tensor.grad().defined(), names::layer_of(name) == layers[i]) << name;
     }
   }
 }

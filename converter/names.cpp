@@ -1,0 +1,109 @@
+#include "converter/names.h"
+
+#include <array>
+#include <charconv>
+
+namespace linearize::names {
+namespace {
+
+constexpr const char* kLayerPrefix = "model.layers.";
+constexpr const char* kCapturePrefix = "layers.";
+
+struct ModuleEntry {
+  const char* name;
+  const char* parent;  // "self_attn." or "mlp." or "" (the norms sit on the layer)
+};
+
+constexpr std::array<ModuleEntry, 13> kModules{{
+    {"input_layernorm", ""},
+    {"post_attention_layernorm", ""},
+    {"pre_feedforward_layernorm", ""},
+    {"post_feedforward_layernorm", ""},
+    {"q_proj", "self_attn."},
+    {"k_proj", "self_attn."},
+    {"v_proj", "self_attn."},
+    {"o_proj", "self_attn."},
+    {"q_norm", "self_attn."},
+    {"k_norm", "self_attn."},
+    {"gate_proj", "mlp."},
+    {"up_proj", "mlp."},
+    {"down_proj", "mlp."},
+}};
+
+constexpr std::array<const char*, 4> kCaptures{"attn_in", "attn_out", "mlp_out", "out"};
+constexpr std::array<const char*, 5> kMixerCaptures{"q", "k", "v", "y", "o_lin"};
+
+const ModuleEntry& entry(LayerModule module) { return kModules[static_cast<std::size_t>(module)]; }
+
+std::string layer_prefix(std::int64_t layer) { return kLayerPrefix + std::to_string(layer) + "."; }
+
+// The layer index at name[pos..] up to the next '.', and the position after that '.'.
+std::optional<std::pair<std::int64_t, std::size_t>> parse_index(const std::string& name, std::size_t pos) {
+  const auto dot = name.find('.', pos);
+  if (dot == std::string::npos || dot == pos || name[pos] < '0' || name[pos] > '9') return std::nullopt;
+  std::int64_t layer = 0;
+  const auto [end, error] = std::from_chars(name.data() + pos, name.data() + dot, layer);
+  if (error != std::errc() || end != name.data() + dot) return std::nullopt;
+  return std::make_pair(layer, dot + 1);
+}
+
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+}  // namespace
+
+const char* module_name(LayerModule module) { return entry(module).name; }
+
+std::string module_in_layer(LayerModule module) { return std::string(entry(module).parent) + entry(module).name; }
+
+std::string module_path(std::int64_t layer, LayerModule module) { return layer_prefix(layer) + module_in_layer(module); }
+
+std::string weight(std::int64_t layer, LayerModule module) { return module_path(layer, module) + ".weight"; }
+std::string bias(std::int64_t layer, LayerModule module) { return module_path(layer, module) + ".bias"; }
+
+std::string recipe_tensor(std::int64_t layer, const std::string& name) { return layer_prefix(layer) + "self_attn." + name; }
+
+std::string weight_of(const std::string& module_path) { return module_path + ".weight"; }
+
+std::optional<ModulePath> parse_module_path(const std::string& path) {
+  if (!starts_with(path, kLayerPrefix)) return std::nullopt;
+  const auto parsed = parse_index(path, std::char_traits<char>::length(kLayerPrefix));
+  if (!parsed) return std::nullopt;
+  const auto rest = path.substr(parsed->second);
+  for (std::size_t i = 0; i < kModules.size(); ++i)
+    if (rest == module_in_layer(static_cast<LayerModule>(i))) return ModulePath{parsed->first, static_cast<LayerModule>(i)};
+  return std::nullopt;
+}
+
+std::optional<std::int64_t> layer_of(const std::string& tensor_name) {
+  if (!starts_with(tensor_name, kLayerPrefix)) return std::nullopt;
+  const auto parsed = parse_index(tensor_name, std::char_traits<char>::length(kLayerPrefix));
+  if (!parsed) return std::nullopt;
+  return parsed->first;
+}
+
+std::string capture(std::int64_t layer, Capture what) {
+  return kCapturePrefix + std::to_string(layer) + "." + kCaptures[static_cast<std::size_t>(what)];
+}
+
+std::optional<LayerCapture> parse_capture(const std::string& name) {
+  if (!starts_with(name, kCapturePrefix)) return std::nullopt;
+  const auto parsed = parse_index(name, std::char_traits<char>::length(kCapturePrefix));
+  if (!parsed) return std::nullopt;
+  const auto rest = name.substr(parsed->second);
+  for (std::size_t i = 0; i < kCaptures.size(); ++i)
+    if (rest == kCaptures[i]) return LayerCapture{parsed->first, static_cast<Capture>(i)};
+  return std::nullopt;
+}
+
+std::string mixer_scope(std::int64_t layer) { return kCapturePrefix + std::to_string(layer) + ".mixer"; }
+
+std::string capture(const std::string& scope, MixerCapture what) {
+  return scope + "." + kMixerCaptures[static_cast<std::size_t>(what)];
+}
+
+bool is_capture(const std::string& name, MixerCapture what) {
+  const std::string suffix = std::string(".") + kMixerCaptures[static_cast<std::size_t>(what)];
+  return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace linearize::names

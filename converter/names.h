@@ -1,0 +1,92 @@
+// Every tensor and capture name, built and parsed here only (DESIGN section 2): the Hugging Face names of a
+// decoder checkpoint, the recipes' tensors under a layer's self_attn, PEFT's LoRA factors, and the names
+// the forward gives its intermediates (CaptureFn). A typo elsewhere is then a compile error, not a
+// tensor that silently is not found.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace linearize::names {
+
+// A decoder layer's modules: model.layers.{i}.<module>.
+enum class LayerModule {
+  input_layernorm,
+  post_attention_layernorm,
+  pre_feedforward_layernorm,   // Gemma's sandwich norms
+  post_feedforward_layernorm,
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  q_norm,  // Qwen3 / Gemma 3 per-head RMSNorm of q and k
+  k_norm,
+  gate_proj,
+  up_proj,
+  down_proj,
+};
+
+const char* module_name(LayerModule module);                       // "q_proj"
+std::string module_in_layer(LayerModule module);                  // "self_attn.q_proj"
+std::string module_path(std::int64_t layer, LayerModule module);  // "model.layers.3.self_attn.q_proj"
+std::string weight(std::int64_t layer, LayerModule module);        // module_path + ".weight"
+std::string bias(std::int64_t layer, LayerModule module);          // module_path + ".bias"
+
+// The model's own tensors outside the layers.
+inline constexpr const char* kEmbedTokens = "model.embed_tokens.weight";
+inline constexpr const char* kFinalNorm = "model.norm.weight";
+inline constexpr const char* kLmHead = "lm_head.weight";
+
+// A recipe tensor, stored as model.layers.{i}.self_attn.<name> (NewTensor::name is the <name>).
+std::string recipe_tensor(std::int64_t layer, const std::string& name);
+// The names the recipes share.
+inline constexpr const char* kFeatureMapQWeight = "feature_map_q.weight";
+inline constexpr const char* kFeatureMapKWeight = "feature_map_k.weight";
+inline constexpr const char* kFeatureMapQBias = "feature_map_q.bias";
+inline constexpr const char* kFeatureMapKBias = "feature_map_k.bias";
+inline constexpr const char* kWindowFactors = "window_factors";
+
+// A module path's weight (what a LoRA merge replaces): <path>.weight. (The LoRA factors' names are PEFT's
+// file format: formats/peft_adapter.h.)
+std::string weight_of(const std::string& module_path);
+// The layer and module of a module path; nullopt when it names no decoder layer module.
+struct ModulePath {
+  std::int64_t layer;
+  LayerModule module;
+};
+std::optional<ModulePath> parse_module_path(const std::string& path);
+
+// The layer a model.layers.{i}.* tensor name belongs to; nullopt for the model's own tensors.
+std::optional<std::int64_t> layer_of(const std::string& tensor_name);
+
+// What the forward captures of each layer: layers.{i}.<what>.
+enum class Capture {
+  attn_in,   // the mixer's input (after the input norm)
+  attn_out,  // the mixer's output (before a sandwich norm)
+  mlp_out,   // the MLP's output
+  out,       // the residual stream after the layer
+};
+std::string capture(std::int64_t layer, Capture what);  // "layers.3.attn_out"
+struct LayerCapture {
+  std::int64_t layer;
+  Capture what;
+};
+// The layer and kind of a layer capture; nullopt for any other name (the mixer's, embed, norm, logits).
+std::optional<LayerCapture> parse_capture(const std::string& name);
+// The model-level captures.
+inline constexpr const char* kEmbedCapture = "embed";
+inline constexpr const char* kNormCapture = "norm";
+inline constexpr const char* kLogitsCapture = "logits";
+
+// A layer's mixer scope (MixerCall::scope, "layers.3.mixer"), and the mixers' own captures under it.
+std::string mixer_scope(std::int64_t layer);
+enum class MixerCapture {
+  q, k, v,  // the softmax attention's heads, after q/k norms and RoPE
+  y,        // a window hybrid's output before o_proj
+  o_lin,    // a linear mixer's output before o_proj
+};
+std::string capture(const std::string& scope, MixerCapture what);  // "<scope>.y"
+bool is_capture(const std::string& name, MixerCapture what);        // of any scope
+
+}  // namespace linearize::names
