@@ -3,18 +3,23 @@
 #include "formats/error.h"
 
 namespace linearize {
+
+// Adding a family: one file in architectures/ defining `Architecture <family>_architecture()` (CMake
+// compiles every file there) and one line here.
+#define LINEARIZE_ARCHITECTURES(X) \
+  X(llama)                         \
+  X(mistral)                       \
+  X(qwen2)                         \
+  X(qwen3)                         \
+  X(gemma3)
+
+#define LINEARIZE_DECLARE_ARCHITECTURE(family) Architecture family##_architecture();
+#define LINEARIZE_CALL_ARCHITECTURE(family) family##_architecture(),
+LINEARIZE_ARCHITECTURES(LINEARIZE_DECLARE_ARCHITECTURE)
+
 namespace {
 
-// Adding a family: one file defining <family>_architecture() and one line here.
-std::vector<Architecture> register_all() {
-  return {
-      llama_architecture(),
-      mistral_architecture(),
-      qwen2_architecture(),
-      qwen3_architecture(),
-      gemma3_architecture(),
-  };
-}
+std::vector<Architecture> register_all() { return {LINEARIZE_ARCHITECTURES(LINEARIZE_CALL_ARCHITECTURE)}; }
 
 }  // namespace
 

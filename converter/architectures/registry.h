@@ -15,11 +15,4 @@ const Architecture& find_architecture(const std::string& hf_name, const std::str
 // Every registered family, in registration order.
 const std::vector<Architecture>& architectures();
 
-// One per family file.
-Architecture llama_architecture();
-Architecture mistral_architecture();
-Architecture qwen2_architecture();
-Architecture qwen3_architecture();
-Architecture gemma3_architecture();
-
 }  // namespace linearize

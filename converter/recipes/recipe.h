@@ -81,10 +81,4 @@ std::string linearized_architecture_name(const std::string& recipe);
 std::size_t edit_distance(const std::string& a, const std::string& b);
 std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
 
-// One per recipe file.
-Recipe liger_gla_recipe();
-Recipe lolcats_recipe();
-Recipe hedgehog_recipe();
-Recipe supra_recipe();
-
 }  // namespace linearize

@@ -7,17 +7,22 @@
 #include "formats/error.h"
 
 namespace linearize {
+
+// Adding a recipe: one file in recipes/ defining `Recipe <name>_recipe()` (CMake compiles every file there)
+// and one line here.
+#define LINEARIZE_RECIPES(X) \
+  X(liger_gla)               \
+  X(lolcats)                 \
+  X(hedgehog)                \
+  X(supra)
+
+#define LINEARIZE_DECLARE_RECIPE(name) Recipe name##_recipe();
+#define LINEARIZE_CALL_RECIPE(name) name##_recipe(),
+LINEARIZE_RECIPES(LINEARIZE_DECLARE_RECIPE)
+
 namespace {
 
-// Adding a recipe: one file defining <name>_recipe() and one line here.
-std::vector<Recipe> register_all() {
-  return {
-      liger_gla_recipe(),
-      lolcats_recipe(),
-      hedgehog_recipe(),
-      supra_recipe(),
-  };
-}
+std::vector<Recipe> register_all() { return {LINEARIZE_RECIPES(LINEARIZE_CALL_RECIPE)}; }
 
 const RecipeParam kSoftmaxLayers{"softmax_layers", nlohmann::json::array(),
                                  "layers kept as exact source softmax attention (inter-layer hybrid)"};
