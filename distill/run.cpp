@@ -7,31 +7,27 @@
 #include <torch/optim/adamw.h>
 
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <limits>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "converter/linearized.h"
 #include "converter/names.h"
-#include "converter/next_token.h"
 #include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/data.h"
+#include "distill/evaluate.h"
+#include "distill/export.h"
 #include "distill/layer_inputs.h"
 #include "distill/metrics.h"
+#include "distill/report.h"
 #include "distill/schedule.h"
 #include "distill/stage2_loss.h"
 #include "distill/stop_flag.h"
-#include "formats/atomic_file.h"
-#include "formats/checkpoint.h"
 #include "formats/error.h"
-#include "formats/json_file.h"
-#include "formats/peft_adapter.h"
 #include "formats/tokenizer.h"
 
 namespace linearize {
@@ -73,48 +69,6 @@ TokenDataset make_dataset(const RunConfig& config, const ModelConfig& model) {
   options.validation_fraction = config.data.validation_fraction;
   options.seed = config.seed;
   return TokenDataset(std::move(documents), options, "data.files");
-}
-
-QualityFigures evaluate_quality(const CausalLM& student, const CausalLM& source, const std::vector<Batch>& batches) {
-  at::NoGradGuard no_grad;
-  double teacher_nll = 0, student_nll = 0, kl = 0;
-  std::int64_t count = 0;
-  for (const auto& batch : batches) {
-    const auto ids = batch.input_ids.to(source.options().device);
-    // -100 labels carry no loss.
-    const auto labels = shifted_targets(batch.labels).to(ids.device());
-    const auto mask = labels.ne(-100);
-    const auto teacher = shifted_log_probs(source.forward(ids), at::kFloat, mask);
-    const auto pupil = shifted_log_probs(student.forward(ids), at::kFloat, mask);
-    const auto targets = labels.index({mask});
-    teacher_nll += nll_sum(teacher, targets).item<double>();
-    student_nll += nll_sum(pupil, targets).item<double>();
-    kl += kl_per_row(teacher, pupil).sum().item<double>();
-    count += targets.size(0);
-  }
-  const auto n = static_cast<double>(std::max<std::int64_t>(count, 1));
-  return {std::exp(teacher_nll / n), std::exp(student_nll / n), kl / n};
-}
-
-struct ValidationLoss {
-  double loss = 0;
-  std::vector<double> layer_loss;
-};
-
-ValidationLoss validation_transfer_loss(const CausalLM& student, const CausalLM& source, const std::vector<Batch>& batches,
-                                        const Stage1Config& stage) {
-  at::NoGradGuard no_grad;
-  ValidationLoss total;
-  for (const auto& batch : batches) {
-    const auto r = attention_transfer_loss(student, source, batch.input_ids.to(source.options().device), stage.factor, stage.loss);
-    total.loss += r.loss.item<double>();
-    total.layer_loss.resize(r.layer_loss.size());
-    for (std::size_t i = 0; i < r.layer_loss.size(); ++i) total.layer_loss[i] += r.layer_loss[i];
-  }
-  const auto n = static_cast<double>(batches.size());
-  total.loss /= n;
-  for (auto& v : total.layer_loss) v /= n;
-  return total;
 }
 
 // bf16 autocast over a micro-batch's forward (DESIGN section 7: bf16 on CUDA by default, fp32 on CPU unless
@@ -211,120 +165,6 @@ double clip_gradients(const NamedTensors& params, double max_norm) {
 
 namespace {
 
-// The stage-2 loss's counterpart on the validation figures (what the plateau schedule watches).
-double stage2_validation_loss(const QualityFigures& q, Stage2Loss kind) {
-  const double ce = std::log(q.student_perplexity);
-  return kind == Stage2Loss::kCe ? ce : kind == Stage2Loss::kKl ? q.kl : ce + q.kl;
-}
-
-// <out>/model: the converted directory with the trained tensors. Weights first, config.json last (a
-// directory counts as a model once config.json is there); the copied tensors keep their sha256 record.
-// Stage 2's adapters go to <out>/model/adapter (PEFT) or, with `merge`, into the weights (fp32 merge,
-// finiteness checked), and config.json's linearize.lora_merged lists the merged tensors so verify knows
-// they are no longer the source's.
-void export_model(const fs::path& converted, const fs::path& out, const NamedTensors& trained,
-                  const std::vector<std::shared_ptr<LoraLinear>>& adapters, const RunConfig& config) {
-  fs::create_directories(out);
-  fs::remove(out / "config.json");
-  fs::remove_all(out / kPeftAdapterDir);
-  for (const auto& entry : fs::directory_iterator(converted)) {
-    const auto name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == kSingleWeightsFile || name == kVerifyLogitsFile ||
-        name == kVerifyReportFile)
-      continue;
-    fs::copy_file(entry.path(), out / name, fs::copy_options::overwrite_existing);
-  }
-  const bool merge = config.stage2.merge && !adapters.empty();
-  std::map<std::string, at::Tensor> replaced;
-  for (const auto& [name, tensor] : trained) replaced[name] = tensor;
-  nlohmann::json merged_names = nlohmann::json::array();
-  if (merge) {
-    for (const auto& lora : adapters) {
-      replaced[names::weight_of(lora->path())] = lora->merge();
-      merged_names.push_back(names::weight_of(lora->path()));
-    }
-  }
-  const auto file = SafetensorsFile::open(converted / kSingleWeightsFile);
-  auto metadata = file.metadata();
-  if (merge) {
-    auto copied = nlohmann::json::parse(metadata.at(kCopiedTensorsMetadataKey));
-    for (const auto& name : merged_names) copied.erase(name.get<std::string>());
-    metadata[kCopiedTensorsMetadataKey] = copied.dump();
-  }
-  NamedTensors tensors;
-  for (const auto& name : file.names()) {
-    at::Tensor value = file.tensor(name);
-    if (const auto it = replaced.find(name); it != replaced.end())
-      value = it->second.detach().to(at::kCPU, value.scalar_type()).contiguous();
-    tensors.emplace_back(name, value);
-  }
-  write_safetensors(out / kSingleWeightsFile, tensors, metadata);
-  auto model_config = read_json_file(converted / "config.json");
-  if (merge) {
-    const auto& lora = config.stage2.lora;
-    model_config["linearize"]["lora_merged"] = {
-        {"r", lora.r}, {"alpha", lora.alpha}, {"rslora", lora.rslora}, {"tensors", merged_names}};
-  } else if (!adapters.empty()) {
-    PeftAdapter adapter;
-    const auto& lora = config.stage2.lora;
-    adapter.config = {lora.r, lora.alpha, lora.dropout, lora.rslora, lora.targets, out.string()};
-    for (const auto& module : adapters) adapter.modules.push_back(module->to_peft());
-    write_peft_adapter(out / kPeftAdapterDir, adapter);
-  }
-  write_file_atomic(out / "config.json", model_config.dump(2) + "\n");
-}
-
-std::vector<nlohmann::json> read_records(const fs::path& path) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
-
-void write_report(const fs::path& out, const RunConfig& config, const DistillResult& result,
-                  const std::vector<std::int64_t>& layers) {
-  Report report;
-  report.title = "linearize distill: " + config.recipe.name + " on " + config.model;
-  report.summary = {{"model", config.model}, {"recipe", config.recipe.name}, {"steps", std::to_string(result.step)}};
-  auto figure = [](double v) { return std::to_string(v); };
-  if (result.initial_transfer_loss && result.final_transfer_loss) {
-    report.summary.emplace_back("stage 1 validation loss", figure(*result.initial_transfer_loss) + " -> " +
-                                                               figure(*result.final_transfer_loss));
-  }
-  const std::vector<std::pair<std::string, std::optional<QualityFigures>>> columns{
-      {"training-free", result.before}, {"after stage 1", result.after_stage1}, {"final", result.after}};
-  for (const auto& [label, q] : columns) {
-    if (!q) continue;
-    report.summary.emplace_back("perplexity, " + label, figure(q->student_perplexity) + " (teacher " +
-                                                           figure(q->teacher_perplexity) + ")");
-    report.summary.emplace_back("KL(teacher || student), " + label, figure(q->kl));
-  }
-  std::map<std::string, LineChart> curves;
-  std::vector<double> first_layers, last_layers;
-  for (const auto& r : read_records(out / "metrics.jsonl")) {
-    const auto stage = r.value("stage", std::string("stage1"));
-    auto& curve = curves.try_emplace(stage, LineChart{stage == "stage2" ? "stage 2: LoRA" : "stage 1: attention transfer (" + stage + ")",
-                                                      "optimiser step", "loss", true, {{"training", {}}, {"validation", {}}}})
-                      .first->second;
-    const auto step = static_cast<double>(r.value("step", std::int64_t{0}));
-    if (r.contains("loss")) curve.series[0].points.emplace_back(step, r["loss"].get<double>());
-    if (r.contains("val_loss")) curve.series[1].points.emplace_back(step, r["val_loss"].get<double>());
-    if (r.contains("val_layer_loss")) {
-      last_layers = r["val_layer_loss"].get<std::vector<double>>();
-      if (first_layers.empty()) first_layers = last_layers;
-    }
-  }
-  for (auto& [stage, curve] : curves) report.curves.push_back(std::move(curve));
-  if (!layers.empty()) {
-    const auto loss_name = to_string(config.stage1.loss);
-    BarChart bars{"per-layer stage 1 loss (" + loss_name + ", validation)", loss_name, {}, {{"before", first_layers}, {"after", last_layers}}};
-    for (const auto layer : layers) bars.labels.push_back("layer " + std::to_string(layer));
-    report.bars.push_back(std::move(bars));
-  }
-  write_report_html(out / "report.html", report);
-}
-
 // The tensors of `saved` named in `params`, in params' order (a stage-2 checkpoint also holds stage 1's).
 NamedTensors select(const NamedTensors& saved, const NamedTensors& params) {
   NamedTensors picked;
@@ -334,31 +174,41 @@ NamedTensors select(const NamedTensors& saved, const NamedTensors& params) {
   return picked;
 }
 
-// Shared by both stages: the data stream, the checkpoints, the records and the stop flag.
+// The checkpoint a resumed run continues from.
+struct Resumed {
+  TrainingState state;
+  std::string from;  // its path, for messages
+};
+
+// Shared by both stages: the models, the data stream, the checkpoints, the records, the stop flag and
+// the checkpoint a resume continues from.
 struct TrainingContext {
   const RunConfig& config;
   const DistillOptions& options;
+  CausalLM& student;
+  const CausalLM& source;  // the teacher: its attention, hidden states and logits
   TokenDataset& data;
+  const std::vector<Batch>& validation;
   CheckpointManager& checkpoints;
   MetricsLog& metrics;
   StopFlag& stop;
   at::Device device;
+  const std::optional<Resumed>& resumed;
 };
 
 // Runs `plan` from global step `result.step` to the end of its stage (or a stop), resuming the optimiser
 // and schedule from `resumed` when it was saved inside this stage. Returns false when stopped.
-bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::optional<TrainingState>& resumed,
-                 const std::string& resumed_from, DistillResult& result) {
+bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResult& result) {
   const auto& optim = *plan.optim;
   const std::int64_t last_step = plan.first_step + optim.steps;
   std::vector<at::Tensor> handles;
   for (const auto& [name, tensor] : plan.params) handles.push_back(tensor);
   torch::optim::AdamW optimizer(handles, torch::optim::AdamWOptions(optim.lr).weight_decay(optim.weight_decay));
   LrSchedule schedule(optim);
-  const bool resuming = resumed && resumed->step > plan.first_step;
+  const bool resuming = ctx.resumed && ctx.resumed->state.step > plan.first_step;
   if (resuming) {
-    load_adamw(optimizer, plan.params, resumed->optimizer, resumed_from);
-    schedule.restore(resumed->scheduler, resumed_from);
+    load_adamw(optimizer, plan.params, ctx.resumed->state.optimizer, ctx.resumed->from);
+    schedule.restore(ctx.resumed->state.scheduler, ctx.resumed->from);
   }
 
   auto save = [&] {
@@ -433,6 +283,158 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, const std::o
   return true;
 }
 
+// The newest complete checkpoint with --resume; without it, a directory of an earlier run's checkpoints
+// is refused rather than mixed into this one.
+std::optional<Resumed> resume_point(const CheckpointManager& checkpoints, bool resume) {
+  const auto latest = checkpoints.latest();
+  if (!resume) {
+    if (latest)
+      throw InputError(checkpoints.root().string(), "--resume",
+                       "holds checkpoints of an earlier run: pass --resume to continue it, or remove the directory");
+    return std::nullopt;
+  }
+  if (!latest) throw InputError(checkpoints.root().string(), "--resume", "holds no complete checkpoint to resume from");
+  return Resumed{CheckpointManager::load(*latest), latest->string()};
+}
+
+// <out>/converted, once: a directory without config.json is an interrupted conversion and is redone.
+void ensure_converted(const RunConfig& config, const fs::path& converted) {
+  if (fs::exists(converted / "config.json")) return;
+  ConvertOptions convert;
+  convert.source = config.model;
+  convert.out = converted;
+  convert.recipe = config.recipe.name;
+  convert.params = config.recipe.params;
+  convert.params_origin = "recipe.params";
+  convert.force = true;
+  convert_checkpoint(convert);
+  spdlog::info("converted {} with {} into {}", config.model, config.recipe.name, converted.string());
+}
+
+// The converted layers, in the order of stage 1's per-layer losses.
+std::vector<std::int64_t> trained_layers(const NamedTensors& stage1_params) {
+  std::vector<std::int64_t> layers;
+  for (const auto& [name, tensor] : stage1_params)
+    if (layers.empty() || layers.back() != *names::layer_of(name)) layers.push_back(*names::layer_of(name));
+  return layers;
+}
+
+// Stage 1's optimiser steps: stage1.steps, or that many per layer when layer-wise (each layer trains its own
+// steps, one layer after another); 0 when disabled.
+std::int64_t stage1_steps(const Stage1Config& stage1, std::size_t layers) {
+  if (!stage1.enabled) return 0;
+  return stage1.optim.steps * (stage1.mode == Stage1Mode::kLayerwise ? static_cast<std::int64_t>(layers) : 1);
+}
+
+// Stage 1, joint or layer-wise, from result.step; false when stopped.
+bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const std::vector<std::int64_t>& layers,
+                  DistillResult& result) {
+  const auto& stage1 = ctx.config.stage1;
+  const auto& validation = ctx.validation;
+  // Validation records every layer's loss; a layer-wise plan's schedule watches its own layer's.
+  auto validate_layers = [&](nlohmann::json& record, std::optional<std::size_t> layer_index) {
+    if (validation.empty()) return std::optional<double>{};
+    const auto v = validation_transfer_loss(ctx.student, ctx.source, validation, stage1);
+    record["val_loss"] = v.loss;
+    record["val_layer_loss"] = v.layer_loss;
+    return std::optional<double>{layer_index ? v.layer_loss[*layer_index] : v.loss};
+  };
+  if (stage1.mode != Stage1Mode::kLayerwise) {
+    StagePlan plan;
+    plan.name = "stage1";
+    plan.optim = &stage1.optim;
+    plan.params = plan.saved = params;
+    plan.layers = layers;
+    plan.loss = [&](std::int64_t) {
+      const auto ids = ctx.data.next_batch().input_ids.to(ctx.device);
+      auto r = attention_transfer_loss(ctx.student, ctx.source, ids, stage1.factor, stage1.loss);
+      return StageLoss{r.loss, std::move(r.layer_loss), ids.numel()};
+    };
+    plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
+    return train_stage(plan, ctx, result);
+  }
+  // Block-wise (DESIGN section 7): the teacher's input and output of every converted layer, for every
+  // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows.
+  const fs::path cache_path = fs::path(ctx.config.out) / "layer_cache.h5";
+  const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
+  if (!fs::exists(cache_path)) {
+    std::vector<at::Tensor> batches;
+    for (std::int64_t i = 0; i < micro_batches; ++i) batches.push_back(ctx.data.next_batch().input_ids.to(ctx.device));
+    const auto rows = write_layer_cache(cache_path, ctx.source, layers, batches);
+    spdlog::info("cached the inputs of {} layers for {} sequences in {}", layers.size(), rows, cache_path.string());
+  }
+  const LayerCache cache(cache_path, layers, ctx.source.config().hidden_size);
+  const std::int64_t batch = ctx.config.data.batch_size;
+  if (cache.rows() != micro_batches * batch)
+    throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache.rows()) + " sequences, the run trains on " +
+                                                      std::to_string(micro_batches * batch) + ": remove the file");
+  for (std::size_t j = 0; j < layers.size(); ++j) {
+    StagePlan plan;
+    plan.name = "stage1.layer" + std::to_string(layers[j]);
+    plan.optim = &stage1.optim;
+    plan.first_step = static_cast<std::int64_t>(j) * stage1.optim.steps;
+    if (result.step >= plan.first_step + stage1.optim.steps) continue;  // trained before a resume
+    for (const auto& entry : params)
+      if (names::layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
+    plan.saved = params;
+    plan.layers = {layers[j]};
+    plan.loss = [&, layer = layers[j]](std::int64_t micro) {
+      auto r = layerwise_transfer_loss(ctx.student, ctx.source, cache, layer, micro * batch, (micro + 1) * batch,
+                                       stage1.factor, stage1.loss);
+      return StageLoss{r.loss, std::move(r.layer_loss), batch * cache.seq_len()};
+    };
+    plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
+    if (!train_stage(plan, ctx, result)) return false;
+  }
+  return true;
+}
+
+// Stage 2: LoRA on the configured projections of the frozen student, from global step `first_step`;
+// `adapters` gets them (attached); false when stopped.
+bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params, std::int64_t first_step,
+                  std::vector<std::shared_ptr<LoraLinear>>& adapters, DistillResult& result) {
+  const auto& config = ctx.config;
+  const auto& lora = config.stage2.lora;
+  // A's init comes from its own generator: a resume (which restores the global generators for dropout)
+  // then draws nothing from them before its first step.
+  adapters = attach_lora(ctx.student, lora.targets, {lora.r, lora.alpha, lora.dropout, lora.rslora},
+                         at::make_generator<at::CPUGeneratorImpl>(config.seed));
+  StagePlan plan;
+  plan.name = "stage2";
+  plan.optim = &config.stage2.optim;
+  plan.first_step = first_step;
+  for (const auto& adapter : adapters) {
+    plan.params.emplace_back(adapter->a_name(), adapter->a());
+    plan.params.emplace_back(adapter->b_name(), adapter->b());
+  }
+  plan.saved = stage1_params;
+  plan.saved.insert(plan.saved.end(), plan.params.begin(), plan.params.end());
+  if (ctx.resumed && ctx.resumed->state.step > first_step)
+    copy_trainables(plan.params, select(ctx.resumed->state.trainables, plan.params), ctx.resumed->from);
+  const auto kind = config.stage2.loss;
+  auto set_training = [&](bool training) {
+    for (const auto& adapter : adapters) adapter->set_training(training);
+  };
+  plan.loss = [&](std::int64_t) {
+    const auto batch = ctx.data.next_batch();
+    set_training(true);
+    const auto ids = batch.input_ids.to(ctx.device);
+    auto loss = stage2_loss(ctx.student, ctx.source, ids, batch.labels.to(ctx.device), kind);
+    set_training(false);
+    return StageLoss{loss, {}, ids.numel()};
+  };
+  plan.validate = [&](nlohmann::json& record) {
+    if (ctx.validation.empty()) return std::optional<double>{};
+    const auto q = evaluate_quality(ctx.student, ctx.source, ctx.validation);
+    const double loss = stage2_validation_loss(q, kind);
+    record["val_loss"] = loss;
+    record["val_perplexity"] = q.student_perplexity;
+    record["val_kl"] = q.kl;
+    return std::optional<double>{loss};
+  };
+  return train_stage(plan, ctx, result);
+}
+
 }  // namespace
 
 DistillResult run_distill(const DistillOptions& options) {
@@ -440,33 +442,12 @@ DistillResult run_distill(const DistillOptions& options) {
   const fs::path out = config.out, converted = out / "converted";
   CheckpointManager checkpoints(config.checkpoint.dir.empty() ? out / "checkpoints" : fs::path(config.checkpoint.dir),
                                 config.checkpoint.keep);
-  std::optional<TrainingState> resumed;
-  std::string resumed_from;
-  if (options.resume) {
-    const auto latest = checkpoints.latest();
-    if (!latest) throw InputError(checkpoints.root().string(), "--resume", "holds no complete checkpoint to resume from");
-    resumed = CheckpointManager::load(*latest);
-    resumed_from = latest->string();
-  } else if (checkpoints.latest()) {
-    throw InputError(checkpoints.root().string(), "--resume",
-                     "holds checkpoints of an earlier run: pass --resume to continue it, or remove the directory");
-  }
-
-  if (!fs::exists(converted / "config.json")) {
-    ConvertOptions convert;
-    convert.source = config.model;
-    convert.out = converted;
-    convert.recipe = config.recipe.name;
-    convert.params = config.recipe.params;
-    convert.params_origin = "recipe.params";
-    convert.force = true;  // a directory without config.json is an interrupted conversion
-    convert_checkpoint(convert);
-    spdlog::info("converted {} with {} into {}", config.model, config.recipe.name, converted.string());
-  }
+  const auto resumed = resume_point(checkpoints, options.resume);
+  ensure_converted(config, converted);
   LoadOptions load;
   load.device = config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
-  const CausalLM source = load_model(config.model, load);  // the teacher: its attention, hidden states and logits
+  const CausalLM source = load_model(config.model, load);
   check_conversion(student.config(), source.config(), config);
   TokenDataset data = make_dataset(config, source.config());
   const auto validation = data.validation_batches();
@@ -477,13 +458,8 @@ DistillResult run_distill(const DistillOptions& options) {
   if (stage1.enabled && stage1_params.empty())
     throw InputError(kConfigSource, "stage1.enabled", "recipe " + config.recipe.name + " adds no trainable tensors; set it to false");
   if (stage1.enabled) check_stage1_loss(student, stage1.loss);
-  std::vector<std::int64_t> layers;  // the converted layers, in the order of the per-layer losses
-  for (const auto& [name, tensor] : stage1_params)
-    if (layers.empty() || layers.back() != *names::layer_of(name)) layers.push_back(*names::layer_of(name));
-  // Layer-wise, each layer trains stage1.steps steps of its own, one layer after another.
-  const bool layerwise = stage1.mode == Stage1Mode::kLayerwise;
-  const std::int64_t stage1_steps =
-      stage1.enabled ? stage1.optim.steps * (layerwise ? static_cast<std::int64_t>(layers.size()) : 1) : 0;
+  const auto layers = trained_layers(stage1_params);
+  const std::int64_t stage1_end = stage1_steps(stage1, layers.size());
 
   DistillResult result;
   // The training-free figures, from the student as converted: before a checkpoint's tensors replace its
@@ -493,134 +469,35 @@ DistillResult run_distill(const DistillOptions& options) {
     if (stage1.enabled) result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
   }
   if (resumed) {
-    copy_trainables(stage1_params, select(resumed->trainables, stage1_params), resumed_from);
-    data.restore(DataPosition::from_json(resumed->data_position, resumed_from));
-    restore_rng(resumed->rng);
-    result.step = resumed->step;
-    spdlog::info("resuming from {} (step {})", resumed_from, result.step);
+    copy_trainables(stage1_params, select(resumed->state.trainables, stage1_params), resumed->from);
+    data.restore(DataPosition::from_json(resumed->state.data_position, resumed->from));
+    restore_rng(resumed->state.rng);
+    result.step = resumed->state.step;
+    spdlog::info("resuming from {} (step {})", resumed->from, result.step);
   } else {
     at::manual_seed(config.seed);  // LoRA's dropout draws from the global generators
     fs::remove(out / "metrics.jsonl");
   }
   MetricsLog metrics(out / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
   StopFlag stop;
-  const TrainingContext ctx{config, options, data, checkpoints, metrics, stop, load.device};
+  const TrainingContext ctx{config, options, student, source, data, validation, checkpoints, metrics, stop, load.device, resumed};
 
-  if (stage1.enabled && result.step < stage1_steps) {
-    // Validation records every layer's loss; a layer-wise plan's schedule watches its own layer's.
-    auto validate_layers = [&](nlohmann::json& record, std::optional<std::size_t> layer_index) {
-      if (validation.empty()) return std::optional<double>{};
-      const auto v = validation_transfer_loss(student, source, validation, stage1);
-      record["val_loss"] = v.loss;
-      record["val_layer_loss"] = v.layer_loss;
-      return std::optional<double>{layer_index ? v.layer_loss[*layer_index] : v.loss};
-    };
-    if (!layerwise) {
-      StagePlan plan;
-      plan.name = "stage1";
-      plan.optim = &stage1.optim;
-      plan.params = plan.saved = stage1_params;
-      plan.layers = layers;
-      plan.loss = [&](std::int64_t) {
-        const auto ids = data.next_batch().input_ids.to(load.device);
-        auto r = attention_transfer_loss(student, source, ids, stage1.factor, stage1.loss);
-        return StageLoss{r.loss, std::move(r.layer_loss), ids.numel()};
-      };
-      plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
-      if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
-    } else {
-      // Block-wise (DESIGN section 7): the teacher's input and output of every converted layer, for every
-      // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows.
-      const fs::path cache_path = out / "layer_cache.h5";
-      const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
-      if (!fs::exists(cache_path)) {
-        std::vector<at::Tensor> batches;
-        for (std::int64_t i = 0; i < micro_batches; ++i) batches.push_back(data.next_batch().input_ids.to(load.device));
-        const auto rows = write_layer_cache(cache_path, source, layers, batches);
-        spdlog::info("cached the inputs of {} layers for {} sequences in {}", layers.size(), rows, cache_path.string());
-      }
-      const LayerCache cache(cache_path, layers, source.config().hidden_size);
-      const std::int64_t batch = config.data.batch_size;
-      if (cache.rows() != micro_batches * batch)
-        throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache.rows()) + " sequences, the run trains on " +
-                                                          std::to_string(micro_batches * batch) + ": remove the file");
-      for (std::size_t j = 0; j < layers.size(); ++j) {
-        StagePlan plan;
-        plan.name = "stage1.layer" + std::to_string(layers[j]);
-        plan.optim = &stage1.optim;
-        plan.first_step = static_cast<std::int64_t>(j) * stage1.optim.steps;
-        if (result.step >= plan.first_step + stage1.optim.steps) continue;  // trained before a resume
-        for (const auto& entry : stage1_params)
-          if (names::layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
-        plan.saved = stage1_params;
-        plan.layers = {layers[j]};
-        plan.loss = [&, layer = layers[j]](std::int64_t micro) {
-          auto r = layerwise_transfer_loss(student, source, cache, layer, micro * batch, (micro + 1) * batch,
-                                           stage1.factor, stage1.loss);
-          return StageLoss{r.loss, std::move(r.layer_loss), batch * cache.seq_len()};
-        };
-        plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
-        if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
-      }
-    }
+  if (stage1.enabled && result.step < stage1_end) {
+    if (!train_stage1(ctx, stage1_params, layers, result)) return result;
     if (!validation.empty()) {
       result.final_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
       if (config.stage2.enabled) result.after_stage1 = evaluate_quality(student, source, validation);
     }
   }
   for (const auto& [name, tensor] : stage1_params) tensor.requires_grad_(false);  // frozen from here on
-
   std::vector<std::shared_ptr<LoraLinear>> adapters;
-  if (config.stage2.enabled) {
-    const auto& lora = config.stage2.lora;
-    // A's init comes from its own generator: a resume (which restores the global generators for dropout)
-    // then draws nothing from them before its first step.
-    adapters = attach_lora(student, lora.targets, {lora.r, lora.alpha, lora.dropout, lora.rslora},
-                           at::make_generator<at::CPUGeneratorImpl>(config.seed));
-    StagePlan plan;
-    plan.name = "stage2";
-    plan.optim = &config.stage2.optim;
-    plan.first_step = stage1_steps;
-    for (const auto& adapter : adapters) {
-      plan.params.emplace_back(adapter->a_name(), adapter->a());
-      plan.params.emplace_back(adapter->b_name(), adapter->b());
-    }
-    plan.saved = stage1_params;
-    plan.saved.insert(plan.saved.end(), plan.params.begin(), plan.params.end());
-    if (resumed && resumed->step > stage1_steps) copy_trainables(plan.params, select(resumed->trainables, plan.params), resumed_from);
-    const auto kind = config.stage2.loss;
-    auto set_training = [&](bool training) {
-      for (const auto& adapter : adapters) adapter->set_training(training);
-    };
-    plan.loss = [&](std::int64_t) {
-      const auto batch = data.next_batch();
-      set_training(true);
-      const auto ids = batch.input_ids.to(load.device);
-      auto loss = stage2_loss(student, source, ids, batch.labels.to(load.device), kind);
-      set_training(false);
-      return StageLoss{loss, {}, ids.numel()};
-    };
-    plan.validate = [&](nlohmann::json& record) {
-      if (validation.empty()) return std::optional<double>{};
-      const auto q = evaluate_quality(student, source, validation);
-      const double loss = stage2_validation_loss(q, kind);
-      record["val_loss"] = loss;
-      record["val_perplexity"] = q.student_perplexity;
-      record["val_kl"] = q.kl;
-      return std::optional<double>{loss};
-    };
-    if (!train_stage(plan, ctx, resumed, resumed_from, result)) return result;
-  }
+  if (config.stage2.enabled && !train_stage2(ctx, stage1_params, stage1_end, adapters, result)) return result;
 
   if (!validation.empty()) result.after = evaluate_quality(student, source, validation);
   result.export_dir = out / "model";
   export_model(converted, result.export_dir, stage1_params, adapters, config);
-  VerifyOptions verify;
-  verify.max_kl = config.verify.max_kl;
-  verify.min_top1 = config.verify.min_top1;
-  verify.min_gen_agree = config.verify.min_gen_agree;
-  result.verify = record_and_verify(result.export_dir, fs::path(config.model), verify);
-  write_report(out, config, result, config.stage1.enabled ? layers : std::vector<std::int64_t>{});
+  result.verify = verify_export(result.export_dir, config);
+  write_report(out, config, result, stage1.enabled ? layers : std::vector<std::int64_t>{});
   return result;
 }
 

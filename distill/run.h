@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "converter/verify.h"
+#include "distill/evaluate.h"
 #include "distill/run_config.h"
 #include "formats/safetensors.h"
 
@@ -28,12 +29,6 @@ struct DistillOptions {
   // Tests: at the start of optimiser step `poison_step` one trainable value becomes NaN, so the step's
   // loss and gradients are non-finite (the divergence stop).
   std::optional<std::int64_t> poison_step;
-};
-
-// Next-token figures on the validation sequences: the teacher's (source) and the student's perplexity,
-// and the mean KL(teacher || student) per predicted token.
-struct QualityFigures {
-  double teacher_perplexity = 0, student_perplexity = 0, kl = 0;
 };
 
 struct DistillResult {
