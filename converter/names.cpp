@@ -37,17 +37,17 @@ const ModuleEntry& entry(LayerModule module) { return kModules[static_cast<std::
 
 std::string layer_prefix(std::int64_t layer) { return kLayerPrefix + std::to_string(layer) + "."; }
 
-// The layer index at name[pos..] up to the next '.', and the position after that '.'.
-std::optional<std::pair<std::int64_t, std::size_t>> parse_index(const std::string& name, std::size_t pos) {
+// "<prefix><layer>.<rest>" split into the layer and the rest; nullopt for any other name.
+std::optional<std::pair<std::int64_t, std::string>> split_layer_name(const std::string& name, const char* prefix) {
+  const auto pos = std::char_traits<char>::length(prefix);
+  if (name.compare(0, pos, prefix) != 0) return std::nullopt;
   const auto dot = name.find('.', pos);
   if (dot == std::string::npos || dot == pos || name[pos] < '0' || name[pos] > '9') return std::nullopt;
   std::int64_t layer = 0;
   const auto [end, error] = std::from_chars(name.data() + pos, name.data() + dot, layer);
   if (error != std::errc() || end != name.data() + dot) return std::nullopt;
-  return std::make_pair(layer, dot + 1);
+  return std::make_pair(layer, name.substr(dot + 1));
 }
-
-bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
 }  // namespace
 
@@ -65,20 +65,16 @@ std::string recipe_tensor(std::int64_t layer, const std::string& name) { return 
 std::string weight_of(const std::string& module_path) { return module_path + ".weight"; }
 
 std::optional<ModulePath> parse_module_path(const std::string& path) {
-  if (!starts_with(path, kLayerPrefix)) return std::nullopt;
-  const auto parsed = parse_index(path, std::char_traits<char>::length(kLayerPrefix));
-  if (!parsed) return std::nullopt;
-  const auto rest = path.substr(parsed->second);
-  for (std::size_t i = 0; i < kModules.size(); ++i)
-    if (rest == module_in_layer(static_cast<LayerModule>(i))) return ModulePath{parsed->first, static_cast<LayerModule>(i)};
+  const auto split = split_layer_name(path, kLayerPrefix);
+  for (std::size_t i = 0; split && i < kModules.size(); ++i)
+    if (split->second == module_in_layer(static_cast<LayerModule>(i))) return ModulePath{split->first, static_cast<LayerModule>(i)};
   return std::nullopt;
 }
 
 std::optional<std::int64_t> layer_of(const std::string& tensor_name) {
-  if (!starts_with(tensor_name, kLayerPrefix)) return std::nullopt;
-  const auto parsed = parse_index(tensor_name, std::char_traits<char>::length(kLayerPrefix));
-  if (!parsed) return std::nullopt;
-  return parsed->first;
+  const auto split = split_layer_name(tensor_name, kLayerPrefix);
+  if (!split) return std::nullopt;
+  return split->first;
 }
 
 std::string capture(std::int64_t layer, Capture what) {
@@ -86,12 +82,9 @@ std::string capture(std::int64_t layer, Capture what) {
 }
 
 std::optional<LayerCapture> parse_capture(const std::string& name) {
-  if (!starts_with(name, kCapturePrefix)) return std::nullopt;
-  const auto parsed = parse_index(name, std::char_traits<char>::length(kCapturePrefix));
-  if (!parsed) return std::nullopt;
-  const auto rest = name.substr(parsed->second);
-  for (std::size_t i = 0; i < kCaptures.size(); ++i)
-    if (rest == kCaptures[i]) return LayerCapture{parsed->first, static_cast<Capture>(i)};
+  const auto split = split_layer_name(name, kCapturePrefix);
+  for (std::size_t i = 0; split && i < kCaptures.size(); ++i)
+    if (split->second == kCaptures[i]) return LayerCapture{split->first, static_cast<Capture>(i)};
   return std::nullopt;
 }
 
