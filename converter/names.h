@@ -46,6 +46,12 @@ inline constexpr const char* kFeatureMapKWeight = "feature_map_k.weight";
 inline constexpr const char* kFeatureMapQBias = "feature_map_q.bias";
 inline constexpr const char* kFeatureMapKBias = "feature_map_k.bias";
 inline constexpr const char* kWindowFactors = "window_factors";
+// gated-deltanet's: beta = sigmoid(x . w + b), and Mamba-2's decay -exp(A_log) softplus(x . w + dt_bias).
+inline constexpr const char* kBetaWeight = "beta_proj.weight";
+inline constexpr const char* kBetaBias = "beta_proj.bias";
+inline constexpr const char* kDecayWeight = "decay_proj.weight";
+inline constexpr const char* kDecayBias = "decay_proj.bias";
+inline constexpr const char* kDecayLogScale = "A_log";
 
 // A module path's weight (what a LoRA merge replaces): <path>.weight. (The LoRA factors' names are PEFT's
 // file format: formats/peft_adapter.h.)

@@ -25,6 +25,7 @@ struct RecipeParam {
   nlohmann::json default_value;
   std::string help;
   bool positive = false;  // a number that must be > 0 (validated with the others)
+  bool below_one = false;  // a number that must be < 1 (with positive: a fraction in (0, 1))
 };
 
 // Every declared parameter with its value, validated (resolve_recipe_params).

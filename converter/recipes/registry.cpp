@@ -14,7 +14,8 @@ namespace linearize {
   X(liger_gla)               \
   X(lolcats)                 \
   X(hedgehog)                \
-  X(supra)
+  X(supra)                   \
+  X(gated_deltanet)
 
 #define LINEARIZE_DECLARE_RECIPE(name) Recipe name##_recipe();
 #define LINEARIZE_CALL_RECIPE(name) name##_recipe(),
@@ -128,6 +129,8 @@ RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& g
   for (const auto& p : declared)
     if (p.positive && resolved[p.name].is_number() && resolved[p.name].get<double>() <= 0)
       throw InputError(file, p.name, "must be positive, got " + resolved[p.name].dump());
+    else if (p.below_one && resolved[p.name].is_number() && resolved[p.name].get<double>() >= 1)
+      throw InputError(file, p.name, "must be below 1, got " + resolved[p.name].dump());
   return resolved;
 }
 

@@ -185,6 +185,27 @@ TEST(Recipes, ParametersAreValidatedWithTheNearestKnownKey) {
   EXPECT_EQ(resolved["window"], 32);
   EXPECT_EQ(resolved["window_factor_init"], -2.1972);  // the LoLCATs default (g = 0.1)
   EXPECT_EQ(linearized_architecture_name("liger-gla"), "LinearizeLigerGlaForCausalLM");
+  const auto& gdn = find_recipe("gated-deltanet", "cli", "--recipe");
+  EXPECT_NE(error_of([&] { resolve_recipe_params(gdn, {{"beta_init", 1.0}}, config, "cli"); }).find("cli: beta_init: must be below 1"),
+            std::string::npos);
+}
+
+// gated-deltanet starts where its parameters say: beta = sigmoid(b_beta) = beta_init and the decay
+// a = exp(-exp(A_log) softplus(dt_bias)) = 1 - decay_init for every token (the projections start at 0).
+TEST(Recipes, GatedDeltaNetStartsAtItsInitialBetaAndDecay) {
+  const auto config = load_model_config(test::fixtures_dir() / "tiny-qwen2" / "config.json");
+  const auto& gdn = find_recipe("gated-deltanet", "cli", "--recipe");
+  const auto params = resolve_recipe_params(gdn, {{"beta_init", 0.25}, {"decay_init", 0.01}}, config, "cli");
+  std::map<std::string, at::Tensor> t;
+  for (const auto& nt : gdn.new_tensors(LayerContext{config, 0, params})) t[nt.name] = nt.init().to(at::kDouble);
+  ASSERT_EQ(t.at("beta_proj.weight").sizes(), (std::vector<std::int64_t>{config.num_key_value_heads, config.hidden_size}));
+  EXPECT_EQ(t.at("beta_proj.weight").abs().max().item<double>(), 0.0);
+  EXPECT_EQ(t.at("decay_proj.weight").abs().max().item<double>(), 0.0);
+  // fp32 storage of the biases: relative 1e-6 (a few ulps through log/softplus).
+  EXPECT_NEAR(at::sigmoid(t.at("beta_proj.bias")).max().item<double>(), 0.25, 1e-6);
+  const auto a = at::exp(-at::exp(t.at("A_log")) * at::softplus(t.at("decay_proj.bias")));
+  EXPECT_NEAR(a.min().item<double>(), 0.99, 1e-6);
+  EXPECT_NEAR(a.max().item<double>(), 0.99, 1e-6);
 }
 
 }  // namespace

@@ -124,9 +124,16 @@ int signal_at_step(const std::vector<std::string>& args, const std::filesystem::
   return exit_code(status);
 }
 
+// Every registered recipe (the registry as the program starts: test-only recipes register later).
+const std::vector<std::string> kRecipes = [] {
+  std::vector<std::string> names;
+  for (const auto& recipe : registered_recipes()) names.push_back(recipe.name);
+  return names;
+}();
+
 TEST(AttentionTransfer, GradientsReachEveryNewTensorAndNothingElse) {
   test::TempDir dir;
-  for (const std::string recipe : {"lolcats", "hedgehog", "supra"}) {
+  for (const auto& recipe : kRecipes) {
     SCOPED_TRACE(recipe);
     ConvertOptions convert;
     convert.source = tiny_llama();
@@ -136,7 +143,7 @@ TEST(AttentionTransfer, GradientsReachEveryNewTensorAndNothingElse) {
     CausalLM student = load_model(dir / recipe);
     const CausalLM source = load_model(tiny_llama());
     const auto params = make_stage1_trainable(student);
-    ASSERT_FALSE(params.empty());
+    if (params.empty()) continue;  // a recipe without new tensors (liger-gla) has no stage 1
     const auto ids = at::randint(0, student.config().vocab_size, {1, 96}, at::kLong);
     const auto r = attention_transfer_loss(student, source, ids, 1000.0);
     ASSERT_EQ(r.layer_loss.size(), student.layers().size());
