@@ -319,8 +319,8 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
         where(carry, sampled) + "; cut at " + cut_list);
 }
 
-// L1 end to end, in the compute dtype: chunked prefill vs the parallel form vs token-by-token decode, and
-// a prompt split in two with the state carried, through the whole model. The forms are exact (the fp64 rows
+// L1 end to end, in the compute dtype: chunked prefill vs the parallel form vs decode steps after a chunked
+// prefill, and a prompt split in two with the state carried, through the whole model. The forms are exact (the fp64 rows
 // above); here they differ by rounding only, and the bound says how much rounding a model of this depth and
 // activation scale may show, derived rather than a constant a deeper model outgrows:
 //   - one form's sum over T terms and another order of it differ by ~u sqrt(T) of the largest term
@@ -352,11 +352,13 @@ double check_forms(const CausalLM& model, const SampleForward& sample, ReportBui
   const auto& ids = sample.prompts[static_cast<std::size_t>(decode_prompt)];
   const auto steps = std::min<std::int64_t>(kDriftDecodeTokens, longest - 1);
   const auto prefix = longest - steps;
-  const auto batch = as_batch(ids, model.options().device);
-  auto state = model.new_state();
-  std::vector<at::Tensor> rows{model.prefill(batch.narrow(1, 0, prefix), state)[0]};
-  for (std::int64_t t = prefix; t < longest - 1; ++t) rows.push_back(model.step(batch.select(1, t), state)[0]);
-  if (steps > 0) recurrent = relative_error(at::stack(rows), sample.logits[static_cast<std::size_t>(decode_prompt)].narrow(0, prefix - 1, steps));
+  if (steps > 0) {  // a one-token prompt has nothing to decode
+    const auto batch = as_batch(ids, model.options().device);
+    auto state = model.new_state();
+    std::vector<at::Tensor> rows{model.prefill(batch.narrow(1, 0, prefix), state)[0]};
+    for (std::int64_t t = prefix; t < longest - 1; ++t) rows.push_back(model.step(batch.select(1, t), state)[0]);
+    recurrent = relative_error(at::stack(rows), sample.logits[static_cast<std::size_t>(decode_prompt)].narrow(0, prefix - 1, steps));
+  }
   const double u = unit_roundoff(model.options().dtype);
   const auto layers = static_cast<double>(model.config().num_hidden_layers);
   const double bound = 4 * u * std::sqrt(static_cast<double>(longest)) * layers * sample.outlier_ratio;
