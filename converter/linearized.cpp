@@ -4,6 +4,7 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "converter/hf_files.h"
 #include "converter/model/lora.h"
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/model/weights.h"
@@ -187,6 +188,12 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
     write_file_atomic(out / name, std::string(std::istreambuf_iterator<char>(in), {}));
   }
 
+  nlohmann::ordered_json hf_hashes;
+  for (const auto& file : hf_files()) {
+    write_file_atomic(out / file.name, std::string(file.text));
+    hf_hashes[std::string(file.name)] = sha256_hex(file.text.data(), file.text.size());
+  }
+
   nlohmann::ordered_json files;
   for (const auto& shard : source.shards()) {
     const std::filesystem::path p(shard.path());
@@ -195,12 +202,20 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   files["config.json"] = sha256_file(options.source / "config.json");
   auto doc = nlohmann::ordered_json::parse(std::ifstream(options.source / "config.json"));
   doc["architectures"] = {linearized_architecture_name(recipe.name)};
+  doc["model_type"] = kExportModelType;
+  doc["auto_map"] = {{"AutoConfig", "configuration_linearize.LinearizeConfig"},
+                     {"AutoModelForCausalLM", "modeling_linearize.LinearizeForCausalLM"}};
   doc["linearize"] = {{"format_version", kLinearizeFormatVersion},
                       {"tool_version", LINEARIZE_VERSION},
                       {"recipe", recipe.name},
                       {"params", result.params},
                       {"softmax_layers", result.params["softmax_layers"]},
-                      {"source", {{"architecture", config.architecture}, {"path", options.source.string()}, {"sha256", files}}}};
+                      {"source",
+                       {{"architecture", config.architecture},
+                        {"model_type", config.model_type},
+                        {"path", options.source.string()},
+                        {"sha256", files}}},
+                      {kHfFilesKey, hf_hashes}};
   write_file_atomic(out / "config.json", doc.dump(2) + "\n");
   return result;
 }

@@ -51,6 +51,13 @@ ConvertResult convert_checkpoint(const ConvertOptions& options);
 // model.safetensors metadata key of the {tensor: sha256} map of the tensors copied from the source.
 inline constexpr const char* kCopiedTensorsMetadataKey = "linearize_copied_sha256";
 
+// config.json's `linearize` key of the {file: sha256} map of the transformers files an export ships
+// (converter/hf_files.h), which verify's L0 checks.
+inline constexpr const char* kHfFilesKey = "hf_files";
+// config.json's `model_type` of an export: transformers finds LinearizeConfig by it (auto_map); the source's
+// is kept as linearize.source.model_type.
+inline constexpr const char* kExportModelType = "linearize";
+
 // The files of a Hugging Face directory copied into a conversion unchanged when present.
 const std::vector<std::string>& passthrough_files();
 

@@ -146,11 +146,12 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
     const auto source = lin->get_optional_object("source");
     if (!source) lin->fail("source", "is missing");
     cfg.family = &find_architecture(source->get_string("architecture"), cfg.source);
+    cfg.model_type = source->get_optional_string("model_type").value_or(cfg.family->model_type);
     cfg.linearize = lin->raw();
   } else {
     cfg.family = &find_architecture(cfg.architecture, cfg.source);
   }
-  cfg.model_type = root.get_optional_string("model_type").value_or(cfg.family->model_type);
+  if (cfg.linearize.is_null()) cfg.model_type = root.get_optional_string("model_type").value_or(cfg.family->model_type);
   const auto& family = cfg.family->defaults;
 
   cfg.vocab_size = positive(root, "vocab_size", root.get_int("vocab_size"));

@@ -149,6 +149,18 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
   } else if (!config.linearize.is_null()) {
     r.add("L0", "copied tensors match their recorded sha256", 1, "==", 0, "model.safetensors has no recorded hashes");
   }
+  if (config.linearize.contains(kHfFilesKey)) {
+    // The transformers files run the export elsewhere; a changed one would compute something L5 never checked.
+    std::int64_t changed = 0;
+    std::string first_changed;
+    for (const auto& [name, hash] : config.linearize[kHfFilesKey].items()) {
+      const auto path = dir / name;
+      const bool same = std::filesystem::is_regular_file(path) && sha256_file(path) == hash.get<std::string>();
+      if (!same && changed++ == 0) first_changed = name;
+    }
+    r.add("L0", "transformers files match their recorded sha256", static_cast<double>(changed), "==", 0,
+          changed ? "first: " + first_changed : std::to_string(config.linearize[kHfFilesKey].size()) + " files");
+  }
   if (options.source && !config.linearize.is_null()) {
     const auto source = CheckpointWeights::open(*options.source);
     // A distill export with --merge changed these on purpose (stage 2's LoRA folded in).

@@ -7,13 +7,17 @@ LORA_PROBE and LINEARIZE_BINARY pointing at the C++ tools.
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import unittest
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import check_hf_export  # noqa: E402
 
 PROBE = os.environ["LORA_PROBE"]
 MODEL = os.path.join(os.environ["LINEARIZE_FIXTURES"], "tiny-llama")
@@ -70,9 +74,8 @@ stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, lora: {{r: 4, a
             model_dir = os.path.join(out, "run", "model")
             adapter_dir = os.path.join(model_dir, "adapter")
             ours = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
-            # The export's config.json is the source's plus a `linearize` object transformers keeps as an
-            # attribute; its weights add the recipe's tensors, which LlamaForCausalLM leaves unused.
-            base = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+            # The export loads in transformers through its own modeling file (auto_map), and the adapter onto it.
+            base = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32)
             model = PeftModel.from_pretrained(base, adapter_dir)
             loaded = {name: module for name, module in model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A}
             expected = sorted(f"base_model.model.model.layers.{i}.{m}" for i in range(2)
@@ -83,6 +86,28 @@ stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, lora: {{r: 4, a
                 torch.testing.assert_close(module.lora_A["default"].weight, ours[key], rtol=0, atol=0)
                 torch.testing.assert_close(module.lora_B["default"].weight, ours[name + ".lora_B.weight"], rtol=0, atol=0)
                 self.assertGreater(module.lora_B["default"].weight.abs().max().item(), 0)  # trained, not the zero init
+            # L5 with the adapter attached (as `linearize` attaches DIR/adapter): logits, decode, generate.
+            report = check_hf_export.check(model_dir, os.environ["LINEARIZE_BINARY"], check_hf_export.Report(), model=model)
+            self.assertTrue(report.passed, [r for r in report.rows if not r["pass"]])
+
+    def test_merged_distill_export_loads_alone(self):
+        corpus = os.path.join(os.environ["LINEARIZE_FIXTURES"], "corpus", "corpus.txt")
+        with tempfile.TemporaryDirectory() as out:
+            run = os.path.join(out, "run.yaml")
+            with open(run, "w") as f:
+                f.write(f"""model: {MODEL}
+out: {out}/run
+recipe: {{name: hedgehog}}
+data: {{files: [{corpus}], seq_len: 64, batch_size: 2, validation_fraction: 0}}
+stage1: {{lr: 0.01, schedule: constant, grad_accum: 1, steps: 1}}
+stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, merge: true, lora: {{r: 4, alpha: 8, targets: [q_proj, k_proj, o_proj]}}}}
+""")
+            subprocess.run([os.environ["LINEARIZE_BINARY"], "distill", "--config", run], check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            model_dir = os.path.join(out, "run", "model")
+            self.assertFalse(os.path.exists(os.path.join(model_dir, "adapter")))
+            report = check_hf_export.check(model_dir, os.environ["LINEARIZE_BINARY"], check_hf_export.Report())
+            self.assertTrue(report.passed, [r for r in report.rows if not r["pass"]])
 
 
 if __name__ == "__main__":
