@@ -20,6 +20,7 @@ void add_forward_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_select_layers_command(CLI::App& app);
 void add_verify_command(CLI::App& app);
 void add_distill_command(CLI::App& app);
 

@@ -6,28 +6,13 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/recipe_settings.h"
 #include "cli/verify_output.h"
 #include "converter/linearized.h"
 #include "converter/verify.h"
 #include "formats/error.h"
 
 namespace linearize::cli {
-namespace {
-
-// --set key=value: the value is read as JSON when it parses (64, 0.5, [1,2], null, true), else as a string.
-nlohmann::json parse_settings(const std::vector<std::string>& settings) {
-  nlohmann::json params = nlohmann::json::object();
-  for (const auto& s : settings) {
-    const auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) throw InputError("command line", "--set", "'" + s + "' is not key=value");
-    const auto key = s.substr(0, eq), text = s.substr(eq + 1);
-    auto value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    params[key] = value.is_discarded() ? nlohmann::json(text) : value;
-  }
-  return params;
-}
-
-}  // namespace
 
 void add_convert_command(CLI::App& app) {
   struct Options {
@@ -42,7 +27,7 @@ void add_convert_command(CLI::App& app) {
   cmd->add_option("--model", opts->model, "Source Hugging Face checkpoint directory")->required();
   cmd->add_option("--recipe", opts->recipe, "Recipe: " + recipes)->required();
   cmd->add_option("--out", opts->out, "Output directory")->required();
-  cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0]");
+  cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0] (or auto:N: the N layers select-layers ranks highest)");
   cmd->add_flag("--force", opts->force, "Overwrite an existing output directory");
   cmd->callback([opts] {
     ConvertOptions convert;

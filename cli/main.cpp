@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   linearize::cli::add_generate_command(app);
   linearize::cli::add_tokenize_command(app);
   linearize::cli::add_convert_command(app);
+  linearize::cli::add_select_layers_command(app);
   linearize::cli::add_verify_command(app);
   linearize::cli::add_distill_command(app);
 

@@ -19,18 +19,27 @@ void add_model_options(CLI::App& cmd, ModelOptions& opts) {
   auto* ids = cmd.add_option("--prompt-ids", opts.prompt_ids, "Comma-separated token ids, e.g. 1,2,3");
   auto* text = cmd.add_option("--prompt", opts.prompt, "Prompt text, encoded with the model's tokenizer.json");
   ids->excludes(text);
+  add_device_options(cmd, opts);
+}
+
+void add_device_options(CLI::App& cmd, ModelOptions& opts) {
   cmd.add_option("--device", opts.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--dtype", opts.dtype, "Computation dtype (weights are converted on load)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
 }
 
-CausalLM load_model(const ModelOptions& opts) {
+LoadOptions load_options(const ModelOptions& opts) {
   LoadOptions load;
   load.dtype = opts.dtype == "bf16" ? at::kBFloat16 : opts.dtype == "fp16" ? at::kHalf : at::kFloat;
   if (opts.device == "cuda") {
     if (!at::hasCUDA()) throw InputError("command line", "--device", "cuda was asked for but no CUDA device is usable here");
     load.device = at::Device(at::kCUDA);
   }
+  return load;
+}
+
+CausalLM load_model(const ModelOptions& opts) {
+  const auto load = load_options(opts);
   const auto started = std::chrono::steady_clock::now();
   auto model = load_model(opts.dir, load);
   spdlog::info("loaded {} ({} layers) as {} on {} in {:.2f} s", opts.dir, model.config().num_hidden_layers, opts.dtype,

@@ -22,6 +22,11 @@ struct ModelOptions {
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& opts);
+// --device and --dtype alone (add_model_options includes them).
+void add_device_options(CLI::App& cmd, ModelOptions& opts);
+
+// What --device and --dtype ask for; --device cuda without a usable GPU is bad input (exit 2).
+LoadOptions load_options(const ModelOptions& opts);
 
 // Loads the model as asked; --device cuda without a usable GPU is bad input (exit 2), not a crash.
 CausalLM load_model(const ModelOptions& opts);

@@ -1,7 +1,6 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -11,7 +10,6 @@
 #include "converter/model_config.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
-#include "formats/tokenizer.h"
 
 namespace linearize::cli {
 
@@ -68,19 +66,7 @@ void add_verify_command(CLI::App& app) {
       verify.prompts.ids.push_back(parse_id_list(opts->prompt_ids, "--prompt-ids"));
       verify.prompts.origin = "--prompt-ids";
     }
-    if (!opts->text_file.empty()) {
-      std::ifstream in(opts->text_file, std::ios::binary);
-      if (!in) throw InputError(opts->text_file, "--text", "cannot be read");
-      const std::string text((std::istreambuf_iterator<char>(in)), {});
-      auto ids = Tokenizer::from_dir(opts->model).encode(text);
-      // Prompts of at most 256 tokens: long enough to pass every default window, short enough for L1's
-      // token-by-token decode to stay quick.
-      for (std::size_t i = 0; i < ids.size(); i += 256)
-        verify.prompts.ids.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
-                                    ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + 256)));
-      if (verify.prompts.ids.empty()) throw InputError(opts->text_file, "--text", "holds no tokens");
-      verify.prompts.origin = "--text " + opts->text_file;
-    }
+    if (!opts->text_file.empty()) verify.prompts = text_file_prompts(opts->model, opts->text_file);
     const auto optional_path = [](const std::string& p) {
       return p.empty() ? std::nullopt : std::optional<std::filesystem::path>(p);
     };

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "converter/hf_files.h"
+#include "converter/layer_selection.h"
 #include "converter/model/lora.h"
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/model/weights.h"
@@ -148,7 +149,21 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
   if (recipe.check_source) recipe.check_source(config);
   ConvertResult result;
-  result.params = resolve_recipe_params(recipe, options.params, config, options.params_origin);
+  auto given = options.params;
+  nlohmann::ordered_json selection;
+  if (given.contains("softmax_layers"))
+    if (const auto keep = auto_softmax_layers(given["softmax_layers"], config, options.params_origin)) {
+      LayerSelectionOptions select;
+      select.source = options.source;
+      select.recipe = recipe.name;
+      select.params = given;
+      select.params_origin = options.params_origin;
+      const auto ranking = rank_layers(select);
+      given["softmax_layers"] = most_sensitive(ranking, *keep);
+      selection = {{"keep", *keep}, {"ranking", nlohmann::ordered_json::array()}};
+      for (const auto& r : ranking) selection["ranking"].push_back({{"layer", r.layer}, {"mean_kl", r.mean_kl}});
+    }
+  result.params = resolve_recipe_params(recipe, given, config, options.params_origin);
 
   // Checks the source as loading would (every tensor, every shape) before anything is written.
   const auto source = CheckpointWeights::open(options.source);
@@ -216,6 +231,7 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
                         {"path", options.source.string()},
                         {"sha256", files}}},
                       {kHfFilesKey, hf_hashes}};
+  if (!selection.is_null()) doc["linearize"]["layer_selection"] = selection;
   write_file_atomic(out / "config.json", doc.dump(2) + "\n");
   return result;
 }

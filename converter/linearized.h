@@ -31,7 +31,9 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
 struct ConvertOptions {
   std::filesystem::path source, out;
   std::string recipe;
-  nlohmann::json params = nlohmann::json::object();  // given recipe parameters (from --set / YAML)
+  // Given recipe parameters (from --set / YAML); softmax_layers "auto:N" keeps the N layers rank_layers
+  // ranks highest (converter/layer_selection.h), recorded as linearize.layer_selection.
+  nlohmann::json params = nlohmann::json::object();
   std::string params_origin = "command line";           // names them in errors
   bool force = false;
   std::function<void(std::int64_t layer, std::int64_t layers)> progress;  // after each layer's tensors

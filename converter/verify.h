@@ -69,6 +69,11 @@ VerifyReport verify_model(const VerifyOptions& options);
 // and 2 max(W, C) + C + 1, so a window cache evicts); random token ids, said in `origin`, when there is no tokenizer.
 VerifyPrompts builtin_verify_prompts(const std::filesystem::path& dir, const ModelConfig& config);
 
+// The prompts of a text file (--text FILE), tokenized by the model directory's tokenizer and cut into prompts
+// of at most 256 tokens (past every default window, short enough for L1's token-by-token decode). An
+// unreadable or tokenless file is InputError(file, "--text").
+VerifyPrompts text_file_prompts(const std::filesystem::path& dir, const std::filesystem::path& file);
+
 inline constexpr const char* kVerifyLogitsFile = "verify_logits.safetensors";
 inline constexpr const char* kVerifyReportFile = "verify.json";
 

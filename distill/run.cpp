@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "converter/layer_selection.h"
 #include "converter/linearized.h"
 #include "converter/names.h"
 #include "converter/model/lora.h"
@@ -38,9 +39,15 @@ constexpr const char* kConfigSource = "run config";
 
 // A conversion left by an earlier run must be of this run's recipe with the same resolved parameters.
 void check_conversion(const ModelConfig& converted, const ModelConfig& source, const RunConfig& config) {
-  const auto expected = resolve_recipe_params(find_recipe(config.recipe.name, kConfigSource, "recipe.name"),
-                                              config.recipe.params, source, "recipe.params");
   const auto& stored = converted.linearize;
+  auto given = config.recipe.params;
+  // softmax_layers: auto:N was resolved by measurement when converting: the layers it chose stand.
+  if (given.contains("softmax_layers"))
+    if (const auto keep = auto_softmax_layers(given["softmax_layers"], source, "recipe.params"))
+      if (stored.contains("layer_selection") && stored["layer_selection"].value("keep", std::int64_t{-1}) == *keep)
+        given["softmax_layers"] = stored["params"]["softmax_layers"];
+  const auto expected = resolve_recipe_params(find_recipe(config.recipe.name, kConfigSource, "recipe.name"), given,
+                                              source, "recipe.params");
   if (stored.value("recipe", std::string()) != config.recipe.name || stored.value("params", nlohmann::json()) != expected)
     throw InputError(converted.source, "linearize",
                      "this conversion (" + stored.value("recipe", std::string()) + ", " + stored.value("params", nlohmann::json()).dump() +

@@ -23,19 +23,11 @@ at::Tensor per_head_linear(const at::Tensor& x, const at::Tensor& weight, const 
 
 }  // namespace
 
-at::Tensor identity_feature_map(const at::Tensor& x) { return x; }
-
-at::Tensor elu_plus_one(const at::Tensor& x) { return at::elu(x) + 1; }
-
 at::Tensor softmax_d(const at::Tensor& x) { return at::softmax(x, -1); }
 
 at::Tensor hedgehog(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   const at::Tensor y = per_head_linear(x, weight, bias);
   return at::cat({at::softmax(y, -1), at::softmax(-y, -1)}, -1);
-}
-
-at::Tensor t2r(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return at::relu(per_head_linear(x, weight, bias));
 }
 
 at::Tensor truncated_identity(int64_t heads, int64_t dim, int64_t features, const at::TensorOptions& options) {

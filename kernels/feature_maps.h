@@ -8,21 +8,12 @@
 
 namespace linearize::kernels {
 
-// identity: phi(x) = x.
-at::Tensor identity_feature_map(const at::Tensor& x);
-
-// elu + 1 (Katharopoulos et al. 2020): positive features, output [B,T,H,d].
-at::Tensor elu_plus_one(const at::Tensor& x);
-
 // softmax over the head dim (Liger's parameter-free map), output [B,T,H,d].
 at::Tensor softmax_d(const at::Tensor& x);
 
 // Hedgehog (LoLCATs): [softmax_f(xW + b), softmax_f(-(xW + b))], two separate softmaxes over f,
 // output [B,T,H,2f].
 at::Tensor hedgehog(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
-
-// T2R / SUPRA: relu(xW + b) per head, output [B,T,H,f].
-at::Tensor t2r(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
 
 // Hedgehog's identity-like initial weight (LoLCATs --lk_zero_init): the first f columns of the d x d
 // identity for every head, [H, d, f] (f <= d).

@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify hf_export)
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench linearize)
 
 scripts/setup.sh
@@ -264,6 +264,20 @@ for path in sys.argv[1:]:
           + ("   target <= 60 s: " + ("PASS" if r['verify_text_s'] <= 60 else "FAIL") if "135m" in r["source"] else ""))
 PYEOF
 )
+}
+
+# An export in transformers (its modeling_linearize.py) vs in linearize (bench/hf_export_bench.py): decode
+# tokens/s of model.generate and `linearize generate` on the same prompt, fresh processes, peak RSS and cache
+# bytes at 256 vs 4096 generated tokens, on the random SmolLM-135M-shaped model; bf16 vs fp32 agreement on
+# the deep fixture (trained, with outlier channels).
+section_hf_export() {
+  echo "== hf_export: transformers decode vs linearize generate, memory at 256 / 4096 tokens, bf16 agreement"
+  "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
+  local json=$BENCH_OUT/hf_export.json
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" bench/hf_export_bench.py --linearize "$BUILD_DIR/cli/linearize" \
+    --source "$LINEARIZE_BENCH_DIR/llama-135m" --recipe lolcats --work "$LINEARIZE_BENCH_DIR/hf_export" --tokens 256,4096 \
+    --bf16-source tests/fixtures/deep-llama --out "$json" | tee "$BENCH_OUT/hf_export.txt"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "hf_export (lolcats, 135M shape):"; sed 's/^/  /' "$BENCH_OUT/hf_export.txt")
 }
 
 # Training steps of both LoLCATs stages against the same steps in plain PyTorch (bench/distill_pytorch.py:

@@ -170,6 +170,17 @@ def check(model_dir, binary, report, model=None):
             after = cache.mixer_bytes()
             report.add("converted layers' decode state: bytes grown in 64 steps", after - before, 0, after == before,
                        f"{after} bytes")
+    # bf16: loads and runs (what it costs in agreement is reported, not bounded: it depends on the model).
+    model16 = load(model_dir, torch.bfloat16)
+    ids = torch.tensor([tokens[:65]])
+    with torch.no_grad():
+        p32 = model(ids).logits[0].double().log_softmax(-1)
+        p16 = model16(ids).logits[0].double().log_softmax(-1)
+    finite = bool(torch.isfinite(p16).all())
+    kl = (p32.exp() * (p32 - p16)).sum(-1).mean().item()
+    top1 = (p32.argmax(-1) == p16.argmax(-1)).double().mean().item()
+    report.add("bf16 (dtype=torch.bfloat16) logits non-finite", int(not finite), 0, finite,
+               f"KL(fp32 || bf16) {kl:.3g}, top-1 agreement {top1:.3f}")
     return report
 
 

@@ -383,7 +383,8 @@ class SupraAttention(LinearizedAttention):
         B, T = x.shape[:2]
 
         def phi(heads, layer):
-            mapped = F.relu(F.linear(wide(heads).reshape(B, T, -1), layer.weight, layer.bias))
+            a = wide(heads).reshape(B, T, -1)
+            mapped = F.relu(F.linear(a, layer.weight.to(a.dtype), layer.bias.to(a.dtype)))
             return rope(mapped.view(B, T, -1, self.head_dim), cos, sin)
 
         phi_q, phi_k = phi(q, self.feature_map_q), repeat_heads(phi(k, self.feature_map_k), self.heads)
@@ -420,9 +421,12 @@ class GatedDeltaNetAttention(LinearizedAttention):
             return s * torch.rsqrt(s.pow(2).sum(-1, keepdim=True) + 1e-6)
 
         xw = wide(x)
-        beta = zero_where_padded(torch.sigmoid(F.linear(xw, self.beta_proj.weight, self.beta_proj.bias)), valid)
-        log_decay = zero_where_padded(
-            -self.A_log.exp() * F.softplus(F.linear(xw, self.decay_proj.weight, self.decay_proj.bias)), valid)
+
+        def project_heads(layer):  # the recipe's small projections, in fp32 whatever the model's dtype
+            return F.linear(xw, layer.weight.to(xw.dtype), layer.bias.to(xw.dtype))
+
+        beta = zero_where_padded(torch.sigmoid(project_heads(self.beta_proj)), valid)
+        log_decay = zero_where_padded(-wide(self.A_log).exp() * F.softplus(project_heads(self.decay_proj)), valid)
         H = self.heads
         # The kernels scale q by D^-1/2; Linearize's scale is 1.
         args = (unit(q) * self.head_dim ** 0.5, repeat_heads(zero_where_padded(unit(k), valid), H),

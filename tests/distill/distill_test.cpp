@@ -313,11 +313,15 @@ at::Tensor export_logits(const std::filesystem::path& model) {
   return exported.forward(at::arange(0, 48, at::kLong).remainder(exported.config().vocab_size).view({1, -1}));
 }
 
+// A hybrid (layer 0 kept as softmax attention): stage 2's LoRA trains layer 0's attention too, so L3 leaves it
+// out and says so instead of failing the export.
 TEST(Distill, StageTwoExportsAPeftAdapterOrMergesItAndBothVerify) {
   test::TempDir dir;
   auto adapter_run = small_run(dir / "adapter", 3, 4);
+  adapter_run.recipe.params["softmax_layers"] = {0};
   ASSERT_EQ(run_to_end(cli_args(adapter_run, dir / "adapter-cfg"), dir / "adapter-out"), 0) << test::read_file(dir / "adapter-out.err");
   EXPECT_NE(test::read_file(dir / "adapter-out").find("verify: PASS"), std::string::npos) << test::read_file(dir / "adapter-out");
+  EXPECT_NE(test::read_file(dir / "adapter-out").find("layers 0 left out: their attention carries trained LoRA"), std::string::npos);
   const auto adapter = read_peft_adapter(dir / "adapter" / "model" / kPeftAdapterDir);
   EXPECT_EQ(adapter.modules.size(), 2u * 4u);  // 2 layers x q, k, v, o
   EXPECT_EQ(adapter.config.r, 4);
@@ -325,10 +329,12 @@ TEST(Distill, StageTwoExportsAPeftAdapterOrMergesItAndBothVerify) {
 
   auto merge_run = small_run(dir / "merged", 3, 4);
   merge_run.stage2.merge = true;
+  merge_run.recipe.params["softmax_layers"] = {0};
   ASSERT_EQ(run_to_end(cli_args(merge_run, dir / "merged-cfg"), dir / "merged-out"), 0) << test::read_file(dir / "merged-out.err");
   const auto merged_out = test::read_file(dir / "merged-out");
   EXPECT_NE(merged_out.find("verify: PASS"), std::string::npos) << merged_out;
   EXPECT_NE(merged_out.find("(8 with LoRA merged left out)"), std::string::npos) << merged_out;
+  EXPECT_NE(merged_out.find("layers 0 left out: their attention carries trained LoRA"), std::string::npos) << merged_out;
   EXPECT_FALSE(std::filesystem::exists(dir / "merged" / "model" / kPeftAdapterDir));
   const auto config = read_json_file(dir / "merged" / "model" / "config.json");
   EXPECT_EQ(config["linearize"]["lora_merged"]["tensors"].size(), 8u);

@@ -54,7 +54,7 @@ def evaluate(model_args, tasks_dir, out_dir):
 
 def main():
     with open(os.path.join(FIXTURES, "corpus", "corpus.txt"), encoding="utf-8") as f:
-        paragraphs = [p.strip() for p in f.read().split("\n\n") if 80 < len(p.strip()) < 300][:DOCUMENTS]
+        paragraphs = [line.strip() for line in f if 80 < len(line.strip()) < 300][:DOCUMENTS]
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "corpus.jsonl")
         with open(data, "w") as f:
