@@ -1,5 +1,6 @@
 // Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (research/kernels.md 6): chunked GLA,
-// recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the recurrent
+// recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the gated delta rule's
+// chunked and recurrent forms to 4K; the recurrent
 // one-token decode step at several context lengths; and, in the context, the in-process roofline (GEMM
 // GFLOP/s, streaming GB/s), CPU model, threads and LibTorch version. scripts/bench.sh (section kernels)
 // turns the JSON into the ratios the kernels issue asks for.
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/delta_rule.h"
 #include "kernels/linear_attention.h"
 
 namespace {
@@ -131,6 +133,32 @@ void BM_GlaDecodeStep(benchmark::State& state) {
   state.counters["state_bytes_formula"] = static_cast<double>(1 * H * d * d * 4);  // B*H*K*V*fp32
 }
 
+// Gated delta rule as gated-deltanet feeds it (converter/recipes/gated_deltanet.cpp): unit-norm q, k per head,
+// beta in (0, 1), a scalar log decay per head and token; scale 1. args: H, d, T.
+lk::DeltaRuleInputs delta_rule_inputs(int64_t T, int64_t H, int64_t d) {
+  const auto unit = [](const at::Tensor& x) { return x / x.norm(2, -1, true); };
+  lk::DeltaRuleInputs in;
+  in.q = unit(at::randn({1, T, H, d}));
+  in.k = unit(at::randn({1, T, H, d}));
+  in.v = at::randn({1, T, H, d});
+  in.beta = at::sigmoid(at::randn({1, T, H}));
+  in.log_decay = -at::softplus(at::randn({1, T, H})) / 16;
+  return in;
+}
+
+void delta_rule(benchmark::State& state, lk::MixerForm form) {
+  c10::InferenceMode inference;
+  const int64_t H = state.range(0), d = state.range(1), T = state.range(2);
+  const auto in = delta_rule_inputs(T, H, d);
+  lk::LinearAttentionOptions opt;
+  opt.form = form;
+  opt.scale = 1.0;
+  for (auto _ : state) benchmark::DoNotOptimize(lk::delta_rule(in, {}, opt).o.data_ptr());
+  state.counters["T"] = static_cast<double>(T);
+}
+void BM_DeltaRuleChunked(benchmark::State& state) { delta_rule(state, lk::MixerForm::chunked); }
+void BM_DeltaRuleRecurrent(benchmark::State& state) { delta_rule(state, lk::MixerForm::recurrent); }
+
 void prefill_grid(benchmark::internal::Benchmark* b, int64_t max_T_h32, int64_t max_T_h8) {
   for (int64_t H : {8, 32}) {
     for (int64_t d : {64, 128}) {
@@ -151,6 +179,9 @@ void prefill_grid(benchmark::internal::Benchmark* b, int64_t max_T_h32, int64_t 
 BENCHMARK(BM_GlaChunked)->Apply([](auto* b) { prefill_grid(b, 32768, 32768); });
 BENCHMARK(BM_GlaRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_SdpaCausal)->Apply([](auto* b) { prefill_grid(b, 4096, 32768); });
+// The delta rule to 4K on both forms (its chunked form adds a triangular solve per chunk to GLA's work).
+BENCHMARK(BM_DeltaRuleChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
+BENCHMARK(BM_DeltaRuleRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_GlaDecodeStep)->Arg(128)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("context")->Unit(benchmark::kMicrosecond)->MinTime(0.3);
 
 }  // namespace

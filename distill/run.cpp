@@ -28,6 +28,7 @@
 #include "distill/schedule.h"
 #include "distill/stage2_loss.h"
 #include "distill/stop_flag.h"
+#include "formats/directory_lock.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
 
@@ -447,6 +448,7 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
 DistillResult run_distill(const DistillOptions& options) {
   const RunConfig& config = options.config;
   const fs::path out = config.out, converted = out / "converted";
+  const DirectoryLock lock(out);  // one process per run directory (a second one stops here, exit 2)
   CheckpointManager checkpoints(config.checkpoint.dir.empty() ? out / "checkpoints" : fs::path(config.checkpoint.dir),
                                 config.checkpoint.keep);
   const auto resumed = resume_point(checkpoints, options.resume);

@@ -140,7 +140,7 @@ PYEOF
 # shared 2-core machine OpenMP barriers with 2 threads stall whenever another process takes a core.
 section_kernels() {
   local json=$BENCH_OUT/kernels_bench.json
-  echo "== kernels: GLA chunked / recurrent vs SDPA(is_causal), decode step (Google Benchmark)"
+  echo "== kernels: GLA chunked / recurrent vs SDPA(is_causal), gated delta rule, decode step (Google Benchmark)"
   OMP_NUM_THREADS=${KERNELS_BENCH_THREADS:-1} "$BUILD_DIR/bench/kernels_bench" \
     --benchmark_out="$json" --benchmark_out_format=json
   mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$json" <<'PYEOF'
@@ -188,6 +188,13 @@ for H in (8, 32):
 for H in (8, 32):
     best = max(gflops(H, 128, T) for T in (1024, 2048, 4096, 16384, 32768))
     print(f"  chunked GLA d=128 H={H}: best {best:.1f} GFLOP/s = {best / gemm * 100:.1f}% of mm 2048^3   target >= 30%: {ok(best / gemm >= 0.3)}")
+for H in (8, 32):
+    for d in (64, 128):
+        c, r = ms("BM_DeltaRuleChunked", H, d, 4096), ms("BM_DeltaRuleRecurrent", H, d, 4096)
+        if c and r:
+            flat = (c / 4096) / (ms("BM_DeltaRuleChunked", H, d, 1024) / 1024)
+            print(f"  gated delta rule H={H} d={d} T=4K: chunked {c:.1f} ms, recurrent {r:.1f} ms ({r / c:.2f}x); "
+                  f"chunked per-token time 4K / 1K {flat:.2f}")
 steps = {k[1]: v for k, v in runs.items() if k[0] == "BM_GlaDecodeStep"}
 times = [steps[c]["real_time"] for c in sorted(steps)]
 print("  recurrent decode step, H=32 d=128: " + ", ".join(f"ctx {c}: {steps[c]['real_time']:.1f} us" for c in sorted(steps)) +

@@ -28,6 +28,7 @@
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/run.h"
+#include "formats/directory_lock.h"
 #include "formats/json_file.h"
 #include "formats/peft_adapter.h"
 #include "test_util.h"
@@ -397,6 +398,18 @@ TEST(Distill, Bf16AutocastChangesTheLossByRoundingOnlyAndKeepsFp32Trainables) {
   const auto last = CheckpointManager::load(CheckpointManager(dir / "bf16" / "checkpoints", 2).complete().back());
   for (const auto& [name, tensor] : last.trainables) EXPECT_EQ(tensor.scalar_type(), at::kFloat) << name;
   EXPECT_TRUE(b.verify && a.verify);
+}
+
+// Two processes on one run directory (two ranks launched with the same out, a second terminal): the one that
+// finds it locked stops with exit 2 before writing anything.
+TEST(DistillCli, ARunDirectoryInUseIsBadInputAndLeftAlone) {
+  test::TempDir dir;
+  const auto config = small_run(dir / "run", 2);
+  const DirectoryLock held(dir / "run");
+  EXPECT_EQ(run_to_end(cli_args(config, dir / "cfg"), dir / "stdout"), 2);
+  const auto err = test::read_file(dir / "stdout.err");
+  EXPECT_NE(err.find((dir / "run" / ".lock").string() + ": lock: is held by another process"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "run" / "converted"));
 }
 
 TEST(DistillCli, MistypedKeyFailsBeforeAnyWorkNamingTheNearestKey) {
