@@ -127,8 +127,8 @@ def window_attention(q, keys, values, key_valid, first, window, scale, block=64)
 
 
 class MixerCacheLayer(CacheLayerMixin):
-    """A converted layer's decode state: the recurrent state (fixed size) and, for window hybrids, the last
-    `window` keys and values with their padding flags. Counts the tokens it has seen so that generation's
+    """A converted layer's decode state: the recurrent state (fixed size), for window hybrids the last `window`
+    keys and values with their padding flags, for mamba2 the short convolution's last inputs. Counts the tokens it has seen so that generation's
     positions and masks work as with a KV cache."""
 
     is_sliding = False
@@ -139,6 +139,7 @@ class MixerCacheLayer(CacheLayerMixin):
         super().__init__()
         self.state = None
         self.valid = None
+        self.conv = None
         self.seen = 0
 
     def lazy_initialization(self, *args, **kwargs):
@@ -157,14 +158,14 @@ class MixerCacheLayer(CacheLayerMixin):
         return -1
 
     def tensors(self):
-        return [t for t in (self.state, self.keys, self.values, self.valid) if t is not None]
+        return [t for t in (self.state, self.keys, self.values, self.valid, self.conv) if t is not None]
 
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def _map(self, fn):
-        self.state, self.keys, self.values, self.valid = (
-            None if t is None else fn(t) for t in (self.state, self.keys, self.values, self.valid))
+        self.state, self.keys, self.values, self.valid, self.conv = (
+            None if t is None else fn(t) for t in (self.state, self.keys, self.values, self.valid, self.conv))
 
     def reset(self):
         self._map(lambda t: None)
@@ -442,6 +443,49 @@ class GatedDeltaNetAttention(LinearizedAttention):
         return o
 
 
+class Mamba2Attention(LinearizedAttention):
+    """Mamba-2 from attention, Mamba-in-the-Llama's mapping (converter/recipes/mamba2.cpp): x, B, C from W_V, W_K,
+    W_Q through a short causal conv (SiLU), x and B repeated to the query heads; dt = softplus(x_in.w + dt_bias),
+    S_t = exp(-exp(A_log) dt_t) S_{t-1} + B_t (dt_t x_t)^T, y = C_t^T S_t + D x_t; RMSNorm(y * silu(z)) w."""
+
+    def __init__(self, source_attn, config, params, layer_idx):
+        super().__init__(source_attn, config, params, layer_idx)
+        H, d, hidden = self.heads, self.head_dim, config.hidden_size
+        channels = 2 * self.kv_heads * d + H * d
+        self.z_proj = Parameters((H * d, hidden))
+        self.dt_proj = Parameters((H, hidden))
+        self.dt_bias = nn.Parameter(torch.zeros(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.D = nn.Parameter(torch.zeros(H))
+        self.conv1d = Parameters((channels, params["conv_kernel"]), channels)
+        self.norm = Parameters((H * d,))
+
+    def mix(self, x, position_embeddings, valid, cache):
+        q, k, v = self.project(x)
+        B, T = x.shape[:2]
+        H, d, kv = self.heads, self.head_dim, self.kv_heads * self.head_dim
+        xw = wide(x)
+        # A padded token feeds zeros to the conv, as the positions before the first token do.
+        channels = zero_where_padded(wide(torch.cat([v.reshape(B, T, -1), k.reshape(B, T, -1), q.reshape(B, T, -1)], -1)), valid)
+        weight, bias = self.conv1d.weight.to(channels.dtype), self.conv1d.bias.to(channels.dtype)
+        taps = weight.shape[1]
+        past = cache.conv if cache is not None and cache.conv is not None else channels.new_zeros(B, taps - 1, channels.shape[-1])
+        padded = torch.cat([past, channels], 1)
+        y = F.silu(F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), bias, groups=channels.shape[-1])).transpose(1, 2)
+        xs = repeat_heads(y[..., :kv].reshape(B, T, -1, d), H)
+        bs = repeat_heads(y[..., kv:2 * kv].reshape(B, T, -1, d), H)
+        cs = y[..., 2 * kv:].reshape(B, T, H, d)
+        dt = zero_where_padded(F.softplus(F.linear(xw, self.dt_proj.weight.to(xw.dtype), self.dt_bias.to(xw.dtype))), valid)
+        log_decay = (-wide(self.A_log).exp() * dt).unsqueeze(-1)
+        o, state = gated_linear_attention(cs, bs, xs * dt.unsqueeze(-1), log_decay,
+                                          cache.state if cache is not None else None, CHUNK)
+        if cache is not None:
+            cache.state, cache.conv = state, padded[:, padded.shape[1] - (taps - 1):]
+        out = (o + wide(self.D).view(1, 1, H, 1) * xs).reshape(B, T, H * d) * F.silu(F.linear(xw, self.z_proj.weight.to(xw.dtype)))
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.params["norm_eps"]) * self.norm.weight.to(xw.dtype)
+        return out.view(B, T, H, d)
+
+
 # The recipes by their Linearize names (converter/recipes/registry.cpp).
 MIXERS = {
     "hedgehog": HedgehogAttention,
@@ -449,6 +493,7 @@ MIXERS = {
     "liger-gla": LigerGlaAttention,
     "supra": SupraAttention,
     "gated-deltanet": GatedDeltaNetAttention,
+    "mamba2": Mamba2Attention,
 }
 
 

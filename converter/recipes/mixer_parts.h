@@ -32,6 +32,15 @@ struct LinearMixerState final : MixerState {
   std::int64_t bytes() const override { return linear.empty() ? 0 : linear.bytes(); }
 };
 
+// A linear state and a short convolution's last inputs (mamba2).
+struct ConvLinearMixerState final : MixerState {
+  kernels::LinearState linear;
+  at::Tensor conv;  // [B, K-1, channels]
+  std::int64_t bytes() const override {
+    return (linear.empty() ? 0 : linear.bytes()) + (conv.defined() ? static_cast<std::int64_t>(conv.nbytes()) : 0);
+  }
+};
+
 // The window hybrids' decode state: the linear state and the window's KV cache.
 struct HybridMixerState final : MixerState {
   kernels::HybridState hybrid;

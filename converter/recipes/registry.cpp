@@ -15,7 +15,8 @@ namespace linearize {
   X(lolcats)                 \
   X(hedgehog)                \
   X(supra)                   \
-  X(gated_deltanet)
+  X(gated_deltanet)          \
+  X(mamba2)
 
 #define LINEARIZE_DECLARE_RECIPE(name) Recipe name##_recipe();
 #define LINEARIZE_CALL_RECIPE(name) name##_recipe(),

@@ -208,5 +208,34 @@ TEST(Recipes, GatedDeltaNetStartsAtItsInitialBetaAndDecay) {
   EXPECT_NEAR(a.max().item<double>(), 0.99, 1e-6);
 }
 
+// Mamba-in-the-Llama's start: the conv is the identity tap, dt = dt_init, A spans Mamba's [1, 16] over the
+// heads, D = 1, the gate's projection is small and nonzero (gradients must reach the rest), and it is the same
+// on every conversion (seeded by the layer) but differs between layers.
+TEST(Recipes, Mamba2StartsFromTheIdentityConvAndItsInitialDt) {
+  const auto config = load_model_config(test::fixtures_dir() / "tiny-qwen2" / "config.json");
+  const auto& mamba2 = find_recipe("mamba2", "cli", "--recipe");
+  const auto params = resolve_recipe_params(mamba2, {{"dt_init", 0.02}}, config, "cli");
+  const auto tensors = [&](std::int64_t layer) {
+    std::map<std::string, at::Tensor> t;
+    for (const auto& nt : mamba2.new_tensors(LayerContext{config, layer, params})) t[nt.name] = nt.init().to(at::kDouble);
+    return t;
+  };
+  const auto t = tensors(0);
+  const std::int64_t H = config.num_attention_heads, d = config.head_dim;
+  const auto conv = t.at("conv1d.weight");
+  ASSERT_EQ(conv.sizes(), (std::vector<std::int64_t>{2 * config.num_key_value_heads * d + H * d, 4}));
+  EXPECT_TRUE(at::equal(conv.select(1, 3), at::ones({conv.size(0)}, at::kDouble)));
+  EXPECT_EQ(conv.narrow(1, 0, 3).abs().max().item<double>(), 0.0);
+  EXPECT_NEAR(at::softplus(t.at("dt_bias")).max().item<double>(), 0.02, 1e-7);  // fp32 storage through softplus^-1
+  EXPECT_NEAR(at::exp(t.at("A_log")).min().item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(at::exp(t.at("A_log")).max().item<double>(), 16.0, 1e-5);
+  EXPECT_TRUE(at::equal(t.at("D"), at::ones({H}, at::kDouble)));
+  const double z_std = t.at("z_proj.weight").std().item<double>();
+  EXPECT_GT(z_std, 0.015);  // N(0, 0.02^2) over H d x hidden draws
+  EXPECT_LT(z_std, 0.025);
+  EXPECT_TRUE(at::equal(tensors(0).at("z_proj.weight"), t.at("z_proj.weight")));
+  EXPECT_FALSE(at::equal(tensors(1).at("z_proj.weight"), t.at("z_proj.weight")));
+}
+
 }  // namespace
 }  // namespace linearize

@@ -1,0 +1,118 @@
+// Mamba-2 from attention, Mamba-in-the-Llama's mapping (Wang et al. 2024, arXiv 2408.15237, section 3;
+// Mamba-2 / SSD: Dao & Gu 2024, arXiv 2405.21060, eq. 1 with scalar A per head):
+//   x <- W_V x_in, B <- W_K x_in (per kv head), C <- W_Q x_in (per query head), after the family's q/k norm;
+//   a short causal depthwise conv (K taps, SiLU) over the channels [x, B, C]; then x and B repeated from the
+//   kv heads to the query heads (the paper's GQA expansion);
+//   dt_t = softplus(x_in . w_dt + dt_bias) per head,  log a_t = -exp(A_log) dt_t <= 0;
+//   S_t = a_t S_{t-1} + B_t (dt_t x_t)^T,  y_t = C_t^T S_t + D x_t   (SSD: simple GLA, scale 1);
+//   y = RMSNorm(y * silu(z)) w over all heads (Mamba-2's gated norm, one group), z = W_z x_in;  out = W_O y.
+// Conversion starts the conv as the identity tap (the last tap 1), dt = dt_init, A spread over [1, 16] across
+// heads (Mamba's range), D = 1, the norm 1, W_dt = 0 and W_z ~ N(0, 0.02^2) seeded by the layer (Mamba's
+// in_proj init: the gate must start nonzero for gradients to reach the rest). Stage 1 trains all of them.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "converter/recipes/mixer_parts.h"
+#include "converter/recipes/recipe.h"
+#include "kernels/short_conv.h"
+
+namespace linearize {
+namespace {
+
+using names::kConvBias, names::kConvWeight, names::kDecayLogScale, names::kDtBias, names::kDtWeight, names::kGateNormWeight,
+    names::kGateWeight, names::kSkip;
+
+class Mamba2Mixer final : public TokenMixer {
+ public:
+  Mamba2Mixer(const SoftmaxAttentionMixer& source, double norm_eps, const LayerTensors& t)
+      : source_(source), eps_(norm_eps), z_(t.at(kGateWeight)), dt_w_(t.at(kDtWeight)), dt_b_(t.at(kDtBias)),
+        a_log_(t.at(kDecayLogScale)), d_(t.at(kSkip)), conv_w_(t.at(kConvWeight)), conv_b_(t.at(kConvBias)),
+        norm_(t.at(kGateNormWeight)) {}
+
+  at::Tensor forward(const at::Tensor& x, std::int64_t /*start*/, MixerState* state, const MixerCall& call) const override {
+    auto* st = static_cast<recipes::ConvLinearMixerState*>(state);
+    const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
+    const auto h = source_.project_heads(x);
+    const auto kv = h.v.size(2) * d;
+    const auto xf = recipes::at_least_fp32(x);
+    const auto channels = recipes::at_least_fp32(at::cat({h.v.reshape({B, T, -1}), h.k.reshape({B, T, -1}), h.q.reshape({B, T, -1})}, -1));
+    auto conv = kernels::short_conv(channels, conv_w_, conv_b_, st ? st->conv : at::Tensor());
+    const auto xs = recipes::repeat_heads(conv.y.narrow(-1, 0, kv).view({B, T, -1, d}), H);
+    const auto bs = recipes::repeat_heads(conv.y.narrow(-1, kv, kv).view({B, T, -1, d}), H);
+    const auto cs = conv.y.narrow(-1, 2 * kv, H * d).view({B, T, H, d});
+    const auto dt = at::softplus(at::linear(xf, dt_w_.to(xf.scalar_type()), dt_b_.to(xf.scalar_type())));  // [B,T,H]
+    kernels::LinearAttentionInputs in;
+    in.q = cs;
+    in.k = bs;
+    in.v = xs * dt.unsqueeze(-1);
+    in.log_decay = -at::exp(a_log_.to(xf.scalar_type())) * dt;
+    kernels::LinearAttentionOptions options;
+    options.form = recipes::form_for(call, T, state);
+    options.scale = 1.0;
+    auto ssd = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::o_lin), ssd.o);
+    if (st) {
+      st->linear = std::move(ssd.state);
+      st->conv = std::move(conv.state);
+    }
+    const auto y = (recipes::at_least_fp32(ssd.o) + d_.to(xf.scalar_type()).view({1, 1, H, 1}) * xs).reshape({B, T, H * d}) *
+                   at::silu(at::linear(xf, z_.to(xf.scalar_type())));
+    const auto normed = y * at::rsqrt(y.pow(2).mean(-1, /*keepdim=*/true) + eps_) * norm_.to(xf.scalar_type());
+    return source_.project_output(normed.view({B, T, H, d}).to(x.scalar_type()));
+  }
+
+  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::ConvLinearMixerState>(); }
+  std::string kind() const override { return "mamba2"; }
+  std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
+    return {{kGateWeight, z_}, {kDtWeight, dt_w_}, {kDtBias, dt_b_}, {kDecayLogScale, a_log_}, {kSkip, d_},
+            {kConvWeight, conv_w_}, {kConvBias, conv_b_}, {kGateNormWeight, norm_}};
+  }
+
+ private:
+  SoftmaxAttentionMixer source_;
+  double eps_;
+  at::Tensor z_, dt_w_, dt_b_, a_log_, d_, conv_w_, conv_b_, norm_;
+};
+
+}  // namespace
+
+Recipe mamba2_recipe() {
+  Recipe r;
+  r.name = "mamba2";
+  r.summary = "Mamba-2 (SSD) from attention as Mamba-in-the-Llama: C, B, x from W_Q, W_K, W_V, short conv, dt, A, D, gated norm";
+  r.params = {{"conv_kernel", 4, "taps of the short causal convolution over [x, B, C]", true},
+              {"dt_init", 0.01, "dt = softplus(dt_bias) at conversion (Mamba samples it in [0.001, 0.1])", true},
+              {"norm_eps", 1e-5, "epsilon of the gated RMSNorm", true}};
+  r.new_tensors = [](const LayerContext& ctx) {
+    const auto& c = ctx.config;
+    const std::int64_t H = c.num_attention_heads, d = c.head_dim, hidden = c.hidden_size;
+    const std::int64_t channels = 2 * c.num_key_value_heads * d + H * d, K = ctx.params.at("conv_kernel").get<std::int64_t>();
+    const double dt = ctx.params.at("dt_init").get<double>(), dt_bias = dt + std::log(-std::expm1(-dt));  // softplus^-1
+    const auto seed = static_cast<std::uint64_t>(ctx.layer) + 0x6d616d6261ULL;
+    auto zeros = [](std::vector<std::int64_t> shape) { return [shape] { return at::zeros(shape, at::kFloat); }; };
+    auto ones = [](std::int64_t n) { return [n] { return at::ones({n}, at::kFloat); }; };
+    return std::vector<NewTensor>{
+        {kGateWeight, {H * d, hidden}, [H, d, hidden, seed] {
+           auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+           return at::normal(0.0, 0.02, {H * d, hidden}, gen, at::TensorOptions().dtype(at::kFloat));
+         }},
+        {kDtWeight, {H, hidden}, zeros({H, hidden})},
+        {kDtBias, {H}, [H, dt_bias] { return at::full({H}, dt_bias, at::kFloat); }},
+        {kDecayLogScale, {H}, [H] { return at::log(H > 1 ? at::linspace(1.0, 16.0, H, at::kFloat) : at::ones({1}, at::kFloat)); }},
+        {kSkip, {H}, ones(H)},
+        {kConvWeight, {channels, K}, [channels, K] {
+           auto w = at::zeros({channels, K}, at::kFloat);
+           w.select(1, K - 1).fill_(1.0);
+           return w;
+         }},
+        {kConvBias, {channels}, zeros({channels})},
+        {kGateNormWeight, {H * d}, ones(H * d)}};
+  };
+  r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
+    return std::make_unique<Mamba2Mixer>(source, ctx.params.at("norm_eps").get<double>(), t);
+  };
+  return r;
+}
+
+}  // namespace linearize
