@@ -1,6 +1,6 @@
 // Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (research/kernels.md 6): chunked GLA,
 // recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the gated delta rule's
-// chunked and recurrent forms to 4K; the recurrent
+// chunked and recurrent forms and Mamba-2's SSD (per-head decay) to 4K; the recurrent
 // one-token decode step at several context lengths; and, in the context, the in-process roofline (GEMM
 // GFLOP/s, streaming GB/s), CPU model, threads and LibTorch version. scripts/bench.sh (section kernels)
 // turns the JSON into the ratios the kernels issue asks for.
@@ -106,6 +106,17 @@ void BM_GlaRecurrent(benchmark::State& state) {
   set_counters(state, T, H, recurrent_gla_flops(static_cast<double>(d)));
 }
 
+// Mamba-2's SSD as mamba2 runs it (converter/recipes/mamba2.cpp): the same kernel with one log decay per head
+// and token (simple GLA), so its intra-chunk decays are [C, C] instead of [C, C, K].
+void BM_SsdChunked(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t H = state.range(0), d = state.range(1), T = state.range(2);
+  auto in = gla_inputs(T, H, d);
+  in.log_decay = -at::softplus(at::randn({1, T, H})) / 16;
+  for (auto _ : state) benchmark::DoNotOptimize(lk::linear_attention(in, {}, kDefaults).o.data_ptr());
+  state.counters["T"] = static_cast<double>(T);
+}
+
 // Causal softmax attention, LibTorch's flash-style CPU kernel, head-first [1,H,T,d].
 void BM_SdpaCausal(benchmark::State& state) {
   c10::InferenceMode inference;
@@ -179,6 +190,7 @@ void prefill_grid(benchmark::internal::Benchmark* b, int64_t max_T_h32, int64_t 
 BENCHMARK(BM_GlaChunked)->Apply([](auto* b) { prefill_grid(b, 32768, 32768); });
 BENCHMARK(BM_GlaRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_SdpaCausal)->Apply([](auto* b) { prefill_grid(b, 4096, 32768); });
+BENCHMARK(BM_SsdChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 // The delta rule to 4K on both forms (its chunked form adds a triangular solve per chunk to GLA's work).
 BENCHMARK(BM_DeltaRuleChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_DeltaRuleRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });

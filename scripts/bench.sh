@@ -195,6 +195,9 @@ for H in (8, 32):
             flat = (c / 4096) / (ms("BM_DeltaRuleChunked", H, d, 1024) / 1024)
             print(f"  gated delta rule H={H} d={d} T=4K: chunked {c:.1f} ms, recurrent {r:.1f} ms ({r / c:.2f}x); "
                   f"chunked per-token time 4K / 1K {flat:.2f}")
+        s, g = ms("BM_SsdChunked", H, d, 4096), ms("BM_GlaChunked", H, d, 4096)
+        if s and g:
+            print(f"  Mamba-2 SSD (per-head decay) H={H} d={d} T=4K: chunked {s:.1f} ms vs per-channel GLA {g:.1f} ms ({g / s:.2f}x)")
 steps = {k[1]: v for k, v in runs.items() if k[0] == "BM_GlaDecodeStep"}
 times = [steps[c]["real_time"] for c in sorted(steps)]
 print("  recurrent decode step, H=32 d=128: " + ", ".join(f"ctx {c}: {steps[c]['real_time']:.1f} us" for c in sorted(steps)) +
