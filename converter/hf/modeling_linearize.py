@@ -128,8 +128,8 @@ def window_attention(q, keys, values, key_valid, first, window, scale, block=64)
 
 class MixerCacheLayer(CacheLayerMixin):
     """A converted layer's decode state: the recurrent state (fixed size), for window hybrids the last `window`
-    keys and values with their padding flags, for mamba2 the short convolution's last inputs. Counts the tokens it has seen so that generation's
-    positions and masks work as with a KV cache."""
+    keys and values with their padding flags, for mamba2 the short convolution's last inputs. Counts the tokens
+    it has seen so that generation's positions and masks work as with a KV cache."""
 
     is_sliding = False
     is_compileable = False
