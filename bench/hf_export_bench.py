@@ -99,11 +99,6 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     export = convert(args.linearize, args.source, args.recipe, os.path.join(args.work, f"{os.path.basename(args.source)}-{args.recipe}"))
-    # The synthetic model's vocabulary is wider than the tokenizer it borrows: without the tokenizer files
-    # `linearize generate` prints ids only instead of failing to decode them as text.
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if os.path.exists(os.path.join(export, name)):
-            os.remove(os.path.join(export, name))
     prompt = prompt_ids(args.source, PROMPT_TOKENS)
     result = {"source": args.source, "recipe": args.recipe, "threads": os.environ.get("OMP_NUM_THREADS"), "decode": []}
     for tokens in map(int, args.tokens.split(",")):

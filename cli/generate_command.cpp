@@ -56,9 +56,17 @@ void add_generate_command(CLI::App& app) {
 
     for (std::size_t i = 0; i < generated.size(); ++i) std::cout << (i ? " " : "") << generated[i];
     std::cout << '\n';
-    // The continuation as text, when the model directory has a tokenizer.
+    // The continuation as text, when the model directory has a tokenizer that covers the generated ids (a model
+    // whose vocabulary is wider than its tokenizer's still generated them: the ids stand, the text is left out).
     const std::filesystem::path dir(opts->model.dir);
-    if (std::filesystem::exists(dir / "tokenizer.json")) std::cout << Tokenizer::from_dir(dir).decode(generated) << '\n';
+    if (std::filesystem::exists(dir / "tokenizer.json")) {
+      const auto tokenizer = Tokenizer::from_dir(dir);
+      const auto outside = std::find_if(generated.begin(), generated.end(),
+                                        [&tokenizer](std::int64_t id) { return id >= tokenizer.vocab_size(); });
+      if (outside == generated.end()) std::cout << tokenizer.decode(generated) << '\n';
+      else spdlog::warn("no text: generated id {} is outside {}'s vocabulary of {}", *outside,
+                        (dir / "tokenizer.json").string(), tokenizer.vocab_size());
+    }
     const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
     const double decode_s = std::chrono::duration<double>(t2 - t1).count();
     const auto decoded = static_cast<double>(generated.size() - 1);  // the first token came from prefill
