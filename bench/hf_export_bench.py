@@ -16,6 +16,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 PROMPT_TOKENS = 32
@@ -59,11 +60,19 @@ def decode_in_transformers(model_dir, tokens, prompt):
 
 
 def decode_in_linearize(binary, model_dir, tokens, prompt):
-    ids = ",".join(map(str, prompt))
-    run = subprocess.run([binary, "generate", "--model", model_dir, "--prompt-ids", ids, "--max-new-tokens", str(tokens),
-                          "--no-stop-at-eos"], capture_output=True, text=True, check=True)
-    rate = float(re.search(r"decode \d+ tokens in [\d.]+ s \(([\d.]+) tokens/s\)", run.stderr).group(1))
-    return {"tokens": tokens, "decode_tokens_per_s": rate, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+    """`linearize generate`'s decode tokens/s (from its log) and its own peak RSS (wait4 on that child alone)."""
+    args = [binary, "generate", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens",
+            str(tokens), "--no-stop-at-eos"]
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        log = err.read()
+    if child.returncode != 0:
+        sys.exit(f"{' '.join(args)} exited {child.returncode}:\n{log}")
+    rate = float(re.search(r"decode \d+ tokens in [\d.]+ s \(([\d.]+) tokens/s\)", log).group(1))
+    return {"tokens": tokens, "decode_tokens_per_s": rate, "peak_rss": usage.ru_maxrss * 1024}
 
 
 def bf16_agreement(model_dir, tokens=512):
@@ -95,21 +104,19 @@ def main():
     parser.add_argument("--tokens", default="256,4096")
     parser.add_argument("--bf16-source", help="a trained checkpoint for the bf16 agreement (default: --source)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--child", nargs=3, metavar=("DIR", "TOKENS", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     export = convert(args.linearize, args.source, args.recipe, os.path.join(args.work, f"{os.path.basename(args.source)}-{args.recipe}"))
     prompt = prompt_ids(args.source, PROMPT_TOKENS)
     result = {"source": args.source, "recipe": args.recipe, "threads": os.environ.get("OMP_NUM_THREADS"), "decode": []}
     for tokens in map(int, args.tokens.split(",")):
-        hf = json.loads(subprocess.run([sys.executable, __file__, "--linearize", args.linearize, "--source", args.source,
-                                        "--work", args.work, "--out", args.out, "--child", export, str(tokens), ",".join(map(str, prompt))],
+        hf = json.loads(subprocess.run([sys.executable, __file__, "--child", export, str(tokens), ",".join(map(str, prompt))],
                                        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         ours = decode_in_linearize(args.linearize, export, tokens, prompt)
         result["decode"].append({"transformers": hf, "linearize": ours})
         print(f"{tokens} tokens: transformers {hf['decode_tokens_per_s']:.1f} tokens/s (peak RSS {hf['peak_rss'] / 2**20:.0f} MiB, "
               f"state {hf['state_bytes'] / 2**20:.2f} MiB, KV {hf['kv_bytes'] / 2**20:.2f} MiB); linearize generate "
-              f"{ours['decode_tokens_per_s']:.1f} tokens/s; ratio {hf['decode_tokens_per_s'] / ours['decode_tokens_per_s']:.2f}", flush=True)
+              f"{ours['decode_tokens_per_s']:.1f} tokens/s (peak RSS {ours['peak_rss'] / 2**20:.0f} MiB); ratio {hf['decode_tokens_per_s'] / ours['decode_tokens_per_s']:.2f}", flush=True)
     bf16_dir = convert(args.linearize, args.bf16_source, args.recipe,
                        os.path.join(args.work, f"{os.path.basename(args.bf16_source)}-{args.recipe}")) if args.bf16_source else export
     result["bf16"] = bf16_agreement(bf16_dir)
@@ -121,8 +128,7 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:
-        i = sys.argv.index("--child")
-        child(sys.argv[i + 1], int(sys.argv[i + 2]), sys.argv[i + 3])
+    if sys.argv[1:2] == ["--child"]:  # one transformers decode in a fresh process: python hf_export_bench.py --child DIR TOKENS IDS
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         main()

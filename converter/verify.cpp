@@ -492,19 +492,16 @@ void check_exactness(const CausalLM& model, const SourceOutputs& source, ReportB
   // A kept layer whose attention stage 2 trained (a LoRA adapter on q/k/v/o, attached or merged) is no
   // longer the source's by design: it is left out of the exact comparison, and named.
   std::set<std::int64_t> trained;
-  for (const auto layer : kept) {
-    const auto& adapters = *model.layers()[static_cast<std::size_t>(layer)].adapters;
+  for (const auto layer : kept)
     for (const auto p : {Projection::q, Projection::k, Projection::v, Projection::o})
-      if (adapters.has(p)) trained.insert(layer);
-  }
+      if (model.layers()[static_cast<std::size_t>(layer)].adapters->has(p)) trained.insert(layer);
   const auto& lin = model.config().linearize;
+  std::set<std::string> merged;
   if (lin.contains("lora_merged"))
-    for (const auto& name : lin["lora_merged"].value("tensors", nlohmann::json::array())) {
-      const auto weight = name.get<std::string>();
-      const auto path = names::parse_module_path(weight.substr(0, weight.rfind('.')));
-      const bool attention = path && find_projection(path->module) && *find_projection(path->module) <= Projection::o;
-      if (attention && std::find(kept.begin(), kept.end(), path->layer) != kept.end()) trained.insert(path->layer);
-    }
+    for (const auto& name : lin["lora_merged"].value("tensors", nlohmann::json::array())) merged.insert(name.get<std::string>());
+  for (const auto layer : kept)
+    for (const auto p : {Projection::q, Projection::k, Projection::v, Projection::o})
+      if (merged.count(names::weight(layer, layer_module(p)))) trained.insert(layer);
   std::string trained_list;
   for (const auto layer : trained) trained_list += (trained_list.empty() ? "" : ", ") + std::to_string(layer);
   const auto trained_detail = trained.empty() ? std::string() : "layers " + trained_list + " left out: their attention carries trained LoRA";

@@ -80,13 +80,9 @@ Recipe gated_deltanet_recipe() {
     // softplus(dt_bias) = -log(1 - decay), so that a = exp(-softplus(dt_bias)) = 1 - decay (A_log = 0).
     const double dt = -std::log1p(-decay), dt_bias = dt + std::log(-std::expm1(-dt));
     const double beta_bias = std::log(beta / (1 - beta));
-    auto zeros = [](std::vector<std::int64_t> shape) { return [shape] { return at::zeros(shape, at::kFloat); }; };
-    auto fill = [heads](double v) { return [heads, v] { return at::full({heads}, v, at::kFloat); }; };
-    return std::vector<NewTensor>{{kBetaWeight, {heads, hidden}, zeros({heads, hidden})},
-                                  {kBetaBias, {heads}, fill(beta_bias)},
-                                  {kDecayWeight, {heads, hidden}, zeros({heads, hidden})},
-                                  {kDecayBias, {heads}, fill(dt_bias)},
-                                  {kDecayLogScale, {heads}, fill(0.0)}};
+    return std::vector<NewTensor>{recipes::filled(kBetaWeight, {heads, hidden}, 0.0), recipes::filled(kBetaBias, {heads}, beta_bias),
+                                  recipes::filled(kDecayWeight, {heads, hidden}, 0.0), recipes::filled(kDecayBias, {heads}, dt_bias),
+                                  recipes::filled(kDecayLogScale, {heads}, 0.0)};
   };
   r.make_mixer = [](const LayerContext&, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<GatedDeltaNetMixer>(source, t);

@@ -82,7 +82,7 @@ Recipe lolcats_recipe() {
     auto tensors = recipes::hedgehog_map_tensors(ctx);
     const std::int64_t heads = ctx.config.num_attention_heads;
     const double w0 = ctx.params.at("window_factor_init").get<double>();
-    tensors.push_back({names::kWindowFactors, {heads}, [heads, w0] { return at::full({heads}, w0, at::kFloat); }});
+    tensors.push_back(recipes::filled(names::kWindowFactors, {heads}, w0));
     return tensors;
   };
   r.check_source = recipes::require_default_attention_scale;

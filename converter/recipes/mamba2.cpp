@@ -90,24 +90,22 @@ Recipe mamba2_recipe() {
     const std::int64_t channels = 2 * c.num_key_value_heads * d + H * d, K = ctx.params.at("conv_kernel").get<std::int64_t>();
     const double dt = ctx.params.at("dt_init").get<double>(), dt_bias = dt + std::log(-std::expm1(-dt));  // softplus^-1
     const auto seed = static_cast<std::uint64_t>(ctx.layer) + 0x6d616d6261ULL;
-    auto zeros = [](std::vector<std::int64_t> shape) { return [shape] { return at::zeros(shape, at::kFloat); }; };
-    auto ones = [](std::int64_t n) { return [n] { return at::ones({n}, at::kFloat); }; };
     return std::vector<NewTensor>{
         {kGateWeight, {H * d, hidden}, [H, d, hidden, seed] {
            auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
            return at::normal(0.0, 0.02, {H * d, hidden}, gen, at::TensorOptions().dtype(at::kFloat));
          }},
-        {kDtWeight, {H, hidden}, zeros({H, hidden})},
-        {kDtBias, {H}, [H, dt_bias] { return at::full({H}, dt_bias, at::kFloat); }},
+        recipes::filled(kDtWeight, {H, hidden}, 0.0),
+        recipes::filled(kDtBias, {H}, dt_bias),
         {kDecayLogScale, {H}, [H] { return at::log(H > 1 ? at::linspace(1.0, 16.0, H, at::kFloat) : at::ones({1}, at::kFloat)); }},
-        {kSkip, {H}, ones(H)},
+        recipes::filled(kSkip, {H}, 1.0),
         {kConvWeight, {channels, K}, [channels, K] {
            auto w = at::zeros({channels, K}, at::kFloat);
            w.select(1, K - 1).fill_(1.0);
            return w;
          }},
-        {kConvBias, {channels}, zeros({channels})},
-        {kGateNormWeight, {H * d}, ones(H * d)}};
+        recipes::filled(kConvBias, {channels}, 0.0),
+        recipes::filled(kGateNormWeight, {H * d}, 1.0)};
   };
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<Mamba2Mixer>(source, ctx.params.at("norm_eps").get<double>(), t);

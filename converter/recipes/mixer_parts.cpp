@@ -24,6 +24,11 @@ at::Tensor pairwise(const at::Tensor& a, const at::Tensor& b) {
   return at::matmul(a.transpose(1, 2), b.transpose(1, 2).transpose(-1, -2));
 }
 
+NewTensor filled(std::string name, std::vector<std::int64_t> shape, double value) {
+  auto init = [shape, value] { return at::full(shape, value, at::kFloat); };
+  return {std::move(name), std::move(shape), init};
+}
+
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
   const std::int64_t heads = ctx.config.num_attention_heads, d = ctx.config.head_dim;
   const auto& f_param = ctx.params.at("feature_dim");

@@ -70,6 +70,9 @@ at::Tensor run_hybrid(Kernel kernel, const Inputs& in, std::int64_t window, cons
 // is refused rather than converted into a different function.
 void require_default_attention_scale(const ModelConfig& config);
 
+// A new tensor of `shape` holding `value` everywhere at conversion (fp32).
+NewTensor filled(std::string name, std::vector<std::int64_t> shape, double value);
+
 // Hedgehog feature maps of LoLCATs and Hedgehog: feature_map_q.weight and feature_map_k.weight, [H, d, f]
 // per query head, truncated-identity init (LoLCATs --lk_zero_init); f = params.feature_dim or d / 2.
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx);

@@ -90,9 +90,8 @@ Recipe supra_recipe() {
     const std::int64_t q = ctx.config.num_attention_heads * ctx.config.head_dim;
     const std::int64_t k = ctx.config.num_key_value_heads * ctx.config.head_dim;
     auto eye = [](std::int64_t n) { return [n] { return at::eye(n, at::kFloat); }; };
-    auto zeros = [](std::int64_t n) { return [n] { return at::zeros({n}, at::kFloat); }; };
-    return std::vector<NewTensor>{{names::kFeatureMapQWeight, {q, q}, eye(q)}, {names::kFeatureMapQBias, {q}, zeros(q)},
-                                  {names::kFeatureMapKWeight, {k, k}, eye(k)}, {names::kFeatureMapKBias, {k}, zeros(k)}};
+    return std::vector<NewTensor>{{names::kFeatureMapQWeight, {q, q}, eye(q)}, recipes::filled(names::kFeatureMapQBias, {q}, 0.0),
+                                  {names::kFeatureMapKWeight, {k, k}, eye(k)}, recipes::filled(names::kFeatureMapKBias, {k}, 0.0)};
   };
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<SupraMixer>(source, ctx.params.at("groupnorm_eps").get<double>(), t);

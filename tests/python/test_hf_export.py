@@ -27,15 +27,11 @@ def registered_recipes():
 
 
 def convert(source, recipe, out, params=()):
-    """The export directory, or None when the recipe refuses this family by design (exit 2 naming a config field
-    of the source, e.g. Gemma's query_pre_attn_scalar for the window hybrids)."""
+    """The export directory (every fixture family takes every recipe: a refusal is a failure here)."""
     args = [BINARY, "--log-level", "warn", "convert", "--model", source, "--recipe", recipe, "--out", out]
     for p in params:
         args += ["--set", p]
     run = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if run.returncode == 2 and "config.json" in run.stderr:
-        print(f"-- {recipe}: refused by design: {run.stderr.strip()}")
-        return None
     if run.returncode != 0:
         raise RuntimeError(f"convert {recipe} failed ({run.returncode}): {run.stderr}")
     return out
@@ -70,14 +66,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in registered_recipes():
             out = convert(source, recipe, os.path.join(tmp, recipe))
-            if out and not check(out, f"{args.family} {recipe}").passed:
+            if not check(out, f"{args.family} {recipe}").passed:
                 failed.append(recipe)
-        hybrid = convert(source, "lolcats", os.path.join(tmp, "hybrid"), ["softmax_layers=[0]", "window=16"]) or \
-            convert(source, "hedgehog", os.path.join(tmp, "hybrid"), ["softmax_layers=[0]"])
+        hybrid = convert(source, "lolcats", os.path.join(tmp, "hybrid"), ["softmax_layers=[0]", "window=16"])
         if not check(hybrid, f"{args.family} hybrid (layer 0 softmax)").passed:
             failed.append("hybrid")
         if args.family == "tiny-llama":
-            # Halving the GLA gate's strength (a decay bug) must fail the logits rows.
+            # Halving the GLA gate's strength (a decay bug) must fail the logits rows: all but the 1-token prompt,
+            # whose output no decay has acted on yet.
             planted = plant(os.path.join(tmp, "liger-gla"), 'self.params["gate_normalizer"]',
                             '(2 * self.params["gate_normalizer"])')
             report = check(planted, "planted change: liger-gla gate normaliser doubled")

@@ -23,6 +23,23 @@ PROBE = os.environ["LORA_PROBE"]
 MODEL = os.path.join(os.environ["LINEARIZE_FIXTURES"], "tiny-llama")
 
 
+def distill(out, recipe, stage1_steps, stage2):
+    """`linearize distill` on tiny-llama into out/run (64-token batches of 2, constant lr 0.01); the export dir."""
+    corpus = os.path.join(os.environ["LINEARIZE_FIXTURES"], "corpus", "corpus.txt")
+    run = os.path.join(out, "run.yaml")
+    with open(run, "w") as f:
+        f.write(f"""model: {MODEL}
+out: {out}/run
+recipe: {recipe}
+data: {{files: [{corpus}], seq_len: 64, batch_size: 2, validation_fraction: 0}}
+stage1: {{lr: 0.01, schedule: constant, grad_accum: 1, steps: {stage1_steps}}}
+stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, {stage2}}}
+""")
+    subprocess.run([os.environ["LINEARIZE_BINARY"], "distill", "--config", run], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return os.path.join(out, "run", "model")
+
+
 class PeftAdapter(unittest.TestCase):
     def check(self, r, alpha, rslora):
         with tempfile.TemporaryDirectory() as out:
@@ -58,20 +75,9 @@ class PeftAdapter(unittest.TestCase):
         self.check(r=4, alpha=8, rslora=True)
 
     def test_distill_export_loads_onto_the_converted_model(self):
-        corpus = os.path.join(os.environ["LINEARIZE_FIXTURES"], "corpus", "corpus.txt")
         with tempfile.TemporaryDirectory() as out:
-            run = os.path.join(out, "run.yaml")
-            with open(run, "w") as f:
-                f.write(f"""model: {MODEL}
-out: {out}/run
-recipe: {{name: lolcats, params: {{window: 16}}}}
-data: {{files: [{corpus}], seq_len: 64, batch_size: 2, validation_fraction: 0}}
-stage1: {{lr: 0.01, schedule: constant, grad_accum: 1, steps: 2}}
-stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, lora: {{r: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}}}}
-""")
-            subprocess.run([os.environ["LINEARIZE_BINARY"], "distill", "--config", run], check=True, capture_output=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-            model_dir = os.path.join(out, "run", "model")
+            model_dir = distill(out, "{name: lolcats, params: {window: 16}}", 2,
+                                "lora: {r: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}")
             adapter_dir = os.path.join(model_dir, "adapter")
             ours = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
             # The export loads in transformers through its own modeling file (auto_map), and the adapter onto it.
@@ -91,20 +97,8 @@ stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, lora: {{r: 4, a
             self.assertTrue(report.passed, [r for r in report.rows if not r["pass"]])
 
     def test_merged_distill_export_loads_alone(self):
-        corpus = os.path.join(os.environ["LINEARIZE_FIXTURES"], "corpus", "corpus.txt")
         with tempfile.TemporaryDirectory() as out:
-            run = os.path.join(out, "run.yaml")
-            with open(run, "w") as f:
-                f.write(f"""model: {MODEL}
-out: {out}/run
-recipe: {{name: hedgehog}}
-data: {{files: [{corpus}], seq_len: 64, batch_size: 2, validation_fraction: 0}}
-stage1: {{lr: 0.01, schedule: constant, grad_accum: 1, steps: 1}}
-stage2: {{steps: 3, lr: 0.01, schedule: constant, grad_accum: 1, merge: true, lora: {{r: 4, alpha: 8, targets: [q_proj, k_proj, o_proj]}}}}
-""")
-            subprocess.run([os.environ["LINEARIZE_BINARY"], "distill", "--config", run], check=True, capture_output=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-            model_dir = os.path.join(out, "run", "model")
+            model_dir = distill(out, "{name: hedgehog}", 1, "merge: true, lora: {r: 4, alpha: 8, targets: [q_proj, k_proj, o_proj]}")
             self.assertFalse(os.path.exists(os.path.join(model_dir, "adapter")))
             report = check_hf_export.check(model_dir, os.environ["LINEARIZE_BINARY"], check_hf_export.Report())
             self.assertTrue(report.passed, [r for r in report.rows if not r["pass"]])
