@@ -23,5 +23,6 @@ void add_convert_command(CLI::App& app);
 void add_select_layers_command(CLI::App& app);
 void add_verify_command(CLI::App& app);
 void add_distill_command(CLI::App& app);
+void add_export_onnx_command(CLI::App& app);
 
 }  // namespace linearize::cli

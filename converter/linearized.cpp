@@ -29,18 +29,6 @@ bool is_softmax_layer(const RecipeParams& params, std::int64_t layer) {
   return std::find(kept.begin(), kept.end(), layer) != kept.end();
 }
 
-struct RecipeOfModel {
-  const Recipe* recipe;
-  RecipeParams params;
-};
-
-RecipeOfModel recipe_of(const ModelConfig& config) {
-  const JsonObject lin(config.linearize, config.source, "linearize.");
-  const auto& recipe = find_recipe(lin.get_string("recipe"), config.source, "linearize.recipe");
-  const nlohmann::json given = config.linearize.contains("params") ? config.linearize["params"] : nlohmann::json::object();
-  return {&recipe, resolve_recipe_params(recipe, given, config, config.source)};
-}
-
 std::vector<TensorSpec> recipe_tensors(const ModelConfig& config, const RecipeOfModel& r) {
   std::vector<TensorSpec> specs;
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
@@ -52,6 +40,13 @@ std::vector<TensorSpec> recipe_tensors(const ModelConfig& config, const RecipeOf
 }
 
 }  // namespace
+
+RecipeOfModel recipe_of(const ModelConfig& config) {
+  const JsonObject lin(config.linearize, config.source, "linearize.");
+  const auto& recipe = find_recipe(lin.get_string("recipe"), config.source, "linearize.recipe");
+  const nlohmann::json given = config.linearize.contains("params") ? config.linearize["params"] : nlohmann::json::object();
+  return {&recipe, resolve_recipe_params(recipe, given, config, config.source)};
+}
 
 const std::vector<std::string>& passthrough_files() {
   static const std::vector<std::string> files{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -22,6 +22,13 @@ CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options
 // Null for layers kept as softmax and for models that are not conversions.
 std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t layer, at::ScalarType dtype);
 
+// A converted model's recipe and its resolved parameters (config.json's linearize.recipe and .params).
+struct RecipeOfModel {
+  const Recipe* recipe;
+  RecipeParams params;
+};
+RecipeOfModel recipe_of(const ModelConfig& config);
+
 // The layers a conversion replaced with its recipe's mixer (none for a plain checkpoint).
 std::vector<std::int64_t> converted_layers(const ModelConfig& config);
 

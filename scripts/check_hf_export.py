@@ -32,12 +32,12 @@ SPLIT_PROMPT, SPLIT_AT = 200, 137  # crosses chunk (64) and window (64) edges on
 
 
 class Report:
-    def __init__(self):
-        self.rows = []
+    def __init__(self, level="L5"):
+        self.level, self.rows = level, []
 
     def add(self, name, value, tolerance, passed, detail=""):
         self.rows.append({"check": name, "value": value, "tolerance": tolerance, "pass": bool(passed), "detail": detail})
-        print(f"L5  {name:<44} {value:<12.3g} <= {tolerance:<10.3g} {'PASS' if passed else 'FAIL'}  {detail}", flush=True)
+        print(f"{self.level}  {name:<44} {value:<12.3g} <= {tolerance:<10.3g} {'PASS' if passed else 'FAIL'}  {detail}", flush=True)
 
     @property
     def passed(self):

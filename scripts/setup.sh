@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
-  build-essential cmake ninja-build ccache clang libclang-rt-14-dev python3-venv
+  build-essential cmake ninja-build ccache curl clang libclang-rt-14-dev python3-venv
   libspdlog-dev libcli11-dev libyaml-cpp-dev libhdf5-dev libonnx-dev libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev libssl-dev
 )
@@ -33,4 +33,28 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --progress-bar off -r scripts/requirements.txt
   echo "$want" > "$stamp"
 fi
-echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+# ONNX's C++ library (checker, shape inference, the protobuf classes export-onnx writes with), built from the
+# sdist of the version the venv's Python onnx pins, so both sides know the same opsets. Debian's libonnx-dev
+# is 1.12: its schemas stop at opset 17, before the opsets runtimes take today and the LinearAttention
+# operator (opset 27), so its checker could not check the graphs. Linked against Debian's libprotobuf.
+ONNX_VERSION=$(sed -n 's/^onnx==//p' scripts/requirements.txt)
+ONNX_SHA256=008cb0467b2bbee41448acc7da8b6f4e704624cb0d327a2d5adafc7ce19bc5b8  # onnx-1.23.2.tar.gz on PyPI
+ONNX_URL=https://files.pythonhosted.org/packages/3f/62/bc2dfadb63ecf04cb2d65a6b17751863039d36c65de51d6a3128ab35f1e7/onnx-$ONNX_VERSION.tar.gz
+ONNX_PREFIX=.deps/onnx-$ONNX_VERSION
+if [ ! -f "$ONNX_PREFIX/lib/cmake/ONNX/ONNXConfig.cmake" ]; then
+  echo "setup: building ONNX $ONNX_VERSION's C++ library into $ONNX_PREFIX (a few minutes, once)"
+  work=.deps/onnx-build
+  rm -rf "$work" && mkdir -p "$work"
+  curl -fsSL -o "$work/onnx.tar.gz" "$ONNX_URL"
+  echo "$ONNX_SHA256  $work/onnx.tar.gz" | sha256sum --check --quiet
+  tar -xzf "$work/onnx.tar.gz" -C "$work"
+  generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
+  # The venv's cmake: ONNX asks for CMake >= 3.26, Debian 12 has 3.25.
+  .venv/bin/cmake -S "$work/onnx-$ONNX_VERSION" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DONNX_ML=OFF -DONNX_BUILD_PYTHON=OFF -DONNX_GEN_PB_TYPE_STUBS=OFF -DONNX_USE_PROTOBUF_SHARED_LIBS=ON \
+    -DONNX_NAMESPACE=onnx -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$PWD/$ONNX_PREFIX" >"$work/configure.log"
+  .venv/bin/cmake --build "$work/build" --parallel "$(nproc)" >"$work/build.log"
+  .venv/bin/cmake --install "$work/build" >"$work/install.log"
+  rm -rf "$work"
+fi
+echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), onnx $ONNX_VERSION)"

@@ -2,6 +2,7 @@
 // Hedgehog map per query head, phi(x) = [softmax(xW), softmax(-xW)] on RoPE'd q and k (as LoLCATs feeds
 // its maps), W truncated-identity at conversion:
 //   o_n = sum_{j<=n} phi(q_n).phi(k_j) v_j / sum_{j<=n} phi(q_n).phi(k_j).
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/feature_maps.h"
@@ -67,6 +68,26 @@ Recipe hedgehog_recipe() {
   r.new_tensors = recipes::hedgehog_map_tensors;
   r.make_mixer = [](const LayerContext&, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<HedgehogMixer>(source, t);
+  };
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const auto h = layer.project_heads(x);
+    const auto phi_q = layer.hedgehog_map(layer.rope(h.q), layer.recipe_tensor(names::kFeatureMapQWeight));
+    // A padded token writes nothing: its features are zeroed (the normaliser's sum too).
+    const auto phi_k = o.mul(layer.hedgehog_map(layer.repeat_kv(layer.rope(h.k)), layer.recipe_tensor(names::kFeatureMapKWeight)),
+                             layer.token_mask());
+    const std::int64_t H = c.num_attention_heads;
+    OnnxLinearAttentionOptions options;
+    options.kv_heads = H;  // the maps are per query head, so the state is too (as HedgehogMixer's)
+    options.key_dim = 2 * recipes::hedgehog_feature_dim(c, layer.params());
+    options.value_dim = c.head_dim;
+    const auto state = layer.state("recurrent", {"batch", H, options.key_dim, c.head_dim});
+    const auto normalizer = layer.state("normalizer", {"batch", H, options.key_dim});
+    const auto lin = onnx_linear_attention(o, phi_q, phi_k, layer.repeat_kv(h.v), std::nullopt, state, normalizer, options);
+    layer.set_state("recurrent", lin.state, {"batch", H, options.key_dim, c.head_dim});
+    layer.set_state("normalizer", lin.normalizer, {"batch", H, options.key_dim});
+    return layer.project_output(lin.o);
   };
   return r;
 }

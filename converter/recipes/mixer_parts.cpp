@@ -29,10 +29,14 @@ NewTensor filled(std::string name, std::vector<std::int64_t> shape, double value
   return {std::move(name), std::move(shape), init};
 }
 
+std::int64_t hedgehog_feature_dim(const ModelConfig& config, const RecipeParams& params) {
+  const auto& f = params.at("feature_dim");
+  return f.is_null() ? config.head_dim / 2 : f.get<std::int64_t>();
+}
+
 std::vector<NewTensor> hedgehog_map_tensors(const LayerContext& ctx) {
   const std::int64_t heads = ctx.config.num_attention_heads, d = ctx.config.head_dim;
-  const auto& f_param = ctx.params.at("feature_dim");
-  const std::int64_t f = f_param.is_null() ? d / 2 : f_param.get<std::int64_t>();
+  const std::int64_t f = hedgehog_feature_dim(ctx.config, ctx.params);
   auto init = [heads, d, f] { return kernels::truncated_identity(heads, d, f, at::TensorOptions().dtype(at::kFloat)); };
   return {{names::kFeatureMapQWeight, {heads, d, f}, init}, {names::kFeatureMapKWeight, {heads, d, f}, init}};
 }

@@ -38,6 +38,8 @@ struct NewTensor {
   std::function<at::Tensor()> init;  // fp32 initial value (conversion), not called when loading
 };
 
+class OnnxLayer;  // converter/onnx_graph.h
+
 struct LayerContext {
   const ModelConfig& config;
   std::int64_t layer;
@@ -57,6 +59,10 @@ struct Recipe {
   // Optional: throws InputError naming the config field when the recipe cannot convert this source (checked
   // before anything is written).
   std::function<void(const ModelConfig&)> check_source;
+  // Optional: the mixer in an ONNX graph (export-onnx): x [B, S, hidden] (normed) -> [B, S, hidden], with its
+  // state read from and written to the layer's past/present inputs and outputs. Without it, export-onnx
+  // refuses the model naming the layer and the mixer.
+  std::function<std::string(OnnxLayer& layer, const std::string& x)> emit_onnx;
 };
 
 // The registered recipes, and one by name (InputError(file, field) listing the known ones).

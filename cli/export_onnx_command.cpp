@@ -1,0 +1,53 @@
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "converter/onnx_export.h"
+
+namespace linearize::cli {
+
+void add_export_onnx_command(CLI::App& app) {
+  struct Options {
+    std::string model, out;
+    std::int64_t opset = kOnnxDefaultOpset;
+    std::uint64_t external_data_above = onnx_model::SaveOptions{}.external_data_above;
+  };
+  auto opts = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand("export-onnx", "Write the model as one ONNX graph (prefill and decode, states in and out) and check it");
+  cmd->add_option("--model", opts->model, "Model directory (a conversion or a source checkpoint)")->required();
+  cmd->add_option("--out", opts->out, "Output file (default: <model>/model.onnx)");
+  cmd->add_option("--opset", opts->opset, "ONNX opset of the graph (18 or later)");
+  cmd->add_option("--external-data-above", opts->external_data_above,
+                  "Weights go to <out>.data when they hold more bytes than this (default 2 GiB, protobuf's limit)");
+  cmd->callback([opts] {
+    OnnxExportOptions options;
+    options.model = opts->model;
+    options.out = opts->out;
+    options.opset = opts->opset;
+    options.save.external_data_above = opts->external_data_above;
+    const auto started = std::chrono::steady_clock::now();
+    const auto result = export_onnx(options);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    spdlog::info("wrote {} ({} nodes, {} initializers, graph {:.1f} MB{}) in {:.2f} s", result.path.string(), result.nodes,
+                 result.saved.initializers, result.saved.graph_bytes / 1e6,
+                 result.saved.external_data.empty()
+                     ? std::string(", weights inline")
+                     : ", weights in " + result.saved.external_data.filename().string() + " " +
+                           std::to_string(result.saved.external_data_bytes / 1000000) + " MB",
+                 seconds);
+    const auto check = onnx_model::check_file(result.path);
+    if (!check.ok()) {
+      // An invalid graph is not left behind as if it were an export.
+      std::filesystem::remove(result.path);
+      if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
+      throw CheckFailed("export-onnx: the written graph fails ONNX's checks (removed): " + check.checker + check.shape_inference);
+    }
+    spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", check.opset);
+  });
+}
+
+}  // namespace linearize::cli

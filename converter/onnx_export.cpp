@@ -1,0 +1,160 @@
+#include "converter/onnx_export.h"
+
+#include <limits>
+
+#include "converter/linearized.h"
+#include "converter/model/lora.h"
+#include "converter/onnx_graph.h"
+#include "formats/error.h"
+
+#ifndef LINEARIZE_VERSION
+#define LINEARIZE_VERSION "dev"
+#endif
+
+namespace linearize {
+namespace {
+
+using names::LayerModule;
+using onnx_model::ElementType;
+
+const RecipeParams kNoRecipeParams = nlohmann::json::object();
+
+// The source's softmax attention with its whole KV cache: query i (absolute index P + i, P = the cache's
+// length) sees key j <= P + i, within the window on sliding layers, and not a padded one (attention_mask).
+class SoftmaxLayers {
+ public:
+  explicit SoftmaxLayers(OnnxModelContext& context) : context_(context) {}
+
+  std::string emit(std::int64_t layer, const std::string& x) {
+    auto& o = context_.ops;
+    const auto& c = context_.config;
+    OnnxLayer l(context_, layer, kNoRecipeParams);
+    auto heads = l.project_heads(x);
+    const auto q = l.rope(heads.q), k = l.rope(heads.k);
+    const std::string past = "past_key_values." + std::to_string(layer), present = "present." + std::to_string(layer);
+    auto& graph = context_.model.graph();
+    const std::vector<Dim> past_shape{"batch", c.num_key_value_heads, "past_sequence", c.head_dim};
+    const std::vector<Dim> present_shape{"batch", c.num_key_value_heads, "total_sequence", c.head_dim};
+    graph.input(past + ".key", ElementType::f32, past_shape);
+    graph.input(past + ".value", ElementType::f32, past_shape);
+    const auto keys = o.concat({past + ".key", k}, 2), values = o.concat({past + ".value", heads.v}, 2);
+    for (const auto& [part, v] : {std::pair{".key", keys}, std::pair{".value", values}}) {
+      graph.rename(v, present + part);
+      graph.output(present + part, ElementType::f32, present_shape);
+    }
+    const std::int64_t Hkv = c.num_key_value_heads, G = c.kv_groups(), D = c.head_dim;
+    const auto grouped = [&](const std::string& t, std::int64_t g) { return o.reshape(t, {0, Hkv, g, -1, D}); };
+    const double scale = c.block.attention_scale.value_or(1.0 / std::sqrt(static_cast<double>(D)));
+    const auto scores = o.mul(o.matmul(grouped(q, G), o.transpose(grouped(keys, 1), {0, 1, 2, 4, 3})),
+                              o.f32(static_cast<float>(scale)));
+    // A masked score is the lowest float, not -inf: a padded query that sees no key then gets a uniform row
+    // instead of NaN, and NaN never reaches a state.
+    const std::int64_t window =
+        c.layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? c.sliding_window.value_or(0) : 0;
+    const auto masked = o.op("Where", {mask(window), scores, o.f32(std::numeric_limits<float>::lowest())});
+    const auto out = o.matmul(o.softmax(masked), grouped(values, 1));
+    return l.project_output(o.reshape(out, {0, c.num_attention_heads, -1, D}));
+  }
+
+ private:
+  // [B, 1, 1, S, T] bool, one per window size (0: none).
+  std::string mask(std::int64_t window) {
+    if (const auto it = masks_.find(window); it != masks_.end()) return it->second;
+    auto& o = context_.ops;
+    const auto S = o.squeeze(o.dim(context_.input_ids, 1), {0}), T = o.squeeze(o.dim(context_.attention_mask, 1), {0});
+    const auto rows = o.add(o.op("Range", {o.scalar_i64(0), S, o.scalar_i64(1)}), o.sub(T, S));
+    const auto cols = o.op("Range", {o.scalar_i64(0), T, o.scalar_i64(1)});
+    const auto back = o.sub(o.unsqueeze(rows, {1}), o.unsqueeze(cols, {0}));  // P + i - j, [S, T]
+    auto visible = o.op("GreaterOrEqual", {back, o.scalar_i64(0)});
+    if (window > 0) visible = o.op("And", {visible, o.op("Less", {back, o.scalar_i64(window)})});
+    const auto not_padding = o.unsqueeze(o.cast(context_.attention_mask, ElementType::boolean), {1, 2, 3});  // [B,1,1,1,T]
+    return masks_[window] = o.op("And", {visible, not_padding});
+  }
+
+  OnnxModelContext& context_;
+  std::map<std::int64_t, std::string> masks_;
+};
+
+std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
+  auto& o = layer.ops();
+  const auto gate = o.linear(x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj));
+  const auto up = o.linear(x, layer.weight(LayerModule::up_proj), layer.bias(LayerModule::up_proj));
+  std::string act;
+  if (layer.config().block.activation == MlpActivation::GeluTanh) {
+    static const std::vector<Attribute> tanh_approximation{{"approximate", std::string("tanh")}};
+    act = o.op("Gelu", {gate}, tanh_approximation);
+  } else {
+    act = o.mul(gate, o.sigmoid(gate));  // SiLU
+  }
+  return o.linear(o.mul(act, up), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
+}
+
+}  // namespace
+
+OnnxExportResult export_onnx(const OnnxExportOptions& options) {
+  const auto config_path = options.model / "config.json";
+  const auto config = load_model_config(config_path);
+  if (options.opset < 18)
+    throw InputError("command line", "--opset", "must be 18 or later (got " + std::to_string(options.opset) + ")");
+  if (std::filesystem::exists(options.model / kPeftAdapterDir))
+    throw InputError((options.model / kPeftAdapterDir).string(), "adapter",
+                     "export-onnx takes merged weights; distill with --merge (or merge the adapter) first");
+  std::optional<RecipeOfModel> recipe;
+  std::vector<bool> converted(static_cast<std::size_t>(config.num_hidden_layers), false);
+  if (!config.linearize.is_null()) {
+    recipe = recipe_of(config);
+    for (const auto layer : converted_layers(config)) {
+      converted[static_cast<std::size_t>(layer)] = true;
+      if (!recipe->recipe->emit_onnx)
+        throw InputError(config_path.string(), "linearize.recipe",
+                         "layer " + std::to_string(layer) + ": mixer '" + recipe->recipe->name + "' has no ONNX form yet");
+    }
+  }
+  const auto checkpoint = CheckpointWeights::open(options.model);
+  onnx_model::Model model(options.opset, LINEARIZE_VERSION);
+  OnnxModelContext context(model, config, checkpoint);
+  auto& o = context.ops;
+  auto& graph = model.graph();
+  graph.input(context.input_ids, ElementType::i64, {"batch", "sequence"});
+  graph.input(context.attention_mask, ElementType::i64, {"batch", "total_sequence"});
+  graph.input(context.position_ids, ElementType::i64, {"batch", "sequence"});
+
+  const auto& block = config.block;
+  const double eps = config.rms_norm_eps;
+  const auto norm = [&](const std::string& x, const std::string& weight_name) {
+    return o.rms_norm(x, context.weight(weight_name), eps, block.norm);
+  };
+  auto h = o.op("Gather", {context.weight(names::kEmbedTokens), context.input_ids});
+  if (block.embedding_scale != 1.0) h = o.mul(h, o.f32(static_cast<float>(block.embedding_scale)));
+  SoftmaxLayers softmax(context);
+  OnnxExportResult result;
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    const auto w = [i](LayerModule m) { return names::weight(i, m); };
+    const auto normed = norm(h, w(LayerModule::input_layernorm));
+    OnnxLayer layer(context, i, recipe ? recipe->params : kNoRecipeParams);
+    const auto mixed = converted[static_cast<std::size_t>(i)] ? recipe->recipe->emit_onnx(layer, normed) : softmax.emit(i, normed);
+    h = o.add(h, block.sandwich_norms ? norm(mixed, w(LayerModule::post_attention_layernorm)) : mixed);
+    const auto mlp_in = norm(h, w(block.sandwich_norms ? LayerModule::pre_feedforward_layernorm : LayerModule::post_attention_layernorm));
+    const auto mlp = gated_mlp(layer, mlp_in);
+    h = o.add(h, block.sandwich_norms ? norm(mlp, w(LayerModule::post_feedforward_layernorm)) : mlp);
+  }
+  h = norm(h, names::kFinalNorm);
+  auto logits = o.linear(h, context.weight(config.tie_word_embeddings ? names::kEmbedTokens : names::kLmHead));
+  if (block.final_logit_softcap) {
+    const auto cap = o.f32(static_cast<float>(*block.final_logit_softcap));
+    logits = o.mul(o.op("Tanh", {o.div(logits, cap)}), cap);
+  }
+  graph.rename(logits, "logits");
+  graph.output("logits", ElementType::f32, {"batch", "sequence", config.vocab_size});
+
+  if (recipe) {
+    model.metadata(kOnnxRecipeKey, recipe->recipe->name);
+    model.metadata(kOnnxParamsKey, recipe->params.dump());
+  }
+  result.path = options.out.empty() ? options.model / kOnnxFileName : options.out;
+  result.nodes = static_cast<std::int64_t>(graph.node_count());
+  result.saved = model.save(result.path, options.save);
+  return result;
+}
+
+}  // namespace linearize

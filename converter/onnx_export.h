@@ -1,0 +1,44 @@
+// export-onnx (DESIGN sections 1 job 5, 5, 6 L6): a model directory, source or converted, as one ONNX graph for
+// prefill and decode. Inputs: input_ids [batch, sequence] (sequence > 1 prefills with the chunked form,
+// 1 is a decode step), attention_mask [batch, total_sequence], position_ids [batch, sequence], and per layer
+// its state: past_key_values.{i}.key/.value for softmax layers (the whole cache; sliding layers mask it) and
+// window hybrids (their last `window` keys), past.{i}.<kind> fp32 for recurrent states
+// (past.{i}.recurrent [batch, Hkv, K, V], ...). Outputs: logits [batch, sequence, vocab] and present.* of
+// the same shapes (onnxruntime-genai's names). Standard operators at opset `opset`; weights are
+// initializers holding the checkpoint's bytes under their safetensors names.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "formats/onnx_model.h"
+
+namespace linearize {
+
+inline constexpr std::int64_t kOnnxDefaultOpset = 21;
+inline constexpr const char* kOnnxFileName = "model.onnx";
+// Metadata keys of the graph: the recipe parameters it was built from, as config.json holds them.
+inline constexpr const char* kOnnxRecipeKey = "linearize.recipe";
+inline constexpr const char* kOnnxParamsKey = "linearize.params";
+
+struct OnnxExportOptions {
+  std::filesystem::path model;  // the model directory
+  std::filesystem::path out;    // default <model>/model.onnx
+  std::int64_t opset = kOnnxDefaultOpset;
+  onnx_model::SaveOptions save;
+};
+
+struct OnnxExportResult {
+  std::filesystem::path path;
+  onnx_model::SaveResult saved;
+  std::int64_t nodes = 0;  // of the main graph
+  std::vector<std::string> state_inputs;
+};
+
+// Throws InputError (exit 2, nothing written) for a model it cannot express: a layer whose recipe has no ONNX
+// form (naming the layer and the mixer), an unmerged LoRA adapter, dynamic RoPE, an opset below 18.
+OnnxExportResult export_onnx(const OnnxExportOptions& options);
+
+}  // namespace linearize
