@@ -6,6 +6,9 @@
 //   o = 0.5 o_swa + 0.5 o_lin, then W_O.
 // kernels/hybrid_attention.h computes it. Unlike the reference code, decode keeps the window's KV cache,
 // so decode equals prefill.
+#include <cmath>
+
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/feature_maps.h"
@@ -50,6 +53,37 @@ Recipe liger_gla_recipe() {
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors&) {
     return std::make_unique<LigerGlaMixer>(source, ctx.params.at("window").get<std::int64_t>(),
                                            ctx.params.at("gate_normalizer").get<double>());
+  };
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const std::int64_t Hkv = c.num_key_value_heads, D = c.head_dim;
+    const std::int64_t window = layer.params().at("window").get<std::int64_t>();
+    const auto h = layer.project_heads(x);
+    const auto mask = layer.token_mask();
+    // Linear branch: GLA on softmax_d(q), softmax_d(k), per-channel log gate logsigmoid(k) / normaliser.
+    const auto log_sigmoid_k = o.neg(o.op("Softplus", {o.neg(h.k)}));
+    const auto normalizer = o.f32(static_cast<float>(layer.params().at("gate_normalizer").get<double>()));
+    OnnxLinearAttentionOptions options;
+    options.kv_heads = Hkv;
+    options.groups = c.kv_groups();
+    options.key_dim = D;
+    options.value_dim = D;
+    options.decay_per_channel = true;
+    const auto state = layer.state("recurrent", {"batch", Hkv, D, D});
+    const auto lin = onnx_linear_attention(o, o.softmax(h.q), o.mul(o.softmax(h.k), mask), h.v,
+                                           o.mul(o.div(log_sigmoid_k, normalizer), mask), state, std::nullopt, options);
+    layer.set_state("recurrent", lin.state, {"batch", Hkv, D, D});
+    // Window branch over RoPE'd q, k: the cached keys and the call's.
+    const auto [past_k, past_v] = layer.window_cache();
+    const auto keys = o.concat({past_k, layer.rope(h.k)}, 2), values = o.concat({past_v, h.v}, 2);
+    const auto parts = onnx_window_parts(o, layer.rope(h.q), keys, values, o.dim(past_k, 2), window,
+                                         1.0 / std::sqrt(static_cast<double>(D)), Hkv, c.kv_groups(), D);
+    const auto half = o.f32(0.5f);
+    const auto mixed = o.add(o.mul(o.div(parts.numerator, parts.denominator), half), o.mul(lin.o, half));
+    const auto keep = std::numeric_limits<std::int64_t>::max();
+    layer.set_window_cache(o.slice(keys, 2, -window, keep), o.slice(values, 2, -window, keep));
+    return layer.project_output(mixed);
   };
   return r;
 }

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/feature_maps.h"
@@ -88,6 +89,43 @@ Recipe lolcats_recipe() {
   r.check_source = recipes::require_default_attention_scale;
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<LolcatsMixer>(source, ctx.params.at("window").get<std::int64_t>(), t);
+  };
+  // The linear part in its masked quadratic form over the call (cache + new keys): query i reads the state and
+  // every key with cached + i - j >= window; the keys that leave the window in this call enter the state.
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const std::int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+    const std::int64_t window = layer.params().at("window").get<std::int64_t>();
+    const std::int64_t F = 2 * recipes::hedgehog_feature_dim(c, layer.params());
+    const auto h = layer.project_heads(x);
+    const auto q = layer.rope(h.q);
+    const auto [past_k, past_v] = layer.window_cache();
+    const auto keys = o.concat({past_k, layer.rope(h.k)}, 2), values = o.concat({past_v, h.v}, 2);
+    const auto parts = onnx_window_parts(o, q, keys, values, o.dim(past_k, 2), window,
+                                         1.0 / std::sqrt(static_cast<double>(D)), Hkv, c.kv_groups(), D);
+    const auto phi_q = layer.hedgehog_map(q, layer.recipe_tensor(names::kFeatureMapQWeight));
+    const auto phi_k = layer.hedgehog_map(layer.repeat_kv(keys), layer.recipe_tensor(names::kFeatureMapKWeight));
+    const auto per_head_values = layer.repeat_kv(values);
+    // [v, 1]: the ones column's sums are the normaliser's linear part (the state's last column).
+    const auto ones_shape = o.concat({o.op("Shape", {per_head_values}, {{"end", std::int64_t{3}}}), o.i64({1})}, 0);
+    const auto values_one = o.concat({per_head_values, o.op("Expand", {o.f32(1.0f), ones_shape})}, -1);
+    const auto left = o.op("GreaterOrEqual", {parts.back, o.scalar_i64(window)});  // [S, T]
+    const auto scores = o.op("Where", {left, o.matmul(phi_q, o.transpose(phi_k, {0, 1, 3, 2})), o.f32(0.0f)});
+    const auto state = layer.state("recurrent", {"batch", H, F, D + 1});
+    const auto lin = o.add(o.matmul(phi_q, state), o.matmul(scores, values_one));  // [B, H, S, D + 1]
+    const auto factor = o.sigmoid(o.reshape(layer.recipe_tensor(names::kWindowFactors), {1, H, 1, 1}));
+    const auto y = o.div(o.add(o.mul(factor, parts.numerator), o.slice(lin, -1, 0, D)),
+                         o.add(o.mul(factor, parts.denominator), o.slice(lin, -1, D, D + 1)));
+    // The keys past the window after the call's last query: cached + S - 1 - j >= window.
+    const auto leaving = o.cast(o.op("GreaterOrEqual", {o.slice(parts.back, 0, -1, std::numeric_limits<std::int64_t>::max()),
+                                                        o.scalar_i64(window)}),
+                                onnx_model::ElementType::f32);  // [1, T]
+    const auto written = o.matmul(o.transpose(phi_k, {0, 1, 3, 2}), o.mul(values_one, o.transpose(leaving, {1, 0})));
+    layer.set_state("recurrent", o.add(state, written), {"batch", H, F, D + 1});
+    const auto keep = std::numeric_limits<std::int64_t>::max();
+    layer.set_window_cache(o.slice(keys, 2, -window, keep), o.slice(values, 2, -window, keep));
+    return layer.project_output(y);
   };
   return r;
 }

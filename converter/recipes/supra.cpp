@@ -6,6 +6,7 @@
 // tokens; the identity keeps a training-free conversion closest to the source).
 #include <cmath>
 
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 
@@ -95,6 +96,38 @@ Recipe supra_recipe() {
   };
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<SupraMixer>(source, ctx.params.at("groupnorm_eps").get<double>(), t);
+  };
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const std::int64_t H = c.num_attention_heads, d = c.head_dim;
+    const auto h = layer.project_heads(x);
+    // phi over the concatenated heads of a token: [B, h, S, d] -> [B, S, h d] -> ReLU(. W^T + b) -> heads, RoPE.
+    const auto phi = [&](const std::string& heads, const char* weight, const char* bias) {
+      const auto flat = o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, -1});
+      const auto mapped = o.op("Relu", {o.linear(flat, layer.recipe_tensor(weight), layer.recipe_tensor(bias))});
+      return layer.rope(o.transpose(o.reshape(mapped, {0, 0, -1, d}), {0, 2, 1, 3}));
+    };
+    const auto mask = layer.token_mask();
+    const auto phi_k = o.mul(layer.repeat_kv(phi(h.k, names::kFeatureMapKWeight, names::kFeatureMapKBias)), mask);
+    std::vector<float> log_gamma;
+    for (const double slope : alibi_slopes(H)) log_gamma.push_back(static_cast<float>(-slope));
+    const auto gamma = o.model().constant(o.graph().fresh_name("supra_log_gamma"), log_gamma, {1, H, 1, 1});
+    OnnxLinearAttentionOptions options;
+    options.kv_heads = H;  // per query head, as SupraMixer's state
+    options.key_dim = d;
+    options.value_dim = d;
+    options.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto state = layer.state("recurrent", {"batch", H, d, d});
+    // A padded token keeps the state: no write (k = 0) and no decay (log gamma x 0).
+    const auto lin = onnx_linear_attention(o, phi(h.q, names::kFeatureMapQWeight, names::kFeatureMapQBias), phi_k,
+                                           layer.repeat_kv(h.v), o.mul(mask, gamma), state, std::nullopt, options);
+    layer.set_state("recurrent", lin.state, {"batch", H, d, d});
+    // GroupNorm per head, no affine.
+    const auto centred = o.sub(lin.o, o.reduce_mean(lin.o, -1));
+    const auto eps = o.f32(static_cast<float>(layer.params().at("groupnorm_eps").get<double>()));
+    const auto normed = o.div(centred, o.op("Sqrt", {o.add(o.reduce_mean(o.mul(centred, centred), -1), eps)}));
+    return layer.project_output(normed);
   };
   return r;
 }
