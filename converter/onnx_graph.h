@@ -144,6 +144,8 @@ class OnnxLayer {
   std::string project_output(const std::string& heads);
   // [B, Hkv, S, D] -> [B, H, S, D]: query head h reads kv head h / G (recipes whose maps are per query head).
   std::string repeat_kv(const std::string& heads);
+  // x [B, S, hidden] -> x W^T + b -> [B, heads, S, 1]: a value per head and token (gates, dt, beta).
+  std::string per_head(const std::string& x, const std::string& weight, const std::string& bias);
   // The Hedgehog map per head (kernels::hedgehog): [softmax(x W), softmax(-x W)] for x [B, H, S, d], W [H, d, f].
   std::string hedgehog_map(const std::string& heads, const std::string& weight);
 
@@ -182,6 +184,12 @@ OnnxLinearAttention onnx_linear_attention(OnnxOps& ops, const std::string& q, co
                                           const std::optional<std::string>& log_decay, const std::string& state,
                                           const std::optional<std::string>& normalizer,
                                           const OnnxLinearAttentionOptions& options);
+
+// The gated delta rule (kernels/delta_rule.h) in its chunked WY form: beta and log decay [B, Hkv, S, 1], the
+// state [B, Hkv, K, V]; q unit-norm per head as the kernel expects.
+OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const std::string& k, const std::string& v,
+                                    const std::string& beta, const std::string& log_decay, const std::string& state,
+                                    const OnnxLinearAttentionOptions& options);
 
 // The window branch of the hybrids: query i (at index `cached` + i of keys/values [B, Hkv, T, D], T = cached +
 // S) sees key j when 0 <= cached + i - j < window, softmax's exp(s_ij - c_i) with c_i the row max. Returns

@@ -12,6 +12,7 @@
 // then fits to the softmax layer's outputs. No short convolution and no output gate in this build.
 #include <cmath>
 
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/delta_rule.h"
@@ -86,6 +87,31 @@ Recipe gated_deltanet_recipe() {
   };
   r.make_mixer = [](const LayerContext&, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<GatedDeltaNetMixer>(source, t);
+  };
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const std::int64_t Hkv = c.num_key_value_heads, D = c.head_dim;
+    const auto h = layer.project_heads(x);
+    const auto unit = [&](const std::string& t) {  // SiLU, then L2 norm per head (eps 1e-6 under the root)
+      const auto s = o.mul(t, o.sigmoid(t));
+      return o.div(s, o.op("Sqrt", {o.add(o.reduce_sum(o.mul(s, s), -1), o.f32(1e-6f))}));
+    };
+    const auto mask = layer.token_mask();
+    // A padded token changes nothing: beta = 0 writes nothing, log decay 0 keeps the state.
+    const auto beta = o.mul(o.sigmoid(layer.per_head(x, layer.recipe_tensor(kBetaWeight), layer.recipe_tensor(kBetaBias))), mask);
+    const auto dt = o.op("Softplus", {layer.per_head(x, layer.recipe_tensor(kDecayWeight), layer.recipe_tensor(kDecayBias))});
+    const auto a = o.exp(o.reshape(layer.recipe_tensor(kDecayLogScale), {1, Hkv, 1, 1}));
+    const auto log_decay = o.mul(o.neg(o.mul(a, dt)), mask);
+    OnnxLinearAttentionOptions options;
+    options.kv_heads = Hkv;
+    options.groups = c.kv_groups();
+    options.key_dim = D;
+    options.value_dim = D;
+    const auto state = layer.state("recurrent", {"batch", Hkv, D, D});
+    const auto out = onnx_delta_rule(o, unit(h.q), unit(h.k), h.v, beta, log_decay, state, options);
+    layer.set_state("recurrent", out.state, {"batch", Hkv, D, D});
+    return layer.project_output(out.o);
   };
   return r;
 }

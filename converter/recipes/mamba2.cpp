@@ -13,6 +13,7 @@
 
 #include <cmath>
 
+#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/recipe.h"
 #include "kernels/short_conv.h"
@@ -109,6 +110,47 @@ Recipe mamba2_recipe() {
   };
   r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
     return std::make_unique<Mamba2Mixer>(source, ctx.params.at("norm_eps").get<double>(), t);
+  };
+  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
+    auto& o = layer.ops();
+    const auto& c = layer.config();
+    const std::int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, d = c.head_dim;
+    const std::int64_t K = layer.params().at("conv_kernel").get<std::int64_t>(), kv = Hkv * d;
+    const std::int64_t channels = 2 * kv + H * d;
+    const auto h = layer.project_heads(x);
+    const auto tokens_first = [&](const std::string& heads) { return o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, -1}); };
+    // The short conv over [x, B, C]: the last K-1 inputs carried, a depthwise Conv over them and the call's.
+    const auto conv_state = layer.state("conv", {"batch", K - 1, channels});
+    const auto inputs = o.concat({conv_state, o.concat({tokens_first(h.v), tokens_first(h.k), tokens_first(h.q)}, -1)}, 1);
+    const auto conv = o.op("Conv", {o.transpose(inputs, {0, 2, 1}), o.reshape(layer.recipe_tensor(kConvWeight), {channels, 1, K}),
+                                    layer.recipe_tensor(kConvBias)},
+                           {{"group", channels}});
+    const auto pre = o.transpose(conv, {0, 2, 1});  // [B, S, channels]
+    const auto y = o.mul(pre, o.sigmoid(pre));
+    layer.set_state("conv", o.slice(inputs, 1, o.sub(o.dim(inputs, 1), o.i64({K - 1})), o.i64({std::numeric_limits<std::int64_t>::max()})),
+                    {"batch", K - 1, channels});
+    const auto heads_of = [&](std::int64_t from, std::int64_t width, std::int64_t count) {
+      return o.transpose(o.reshape(o.slice(y, -1, from, from + width), {0, 0, count, d}), {0, 2, 1, 3});
+    };
+    const auto xs = layer.repeat_kv(heads_of(0, kv, Hkv)), bs = layer.repeat_kv(heads_of(kv, kv, Hkv));
+    const auto cs = heads_of(2 * kv, H * d, H);
+    const auto dt = o.op("Softplus", {layer.per_head(x, layer.recipe_tensor(kDtWeight), layer.recipe_tensor(kDtBias))});  // [B, H, S, 1]
+    const auto mask = layer.token_mask();
+    const auto log_decay = o.mul(o.neg(o.mul(o.exp(o.reshape(layer.recipe_tensor(kDecayLogScale), {1, H, 1, 1})), dt)), mask);
+    OnnxLinearAttentionOptions options;
+    options.kv_heads = H;
+    options.key_dim = d;
+    options.value_dim = d;
+    const auto state = layer.state("recurrent", {"batch", H, d, d});
+    const auto ssd = onnx_linear_attention(o, cs, o.mul(bs, mask), o.mul(xs, dt), log_decay, state, std::nullopt, options);
+    layer.set_state("recurrent", ssd.state, {"batch", H, d, d});
+    // y = (SSD + D x) * silu(z), gated RMSNorm over all heads, then W_O.
+    const auto skip = o.mul(o.reshape(layer.recipe_tensor(kSkip), {1, H, 1, 1}), xs);
+    const auto z = o.linear(x, layer.recipe_tensor(kGateWeight));
+    const auto gated = o.mul(tokens_first(o.add(ssd.o, skip)), o.mul(z, o.sigmoid(z)));
+    const auto eps = layer.params().at("norm_eps").get<double>();
+    const auto normed = o.mul(o.rms_normalize(gated, eps), layer.recipe_tensor(kGateNormWeight));
+    return layer.project_output(o.transpose(o.reshape(normed, {0, 0, H, d}), {0, 2, 1, 3}));
   };
   return r;
 }
