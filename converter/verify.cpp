@@ -17,10 +17,13 @@
 #include "converter/model/weights.h"
 #include "converter/names.h"
 #include "converter/next_token.h"
+#include "converter/onnx_export.h"
 #include "converter/verify_text.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/mapped_file.h"
 #include "formats/markup.h"
+#include "formats/onnx_model.h"
 #include "formats/safetensors.h"
 #include "formats/sha256.h"
 #include "formats/tokenizer.h"
@@ -186,6 +189,51 @@ bool check_structure(const std::filesystem::path& dir, const ModelConfig& config
                        (merged.empty() ? "" : " (" + std::to_string(merged.size()) + " with LoRA merged left out)"));
   }
   return true;
+}
+
+// L6 (DESIGN section 6) where the directory holds model.onnx: ONNX's full checker and strict shape inference in
+// C++, every weight of the graph byte-identical to model.safetensors (so the graph cannot carry other weights
+// than the ones L0-L2 checked), and the graph built from this config's recipe and parameters. Parity in
+// onnxruntime is scripts/check_onnx_export.py (no onnxruntime C headers here; README).
+void check_onnx(const std::filesystem::path& dir, const ModelConfig& config, ReportBuilder& r) {
+  const auto path = dir / kOnnxFileName;
+  const auto check = onnx_model::check_file(path);
+  r.add("L6", "onnx checker (full) and strict shape inference", check.ok() ? 0 : 1, "==", 0,
+        check.ok() ? "opset " + std::to_string(check.opset) + ", " + std::to_string(check.nodes) + " nodes"
+                   : (check.checker.empty() ? check.shape_inference : check.checker).substr(0, 200));
+  const auto info = onnx_model::read_file_info(path);
+  const auto weights = CheckpointWeights::open(dir);
+  std::map<std::string, std::shared_ptr<MappedFile>> data_files;
+  std::set<std::string> in_graph;
+  std::int64_t differ = 0;
+  std::string first_differ;
+  for (const auto& init : info.initializers) {
+    if (!weights.contains(init.name)) continue;
+    in_graph.insert(init.name);
+    const auto t = weights.tensor(init.name);
+    const std::uint8_t* bytes = reinterpret_cast<const std::uint8_t*>(init.inline_bytes.data());
+    if (!init.location.empty()) {
+      auto& file = data_files[init.location];
+      if (!file) file = MappedFile::open(dir / init.location);
+      bytes = init.offset + init.length <= file->size() ? file->data() + init.offset : nullptr;
+    }
+    const bool same = bytes && init.shape == t.sizes().vec() && init.length == t.nbytes() &&
+                      std::memcmp(bytes, t.data_ptr(), t.nbytes()) == 0;
+    weights.release(init.name);
+    if (!same && differ++ == 0) first_differ = init.name;
+  }
+  for (const auto& name : weights.names())
+    if (!in_graph.count(name) && differ++ == 0) first_differ = name + " (not in the graph)";
+  r.add("L6", "onnx weights byte-identical to model.safetensors", static_cast<double>(differ), "==", 0,
+        differ ? "first: " + first_differ : std::to_string(in_graph.size()) + " tensors");
+  if (!config.linearize.is_null()) {
+    std::map<std::string, std::string> metadata(info.metadata.begin(), info.metadata.end());
+    const auto of = recipe_of(config);
+    const bool same = metadata[kOnnxRecipeKey] == of.recipe->name && metadata.count(kOnnxParamsKey) &&
+                      nlohmann::json::parse(metadata[kOnnxParamsKey]) == of.params;
+    r.add("L6", "onnx graph built from this recipe and parameters", same ? 0 : 1, "==", 0,
+          same ? of.recipe->name : "graph: " + metadata[kOnnxRecipeKey] + " " + metadata[kOnnxParamsKey]);
+  }
 }
 
 // The L1 prompts that also run token by token, as (index into `sample`, tokens): the longest first until
@@ -781,6 +829,10 @@ VerifyReport verify_model(const VerifyOptions& options) {
   stage_done("L1 drift");
   check_reload(options.model, model, drift_bound, r);
   stage_done("L2");
+  if (std::filesystem::exists(options.model / kOnnxFileName)) {
+    check_onnx(options.model, config, r);
+    stage_done("L6");
+  }
   if (source) {
     check_exactness(model, *source, r);
     check_agreement(model, *source, options, prompts, r);

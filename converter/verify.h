@@ -1,6 +1,8 @@
 // The verification contract (DESIGN section 6): structure (L0), the three forms agree (L1), the export
 // reproduces the logits it recorded (L2), exactness where the conversion must be exact (L3), agreement
-// with the source (L4). One row per check, never a warning: a failed check fails the report.
+// with the source (L4), and where the directory holds model.onnx its graph's structure (L6: checker, shape
+// inference, weights byte-identical). One row per check, never a warning: a failed check fails the report.
+// L5 (transformers) and L6's onnxruntime parity run in Python: scripts/check_hf_export.py, check_onnx_export.py.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +41,7 @@ struct VerifyOptions {
 };
 
 struct CheckResult {
-  std::string level;       // "L0" .. "L4"
+  std::string level;       // "L0" .. "L4", "L6"
   std::string name;
   double value = 0;
   std::string comparison;  // "<=", ">=", "==" or "" for a reported figure

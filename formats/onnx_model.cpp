@@ -217,7 +217,7 @@ SaveResult Model::save(const std::filesystem::path& path, const SaveOptions& opt
     t->set_data_type(static_cast<std::int32_t>(init.type));
     for (const auto d : init.shape) t->add_dims(d);
     const auto bytes = init.bytes();
-    if (!external) {
+    if (!external || bytes < options.inline_below) {
       t->set_raw_data(init.data, bytes);
       continue;
     }

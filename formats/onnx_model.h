@@ -79,6 +79,9 @@ struct SaveOptions {
   // 2 GiB), else inline.
   std::uint64_t external_data_above = 2ull << 30;
   std::uint64_t alignment = 4096;  // external data offsets (page-aligned, so runtimes can mmap them)
+  // Smaller initializers stay inline even then: shape vectors and scalars, which shape inference reads (as
+  // onnx.external_data_helper's size_threshold).
+  std::uint64_t inline_below = 1024;
 };
 
 struct SaveResult {

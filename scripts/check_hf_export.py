@@ -64,18 +64,25 @@ class Linearize:
 
     def __init__(self, binary, model_dir):
         self.binary, self.model_dir = binary, model_dir
+        self.cache = {}  # the L5 and L6 checks of one export ask for the same prompts
 
     def logits(self, ids):
-        from safetensors.torch import load_file
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "logits.safetensors")
-            self._run("forward", ids, ["--out", out])
-            return load_file(out)["logits"].reshape(len(ids), -1)
+        key = ("forward", tuple(ids))
+        if key not in self.cache:
+            from safetensors.torch import load_file
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "logits.safetensors")
+                self._run("forward", ids, ["--out", out])
+                self.cache[key] = load_file(out)["logits"].reshape(len(ids), -1)
+        return self.cache[key]
 
     def generate(self, ids, tokens):
         """The generated ids and their text, as `linearize generate` prints them (ids, then the decoded text)."""
-        ids_line, _, text = self._run("generate", ids, ["--max-new-tokens", str(tokens), "--no-stop-at-eos"]).partition("\n")
-        return [int(t) for t in ids_line.split()], text[:-1] if text else None  # the text may hold newlines
+        key = ("generate", tuple(ids), tokens)
+        if key not in self.cache:
+            ids_line, _, text = self._run("generate", ids, ["--max-new-tokens", str(tokens), "--no-stop-at-eos"]).partition("\n")
+            self.cache[key] = [int(t) for t in ids_line.split()], text[:-1] if text else None  # the text may hold newlines
+        return self.cache[key]
 
     def _run(self, command, ids, extra):
         args = [self.binary, "--log-level", "warn", command, "--model", self.model_dir,
@@ -105,10 +112,10 @@ def mixer_cache_class(model):
     return sys.modules[type(base).__module__].LinearizeCache
 
 
-def check(model_dir, binary, report, model=None):
+def check(model_dir, binary, report, model=None, linearize=None):
     model = model or load(model_dir)
     config = model.config
-    linearize = Linearize(binary, model_dir)
+    linearize = linearize or Linearize(binary, model_dir)
     window = config.linearize["params"].get("window")
     converted = config.num_hidden_layers > len(config.linearize.get("softmax_layers", []))
     lengths = sorted({1, 63, 64, 65, 600} | ({window - 1, window + 1} if window else set()))

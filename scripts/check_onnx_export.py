@@ -72,11 +72,11 @@ def relative_error(ours, reference):
     return float(np.abs(np.asarray(ours, dtype=np.float64) - reference).max() / np.abs(reference).max())
 
 
-def check(model_dir, onnx_path, binary, report):
+def check(model_dir, onnx_path, binary, report, linearize=None):
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     window = (config.get("linearize") or {}).get("params", {}).get("window")
-    linearize = Linearize(binary, model_dir)
+    linearize = linearize or Linearize(binary, model_dir)
     model = OnnxModel(onnx_path)
     tokens = text_tokens(model_dir, 600 + 3 * 64)
     lengths = sorted({1, 63, 64, 65, 600} | ({window - 1, window + 1} if window else set()))

@@ -7,7 +7,7 @@ the two agree by construction. The state lives in `LinearizeCache`, a transforme
 (fixed size) plus, for the window hybrids, the last `window` keys; layers kept as softmax attention keep their
 source KV cache. A padded token (attention_mask 0) is an exact no-op on the state: its key and write are zeroed
 and its decay is 1, so a left-padded row computes what the row alone computes. Kept in the Linearize repository
-(converter/hf/) and copied, with its sha256 recorded, into every export; tests/python/test_hf_export.py checks it
+(converter/hf/) and copied, with its sha256 recorded, into every export; tests/python/test_exports.py checks it
 against `linearize forward` and `linearize generate`.
 """
 import math

@@ -1,0 +1,106 @@
+// `export-onnx` and verify's L6 through the binary: a graph that passes ONNX's checker with weights that are the
+// checkpoint's bytes; a changed weight byte in the external data fails L6; bad input is exit 2 with nothing
+// written; a recipe without an ONNX form is refused naming the layer and the mixer. (Parity in onnxruntime:
+// tests/python/test_exports.py.)
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/linearized.h"
+#include "converter/onnx_export.h"
+#include "formats/error.h"
+#include "formats/onnx_model.h"
+#include "test_util.h"
+
+namespace linearize {
+namespace {
+
+std::filesystem::path fixture(const std::string& name) { return test::fixtures_dir() / name; }
+
+std::string row_of(const std::string& out, const std::string& check) {
+  const auto at = out.find(check);
+  return at == std::string::npos ? "" : out.substr(at, out.find('\n', at) - at);
+}
+
+test::CommandResult convert(const std::filesystem::path& out, const std::string& recipe = "liger-gla") {
+  return test::run_linearize({"convert", "--model", fixture("tiny-llama").string(), "--recipe", recipe, "--out", out.string()});
+}
+
+TEST(ExportOnnxCli, WritesACheckedGraphThatVerifyChecksToo) {
+  test::TempDir dir;
+  const auto model = dir / "out";
+  ASSERT_EQ(convert(model).exit_code, 0);
+  const auto r = test::run_linearize({"export-onnx", "--model", model.string(), "--external-data-above", "0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_NE(r.err.find("strict shape inference: pass"), std::string::npos) << r.err;
+  ASSERT_TRUE(std::filesystem::exists(model / "model.onnx.data"));
+  const auto info = onnx_model::read_file_info(model / "model.onnx");
+  EXPECT_EQ(info.opset, kOnnxDefaultOpset);
+  for (const char* name : {"input_ids", "attention_mask", "position_ids", "past.1.recurrent", "past_key_values.1.key"})
+    EXPECT_NE(std::find(info.inputs.begin(), info.inputs.end(), name), info.inputs.end()) << name;
+  for (const char* name : {"logits", "present.1.recurrent", "present.1.key"})
+    EXPECT_NE(std::find(info.outputs.begin(), info.outputs.end(), name), info.outputs.end()) << name;
+
+  auto verify = test::run_linearize({"verify", "--model", model.string()});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out;
+  for (const char* check : {"onnx checker (full) and strict shape inference", "onnx weights byte-identical to model.safetensors",
+                            "onnx graph built from this recipe and parameters"})
+    EXPECT_NE(row_of(verify.out, check).find("PASS"), std::string::npos) << check << "\n" << verify.out;
+
+  // One weight byte changed in the graph's data: the graph no longer computes the verified model.
+  const auto o_proj = std::find_if(info.initializers.begin(), info.initializers.end(), [](const auto& i) {
+    return i.name == "model.layers.0.self_attn.o_proj.weight";
+  });
+  ASSERT_NE(o_proj, info.initializers.end());
+  auto data = test::read_file(model / "model.onnx.data");
+  data[o_proj->offset + 5] ^= 0x10;
+  test::write_file(model / "model.onnx.data", data);
+  verify = test::run_linearize({"verify", "--model", model.string()});
+  EXPECT_EQ(verify.exit_code, 1) << verify.out;
+  const auto row = row_of(verify.out, "onnx weights byte-identical to model.safetensors");
+  EXPECT_NE(row.find("FAIL"), std::string::npos) << verify.out;
+  EXPECT_NE(row.find("o_proj"), std::string::npos) << row;
+}
+
+TEST(ExportOnnxCli, BadInputIsExitTwoWithNothingWritten) {
+  test::TempDir dir;
+  const auto model = dir / "out";
+  ASSERT_EQ(convert(model).exit_code, 0);
+  const auto before = test::list_dir(model);
+  auto r = test::run_linearize({"export-onnx", "--model", model.string(), "--opset", "17"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--opset"), std::string::npos) << r.err;
+  std::filesystem::create_directory(model / "adapter");
+  r = test::run_linearize({"export-onnx", "--model", model.string()});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("adapter"), std::string::npos) << r.err;
+  std::filesystem::remove(model / "adapter");
+  EXPECT_EQ(test::list_dir(model), before);
+}
+
+TEST(ExportOnnx, ARecipeWithoutAnOnnxFormIsRefusedNamingTheLayerAndTheMixer) {
+  Recipe without = find_recipe("hedgehog", "test", "recipe");
+  without.name = "hedgehog-without-onnx";
+  without.emit_onnx = nullptr;
+  register_recipe(without);
+  test::TempDir dir;
+  ConvertOptions options;
+  options.source = fixture("tiny-llama");
+  options.out = dir / "out";
+  options.recipe = without.name;
+  options.params = {{"softmax_layers", {0}}};
+  convert_checkpoint(options);
+  const auto before = test::list_dir(dir / "out");
+  OnnxExportOptions export_options;
+  export_options.model = dir / "out";
+  try {
+    export_onnx(export_options);
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1: mixer 'hedgehog-without-onnx'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test::list_dir(dir / "out"), before);
+}
+
+}  // namespace
+}  // namespace linearize

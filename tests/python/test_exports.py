@@ -1,0 +1,139 @@
+"""L5 and L6 over the registries: every registered recipe converts a fixture family (`--family tiny-llama`); the
+export's transformers files pass scripts/check_hf_export.py and its `linearize export-onnx` graph passes
+scripts/check_onnx_export.py (onnxruntime), both against `linearize forward` / `generate`; so does a hybrid
+(layer 0 kept as softmax attention, a 16-key window), and the source checkpoint's own graph passes L6. On
+tiny-llama a planted change fails each: in the modeling file (L5) and in the graph (L6). Driven by ctest with
+LINEARIZE_BINARY and LINEARIZE_FIXTURES set.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import check_hf_export  # noqa: E402
+import check_onnx_export  # noqa: E402
+
+BINARY = os.environ["LINEARIZE_BINARY"]
+FIXTURES = os.environ["LINEARIZE_FIXTURES"]
+
+
+def registered_recipes():
+    """The recipe registry, as `linearize convert --help` lists it."""
+    text = subprocess.run([BINARY, "convert", "--help"], check=True, capture_output=True, text=True).stdout
+    return re.search(r"Recipe: ([^\n]+)", text).group(1).replace(" ", "").split(",")
+
+
+def convert(source, recipe, out, params=()):
+    """The export directory (every fixture family takes every recipe: a refusal is a failure here)."""
+    args = [BINARY, "--log-level", "warn", "convert", "--model", source, "--recipe", recipe, "--out", out]
+    for p in params:
+        args += ["--set", p]
+    run = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(f"convert {recipe} failed ({run.returncode}): {run.stderr}")
+    return out
+
+
+def export_onnx(model_dir, extra=()):
+    run = subprocess.run([BINARY, "--log-level", "warn", "export-onnx", "--model", model_dir, *extra],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(f"export-onnx {model_dir} failed ({run.returncode}): {run.stderr}")
+    return os.path.join(model_dir, "model.onnx")
+
+
+def check(model_dir, label, hf=True, onnx_args=()):
+    """L5 (when the directory is an export) then L6; True when both pass."""
+    linearize = check_hf_export.Linearize(BINARY, model_dir)
+    passed = True
+    if hf:
+        print(f"-- {label}: transformers", flush=True)
+        passed &= check_hf_export.check(model_dir, BINARY, check_hf_export.Report(), linearize=linearize).passed
+    print(f"-- {label}: onnxruntime", flush=True)
+    onnx_path = export_onnx(model_dir, onnx_args)
+    passed &= check_onnx_export.check(model_dir, onnx_path, BINARY, check_hf_export.Report("L6"), linearize=linearize).passed
+    return passed
+
+
+def logits_rows_all_fail(report):
+    """A planted change in the gates must fail every logits row but the 1-token prompt's, which no decay has
+    acted on yet."""
+    rows = [r for r in report.rows if r["check"].startswith("logits") and not r["check"].startswith("logits 1 ")]
+    return bool(rows) and not any(r["pass"] for r in rows)
+
+
+def plant_in_graph(model_dir):
+    """A copy of the liger-gla export whose model.onnx has the gate normaliser's constant (16) doubled."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    planted = model_dir + "-planted-onnx"
+    shutil.copytree(model_dir, planted)
+    path = os.path.join(planted, "model.onnx")
+    model = onnx.load(path)
+    sixteen = [t for t in model.graph.initializer if t.dims == [] and t.data_type == onnx.TensorProto.FLOAT
+               and numpy_helper.to_array(t) == np.float32(16)]
+    assert len(sixteen) == 1, "the planted change's anchor (the constant 16) is not in the graph once"
+    sixteen[0].CopyFrom(numpy_helper.from_array(np.array(32, dtype=np.float32), sixteen[0].name))
+    onnx.save(model, path)
+    return planted
+
+
+def plant(model_dir, old, new):
+    """A copy of the export whose modeling file has `old` replaced by `new` (the L0 hash would catch the edit;
+    this checks that L5 does too)."""
+    planted = model_dir + "-planted"
+    shutil.copytree(model_dir, planted)
+    path = os.path.join(planted, "modeling_linearize.py")
+    with open(path) as f:
+        text = f.read()
+    assert old in text, f"the planted change's anchor {old!r} is no longer in modeling_linearize.py"
+    with open(path, "w") as f:
+        f.write(text.replace(old, new))
+    return planted
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--family", required=True, help="fixture directory name, e.g. tiny-llama")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # ctest runs two tests at once on two cores
+    source = os.path.join(FIXTURES, args.family)
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in registered_recipes():
+            out = convert(source, recipe, os.path.join(tmp, recipe))
+            if not check(out, f"{args.family} {recipe}"):
+                failed.append(recipe)
+        hybrid = convert(source, "lolcats", os.path.join(tmp, "hybrid"), ["softmax_layers=[0]", "window=16"])
+        # Its weights in model.onnx.data: onnxruntime reads the external-data layout too.
+        if not check(hybrid, f"{args.family} hybrid (layer 0 softmax), external data", onnx_args=["--external-data-above", "0"]):
+            failed.append("hybrid")
+        plain = os.path.join(tmp, "source")
+        shutil.copytree(source, plain)
+        if not check(plain, f"{args.family} source checkpoint", hf=False):
+            failed.append("source")
+        if args.family == "tiny-llama":
+            # Halving the GLA gate's strength (a decay bug) must fail the logits rows, in either export.
+            planted = plant(os.path.join(tmp, "liger-gla"), 'self.params["gate_normalizer"]',
+                            '(2 * self.params["gate_normalizer"])')
+            print("-- planted change: liger-gla gate normaliser doubled in modeling_linearize.py", flush=True)
+            if not logits_rows_all_fail(check_hf_export.check(planted, BINARY, check_hf_export.Report())):
+                failed.append("planted change in the modeling file not caught")
+            planted = plant_in_graph(os.path.join(tmp, "liger-gla"))
+            print("-- planted change: liger-gla gate normaliser doubled in model.onnx", flush=True)
+            report = check_onnx_export.check(planted, os.path.join(planted, "model.onnx"), BINARY, check_hf_export.Report("L6"))
+            if not logits_rows_all_fail(report):
+                failed.append("planted change in the graph not caught")
+    print("failed: " + ", ".join(failed) if failed else "all passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
