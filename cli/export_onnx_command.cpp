@@ -13,14 +13,17 @@ namespace linearize::cli {
 void add_export_onnx_command(CLI::App& app) {
   struct Options {
     std::string model, out;
-    std::int64_t opset = kOnnxDefaultOpset;
+    std::optional<std::int64_t> opset;
+    bool linear_attention_operator = false;
     std::uint64_t external_data_above = onnx_model::SaveOptions{}.external_data_above;
   };
   auto opts = std::make_shared<Options>();
   auto* cmd = app.add_subcommand("export-onnx", "Write the model as one ONNX graph (prefill and decode, states in and out) and check it");
   cmd->add_option("--model", opts->model, "Model directory (a conversion or a source checkpoint)")->required();
   cmd->add_option("--out", opts->out, "Output file (default: <model>/model.onnx)");
-  cmd->add_option("--opset", opts->opset, "ONNX opset of the graph (18 or later)");
+  cmd->add_option("--opset", opts->opset, "ONNX opset of the graph, 18 or later (default 21; 27 with --linear-attention-op)");
+  cmd->add_flag("--linear-attention-op", opts->linear_attention_operator,
+                "Linear, gated and gated-delta recurrences through ONNX's LinearAttention operator (opset 27) instead of a Scan");
   cmd->add_option("--external-data-above", opts->external_data_above,
                   "Weights go to <out>.data when they hold more bytes than this (default 2 GiB, protobuf's limit)");
   cmd->callback([opts] {
@@ -28,6 +31,7 @@ void add_export_onnx_command(CLI::App& app) {
     options.model = opts->model;
     options.out = opts->out;
     options.opset = opts->opset;
+    options.linear_attention_operator = opts->linear_attention_operator;
     options.save.external_data_above = opts->external_data_above;
     const auto started = std::chrono::steady_clock::now();
     const auto result = export_onnx(options);

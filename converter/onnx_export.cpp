@@ -94,8 +94,10 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
 OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   const auto config_path = options.model / "config.json";
   const auto config = load_model_config(config_path);
-  if (options.opset < 18)
-    throw InputError("command line", "--opset", "must be 18 or later (got " + std::to_string(options.opset) + ")");
+  const auto opset = options.opset.value_or(options.linear_attention_operator ? kLinearAttentionOpset : kOnnxDefaultOpset);
+  if (opset < 18) throw InputError("command line", "--opset", "must be 18 or later (got " + std::to_string(opset) + ")");
+  if (options.linear_attention_operator && opset < kLinearAttentionOpset)
+    throw InputError("command line", "--opset", "the LinearAttention operator needs opset 27 or later (got " + std::to_string(opset) + ")");
   if (std::filesystem::exists(options.model / kPeftAdapterDir))
     throw InputError((options.model / kPeftAdapterDir).string(), "adapter",
                      "export-onnx takes merged weights; distill with --merge (or merge the adapter) first");
@@ -111,8 +113,9 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
     }
   }
   const auto checkpoint = CheckpointWeights::open(options.model);
-  onnx_model::Model model(options.opset, LINEARIZE_VERSION);
+  onnx_model::Model model(opset, LINEARIZE_VERSION);
   OnnxModelContext context(model, config, checkpoint);
+  context.linear_attention_operator = options.linear_attention_operator;
   auto& o = context.ops;
   auto& graph = model.graph();
   graph.input(context.input_ids, ElementType::i64, {"batch", "sequence"});

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 namespace linearize {
 
 inline constexpr std::int64_t kOnnxDefaultOpset = 21;
+inline constexpr std::int64_t kLinearAttentionOpset = 27;  // ONNX's LinearAttention operator
 inline constexpr const char* kOnnxFileName = "model.onnx";
 // Metadata keys of the graph: the recipe parameters it was built from, as config.json holds them.
 inline constexpr const char* kOnnxRecipeKey = "linearize.recipe";
@@ -26,7 +28,10 @@ inline constexpr const char* kOnnxParamsKey = "linearize.params";
 struct OnnxExportOptions {
   std::filesystem::path model;  // the model directory
   std::filesystem::path out;    // default <model>/model.onnx
-  std::int64_t opset = kOnnxDefaultOpset;
+  std::optional<std::int64_t> opset;  // default kOnnxDefaultOpset, or kLinearAttentionOpset with the operator
+  // The linear, gated and gated-delta recurrences through ONNX's LinearAttention operator instead of a Scan of
+  // standard operators (runtimes that implement it; the graphs agree: tests/python/test_exports.py).
+  bool linear_attention_operator = false;
   onnx_model::SaveOptions save;
 };
 
@@ -38,7 +43,8 @@ struct OnnxExportResult {
 };
 
 // Throws InputError (exit 2, nothing written) for a model it cannot express: a layer whose recipe has no ONNX
-// form (naming the layer and the mixer), an unmerged LoRA adapter, dynamic RoPE, an opset below 18.
+// form (naming the layer and the mixer), an unmerged LoRA adapter, dynamic RoPE, an opset below 18 (27 with
+// the LinearAttention operator).
 OnnxExportResult export_onnx(const OnnxExportOptions& options);
 
 }  // namespace linearize

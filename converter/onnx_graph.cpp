@@ -158,6 +158,12 @@ std::string OnnxLayer::project_output(const std::string& heads) {
   return o.linear(flat, weight(LayerModule::o_proj), bias(LayerModule::o_proj));
 }
 
+OnnxLinearAttentionOptions OnnxLayer::linear_attention_options() const {
+  OnnxLinearAttentionOptions options;
+  options.use_operator = context_.linear_attention_operator;
+  return options;
+}
+
 std::string OnnxLayer::repeat_kv(const std::string& heads) {
   const auto& c = config();
   if (c.kv_groups() == 1) return heads;
@@ -287,6 +293,24 @@ std::pair<std::vector<std::string>, std::string> scan_chunks(OnnxOps& ops, std::
 
 std::string transposed(OnnxOps& o, const std::string& x) { return o.transpose(x, {0, 1, 2, 4, 3}); }
 
+// ONNX's LinearAttention (opset 27): inputs packed [B, S, heads width], the state [B, Hkv, K, V] as ours.
+OnnxLinearAttention linear_attention_operator(OnnxOps& ops, const std::string& rule, const std::string& q, const std::string& k,
+                                              const std::string& v, const std::string& decay, const std::string& beta,
+                                              const std::string& state, const OnnxLinearAttentionOptions& opt) {
+  const auto packed = [&](const std::string& x) { return ops.reshape(ops.transpose(x, {0, 2, 1, 3}), {0, 0, -1}); };
+  const std::string none;  // an omitted optional input
+  const auto results = ops.graph().node(
+      "LinearAttention", {packed(q), packed(k), packed(v), state, decay.empty() ? none : packed(decay), beta.empty() ? none : packed(beta)},
+      2,
+      {{"update_rule", rule},
+       {"q_num_heads", opt.kv_heads * opt.groups},
+       {"kv_num_heads", opt.kv_heads},
+       {"scale", static_cast<float>(opt.scale)},
+       {"chunk_size", opt.chunk_size}});
+  const auto o = ops.transpose(ops.reshape(results[0], {0, 0, opt.kv_heads * opt.groups, opt.value_dim}), {0, 2, 1, 3});
+  return {o, results[1], ""};
+}
+
 }  // namespace
 
 OnnxLinearAttention onnx_linear_attention(OnnxOps& ops, const std::string& q, const std::string& k, const std::string& v,
@@ -295,6 +319,8 @@ OnnxLinearAttention onnx_linear_attention(OnnxOps& ops, const std::string& q, co
                                           const OnnxLinearAttentionOptions& opt) {
   const std::int64_t Hkv = opt.kv_heads, G = opt.groups, K = opt.key_dim, V = opt.value_dim;
   const std::int64_t decay_width = opt.decay_per_channel ? K : 1;
+  if (opt.use_operator && !normalizer)
+    return linear_attention_operator(ops, log_decay ? "gated" : "linear", q, k, v, log_decay.value_or(""), "", state, opt);
   std::vector<Carried> carried{{state, {"batch", Hkv, K, V}}};
   if (normalizer) carried.push_back({*normalizer, {"batch", Hkv, K}});
   std::vector<Sequence> sequences{{q, G, K}, {k, 1, K}, {v, 1, V}};
@@ -346,6 +372,7 @@ OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const st
                                     const std::string& beta, const std::string& log_decay, const std::string& state,
                                     const OnnxLinearAttentionOptions& opt) {
   const std::int64_t Hkv = opt.kv_heads, G = opt.groups, K = opt.key_dim, V = opt.value_dim;
+  if (opt.use_operator) return linear_attention_operator(ops, "gated_delta", q, k, v, log_decay, beta, state, opt);
   const auto body = [&](OnnxOps& b, const std::vector<std::string>& in, const std::vector<std::string>& chunk,
                         const std::string& causal) {
     const auto &qc = chunk[0], &kc = chunk[1], &vc = chunk[2], &beta_c = chunk[3];

@@ -109,6 +109,7 @@ struct OnnxModelContext {
   std::map<std::string, std::string> weights;  // tensor name -> its fp32 value
   std::map<std::string, std::pair<std::string, std::string>> cos_sin;
   std::optional<std::string> token_mask;       // [B, 1, S, 1]
+  bool linear_attention_operator = false;      // recurrences through ONNX's LinearAttention (opset 27)
 
   // A checkpoint tensor as an initializer (its bytes as stored, named as in model.safetensors), cast to fp32
   // in the graph when stored narrower.
@@ -128,6 +129,8 @@ class OnnxLayer {
   const ModelConfig& config() const { return context_.config; }
   const RecipeParams& params() const { return params_; }
   OnnxOps& ops() { return context_.ops; }
+  // Options of onnx_linear_attention / onnx_delta_rule with the export's choice of form.
+  struct OnnxLinearAttentionOptions linear_attention_options() const;
 
   // The layer's weights in the graph (fp32): the source attention's module weight or bias, a recipe tensor.
   std::string weight(names::LayerModule module);
@@ -179,6 +182,9 @@ struct OnnxLinearAttentionOptions {
   double scale = 1.0;
   double eps = 1e-10;
   std::int64_t chunk_size = 64;
+  // ONNX's LinearAttention operator (opset 27) instead of the Scan of standard operators, where it covers the
+  // recurrence (no normaliser); the states keep their layout, so both graphs take the same inputs.
+  bool use_operator = false;
 };
 OnnxLinearAttention onnx_linear_attention(OnnxOps& ops, const std::string& q, const std::string& k, const std::string& v,
                                           const std::optional<std::string>& log_decay, const std::string& state,

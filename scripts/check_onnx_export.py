@@ -107,18 +107,39 @@ def check(model_dir, onnx_path, binary, report, linearize=None):
     return report
 
 
+def compare_graphs(model_dir, first, second, report, label):
+    """Two graphs of one model (the Scan form and the LinearAttention operator) give the same logits over a
+    600-token prefill and 16 decode steps from their own states."""
+    tokens = text_tokens(model_dir, 600 + 16)
+    outputs = []
+    for path in (first, second):
+        model = OnnxModel(path)
+        logits, states = model.run(tokens[:600], model.empty_states())
+        rows = [logits]
+        for t in range(600, 616):
+            step, states = model.run([tokens[t]], states, past=t)
+            rows.append(step)
+        outputs.append(np.concatenate(rows))
+    err = relative_error(outputs[1], outputs[0])
+    report.add(label, err, TOLERANCE, err <= TOLERANCE)
+    return report
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--onnx", help="the graph (default: MODEL/model.onnx)")
     parser.add_argument("--linearize", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "cli", "linearize"))
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--compare", metavar="OTHER_ONNX", help="also: this graph's logits == OTHER_ONNX's (prefill + decode)")
     args = parser.parse_args()
     onnx_path = args.onnx or os.path.join(args.model, "model.onnx")
     if not os.path.isfile(onnx_path):
         print(f"error: {onnx_path}: missing (run linearize export-onnx first)", file=sys.stderr)
         return 2
     report = check(args.model, onnx_path, args.linearize, Report("L6"))
+    if args.compare:
+        compare_graphs(args.model, onnx_path, args.compare, report, f"{os.path.basename(args.compare)} == {os.path.basename(onnx_path)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.rows, f, indent=1)

@@ -103,7 +103,7 @@ Recipe gated_deltanet_recipe() {
     const auto dt = o.op("Softplus", {layer.per_head(x, layer.recipe_tensor(kDecayWeight), layer.recipe_tensor(kDecayBias))});
     const auto a = o.exp(o.reshape(layer.recipe_tensor(kDecayLogScale), {1, Hkv, 1, 1}));
     const auto log_decay = o.mul(o.neg(o.mul(a, dt)), mask);
-    OnnxLinearAttentionOptions options;
+    auto options = layer.linear_attention_options();
     options.kv_heads = Hkv;
     options.groups = c.kv_groups();
     options.key_dim = D;

@@ -78,7 +78,7 @@ Recipe hedgehog_recipe() {
     const auto phi_k = o.mul(layer.hedgehog_map(layer.repeat_kv(layer.rope(h.k)), layer.recipe_tensor(names::kFeatureMapKWeight)),
                              layer.token_mask());
     const std::int64_t H = c.num_attention_heads;
-    OnnxLinearAttentionOptions options;
+    auto options = layer.linear_attention_options();
     options.kv_heads = H;  // the maps are per query head, so the state is too (as HedgehogMixer's)
     options.key_dim = 2 * recipes::hedgehog_feature_dim(c, layer.params());
     options.value_dim = c.head_dim;

@@ -64,7 +64,7 @@ Recipe liger_gla_recipe() {
     // Linear branch: GLA on softmax_d(q), softmax_d(k), per-channel log gate logsigmoid(k) / normaliser.
     const auto log_sigmoid_k = o.neg(o.op("Softplus", {o.neg(h.k)}));
     const auto normalizer = o.f32(static_cast<float>(layer.params().at("gate_normalizer").get<double>()));
-    OnnxLinearAttentionOptions options;
+    auto options = layer.linear_attention_options();
     options.kv_heads = Hkv;
     options.groups = c.kv_groups();
     options.key_dim = D;

@@ -137,7 +137,7 @@ Recipe mamba2_recipe() {
     const auto dt = o.op("Softplus", {layer.per_head(x, layer.recipe_tensor(kDtWeight), layer.recipe_tensor(kDtBias))});  // [B, H, S, 1]
     const auto mask = layer.token_mask();
     const auto log_decay = o.mul(o.neg(o.mul(o.exp(o.reshape(layer.recipe_tensor(kDecayLogScale), {1, H, 1, 1})), dt)), mask);
-    OnnxLinearAttentionOptions options;
+    auto options = layer.linear_attention_options();
     options.kv_heads = H;
     options.key_dim = d;
     options.value_dim = d;

@@ -113,7 +113,7 @@ Recipe supra_recipe() {
     std::vector<float> log_gamma;
     for (const double slope : alibi_slopes(H)) log_gamma.push_back(static_cast<float>(-slope));
     const auto gamma = o.model().constant(o.graph().fresh_name("supra_log_gamma"), log_gamma, {1, H, 1, 1});
-    OnnxLinearAttentionOptions options;
+    auto options = layer.linear_attention_options();
     options.kv_heads = H;  // per query head, as SupraMixer's state
     options.key_dim = d;
     options.value_dim = d;

@@ -1,7 +1,8 @@
 """L5 and L6 over the registries: every registered recipe converts a fixture family (`--family tiny-llama`); the
 export's transformers files pass scripts/check_hf_export.py and its `linearize export-onnx` graph passes
 scripts/check_onnx_export.py (onnxruntime), both against `linearize forward` / `generate`; so does a hybrid
-(layer 0 kept as softmax attention, a 16-key window), and the source checkpoint's own graph passes L6. On
+(layer 0 kept as softmax attention, a 16-key window), and the source checkpoint's own graph passes L6; where a
+recipe's recurrence has ONNX's LinearAttention operator, the graph with it equals the Scan graph. On
 tiny-llama a planted change fails each: in the modeling file (L5) and in the graph (L6). Driven by ctest with
 LINEARIZE_BINARY and LINEARIZE_FIXTURES set.
 """
@@ -41,11 +42,13 @@ def convert(source, recipe, out, params=()):
 
 
 def export_onnx(model_dir, extra=()):
+    """The graph's path: --out in `extra`, else MODEL/model.onnx."""
     run = subprocess.run([BINARY, "--log-level", "warn", "export-onnx", "--model", model_dir, *extra],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if run.returncode != 0:
         raise RuntimeError(f"export-onnx {model_dir} failed ({run.returncode}): {run.stderr}")
-    return os.path.join(model_dir, "model.onnx")
+    extra = list(extra)
+    return extra[extra.index("--out") + 1] if "--out" in extra else os.path.join(model_dir, "model.onnx")
 
 
 def check(model_dir, label, hf=True, onnx_args=()):
@@ -57,8 +60,17 @@ def check(model_dir, label, hf=True, onnx_args=()):
         passed &= check_hf_export.check(model_dir, BINARY, check_hf_export.Report(), linearize=linearize).passed
     print(f"-- {label}: onnxruntime", flush=True)
     onnx_path = export_onnx(model_dir, onnx_args)
-    passed &= check_onnx_export.check(model_dir, onnx_path, BINARY, check_hf_export.Report("L6"), linearize=linearize).passed
-    return passed
+    report = check_onnx_export.check(model_dir, onnx_path, BINARY, check_hf_export.Report("L6"), linearize=linearize)
+    # The same model through ONNX's LinearAttention operator where the recipe's recurrence has one.
+    operator_path = export_onnx(model_dir, ["--linear-attention-op", "--out", os.path.join(model_dir, "operator.onnx")])
+    if uses_linear_attention(operator_path):
+        check_onnx_export.compare_graphs(model_dir, onnx_path, operator_path, report, "LinearAttention graph == Scan graph")
+    return passed and report.passed
+
+
+def uses_linear_attention(path):
+    import onnx
+    return any(n.op_type == "LinearAttention" for n in onnx.load(path, load_external_data=False).graph.node)
 
 
 def logits_rows_all_fail(report):
