@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify hf_export)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify hf_export onnx_export)
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench linearize)
 
 scripts/setup.sh
@@ -288,6 +288,19 @@ section_hf_export() {
     --source "$LINEARIZE_BENCH_DIR/llama-135m" --recipe lolcats --work "$LINEARIZE_BENCH_DIR/hf_export" --tokens 256,4096 \
     --bf16-source tests/fixtures/deep-llama --out "$json" | tee "$BENCH_OUT/hf_export.txt"
   mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "hf_export (lolcats, 135M shape):"; sed 's/^/  /' "$BENCH_OUT/hf_export.txt")
+}
+
+# An export's ONNX graph in onnxruntime vs `linearize generate` (bench/onnx_export_bench.py): export time, graph
+# size and external-data layout, and greedy decode tokens/s on the same prompt, fresh processes, same threads,
+# with the LinearAttention operator where the recipe has one; on the random SmolLM-135M-shaped model.
+section_onnx_export() {
+  echo "== onnx_export: export-onnx, graph size and layout, onnxruntime decode vs linearize generate"
+  "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
+  local json=$BENCH_OUT/onnx_export.json
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" bench/onnx_export_bench.py --linearize "$BUILD_DIR/cli/linearize" \
+    --source "$LINEARIZE_BENCH_DIR/llama-135m" --recipes lolcats,gated-deltanet --work "$LINEARIZE_BENCH_DIR/onnx_export" \
+    --tokens 256 --out "$json" | tee "$BENCH_OUT/onnx_export.txt"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "onnx_export (135M shape):"; sed 's/^/  /' "$BENCH_OUT/onnx_export.txt")
 }
 
 # Training steps of both LoLCATs stages against the same steps in plain PyTorch (bench/distill_pytorch.py:

@@ -37,6 +37,7 @@ class OnnxModel:
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.state_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past")]
 
