@@ -30,13 +30,21 @@ echo
 
 # Every recipe on the bundled Llama: convert (which verifies against the source and exits 1 on a failed
 # check), then decode with the constant-size recurrent state.
-for recipe in liger-gla lolcats hedgehog supra; do
+for recipe in liger-gla lolcats hedgehog supra gated-deltanet mamba2; do
   echo "== linearize convert --recipe $recipe (training-free), then its verify table"
   "$bin" --log-level warn convert --model tests/fixtures/tiny-llama --recipe "$recipe" --out "$out/$recipe"
   echo "== linearize generate --model <$recipe export> --prompt '$prompt'"
   "$bin" generate --model "$out/$recipe" --prompt "$prompt" --max-new-tokens 24
   echo
 done
+
+# The liger-gla export as one ONNX graph (prefill and decode, states in and out), then verify with its L6 rows
+# and onnxruntime's parity with linearize.
+echo "== linearize export-onnx --model <liger-gla export>, verify (L6), onnxruntime vs linearize"
+"$bin" export-onnx --model "$out/liger-gla"
+"$bin" verify --model "$out/liger-gla" | grep -E "L6|verify:"
+.venv/bin/python scripts/check_onnx_export.py --model "$out/liger-gla" --linearize "$bin"
+echo
 
 # Attention transfer then LoRA (stages 1 and 2 of distill, LoLCATs) on the bundled model: prints the attention MSE,
 # perplexity and KL before and after, then the export's verify table.
