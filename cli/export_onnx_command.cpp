@@ -51,6 +51,7 @@ void add_export_onnx_command(CLI::App& app) {
       throw CheckFailed("export-onnx: the written graph fails ONNX's checks (removed): " + check.checker + check.shape_inference);
     }
     spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", check.opset);
+    if (!result.genai_config.empty()) spdlog::info("wrote {} (onnxruntime-genai)", result.genai_config.string());
   });
 }
 

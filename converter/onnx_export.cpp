@@ -1,10 +1,12 @@
 #include "converter/onnx_export.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "converter/linearized.h"
 #include "converter/model/lora.h"
 #include "converter/onnx_graph.h"
+#include "formats/atomic_file.h"
 #include "formats/error.h"
 
 #ifndef LINEARIZE_VERSION
@@ -89,6 +91,40 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
   return o.linear(o.mul(act, up), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
 }
 
+// onnxruntime-genai's genai_config.json (its config reference), for a graph whose every layer is softmax attention
+// with a KV cache: its schema names only key/value caches, so a graph with recurrent states has none.
+nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& graph_file) {
+  nlohmann::ordered_json model;
+  if (c.bos_token_id) model["bos_token_id"] = *c.bos_token_id;
+  model["context_length"] = c.max_position_embeddings;
+  model["decoder"] = {
+      {"session_options", {{"log_id", "onnxruntime-genai"}, {"provider_options", nlohmann::json::array()}}},
+      {"filename", graph_file},
+      {"head_size", c.head_dim},
+      {"hidden_size", c.hidden_size},
+      {"inputs",
+       {{"input_ids", "input_ids"},
+        {"attention_mask", "attention_mask"},
+        {"position_ids", "position_ids"},
+        {"past_key_names", "past_key_values.%d.key"},
+        {"past_value_names", "past_key_values.%d.value"}}},
+      {"outputs", {{"logits", "logits"}, {"present_key_names", "present.%d.key"}, {"present_value_names", "present.%d.value"}}},
+      {"num_attention_heads", c.num_attention_heads},
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"num_key_value_heads", c.num_key_value_heads}};
+  if (!c.eos_token_ids.empty()) {
+    model["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::ordered_json(c.eos_token_ids.front()) : nlohmann::ordered_json(c.eos_token_ids);
+    model["pad_token_id"] = c.eos_token_ids.front();
+  }
+  model["type"] = c.model_type;
+  model["vocab_size"] = c.vocab_size;
+  // present = concat(past, new): the caches are not shared buffers of a fixed length.
+  nlohmann::ordered_json search = {{"do_sample", false}, {"max_length", c.max_position_embeddings}, {"min_length", 0},
+                                   {"num_beams", 1}, {"num_return_sequences", 1}, {"past_present_share_buffer", false},
+                                   {"repetition_penalty", 1.0}, {"temperature", 1.0}, {"top_k", 1}, {"top_p", 1.0}};
+  return {{"model", model}, {"search", search}};
+}
+
 }  // namespace
 
 OnnxExportResult export_onnx(const OnnxExportOptions& options) {
@@ -157,6 +193,10 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   result.path = options.out.empty() ? options.model / kOnnxFileName : options.out;
   result.nodes = static_cast<std::int64_t>(graph.node_count());
   result.saved = model.save(result.path, options.save);
+  if (std::none_of(converted.begin(), converted.end(), [](bool c) { return c; })) {
+    result.genai_config = result.path.parent_path() / "genai_config.json";
+    write_file_atomic(result.genai_config, genai_config(config, result.path.filename().string()).dump(4) + "\n");
+  }
   return result;
 }
 

@@ -4,7 +4,8 @@
 // its state: past_key_values.{i}.key/.value for softmax layers (the whole cache; sliding layers mask it) and
 // window hybrids (their last `window` keys), past.{i}.<kind> fp32 for recurrent states
 // (past.{i}.recurrent [batch, Hkv, K, V], ...). Outputs: logits [batch, sequence, vocab] and present.* of
-// the same shapes (onnxruntime-genai's names). Standard operators at opset `opset`; weights are
+// the same shapes (onnxruntime-genai's names; its genai_config.json is written where the schema fits: no
+// recurrent states). Standard operators at opset `opset`; weights are
 // initializers holding the checkpoint's bytes under their safetensors names.
 #pragma once
 
@@ -39,7 +40,9 @@ struct OnnxExportResult {
   std::filesystem::path path;
   onnx_model::SaveResult saved;
   std::int64_t nodes = 0;  // of the main graph
-  std::vector<std::string> state_inputs;
+  // onnxruntime-genai's config, written beside the graph when every layer is softmax attention (its schema
+  // knows key/value caches only); empty otherwise.
+  std::filesystem::path genai_config;
 };
 
 // Throws InputError (exit 2, nothing written) for a model it cannot express: a layer whose recipe has no ONNX

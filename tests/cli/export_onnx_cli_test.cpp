@@ -41,6 +41,8 @@ TEST(ExportOnnxCli, WritesACheckedGraphThatVerifyChecksToo) {
   for (const char* name : {"logits", "present.1.recurrent", "present.1.key"})
     EXPECT_NE(std::find(info.outputs.begin(), info.outputs.end(), name), info.outputs.end()) << name;
 
+  EXPECT_FALSE(std::filesystem::exists(model / "genai_config.json")) << "recurrent states do not fit genai's schema";
+
   auto verify = test::run_linearize({"verify", "--model", model.string()});
   EXPECT_EQ(verify.exit_code, 0) << verify.out;
   for (const char* check : {"onnx checker (full) and strict shape inference", "onnx weights byte-identical to model.safetensors",
@@ -60,6 +62,22 @@ TEST(ExportOnnxCli, WritesACheckedGraphThatVerifyChecksToo) {
   const auto row = row_of(verify.out, "onnx weights byte-identical to model.safetensors");
   EXPECT_NE(row.find("FAIL"), std::string::npos) << verify.out;
   EXPECT_NE(row.find("o_proj"), std::string::npos) << row;
+}
+
+TEST(ExportOnnxCli, ASourceCheckpointGetsOnnxruntimeGenaisConfig) {
+  test::TempDir dir;
+  std::filesystem::copy(fixture("tiny-mistral"), dir.path(), std::filesystem::copy_options::recursive);
+  const auto r = test::run_linearize({"export-onnx", "--model", dir.path().string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto genai = nlohmann::json::parse(test::read_file(dir / "genai_config.json"));
+  const auto config = nlohmann::json::parse(test::read_file(dir / "config.json"));
+  EXPECT_EQ(genai["model"]["type"], config["model_type"]);
+  EXPECT_EQ(genai["model"]["decoder"]["filename"], "model.onnx");
+  EXPECT_EQ(genai["model"]["decoder"]["num_hidden_layers"], config["num_hidden_layers"]);
+  EXPECT_EQ(genai["model"]["decoder"]["inputs"]["past_key_names"], "past_key_values.%d.key");
+  EXPECT_EQ(genai["search"]["past_present_share_buffer"], false);
+  const auto info = onnx_model::read_file_info(dir / "model.onnx");
+  EXPECT_NE(std::find(info.inputs.begin(), info.inputs.end(), "past_key_values.0.value"), info.inputs.end());
 }
 
 TEST(ExportOnnxCli, BadInputIsExitTwoWithNothingWritten) {
