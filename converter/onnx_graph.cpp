@@ -65,7 +65,7 @@ std::string OnnxModelContext::weight(const std::string& name) {
     case at::kHalf: type = ElementType::f16; break;
     default: throw InputError(checkpoint.file_of(name), name, "has a dtype export-onnx does not take (F32, BF16, F16)");
   }
-  model.initializer(name, type, tensor.sizes().vec(), tensor.data_ptr());
+  model.initializer(name, type, tensor.sizes().vec(), tensor.data_ptr(), nullptr, [this, name] { checkpoint.release(name); });
   const auto value = type == ElementType::f32 ? name : ops.cast(name, ElementType::f32);
   weights.emplace(name, value);
   return value;

@@ -1,6 +1,8 @@
 #include "formats/onnx_model.h"
 
+#include <algorithm>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -8,6 +10,7 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include "formats/atomic_file.h"
 #include "formats/error.h"
@@ -127,12 +130,26 @@ std::size_t Graph::node_count() const { return static_cast<std::size_t>(impl_->p
 
 const onnx::GraphProto& Graph::proto() const { return impl_->proto; }
 
+// protobuf's output stream onto an AtomicFile.
+class AtomicFileStream final : public google::protobuf::io::CopyingOutputStream {
+ public:
+  explicit AtomicFileStream(AtomicFile& file) : file_(file) {}
+  bool Write(const void* buffer, int size) override {
+    file_.write(buffer, static_cast<std::size_t>(size));
+    return true;
+  }
+
+ private:
+  AtomicFile& file_;
+};
+
 struct PendingInitializer {
   std::string name;
   ElementType type;
   std::vector<std::int64_t> shape;
   const void* data;
   std::shared_ptr<const void> keep_alive;
+  std::function<void()> written;
   std::uint64_t bytes() const {
     std::uint64_t n = element_size(type);
     for (const auto d : shape) n *= static_cast<std::uint64_t>(d);
@@ -166,9 +183,9 @@ Model::~Model() = default;
 Graph& Model::graph() { return *impl_->graph; }
 
 void Model::initializer(const std::string& name, ElementType type, const std::vector<std::int64_t>& shape,
-                        const void* data, std::shared_ptr<const void> keep_alive) {
+                        const void* data, std::shared_ptr<const void> keep_alive, std::function<void()> written) {
   if (!impl_->names.insert(name).second) throw std::logic_error("onnx_model: initializer " + name + " added twice");
-  impl_->initializers.push_back({name, type, shape, data, std::move(keep_alive)});
+  impl_->initializers.push_back({name, type, shape, data, std::move(keep_alive), std::move(written)});
 }
 
 namespace {
@@ -219,6 +236,7 @@ SaveResult Model::save(const std::filesystem::path& path, const SaveOptions& opt
     const auto bytes = init.bytes();
     if (!external || bytes < options.inline_below) {
       t->set_raw_data(init.data, bytes);
+      if (init.written) init.written();
       continue;
     }
     const auto aligned = (offset + options.alignment - 1) / options.alignment * options.alignment;
@@ -229,6 +247,7 @@ SaveResult Model::save(const std::filesystem::path& path, const SaveOptions& opt
     }
     offset = aligned;
     data->write(init.data, bytes);
+    if (init.written) init.written();
     t->set_data_location(onnx::TensorProto::EXTERNAL);
     const auto add = [t](const std::string& key, const std::string& value) {
       auto* e = t->add_external_data();
@@ -240,14 +259,19 @@ SaveResult Model::save(const std::filesystem::path& path, const SaveOptions& opt
     add("length", std::to_string(bytes));
     offset += bytes;
   }
-  std::string serialized;
-  if (!proto.SerializeToString(&serialized))
-    throw std::runtime_error(path.string() + ": the graph does not serialize (over protobuf's 2 GiB limit?)");
+  // Streamed into the file: an inline graph of 2 GiB is not held a second time as one string.
+  const auto size = proto.ByteSizeLong();
+  if (size > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+    throw std::runtime_error(path.string() + ": the graph is over protobuf's 2 GiB limit; lower --external-data-above");
   AtomicFile graph_file(path);
-  graph_file.write(serialized);
+  AtomicFileStream stream(graph_file);
+  {
+    google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream);
+    if (!proto.SerializeToZeroCopyStream(&adaptor)) throw std::runtime_error(path.string() + ": the graph does not serialize");
+  }
   if (data) data->commit();
   graph_file.commit();
-  result.graph_bytes = serialized.size();
+  result.graph_bytes = size;
   result.external_data_bytes = external ? offset : 0;
   result.initializers = static_cast<std::int64_t>(impl_->initializers.size());
   if (external) result.external_data = data_path;
@@ -277,9 +301,13 @@ CheckResult check_file(const std::filesystem::path& path) {
   auto proto = parse(path);
   result.opset = default_opset(proto);
   result.nodes = proto.graph().node_size();
+  const bool external = std::any_of(proto.graph().initializer().begin(), proto.graph().initializer().end(),
+                                    [](const auto& t) { return t.data_location() == onnx::TensorProto::EXTERNAL; });
   try {
-    // The path form resolves external data next to the file and checks each initializer's location and size.
-    onnx::checker::check_model(path.string(), /*full_check=*/true);
+    // With external data, the path form resolves each initializer's file next to the model and checks its
+    // location and size; an inline graph is checked as parsed (not read a second time).
+    if (external) onnx::checker::check_model(path.string(), /*full_check=*/true);
+    else onnx::checker::check_model(proto, /*full_check=*/true);
   } catch (const std::exception& e) {
     result.checker = e.what();
   }

@@ -100,9 +100,11 @@ class Model {
 
   Graph& graph();
   // An initializer whose bytes are read from `data` when the model is saved: the caller keeps them alive
-  // until then (a view of a memory-mapped checkpoint, or `keep_alive`, released after saving).
+  // until then (a view of a memory-mapped checkpoint, or `keep_alive`, released after saving). `written` is
+  // called once they are copied out (a mapped checkpoint drops the tensor's pages: one tensor resident at a time).
   void initializer(const std::string& name, ElementType type, const std::vector<std::int64_t>& shape,
-                   const void* data, std::shared_ptr<const void> keep_alive = nullptr);
+                   const void* data, std::shared_ptr<const void> keep_alive = nullptr,
+                   std::function<void()> written = nullptr);
   // Small constants owned by the model.
   std::string constant(const std::string& name, const std::vector<float>& values, const std::vector<std::int64_t>& shape);
   std::string constant(const std::string& name, const std::vector<std::int64_t>& values,
