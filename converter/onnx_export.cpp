@@ -1,6 +1,7 @@
 #include "converter/onnx_export.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "converter/linearized.h"

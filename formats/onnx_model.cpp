@@ -5,7 +5,6 @@
 #include <functional>
 #include <limits>
 #include <set>
-#include <sstream>
 
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
