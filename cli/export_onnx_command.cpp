@@ -15,6 +15,7 @@ void add_export_onnx_command(CLI::App& app) {
     std::string model, out;
     std::optional<std::int64_t> opset;
     bool linear_attention_operator = false;
+    std::string dtype = "fp32";
     std::uint64_t external_data_above = onnx_model::SaveOptions{}.external_data_above;
   };
   auto opts = std::make_shared<Options>();
@@ -24,6 +25,9 @@ void add_export_onnx_command(CLI::App& app) {
   cmd->add_option("--opset", opts->opset, "ONNX opset of the graph, 18 or later (default 21; 27 with --linear-attention-op)");
   cmd->add_flag("--linear-attention-op", opts->linear_attention_operator,
                 "Linear, gated and gated-delta recurrences through ONNX's LinearAttention operator (opset 27) instead of a Scan");
+  cmd->add_option("--dtype", opts->dtype,
+                  "fp32, or fp16: projection and embedding matrices stored and multiplied in fp16, the rest (states included) fp32")
+      ->check(CLI::IsMember({"fp32", "fp16"}));
   cmd->add_option("--external-data-above", opts->external_data_above,
                   "Weights go to <out>.data when they hold more bytes than this (default 2 GiB, protobuf's limit)");
   cmd->callback([opts] {
@@ -32,6 +36,7 @@ void add_export_onnx_command(CLI::App& app) {
     options.out = opts->out;
     options.opset = opts->opset;
     options.linear_attention_operator = opts->linear_attention_operator;
+    options.fp16 = opts->dtype == "fp16";
     options.save.external_data_above = opts->external_data_above;
     const auto started = std::chrono::steady_clock::now();
     const auto result = export_onnx(options);
@@ -48,6 +53,7 @@ void add_export_onnx_command(CLI::App& app) {
       // An invalid graph is not left behind as if it were an export.
       std::filesystem::remove(result.path);
       if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
+      if (!result.genai_config.empty()) std::filesystem::remove(result.genai_config);
       throw CheckFailed("export-onnx: the written graph fails ONNX's checks (removed): " + check.checker + check.shape_inference);
     }
     spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", check.opset);

@@ -83,9 +83,14 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
   const auto gate = o.linear(x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj));
   const auto up = o.linear(x, layer.weight(LayerModule::up_proj), layer.bias(LayerModule::up_proj));
   std::string act;
-  if (layer.config().block.activation == MlpActivation::GeluTanh) {
+  if (layer.config().block.activation == MlpActivation::GeluTanh && layer.opset() >= 20) {
     static const std::vector<Attribute> tanh_approximation{{"approximate", std::string("tanh")}};
     act = o.op("Gelu", {gate}, tanh_approximation);
+  } else if (layer.config().block.activation == MlpActivation::GeluTanh) {
+    // Before opset 20 (no Gelu): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), gelu_pytorch_tanh's formula.
+    const auto cube = o.mul(o.mul(gate, gate), gate);
+    const auto inner = o.mul(o.f32(0.7978845608028654f), o.add(gate, o.mul(o.f32(0.044715f), cube)));
+    act = o.mul(o.mul(o.f32(0.5f), gate), o.add(o.f32(1.0f), o.op("Tanh", {inner})));
   } else {
     act = o.mul(gate, o.sigmoid(gate));  // SiLU
   }
@@ -151,7 +156,8 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   }
   const auto checkpoint = CheckpointWeights::open(options.model);
   onnx_model::Model model(opset, LINEARIZE_VERSION);
-  OnnxModelContext context(model, config, checkpoint);
+  OnnxModelContext context(model, config, checkpoint, options.fp16);
+  context.opset = opset;
   context.linear_attention_operator = options.linear_attention_operator;
   auto& o = context.ops;
   auto& graph = model.graph();
@@ -164,7 +170,9 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   const auto norm = [&](const std::string& x, const std::string& weight_name) {
     return o.rms_norm(x, context.weight(weight_name), eps, block.norm);
   };
-  auto h = o.op("Gather", {context.weight(names::kEmbedTokens), context.input_ids});
+  const auto embeddings = context.matrix(names::kEmbedTokens);
+  auto h = o.op("Gather", {embeddings, context.input_ids});
+  if (o.is_half(embeddings)) h = o.cast(h, ElementType::f32);
   if (block.embedding_scale != 1.0) h = o.mul(h, o.f32(static_cast<float>(block.embedding_scale)));
   SoftmaxLayers softmax(context);
   OnnxExportResult result;
@@ -179,7 +187,7 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
     h = o.add(h, block.sandwich_norms ? norm(mlp, w(LayerModule::post_feedforward_layernorm)) : mlp);
   }
   h = norm(h, names::kFinalNorm);
-  auto logits = o.linear(h, context.weight(config.tie_word_embeddings ? names::kEmbedTokens : names::kLmHead));
+  auto logits = o.linear(h, context.matrix(config.tie_word_embeddings ? names::kEmbedTokens : names::kLmHead));
   if (block.final_logit_softcap) {
     const auto cap = o.f32(static_cast<float>(*block.final_logit_softcap));
     logits = o.mul(o.op("Tanh", {o.div(logits, cap)}), cap);
@@ -187,6 +195,7 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   graph.rename(logits, "logits");
   graph.output("logits", ElementType::f32, {"batch", "sequence", config.vocab_size});
 
+  model.metadata(kOnnxDtypeKey, options.fp16 ? "fp16" : "fp32");
   if (recipe) {
     model.metadata(kOnnxRecipeKey, recipe->recipe->name);
     model.metadata(kOnnxParamsKey, recipe->params.dump());

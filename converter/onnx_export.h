@@ -25,6 +25,7 @@ inline constexpr const char* kOnnxFileName = "model.onnx";
 // Metadata keys of the graph: the recipe parameters it was built from, as config.json holds them.
 inline constexpr const char* kOnnxRecipeKey = "linearize.recipe";
 inline constexpr const char* kOnnxParamsKey = "linearize.params";
+inline constexpr const char* kOnnxDtypeKey = "linearize.dtype";  // "fp32" or "fp16"
 
 struct OnnxExportOptions {
   std::filesystem::path model;  // the model directory
@@ -33,6 +34,9 @@ struct OnnxExportOptions {
   // The linear, gated and gated-delta recurrences through ONNX's LinearAttention operator instead of a Scan of
   // standard operators (runtimes that implement it; the graphs agree: tests/python/test_exports.py).
   bool linear_attention_operator = false;
+  // fp16: the projection and embedding matrices stored in fp16 (half the graph) and their products taken in
+  // fp16; norms, RoPE, softmax, gates, the states and their accumulation stay fp32.
+  bool fp16 = false;
   onnx_model::SaveOptions save;
 };
 

@@ -41,7 +41,8 @@ std::string OnnxOps::f32(float value) {
 std::string OnnxOps::linear(const std::string& x, const std::string& weight, const std::string& bias) {
   // MatMul against W^T: ONNX's Gemm (transB) is 2-D only; a Transpose of a constant is folded once by the
   // runtime when it loads the graph.
-  auto y = matmul(x, transpose(weight, {1, 0}));
+  auto y = is_half(weight) ? cast(matmul(cast(x, ElementType::f16), transpose(weight, {1, 0})), ElementType::f32)
+                           : matmul(x, transpose(weight, {1, 0}));
   return bias.empty() ? y : add(y, bias);
 }
 
@@ -65,10 +66,27 @@ std::string OnnxModelContext::weight(const std::string& name) {
     case at::kHalf: type = ElementType::f16; break;
     default: throw InputError(checkpoint.file_of(name), name, "has a dtype export-onnx does not take (F32, BF16, F16)");
   }
-  model.initializer(name, type, tensor.sizes().vec(), tensor.data_ptr(), nullptr, [this, name] { checkpoint.release(name); });
+  // A view of the mapping (or a copy, for an unaligned tensor), held until the graph is written.
+  auto held = std::make_shared<at::Tensor>(tensor);
+  model.initializer(name, type, tensor.sizes().vec(), held->data_ptr(), std::shared_ptr<const void>(held, held.get()),
+                    [this, name] { checkpoint.release(name); });
   const auto value = type == ElementType::f32 ? name : ops.cast(name, ElementType::f32);
   weights.emplace(name, value);
   return value;
+}
+
+std::string OnnxModelContext::matrix(const std::string& name) {
+  if (!fp16_matrices) return weight(name);
+  if (half_matrices.count(name)) return name;
+  const auto source = checkpoint.tensor(name);
+  auto half = std::make_shared<at::Tensor>(source.to(at::kHalf).contiguous());
+  checkpoint.release(name);
+  if (!half->isfinite().all().item<bool>())
+    throw InputError(checkpoint.file_of(name), name, "has values beyond fp16's range (65504): export it with --dtype fp32");
+  const void* data = half->data_ptr();
+  model.initializer(name, ElementType::f16, half->sizes().vec(), data, std::shared_ptr<const void>(half, half.get()));
+  half_matrices.insert(name);
+  return name;
 }
 
 std::pair<std::string, std::string> OnnxModelContext::rope_tables(const RopeConfig& rope, std::int64_t head_dim) {
@@ -110,7 +128,17 @@ std::string OnnxModelContext::mask_of_tokens() {
   return *token_mask;
 }
 
-std::string OnnxLayer::weight(names::LayerModule module) { return context_.weight(names::weight(layer_, module)); }
+std::string OnnxLayer::weight(names::LayerModule module) {
+  using names::LayerModule;
+  const auto name = names::weight(layer_, module);
+  switch (module) {
+    case LayerModule::q_proj: case LayerModule::k_proj: case LayerModule::v_proj: case LayerModule::o_proj:
+    case LayerModule::gate_proj: case LayerModule::up_proj: case LayerModule::down_proj:
+      return context_.matrix(name);
+    default:
+      return context_.weight(name);
+  }
+}
 
 std::string OnnxLayer::bias(names::LayerModule module) {
   const auto name = names::bias(layer_, module);
@@ -129,9 +157,8 @@ OnnxLayer::Heads OnnxLayer::project_heads(const std::string& x) {
   };
   Heads h{heads(LayerModule::q_proj, c.num_attention_heads), heads(LayerModule::k_proj, c.num_key_value_heads),
           heads(LayerModule::v_proj, c.num_key_value_heads)};
-  const auto q_norm = names::weight(layer_, LayerModule::q_norm);
-  if (context_.checkpoint.contains(q_norm)) {
-    h.q = o.rms_norm(h.q, context_.weight(q_norm), c.rms_norm_eps, c.block.norm);
+  if (c.block.qk_norm) {
+    h.q = o.rms_norm(h.q, weight(LayerModule::q_norm), c.rms_norm_eps, c.block.norm);
     h.k = o.rms_norm(h.k, weight(LayerModule::k_norm), c.rms_norm_eps, c.block.norm);
   }
   return h;
@@ -154,8 +181,7 @@ std::string OnnxLayer::rope(const std::string& heads) {
 std::string OnnxLayer::project_output(const std::string& heads) {
   using names::LayerModule;
   auto& o = ops();
-  const auto flat = o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, -1});
-  return o.linear(flat, weight(LayerModule::o_proj), bias(LayerModule::o_proj));
+  return o.linear(o.tokens_first(heads), weight(LayerModule::o_proj), bias(LayerModule::o_proj));
 }
 
 OnnxLinearAttentionOptions OnnxLayer::linear_attention_options() const {
@@ -195,23 +221,41 @@ void OnnxLayer::set_state(const std::string& kind, const std::string& value, con
   context_.model.graph().output(name, ElementType::f32, shape);
 }
 
-std::pair<std::string, std::string> OnnxLayer::window_cache() {
+OnnxLayer::WindowBranch OnnxLayer::window_branch(const std::string& q, const std::string& k, const std::string& v,
+                                                 std::int64_t window) {
+  auto& o = ops();
+  auto& graph = context_.model.graph();
   const auto& c = config();
-  const std::string past = "past_key_values." + std::to_string(layer_);
-  const std::string n = "past_window_" + std::to_string(layer_);
-  context_.model.graph().input(past + ".key", ElementType::f32, {"batch", c.num_key_value_heads, n, c.head_dim});
-  context_.model.graph().input(past + ".value", ElementType::f32, {"batch", c.num_key_value_heads, n, c.head_dim});
-  return {past + ".key", past + ".value"};
-}
-
-void OnnxLayer::set_window_cache(const std::string& key, const std::string& value) {
-  const auto& c = config();
-  const std::string present = "present." + std::to_string(layer_);
-  const std::string n = "present_window_" + std::to_string(layer_);
-  for (const auto& [part, v] : {std::pair{".key", key}, std::pair{".value", value}}) {
-    context_.model.graph().rename(v, present + part);
-    context_.model.graph().output(present + part, ElementType::f32, {"batch", c.num_key_value_heads, n, c.head_dim});
+  const std::int64_t Hkv = c.num_key_value_heads, G = c.kv_groups(), D = c.head_dim;
+  const std::string past = "past_key_values." + std::to_string(layer_), present = "present." + std::to_string(layer_);
+  for (const char* part : {".key", ".value"})
+    graph.input(past + part, ElementType::f32, {"batch", Hkv, "past_window_" + std::to_string(layer_), D});
+  WindowBranch w;
+  w.keys = o.concat({past + ".key", k}, 2);
+  w.values = o.concat({past + ".value", v}, 2);
+  const auto keep = std::numeric_limits<std::int64_t>::max();
+  for (const auto& [part, all] : {std::pair{".key", w.keys}, std::pair{".value", w.values}}) {
+    graph.rename(o.slice(all, 2, -window, keep), present + part);
+    graph.output(present + part, ElementType::f32, {"batch", Hkv, "present_window_" + std::to_string(layer_), D});
   }
+  const auto S = o.dim(q, 2), T = o.dim(w.keys, 2);
+  const auto rows = o.add(o.op("Range", {o.scalar_i64(0), o.squeeze(S, {0}), o.scalar_i64(1)}), o.dim(past + ".key", 2));
+  const auto cols = o.op("Range", {o.scalar_i64(0), o.squeeze(T, {0}), o.scalar_i64(1)});
+  w.back = o.sub(o.unsqueeze(rows, {1}), o.unsqueeze(cols, {0}));  // [S, T]
+  // The cache and the call are the last T positions of attention_mask.
+  const auto valid = o.cast(o.slice(context_.attention_mask, 1, o.neg(T), o.i64({keep})), ElementType::boolean);  // [B, T]
+  w.key_valid = o.unsqueeze(valid, {1, 2});
+  const auto in_window = o.op("And", {o.op("GreaterOrEqual", {w.back, o.scalar_i64(0)}), o.op("Less", {w.back, o.scalar_i64(window)})});
+  // A padded query keeps its own key, so no row is empty (and no NaN reaches a later layer's state).
+  const auto visible = o.op("And", {in_window, o.op("Or", {o.unsqueeze(valid, {1, 2, 3}), o.op("Equal", {w.back, o.scalar_i64(0)})})});
+  const auto grouped = [&](const std::string& x, std::int64_t g) { return o.reshape(x, {0, Hkv, g, -1, D}); };
+  const auto scale = o.f32(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))));
+  const auto scores = o.mul(o.matmul(grouped(q, G), o.transpose(grouped(w.keys, 1), {0, 1, 2, 4, 3})), scale);
+  const auto masked = o.op("Where", {visible, scores, o.f32(kMinusInfinity)});
+  const auto weights = o.exp(o.sub(masked, o.reduce_max(masked, -1)));  // [B, Hkv, G, S, T]
+  w.numerator = o.reshape(o.matmul(weights, grouped(w.values, 1)), {0, Hkv * G, -1, D});
+  w.denominator = o.reshape(o.reduce_sum(weights, -1), {0, Hkv * G, -1, 1});
+  return w;
 }
 
 namespace {
@@ -297,7 +341,7 @@ std::string transposed(OnnxOps& o, const std::string& x) { return o.transpose(x,
 OnnxLinearAttention linear_attention_operator(OnnxOps& ops, const std::string& rule, const std::string& q, const std::string& k,
                                               const std::string& v, const std::string& decay, const std::string& beta,
                                               const std::string& state, const OnnxLinearAttentionOptions& opt) {
-  const auto packed = [&](const std::string& x) { return ops.reshape(ops.transpose(x, {0, 2, 1, 3}), {0, 0, -1}); };
+  const auto packed = [&](const std::string& x) { return ops.tokens_first(x); };
   const std::string none;  // an omitted optional input
   const auto results = ops.graph().node(
       "LinearAttention", {packed(q), packed(k), packed(v), state, decay.empty() ? none : packed(decay), beta.empty() ? none : packed(beta)},
@@ -405,7 +449,7 @@ OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const st
     rg.output(cond_out, ElementType::boolean, {});
     rg.output(a_out, ElementType::f32, {"batch", Hkv, 1, "chunk", "chunk"});
     const auto rows = b.dim(kc, 3);
-    const auto substituted = b.op("Loop", {b.op("Squeeze", {rows}), b.op("Cast", {b.scalar_i64(1)}, {{"to", std::int64_t{9}}}), minus_l},
+    const auto substituted = b.op("Loop", {b.op("Squeeze", {rows}), b.cast(b.scalar_i64(1), ElementType::boolean), minus_l},
                                   {{"body", std::shared_ptr<const onnx_model::Graph>(row_graph)}});
     const auto inverse = b.add(substituted, b.cast(diagonal, ElementType::f32));
     const auto values = b.matmul(inverse, b.mul(vc, beta_c));                          // [B, Hkv, 1, C, V]
@@ -421,29 +465,6 @@ OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const st
   auto [states, o] = scan_chunks(ops, Hkv, G, V, opt.chunk_size, {{state, {"batch", Hkv, K, V}}},
                                  {{q, G, K}, {k, 1, K}, {v, 1, V}, {beta, 1, 1}, {log_decay, 1, 1}}, body);
   return {o, states[0], ""};
-}
-
-WindowParts onnx_window_parts(OnnxOps& ops, const std::string& q, const std::string& keys, const std::string& values,
-                              const std::string& cached, std::int64_t window, double scale, std::int64_t kv_heads,
-                              std::int64_t groups, std::int64_t head_dim) {
-  const auto S = ops.dim(q, 2), T = ops.dim(keys, 2);
-  // Query i sits at index cached + i of the keys; it sees key j when 0 <= cached + i - j < window.
-  const auto rows = ops.add(ops.op("Range", {ops.scalar_i64(0), ops.squeeze(S, {0}), ops.scalar_i64(1)}), cached);
-  const auto cols = ops.op("Range", {ops.scalar_i64(0), ops.squeeze(T, {0}), ops.scalar_i64(1)});
-  WindowParts parts;
-  parts.back = ops.sub(ops.unsqueeze(rows, {1}), ops.unsqueeze(cols, {0}));  // [S, T]
-  const auto visible = ops.op("And", {ops.op("GreaterOrEqual", {parts.back, ops.scalar_i64(0)}),
-                                      ops.op("Less", {parts.back, ops.scalar_i64(window)})});
-  const auto grouped = [&](const std::string& x, std::int64_t g) { return ops.reshape(x, {0, kv_heads, g, -1, head_dim}); };
-  const auto q5 = grouped(q, groups), k5 = grouped(keys, 1), v5 = grouped(values, 1);
-  const auto scores = ops.mul(ops.matmul(q5, ops.transpose(k5, {0, 1, 2, 4, 3})), ops.f32(static_cast<float>(scale)));
-  const auto masked = ops.op("Where", {visible, scores, ops.f32(kMinusInfinity)});
-  // The row max c_i over the window (the key i itself is always visible, so it is finite).
-  const auto weights = ops.exp(ops.sub(masked, ops.reduce_max(masked, -1)));
-  const auto heads = kv_heads * groups;
-  parts.numerator = ops.reshape(ops.matmul(weights, v5), {0, heads, -1, head_dim});
-  parts.denominator = ops.reshape(ops.reduce_sum(weights, -1), {0, heads, -1, 1});
-  return parts;
 }
 
 }  // namespace linearize

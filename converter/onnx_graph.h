@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,8 +33,11 @@ using onnx_model::Dim;
 // which every subgraph may read.
 class OnnxOps {
  public:
-  OnnxOps(onnx_model::Model& model, onnx_model::Graph& graph) : model_(model), graph_(graph) {}
-  OnnxOps in(onnx_model::Graph& graph) const { return OnnxOps(model_, graph); }
+  // `half_matrices`: the weight values stored in fp16, whose products linear() takes in fp16.
+  OnnxOps(onnx_model::Model& model, onnx_model::Graph& graph, const std::set<std::string>* half_matrices = nullptr)
+      : model_(model), graph_(graph), half_matrices_(half_matrices) {}
+  OnnxOps in(onnx_model::Graph& graph) const { return OnnxOps(model_, graph, half_matrices_); }
+  bool is_half(const std::string& value) const { return half_matrices_ && half_matrices_->count(value) != 0; }
   onnx_model::Graph& graph() { return graph_; }
   onnx_model::Model& model() { return model_; }
 
@@ -62,6 +66,8 @@ class OnnxOps {
   std::string unsqueeze(const std::string& a, const std::vector<std::int64_t>& axes) { return op("Unsqueeze", {a, i64(axes)}); }
   std::string squeeze(const std::string& a, const std::vector<std::int64_t>& axes) { return op("Squeeze", {a, i64(axes)}); }
   std::string concat(const std::vector<std::string>& parts, std::int64_t axis) { return op("Concat", parts, {{"axis", axis}}); }
+  // Heads first [B, H, S, D] -> tokens first [B, S, H D].
+  std::string tokens_first(const std::string& heads) { return reshape(transpose(heads, {0, 2, 1, 3}), {0, 0, -1}); }
   // a[start:end] along `axis` (negative counts from the end; end clamps).
   std::string slice(const std::string& a, std::int64_t axis, std::int64_t start, std::int64_t end) {
     return op("Slice", {a, i64({start}), i64({end}), i64({axis})});
@@ -83,7 +89,8 @@ class OnnxOps {
     return op("Shape", {a}, {{"start", axis}, {"end", axis == -1 ? std::int64_t{std::numeric_limits<std::int32_t>::max()} : axis + 1}});
   }
   // x W^T (+ b) for x [..., in] and a stored [out, in] weight (kept in its layout: one copy, shared when tied).
-  // An empty `bias` is none.
+  // An empty `bias` is none. With an fp16 W, x is rounded to fp16 for the product and the result comes back
+  // in fp32.
   std::string linear(const std::string& x, const std::string& weight, const std::string& bias = "");
   // RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) times w (or 1 + w, Gemma's).
   std::string rms_norm(const std::string& x, const std::string& weight, double eps, NormStyle style);
@@ -93,13 +100,26 @@ class OnnxOps {
  private:
   onnx_model::Model& model_;
   onnx_model::Graph& graph_;
+  const std::set<std::string>* half_matrices_;
+};
+
+// How a recurrence is written into the graph (onnx_linear_attention, onnx_delta_rule below).
+struct OnnxLinearAttentionOptions {
+  std::int64_t kv_heads = 0, groups = 1, key_dim = 0, value_dim = 0;  // Hkv, Hq / Hkv, K, V
+  bool decay_per_channel = false;  // log decay [.., K] (GLA) rather than [.., 1] (one per head)
+  double scale = 1.0;
+  double eps = 1e-10;
+  std::int64_t chunk_size = 64;
+  // ONNX's LinearAttention operator (opset 27) instead of the Scan of standard operators, where it covers the
+  // recurrence (no normaliser); the states keep their layout, so both graphs take the same inputs.
+  bool use_operator = false;
 };
 
 // The model-wide part of the graph every layer reads: the inputs, the weights already in the graph, the RoPE
 // tables per configuration, and the state inputs and outputs declared so far.
 struct OnnxModelContext {
-  OnnxModelContext(onnx_model::Model& m, const ModelConfig& c, const CheckpointWeights& w)
-      : model(m), ops(m, m.graph()), config(c), checkpoint(w) {}
+  OnnxModelContext(onnx_model::Model& m, const ModelConfig& c, const CheckpointWeights& w, bool half)
+      : model(m), ops(m, m.graph(), &half_matrices), config(c), checkpoint(w), fp16_matrices(half) {}
 
   onnx_model::Model& model;
   OnnxOps ops;
@@ -109,11 +129,17 @@ struct OnnxModelContext {
   std::map<std::string, std::string> weights;  // tensor name -> its fp32 value
   std::map<std::string, std::pair<std::string, std::string>> cos_sin;
   std::optional<std::string> token_mask;       // [B, 1, S, 1]
+  std::int64_t opset = 0;
+  bool fp16_matrices = false;                  // --dtype fp16: the projections and embeddings stored in fp16
+  std::set<std::string> half_matrices;
   bool linear_attention_operator = false;      // recurrences through ONNX's LinearAttention (opset 27)
 
   // A checkpoint tensor as an initializer (its bytes as stored, named as in model.safetensors), cast to fp32
   // in the graph when stored narrower.
   std::string weight(const std::string& name);
+  // A projection or embedding matrix: weight(name), or with fp16_matrices the tensor rounded to fp16 (InputError
+  // when a value does not fit fp16's range).
+  std::string matrix(const std::string& name);
   // cos and sin [B, 1, S, rotary_dim] at position_ids for one RoPE configuration.
   std::pair<std::string, std::string> rope_tables(const RopeConfig& rope, std::int64_t head_dim);
   std::string mask_of_tokens();
@@ -125,12 +151,12 @@ class OnnxLayer {
   OnnxLayer(OnnxModelContext& context, std::int64_t layer, const RecipeParams& params)
       : context_(context), layer_(layer), params_(params) {}
 
-  std::int64_t index() const { return layer_; }
   const ModelConfig& config() const { return context_.config; }
   const RecipeParams& params() const { return params_; }
+  std::int64_t opset() const { return context_.opset; }
   OnnxOps& ops() { return context_.ops; }
   // Options of onnx_linear_attention / onnx_delta_rule with the export's choice of form.
-  struct OnnxLinearAttentionOptions linear_attention_options() const;
+  OnnxLinearAttentionOptions linear_attention_options() const;
 
   // The layer's weights in the graph (fp32): the source attention's module weight or bias, a recipe tensor.
   std::string weight(names::LayerModule module);
@@ -158,10 +184,16 @@ class OnnxLayer {
   // `shape` with "batch" as its first dim. state() returns the past value; set_state() names the present one.
   std::string state(const std::string& kind, const std::vector<Dim>& shape);
   void set_state(const std::string& kind, const std::string& value, const std::vector<Dim>& shape);
-  // The window's keys and values past_key_values.{i}.key/.value [B, Hkv, n, D], n <= window, and their next
-  // values present.{i}.key/.value.
-  std::pair<std::string, std::string> window_cache();
-  void set_window_cache(const std::string& key, const std::string& value);
+  // The window branch of the hybrids (Liger, LoLCATs) over the cached keys (past_key_values.{i}.key/.value
+  // [B, Hkv, n <= window, D]) and the call's (q, k RoPE'd): query i, at index n + i of the keys, sees key j when
+  // 0 <= n + i - j < window and j is not padding (its own key always), with softmax's exp(s_ij - c_i), c_i the
+  // row max. Writes present.{i}.key/.value, the last `window` keys. Returns the numerator [B, H, S, D] and
+  // denominator [B, H, S, 1], and for the linear part over the keys that left the window: n + i - j [S, T], the
+  // keys' validity [B, 1, 1, T] (bool) and the keys and values [B, Hkv, T, D].
+  struct WindowBranch {
+    std::string numerator, denominator, back, key_valid, keys, values;
+  };
+  WindowBranch window_branch(const std::string& q, const std::string& k, const std::string& v, std::int64_t window);
 
  private:
   OnnxModelContext& context_;
@@ -176,16 +208,6 @@ class OnnxLayer {
 struct OnnxLinearAttention {
   std::string o, state, normalizer;
 };
-struct OnnxLinearAttentionOptions {
-  std::int64_t kv_heads = 0, groups = 1, key_dim = 0, value_dim = 0;  // Hkv, Hq / Hkv, K, V
-  bool decay_per_channel = false;  // log decay [.., K] (GLA) rather than [.., 1] (one per head)
-  double scale = 1.0;
-  double eps = 1e-10;
-  std::int64_t chunk_size = 64;
-  // ONNX's LinearAttention operator (opset 27) instead of the Scan of standard operators, where it covers the
-  // recurrence (no normaliser); the states keep their layout, so both graphs take the same inputs.
-  bool use_operator = false;
-};
 OnnxLinearAttention onnx_linear_attention(OnnxOps& ops, const std::string& q, const std::string& k, const std::string& v,
                                           const std::optional<std::string>& log_decay, const std::string& state,
                                           const std::optional<std::string>& normalizer,
@@ -197,15 +219,5 @@ OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const st
                                     const std::string& beta, const std::string& log_decay, const std::string& state,
                                     const OnnxLinearAttentionOptions& options);
 
-// The window branch of the hybrids: query i (at index `cached` + i of keys/values [B, Hkv, T, D], T = cached +
-// S) sees key j when 0 <= cached + i - j < window, softmax's exp(s_ij - c_i) with c_i the row max. Returns
-// numerator [B, H, S, D] and denominator [B, H, S, 1] of that window, and cached + i - j [S, T] (int64) for
-// the linear part that covers the keys that left it.
-struct WindowParts {
-  std::string numerator, denominator, back;
-};
-WindowParts onnx_window_parts(OnnxOps& ops, const std::string& q, const std::string& keys, const std::string& values,
-                              const std::string& cached, std::int64_t window, double scale, std::int64_t kv_heads,
-                              std::int64_t groups, std::int64_t head_dim);
 
 }  // namespace linearize

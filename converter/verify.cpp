@@ -210,7 +210,9 @@ void check_onnx(const std::filesystem::path& dir, const ModelConfig& config, Rep
   for (const auto& init : info.initializers) {
     if (!weights.contains(init.name)) continue;
     in_graph.insert(init.name);
-    const auto t = weights.tensor(init.name);
+    // An fp16 graph (export-onnx --dtype fp16) holds its matrices as the checkpoint's values rounded to fp16.
+    auto t = weights.tensor(init.name);
+    if (init.type == onnx_model::ElementType::f16 && t.scalar_type() != at::kHalf) t = t.to(at::kHalf).contiguous();
     const std::uint8_t* bytes = reinterpret_cast<const std::uint8_t*>(init.inline_bytes.data());
     if (!init.location.empty()) {
       auto& file = data_files[init.location];
@@ -224,13 +226,13 @@ void check_onnx(const std::filesystem::path& dir, const ModelConfig& config, Rep
   }
   for (const auto& name : weights.names())
     if (!in_graph.count(name) && differ++ == 0) first_differ = name + " (not in the graph)";
-  r.add("L6", "onnx weights byte-identical to model.safetensors", static_cast<double>(differ), "==", 0,
+  r.add("L6", "onnx weights byte-identical to model.safetensors (or its fp16 rounding)", static_cast<double>(differ), "==", 0,
         differ ? "first: " + first_differ : std::to_string(in_graph.size()) + " tensors");
   if (!config.linearize.is_null()) {
     std::map<std::string, std::string> metadata(info.metadata.begin(), info.metadata.end());
     const auto of = recipe_of(config);
-    const bool same = metadata[kOnnxRecipeKey] == of.recipe->name && metadata.count(kOnnxParamsKey) &&
-                      nlohmann::json::parse(metadata[kOnnxParamsKey]) == of.params;
+    const auto params = nlohmann::json::parse(metadata[kOnnxParamsKey], nullptr, /*allow_exceptions=*/false);
+    const bool same = metadata[kOnnxRecipeKey] == of.recipe->name && params == of.params;
     r.add("L6", "onnx graph built from this recipe and parameters", same ? 0 : 1, "==", 0,
           same ? of.recipe->name : "graph: " + metadata[kOnnxRecipeKey] + " " + metadata[kOnnxParamsKey]);
   }

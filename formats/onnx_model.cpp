@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <fstream>
 #include <functional>
+#include <exception>
 #include <limits>
+#include <map>
 #include <set>
 
 #include <onnx/checker.h>
@@ -130,16 +132,27 @@ std::size_t Graph::node_count() const { return static_cast<std::size_t>(impl_->p
 const onnx::GraphProto& Graph::proto() const { return impl_->proto; }
 
 // protobuf's output stream onto an AtomicFile.
+// protobuf calls Write from its adaptor's destructor too, so a failure is kept and reported, never thrown there.
 class AtomicFileStream final : public google::protobuf::io::CopyingOutputStream {
  public:
   explicit AtomicFileStream(AtomicFile& file) : file_(file) {}
   bool Write(const void* buffer, int size) override {
-    file_.write(buffer, static_cast<std::size_t>(size));
-    return true;
+    if (error_) return false;
+    try {
+      file_.write(buffer, static_cast<std::size_t>(size));
+      return true;
+    } catch (...) {
+      error_ = std::current_exception();
+      return false;
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
   AtomicFile& file_;
+  std::exception_ptr error_;
 };
 
 struct PendingInitializer {
@@ -163,9 +176,20 @@ struct Model::Impl {
   std::set<std::string> names;
 };
 
+namespace {
+// The oldest IR version that carries `opset` (onnx.helper.VERSION_TABLE): a graph stamped with the library's
+// newest IR would be refused by runtimes that run its opset but predate that IR.
+std::int64_t ir_version_for(std::int64_t opset) {
+  static const std::map<std::int64_t, std::int64_t> table{{18, 8},  {19, 9},  {20, 9},  {21, 10}, {22, 10},
+                                                          {23, 11}, {24, 12}, {25, 13}, {26, 13}, {27, 13}, {28, 14}};
+  const auto it = table.find(opset);
+  return it == table.end() ? static_cast<std::int64_t>(onnx::IR_VERSION) : it->second;
+}
+}  // namespace
+
 Model::Model(std::int64_t opset, const std::string& producer_version) : impl_(std::make_unique<Impl>()) {
   auto& m = impl_->proto;
-  m.set_ir_version(onnx::IR_VERSION);
+  m.set_ir_version(ir_version_for(opset));
   m.set_producer_name("linearize");
   m.set_producer_version(producer_version);
   auto* op = m.add_opset_import();
@@ -264,12 +288,17 @@ SaveResult Model::save(const std::filesystem::path& path, const SaveOptions& opt
     throw std::runtime_error(path.string() + ": the graph is over protobuf's 2 GiB limit; lower --external-data-above");
   AtomicFile graph_file(path);
   AtomicFileStream stream(graph_file);
+  bool serialized = false;
   {
     google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream);
-    if (!proto.SerializeToZeroCopyStream(&adaptor)) throw std::runtime_error(path.string() + ": the graph does not serialize");
+    serialized = proto.SerializeToZeroCopyStream(&adaptor) && adaptor.Flush();
   }
+  stream.rethrow();
+  if (!serialized) throw std::runtime_error(path.string() + ": the graph does not serialize");
   if (data) data->commit();
   graph_file.commit();
+  // An inline graph over an earlier external one: its data file would be a stray copy of old weights.
+  if (!data) std::filesystem::remove(data_path);
   result.graph_bytes = size;
   result.external_data_bytes = external ? offset : 0;
   result.initializers = static_cast<std::int64_t>(impl_->initializers.size());
@@ -331,9 +360,18 @@ FileInfo read_file_info(const std::filesystem::path& path) {
     i.shape.assign(t.dims().begin(), t.dims().end());
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       for (const auto& e : t.external_data()) {
+        const auto number = [&] {
+          std::size_t used = 0;
+          try {
+            const auto n = std::stoull(e.value(), &used);
+            if (used == e.value().size()) return n;
+          } catch (const std::exception&) {
+          }
+          throw InputError(path.string(), t.name() + ".external_data." + e.key(), "is not a byte count: " + e.value());
+        };
         if (e.key() == "location") i.location = e.value();
-        else if (e.key() == "offset") i.offset = std::stoull(e.value());
-        else if (e.key() == "length") i.length = std::stoull(e.value());
+        else if (e.key() == "offset") i.offset = number();
+        else if (e.key() == "length") i.length = number();
       }
     } else {
       i.inline_bytes = t.raw_data();

@@ -100,8 +100,9 @@ class Model {
 
   Graph& graph();
   // An initializer whose bytes are read from `data` when the model is saved: the caller keeps them alive
-  // until then (a view of a memory-mapped checkpoint, or `keep_alive`, released after saving). `written` is
-  // called once they are copied out (a mapped checkpoint drops the tensor's pages: one tensor resident at a time).
+  // until then (a view of a memory-mapped checkpoint), or `keep_alive` owns them (held as long as the Model).
+  // `written` is called once they are copied out (a mapped checkpoint drops the tensor's pages: one tensor
+  // resident at a time).
   void initializer(const std::string& name, ElementType type, const std::vector<std::int64_t>& shape,
                    const void* data, std::shared_ptr<const void> keep_alive = nullptr,
                    std::function<void()> written = nullptr);
@@ -112,7 +113,8 @@ class Model {
   bool has_initializer(const std::string& name) const;
   void metadata(const std::string& key, const std::string& value);
 
-  // Writes `path` (and `path`.data) through temporary names, renamed into place only when both are complete.
+  // Writes `path` (and `path`.data) through temporary names, renamed into place only when both are complete
+  // (the data first: the graph names it); an inline save removes a `path`.data left by an earlier one.
   SaveResult save(const std::filesystem::path& path, const SaveOptions& options = {}) const;
 
  private:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache curl clang libclang-rt-14-dev python3-venv
-  libspdlog-dev libcli11-dev libyaml-cpp-dev libhdf5-dev libonnx-dev libprotobuf-dev protobuf-compiler
+  libspdlog-dev libcli11-dev libyaml-cpp-dev libhdf5-dev libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev libssl-dev
 )
 

@@ -75,14 +75,9 @@ Recipe liger_gla_recipe() {
                                            o.mul(o.div(log_sigmoid_k, normalizer), mask), state, std::nullopt, options);
     layer.set_state("recurrent", lin.state, {"batch", Hkv, D, D});
     // Window branch over RoPE'd q, k: the cached keys and the call's.
-    const auto [past_k, past_v] = layer.window_cache();
-    const auto keys = o.concat({past_k, layer.rope(h.k)}, 2), values = o.concat({past_v, h.v}, 2);
-    const auto parts = onnx_window_parts(o, layer.rope(h.q), keys, values, o.dim(past_k, 2), window,
-                                         1.0 / std::sqrt(static_cast<double>(D)), Hkv, c.kv_groups(), D);
+    const auto w = layer.window_branch(layer.rope(h.q), layer.rope(h.k), h.v, window);
     const auto half = o.f32(0.5f);
-    const auto mixed = o.add(o.mul(o.div(parts.numerator, parts.denominator), half), o.mul(lin.o, half));
-    const auto keep = std::numeric_limits<std::int64_t>::max();
-    layer.set_window_cache(o.slice(keys, 2, -window, keep), o.slice(values, 2, -window, keep));
+    const auto mixed = o.add(o.mul(o.div(w.numerator, w.denominator), half), o.mul(lin.o, half));
     return layer.project_output(mixed);
   };
   return r;

@@ -95,36 +95,32 @@ Recipe lolcats_recipe() {
   r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
     auto& o = layer.ops();
     const auto& c = layer.config();
-    const std::int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+    const std::int64_t H = c.num_attention_heads, D = c.head_dim;
     const std::int64_t window = layer.params().at("window").get<std::int64_t>();
     const std::int64_t F = 2 * recipes::hedgehog_feature_dim(c, layer.params());
     const auto h = layer.project_heads(x);
     const auto q = layer.rope(h.q);
-    const auto [past_k, past_v] = layer.window_cache();
-    const auto keys = o.concat({past_k, layer.rope(h.k)}, 2), values = o.concat({past_v, h.v}, 2);
-    const auto parts = onnx_window_parts(o, q, keys, values, o.dim(past_k, 2), window,
-                                         1.0 / std::sqrt(static_cast<double>(D)), Hkv, c.kv_groups(), D);
+    const auto w = layer.window_branch(q, layer.rope(h.k), h.v, window);
     const auto phi_q = layer.hedgehog_map(q, layer.recipe_tensor(names::kFeatureMapQWeight));
-    const auto phi_k = layer.hedgehog_map(layer.repeat_kv(keys), layer.recipe_tensor(names::kFeatureMapKWeight));
-    const auto per_head_values = layer.repeat_kv(values);
+    const auto phi_k = layer.hedgehog_map(layer.repeat_kv(w.keys), layer.recipe_tensor(names::kFeatureMapKWeight));
+    const auto per_head_values = layer.repeat_kv(w.values);
     // [v, 1]: the ones column's sums are the normaliser's linear part (the state's last column).
     const auto ones_shape = o.concat({o.op("Shape", {per_head_values}, {{"end", std::int64_t{3}}}), o.i64({1})}, 0);
     const auto values_one = o.concat({per_head_values, o.op("Expand", {o.f32(1.0f), ones_shape})}, -1);
-    const auto left = o.op("GreaterOrEqual", {parts.back, o.scalar_i64(window)});  // [S, T]
+    // Keys past the window of query i (padded ones never count): [B, 1, S, T].
+    const auto left = o.op("And", {o.op("GreaterOrEqual", {w.back, o.scalar_i64(window)}), w.key_valid});
     const auto scores = o.op("Where", {left, o.matmul(phi_q, o.transpose(phi_k, {0, 1, 3, 2})), o.f32(0.0f)});
     const auto state = layer.state("recurrent", {"batch", H, F, D + 1});
     const auto lin = o.add(o.matmul(phi_q, state), o.matmul(scores, values_one));  // [B, H, S, D + 1]
     const auto factor = o.sigmoid(o.reshape(layer.recipe_tensor(names::kWindowFactors), {1, H, 1, 1}));
-    const auto y = o.div(o.add(o.mul(factor, parts.numerator), o.slice(lin, -1, 0, D)),
-                         o.add(o.mul(factor, parts.denominator), o.slice(lin, -1, D, D + 1)));
-    // The keys past the window after the call's last query: cached + S - 1 - j >= window.
-    const auto leaving = o.cast(o.op("GreaterOrEqual", {o.slice(parts.back, 0, -1, std::numeric_limits<std::int64_t>::max()),
-                                                        o.scalar_i64(window)}),
-                                onnx_model::ElementType::f32);  // [1, T]
-    const auto written = o.matmul(o.transpose(phi_k, {0, 1, 3, 2}), o.mul(values_one, o.transpose(leaving, {1, 0})));
+    const auto y = o.div(o.add(o.mul(factor, w.numerator), o.slice(lin, -1, 0, D)),
+                         o.add(o.mul(factor, w.denominator), o.slice(lin, -1, D, D + 1)));
+    // The keys past the window of the call's last query enter the state: [B, 1, T, 1].
+    const auto last_back = o.slice(w.back, 0, -1, std::numeric_limits<std::int64_t>::max());  // [1, T]
+    const auto leaving = o.op("And", {o.op("GreaterOrEqual", {last_back, o.scalar_i64(window)}), w.key_valid});
+    const auto entering = o.transpose(o.cast(leaving, onnx_model::ElementType::f32), {0, 1, 3, 2});
+    const auto written = o.matmul(o.transpose(phi_k, {0, 1, 3, 2}), o.mul(values_one, entering));
     layer.set_state("recurrent", o.add(state, written), {"batch", H, F, D + 1});
-    const auto keep = std::numeric_limits<std::int64_t>::max();
-    layer.set_window_cache(o.slice(keys, 2, -window, keep), o.slice(values, 2, -window, keep));
     return layer.project_output(y);
   };
   return r;

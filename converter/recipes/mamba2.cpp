@@ -118,10 +118,12 @@ Recipe mamba2_recipe() {
     const std::int64_t K = layer.params().at("conv_kernel").get<std::int64_t>(), kv = Hkv * d;
     const std::int64_t channels = 2 * kv + H * d;
     const auto h = layer.project_heads(x);
-    const auto tokens_first = [&](const std::string& heads) { return o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, -1}); };
-    // The short conv over [x, B, C]: the last K-1 inputs carried, a depthwise Conv over them and the call's.
+    const auto mask = layer.token_mask();  // [B, 1, S, 1]
+    // The short conv over [x, B, C]: the last K-1 inputs carried, a depthwise Conv over them and the call's (a
+    // padded token's inputs zeroed, as the zeros before a first token).
     const auto conv_state = layer.state("conv", {"batch", K - 1, channels});
-    const auto inputs = o.concat({conv_state, o.concat({tokens_first(h.v), tokens_first(h.k), tokens_first(h.q)}, -1)}, 1);
+    const auto channels_of_call = o.mul(o.concat({o.tokens_first(h.v), o.tokens_first(h.k), o.tokens_first(h.q)}, -1), o.squeeze(mask, {1}));
+    const auto inputs = o.concat({conv_state, channels_of_call}, 1);
     const auto conv = o.op("Conv", {o.transpose(inputs, {0, 2, 1}), o.reshape(layer.recipe_tensor(kConvWeight), {channels, 1, K}),
                                     layer.recipe_tensor(kConvBias)},
                            {{"group", channels}});
@@ -135,7 +137,6 @@ Recipe mamba2_recipe() {
     const auto xs = layer.repeat_kv(heads_of(0, kv, Hkv)), bs = layer.repeat_kv(heads_of(kv, kv, Hkv));
     const auto cs = heads_of(2 * kv, H * d, H);
     const auto dt = o.op("Softplus", {layer.per_head(x, layer.recipe_tensor(kDtWeight), layer.recipe_tensor(kDtBias))});  // [B, H, S, 1]
-    const auto mask = layer.token_mask();
     const auto log_decay = o.mul(o.neg(o.mul(o.exp(o.reshape(layer.recipe_tensor(kDecayLogScale), {1, H, 1, 1})), dt)), mask);
     auto options = layer.linear_attention_options();
     options.kv_heads = H;
@@ -147,7 +148,7 @@ Recipe mamba2_recipe() {
     // y = (SSD + D x) * silu(z), gated RMSNorm over all heads, then W_O.
     const auto skip = o.mul(o.reshape(layer.recipe_tensor(kSkip), {1, H, 1, 1}), xs);
     const auto z = o.linear(x, layer.recipe_tensor(kGateWeight));
-    const auto gated = o.mul(tokens_first(o.add(ssd.o, skip)), o.mul(z, o.sigmoid(z)));
+    const auto gated = o.mul(o.tokens_first(o.add(ssd.o, skip)), o.mul(z, o.sigmoid(z)));
     const auto eps = layer.params().at("norm_eps").get<double>();
     const auto normed = o.mul(o.rms_normalize(gated, eps), layer.recipe_tensor(kGateNormWeight));
     return layer.project_output(o.transpose(o.reshape(normed, {0, 0, H, d}), {0, 2, 1, 3}));

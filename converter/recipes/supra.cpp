@@ -104,15 +104,14 @@ Recipe supra_recipe() {
     const auto h = layer.project_heads(x);
     // phi over the concatenated heads of a token: [B, h, S, d] -> [B, S, h d] -> ReLU(. W^T + b) -> heads, RoPE.
     const auto phi = [&](const std::string& heads, const char* weight, const char* bias) {
-      const auto flat = o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, -1});
-      const auto mapped = o.op("Relu", {o.linear(flat, layer.recipe_tensor(weight), layer.recipe_tensor(bias))});
+      const auto mapped = o.op("Relu", {o.linear(o.tokens_first(heads), layer.recipe_tensor(weight), layer.recipe_tensor(bias))});
       return layer.rope(o.transpose(o.reshape(mapped, {0, 0, -1, d}), {0, 2, 1, 3}));
     };
     const auto mask = layer.token_mask();
     const auto phi_k = o.mul(layer.repeat_kv(phi(h.k, names::kFeatureMapKWeight, names::kFeatureMapKBias)), mask);
     std::vector<float> log_gamma;
     for (const double slope : alibi_slopes(H)) log_gamma.push_back(static_cast<float>(-slope));
-    const auto gamma = o.model().constant(o.graph().fresh_name("supra_log_gamma"), log_gamma, {1, H, 1, 1});
+    const auto log_gamma_heads = o.model().constant(o.graph().fresh_name("supra_log_gamma"), log_gamma, {1, H, 1, 1});
     auto options = layer.linear_attention_options();
     options.kv_heads = H;  // per query head, as SupraMixer's state
     options.key_dim = d;
@@ -121,7 +120,7 @@ Recipe supra_recipe() {
     const auto state = layer.state("recurrent", {"batch", H, d, d});
     // A padded token keeps the state: no write (k = 0) and no decay (log gamma x 0).
     const auto lin = onnx_linear_attention(o, phi(h.q, names::kFeatureMapQWeight, names::kFeatureMapQBias), phi_k,
-                                           layer.repeat_kv(h.v), o.mul(mask, gamma), state, std::nullopt, options);
+                                           layer.repeat_kv(h.v), o.mul(mask, log_gamma_heads), state, std::nullopt, options);
     layer.set_state("recurrent", lin.state, {"batch", H, d, d});
     // GroupNorm per head, no affine.
     const auto centred = o.sub(lin.o, o.reduce_mean(lin.o, -1));

@@ -80,6 +80,25 @@ TEST(ExportOnnxCli, ASourceCheckpointGetsOnnxruntimeGenaisConfig) {
   EXPECT_NE(std::find(info.inputs.begin(), info.inputs.end(), "past_key_values.0.value"), info.inputs.end());
 }
 
+TEST(ExportOnnxCli, AnFp16GraphHoldsTheMatricesRoundedToFp16) {
+  test::TempDir dir;
+  const auto model = dir / "out";
+  ASSERT_EQ(convert(model, "gated-deltanet").exit_code, 0);
+  ASSERT_EQ(test::run_linearize({"export-onnx", "--model", model.string(), "--out", (dir / "fp32.onnx").string()}).exit_code, 0);
+  const auto r = test::run_linearize({"export-onnx", "--model", model.string(), "--dtype", "fp16"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto info = onnx_model::read_file_info(model / "model.onnx");
+  std::int64_t half = 0;
+  for (const auto& init : info.initializers) half += init.type == onnx_model::ElementType::f16;
+  // embed_tokens and, per layer, q/k/v/o and gate/up/down (tiny-llama ties lm_head to the embeddings).
+  EXPECT_EQ(half, 1 + 7 * 2);
+  EXPECT_LT(std::filesystem::file_size(model / "model.onnx"), 0.6 * std::filesystem::file_size(dir / "fp32.onnx"));
+  // L6 compares them with the checkpoint rounded to fp16.
+  const auto verify = test::run_linearize({"verify", "--model", model.string()});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out;
+  EXPECT_NE(row_of(verify.out, "onnx weights byte-identical to model.safetensors").find("PASS"), std::string::npos) << verify.out;
+}
+
 TEST(ExportOnnxCli, BadInputIsExitTwoWithNothingWritten) {
   test::TempDir dir;
   const auto model = dir / "out";

@@ -138,6 +138,13 @@ def main():
             print("-- planted change: liger-gla gate normaliser doubled in modeling_linearize.py", flush=True)
             if not logits_rows_all_fail(check_hf_export.check(planted, BINARY, check_hf_export.Report())):
                 failed.append("planted change in the modeling file not caught")
+            # --dtype fp16: runs, finite, fixed states; its agreement with fp32 is reported.
+            for recipe in ("liger-gla", "gated-deltanet"):
+                model_dir = os.path.join(tmp, recipe)
+                path = export_onnx(model_dir, ["--dtype", "fp16", "--out", os.path.join(model_dir, "fp16.onnx")])
+                print(f"-- {args.family} {recipe}: fp16 graph", flush=True)
+                if not check_onnx_export.check(model_dir, path, BINARY, check_hf_export.Report("L6")).passed:
+                    failed.append(f"{recipe} fp16 graph")
             planted = plant_in_graph(os.path.join(tmp, "liger-gla"))
             print("-- planted change: liger-gla gate normaliser doubled in model.onnx", flush=True)
             report = check_onnx_export.check(planted, os.path.join(planted, "model.onnx"), BINARY, check_hf_export.Report("L6"))
