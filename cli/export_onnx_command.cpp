@@ -2,7 +2,6 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <filesystem>
 #include <memory>
 
 #include "cli/commands.h"
@@ -48,15 +47,10 @@ void add_export_onnx_command(CLI::App& app) {
                      : ", weights in " + result.saved.external_data.filename().string() + " " +
                            std::to_string(result.saved.external_data_bytes / 1000000) + " MB",
                  seconds);
-    const auto check = onnx_model::check_file(result.path);
-    if (!check.ok()) {
-      // An invalid graph is not left behind as if it were an export.
-      std::filesystem::remove(result.path);
-      if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
-      if (!result.genai_config.empty()) std::filesystem::remove(result.genai_config);
-      throw CheckFailed("export-onnx: the written graph fails ONNX's checks (removed): " + check.checker + check.shape_inference);
-    }
-    spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", check.opset);
+    if (!result.check.ok())
+      throw CheckFailed("export-onnx: the written graph fails ONNX's checks (removed): " + result.check.checker +
+                        result.check.shape_inference);
+    spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", result.check.opset);
     if (!result.genai_config.empty()) spdlog::info("wrote {} (onnxruntime-genai)", result.genai_config.string());
   });
 }

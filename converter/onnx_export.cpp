@@ -203,6 +203,12 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   result.path = options.out.empty() ? options.model / kOnnxFileName : options.out;
   result.nodes = static_cast<std::int64_t>(graph.node_count());
   result.saved = model.save(result.path, options.save);
+  result.check = onnx_model::check_file(result.path);
+  if (!result.check.ok()) {
+    std::filesystem::remove(result.path);
+    if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
+    return result;
+  }
   if (std::none_of(converted.begin(), converted.end(), [](bool c) { return c; })) {
     result.genai_config = result.path.parent_path() / "genai_config.json";
     write_file_atomic(result.genai_config, genai_config(config, result.path.filename().string()).dump(4) + "\n");

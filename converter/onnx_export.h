@@ -47,6 +47,9 @@ struct OnnxExportResult {
   // onnxruntime-genai's config, written beside the graph when every layer is softmax attention (its schema
   // knows key/value caches only); empty otherwise.
   std::filesystem::path genai_config;
+  // ONNX's full checker and strict shape inference on the written file. A graph that fails them is removed
+  // (with its data file) and no genai config is written: nothing invalid is left as if it were an export.
+  onnx_model::CheckResult check;
 };
 
 // Throws InputError (exit 2, nothing written) for a model it cannot express: a layer whose recipe has no ONNX

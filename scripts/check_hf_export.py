@@ -43,6 +43,13 @@ class Report:
     def passed(self):
         return all(r["pass"] for r in self.rows)
 
+    def finish(self, json_path=None):
+        """Writes the rows to `json_path` when given; the exit status (0 every row passed, 1 one failed)."""
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(self.rows, f, indent=1)
+        return 0 if self.passed else 1
+
 
 def relative_error(ours, reference):
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
@@ -200,11 +207,7 @@ def main():
     if not os.path.isfile(os.path.join(args.model, "modeling_linearize.py")):
         print(f"error: {args.model}/modeling_linearize.py: missing (not a linearize export)", file=sys.stderr)
         return 2
-    report = check(args.model, args.linearize, Report())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.rows, f, indent=1)
-    return 0 if report.passed else 1
+    return check(args.model, args.linearize, Report()).finish(args.json)
 
 
 if __name__ == "__main__":

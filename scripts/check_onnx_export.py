@@ -63,6 +63,18 @@ class OnnxModel:
                                         np.arange(past, past + n, dtype=np.int64)[None], states)
         return logits[0], states
 
+    def decode(self, prompt, fed=None, greedy_steps=0):
+        """A prefill of `prompt` from empty states, then one decode step per token: each of `fed`, or for
+        `greedy_steps` steps the argmax of the previous logits. Returns the prefill's logits [P, vocab], the
+        steps' logits [steps, vocab], and the states after the prefill and after the last step."""
+        logits, states = self.run(prompt, self.empty_states())
+        after_prefill, rows, token = states, [], int(logits[-1].argmax())
+        for t in range(len(fed) if fed is not None else greedy_steps):
+            step, states = self.run([fed[t] if fed is not None else token], states, past=len(prompt) + t)
+            rows.append(step[-1])
+            token = int(step[-1].argmax())
+        return logits, np.array(rows).reshape(len(rows), logits.shape[-1]), after_prefill, states
+
     def run_batch(self, ids, attention_mask, position_ids, states):
         """Logits [B, S, vocab] and the states after them (the whole history's attention_mask, as genai feeds it)."""
         feed = dict(states, input_ids=ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -104,22 +116,12 @@ def check_fp16(model_dir, onnx_path, binary, report, linearize=None):
     kl, top1 = agreement(ours, linearize.logits(tokens).numpy())
     finite = bool(np.isfinite(ours).all())
     report.add("fp16 graph: 600-token logits non-finite", int(not finite), 0, finite, f"KL(fp32 || fp16) {kl:.3g}, top-1 {top1:.3f}")
-    prompt = tokens[:DECODE_PROMPT]
-    generated, _ = linearize.generate(prompt, DECODE_STEPS)
-    reference = linearize.logits(prompt + generated[:-1]).numpy()[DECODE_PROMPT - 1:]
-    logits, states = model.run(prompt, model.empty_states())
-    shapes = {k: v.shape for k, v in states.items() if not k.startswith("past_key_values.")}
-    rows = [logits[-1]]
-    for t in range(DECODE_STEPS - 1):
-        logits, states = model.run([generated[t]], states, past=DECODE_PROMPT + t)
-        rows.append(logits[-1])
-    rows = np.stack(rows)
+    rows, reference, _, after_prefill, states = decode_against_linearize(model, linearize, tokens)
     kl, top1 = agreement(rows, reference)
     finite = bool(np.isfinite(rows).all())
     report.add(f"fp16 graph: prefill + {DECODE_STEPS} decode steps non-finite", int(not finite), 0, finite,
                f"KL(fp32 || fp16) {kl:.3g}, top-1 {top1:.3f}")
-    grown = [k for k, shape in shapes.items() if states[k].shape != shape]
-    report.add(f"recurrent states: shapes changed in {DECODE_STEPS} steps", len(grown), 0, not grown, ", ".join(grown))
+    report_state_shapes(report, after_prefill, states)
     return report
 
 
@@ -139,24 +141,14 @@ def check(model_dir, onnx_path, binary, report, linearize=None):
         err = relative_error(ours, linearize.logits(ids).numpy())
         report.add(f"logits {n} tokens vs linearize forward", err, TOLERANCE, err <= TOLERANCE)
 
-    prompt = tokens[:DECODE_PROMPT]
-    generated, _ = linearize.generate(prompt, DECODE_STEPS)
-    reference = linearize.logits(prompt + generated[:-1]).numpy()  # positions P-1 .. P+62 predict the 64 tokens
-    logits, states = model.run(prompt, model.empty_states())
-    first_shapes = {k: v.shape for k, v in states.items() if not k.startswith("past_key_values.")}
-    rows, picked = [logits[-1]], [int(logits[-1].argmax())]
-    for t in range(DECODE_STEPS - 1):
-        logits, states = model.run([generated[t]], states, past=DECODE_PROMPT + t)
-        rows.append(logits[-1])
-        picked.append(int(logits[-1].argmax()))
-    err = relative_error(np.stack(rows), reference[DECODE_PROMPT - 1:])
+    rows, reference, generated, after_prefill, states = decode_against_linearize(model, linearize, tokens)
+    err = relative_error(rows, reference)
     report.add(f"prefill {DECODE_PROMPT} + {DECODE_STEPS} decode steps vs linearize", err, TOLERANCE, err <= TOLERANCE)
+    picked = rows.argmax(-1).tolist()
     same = next((i for i, (a, b) in enumerate(zip(picked, generated)) if a != b), len(picked))
     report.add(f"greedy {DECODE_STEPS} tokens == linearize generate", DECODE_STEPS - same, 0, same == len(picked),
                "identical" if same == len(picked) else f"first difference at step {same}: {picked[same]} vs {generated[same]}")
-    grown = [k for k, shape in first_shapes.items() if states[k].shape != shape]
-    report.add(f"recurrent states: shapes changed in {DECODE_STEPS} steps", len(grown), 0, not grown,
-               ", ".join(grown) or f"{len(first_shapes)} states")
+    report_state_shapes(report, after_prefill, states)
     window_caches = [v.shape[2] for k, v in states.items()
                      if k.startswith("past_key_values.") and int(k.split(".")[1]) in converted_layers(config)]
     if window_caches:
@@ -164,6 +156,24 @@ def check(model_dir, onnx_path, binary, report, linearize=None):
     err = padded_batch_error(model, [tokens[5:70], tokens[100:120], tokens[200:201]], PADDED_STEPS)
     report.add(f"left-padded batch of 3 == each alone (prefill + {PADDED_STEPS} steps)", err, TOLERANCE, err <= TOLERANCE)
     return report
+
+
+def decode_against_linearize(model, linearize, tokens):
+    """The graph's logits for the 64 tokens `linearize generate` picks after a 137-token prompt (prefill, then
+    decode steps fed with those tokens and the returned states), `linearize forward`'s logits at the same
+    positions (P-1 .. P+62 predict them), the tokens, and the graph's states after the prefill and at the end."""
+    prompt = tokens[:DECODE_PROMPT]
+    generated, _ = linearize.generate(prompt, DECODE_STEPS)
+    reference = linearize.logits(prompt + generated[:-1]).numpy()[DECODE_PROMPT - 1:]
+    prefill, steps, after_prefill, states = model.decode(prompt, fed=generated[:-1])
+    return np.concatenate([prefill[-1:], steps]), reference, generated, after_prefill, states
+
+
+def report_state_shapes(report, before, after):
+    """Recurrent states (not KV caches) keep their shapes over the decode."""
+    grown = [k for k, v in before.items() if not k.startswith("past_key_values.") and after[k].shape != v.shape]
+    count = sum(not k.startswith("past_key_values.") for k in before)
+    report.add(f"recurrent states: shapes changed in {DECODE_STEPS} steps", len(grown), 0, not grown, ", ".join(grown) or f"{count} states")
 
 
 def converted_layers(config):
@@ -191,14 +201,8 @@ def padded_batch_error(model, prompts, steps):
     err = 0.0
     for i, p in enumerate(prompts):
         ours = np.concatenate(batched[i])
-        alone, alone_states = model.run(p, model.empty_states())
-        rows = [alone]
-        token = int(alone[-1].argmax())
-        for t in range(steps):
-            step, alone_states = model.run([token], alone_states, past=len(p) + t)
-            rows.append(step)
-            token = int(step[-1].argmax())
-        err = max(err, relative_error(ours, np.concatenate(rows)))
+        prefill, steps_alone, _, _ = model.decode(p, greedy_steps=steps)
+        err = max(err, relative_error(ours, np.concatenate([prefill, steps_alone])))
     return err
 
 
@@ -208,13 +212,8 @@ def compare_graphs(model_dir, first, second, report, label):
     tokens = text_tokens(model_dir, 600 + 16)
     outputs = []
     for path in (first, second):
-        model = OnnxModel(path)
-        logits, states = model.run(tokens[:600], model.empty_states())
-        rows = [logits]
-        for t in range(600, 616):
-            step, states = model.run([tokens[t]], states, past=t)
-            rows.append(step)
-        outputs.append(np.concatenate(rows))
+        prefill, steps, _, _ = OnnxModel(path).decode(tokens[:600], fed=tokens[600:616])
+        outputs.append(np.concatenate([prefill, steps]))
     err = relative_error(outputs[1], outputs[0])
     report.add(label, err, TOLERANCE, err <= TOLERANCE)
     return report
@@ -235,10 +234,7 @@ def main():
     report = check(args.model, onnx_path, args.linearize, Report("L6"))
     if args.compare:
         compare_graphs(args.model, onnx_path, args.compare, report, f"{os.path.basename(args.compare)} == {os.path.basename(onnx_path)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.rows, f, indent=1)
-    return 0 if report.passed else 1
+    return report.finish(args.json)
 
 
 if __name__ == "__main__":
