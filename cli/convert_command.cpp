@@ -19,6 +19,8 @@ void add_convert_command(CLI::App& app) {
     std::string model, recipe, out;
     std::vector<std::string> settings;
     bool force = false;
+    std::uint64_t max_shard_size = kDefaultMaxShardBytes;
+    VerifyFlags verify;
   };
   auto opts = std::make_shared<Options>();
   std::string recipes;
@@ -29,6 +31,10 @@ void add_convert_command(CLI::App& app) {
   cmd->add_option("--out", opts->out, "Output directory")->required();
   cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0] (or auto:N: the N layers select-layers ranks highest)");
   cmd->add_flag("--force", opts->force, "Overwrite an existing output directory");
+  cmd->add_option("--max-shard-size", opts->max_shard_size,
+                  "Above this the weights are written as Hugging Face shards with an index (e.g. 5GB, 500MB; default 5GB)")
+      ->transform(CLI::AsSizeValue(false));
+  add_verify_flags(*cmd, opts->verify);
   cmd->callback([opts] {
     ConvertOptions convert;
     convert.source = opts->model;
@@ -36,6 +42,7 @@ void add_convert_command(CLI::App& app) {
     convert.recipe = opts->recipe;
     convert.params = parse_settings(opts->settings);
     convert.force = opts->force;
+    convert.max_shard_bytes = opts->max_shard_size;
     const auto started = std::chrono::steady_clock::now();
     convert.progress = [](std::int64_t layer, std::int64_t layers) {
       spdlog::info("converted layer {}/{}", layer + 1, layers);
@@ -47,6 +54,7 @@ void add_convert_command(CLI::App& app) {
     // The export records the logits its verify prompts give (L2 of every later verify), then is verified.
     VerifyOptions verify;
     verify.progress = log_verify_stage;
+    apply_verify_flags(opts->verify, opts->out, verify);
     report_verification(record_and_verify(opts->out, opts->model, verify), opts->out, std::nullopt);
   });
 }

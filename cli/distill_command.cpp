@@ -63,6 +63,10 @@ void add_distill_command(CLI::App& app) {
           std::printf("%-20s %10.4f   %10.6f\n", label, (*figures)->student_perplexity, (*figures)->kl);
       std::fflush(stdout);
     }
+    if (!result.verify) {  // a rank other than 0 of a multi-process job: rank 0 exports and verifies
+      std::cout << "trained to step " << result.step << "; rank 0 exports\n";
+      return;
+    }
     report_verification(*result.verify, result.export_dir, std::nullopt);
   });
 }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "distill/distributed.h"
 #include "formats/error.h"
 
 namespace {
@@ -19,6 +20,7 @@ namespace {
 constexpr int kExitCheckFailed = 1;
 constexpr int kExitBadInput = 2;
 constexpr int kExitInternal = 3;
+constexpr int kExitJobFailed = 4;  // a multi-process job lost a rank: resume it
 
 }  // namespace
 
@@ -60,6 +62,9 @@ int main(int argc, char** argv) {
   } catch (const linearize::InputError& e) {
     std::cerr << "error: " << e.what() << '\n';
     return kExitBadInput;
+  } catch (const linearize::DistributedError& e) {
+    std::cerr << "error: " << e.what() << '\n';
+    return kExitJobFailed;
   } catch (const c10::Error& e) {
     std::cerr << "internal error: " << e.what_without_backtrace() << '\n';
     return kExitInternal;

@@ -168,12 +168,18 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   // A forced rewrite makes the directory incomplete first: config.json goes last.
   std::filesystem::remove(out / "config.json");
 
+  // The copies stream from the source's mapping to the output in its dtype, one tensor resident at a time:
+  // each tensor's pages are released once hashed and again once written (mapped pages count in the
+  // process's RSS until dropped), so peak memory is the largest tensor plus the recipe's new ones.
   NamedTensors tensors;
   nlohmann::ordered_json copied;  // name -> sha256 of its bytes: verify's L0 checks the copies against these
-  for (const auto& name : source.names()) {
-    auto view = source.tensor(name);  // a view of the mapping: no copy
-    copied[name] = sha256_hex(view.data_ptr(), view.nbytes());
-    tensors.emplace_back(name, std::move(view));
+  for (const auto& shard : source.shards()) {
+    for (const auto& name : shard.names()) {  // the source's own order, which sharding follows
+      auto view = shard.tensor(name);  // a view of the mapping: no copy
+      copied[name] = sha256_hex(view.data_ptr(), view.nbytes());
+      shard.release(name);
+      tensors.emplace_back(name, std::move(view));
+    }
   }
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
     if (!is_softmax_layer(result.params, i)) {
@@ -186,10 +192,12 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
     }
     if (options.progress) options.progress(i, config.num_hidden_layers);
   }
-  write_safetensors(out / kSingleWeightsFile, tensors,
-                    {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
-                     {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}});
-  std::filesystem::remove(out / kShardIndexFile);  // a forced rewrite of a once-sharded export
+  write_checkpoint(out, tensors,
+                   {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
+                    {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}},
+                   options.max_shard_bytes, [&](const std::string& name) {
+                     if (source.contains(name)) source.release(name);
+                   });
 
   for (const auto& name : passthrough_files()) {
     const auto from = options.source / name;

@@ -10,6 +10,7 @@
 
 #include "converter/model/causal_lm.h"
 #include "converter/recipes/recipe.h"
+#include "formats/checkpoint.h"
 
 namespace linearize {
 
@@ -43,6 +44,7 @@ struct ConvertOptions {
   nlohmann::json params = nlohmann::json::object();
   std::string params_origin = "command line";           // names them in errors
   bool force = false;
+  std::uint64_t max_shard_bytes = kDefaultMaxShardBytes;  // above it model.safetensors is written as shards
   std::function<void(std::int64_t layer, std::int64_t layers)> progress;  // after each layer's tensors
 };
 
@@ -52,8 +54,8 @@ struct ConvertResult {
   std::int64_t new_parameters = 0;
 };
 
-// Writes the converted directory: model.safetensors (every source tensor copied byte for byte, then the
-// recipe's new tensors in fp32), tokenizer files, and config.json last (the directory counts as complete
+// Writes the converted directory: model.safetensors or its shards (every source tensor copied byte for
+// byte in its dtype, then the recipe's new tensors in fp32), tokenizer files, and config.json last (the directory counts as complete
 // only then). Refuses an existing output without `force`.
 ConvertResult convert_checkpoint(const ConvertOptions& options);
 

@@ -846,7 +846,7 @@ VerifyReport verify_model(const VerifyOptions& options) {
 VerifyReport record_and_verify(const std::filesystem::path& dir, const std::filesystem::path& source, VerifyOptions options) {
   {
     const auto model = load_model(dir, options.load);
-    record_verify_logits(dir, model, builtin_verify_prompts(dir, model.config()).ids);
+    record_verify_logits(dir, model, options.prompts.ids.empty() ? builtin_verify_prompts(dir, model.config()).ids : options.prompts.ids);
   }  // one model in memory at a time
   options.model = dir;
   options.source = source;

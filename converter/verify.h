@@ -84,8 +84,9 @@ inline constexpr const char* kVerifyReportFile = "verify.json";
 void record_verify_logits(const std::filesystem::path& dir, const CausalLM& model,
                           const std::vector<std::vector<std::int64_t>>& prompts);
 
-// What every export does last (convert, distill): record the logits of the built-in prompts from the
-// export as loaded, then verify it against its source with `options` (model and prompts are set here).
+// What every export does last (convert, distill): record the logits of options.prompts (the built-in ones
+// when none are given) from the export as loaded, then verify it against its source with `options` (model
+// and source are set here).
 VerifyReport record_and_verify(const std::filesystem::path& dir, const std::filesystem::path& source,
                                VerifyOptions options = {});
 

@@ -1,5 +1,6 @@
 #include "distill/export.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -20,8 +21,8 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
   fs::remove_all(out / kPeftAdapterDir);
   for (const auto& entry : fs::directory_iterator(converted)) {
     const auto name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == kSingleWeightsFile || name == kVerifyLogitsFile ||
-        name == kVerifyReportFile)
+    if (!entry.is_regular_file() || name == "config.json" || name == kVerifyLogitsFile || name == kVerifyReportFile ||
+        is_weights_file(name))
       continue;
     fs::copy_file(entry.path(), out / name, fs::copy_options::overwrite_existing);
   }
@@ -35,21 +36,27 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
       merged_names.push_back(names::weight_of(lora->path()));
     }
   }
-  const auto file = SafetensorsFile::open(converted / kSingleWeightsFile);
-  auto metadata = file.metadata();
+  const auto weights = CheckpointWeights::open(converted);
+  auto metadata = weights.shards().front().metadata();
   if (merge) {
     auto copied = nlohmann::json::parse(metadata.at(kCopiedTensorsMetadataKey));
     for (const auto& name : merged_names) copied.erase(name.get<std::string>());
     metadata[kCopiedTensorsMetadataKey] = copied.dump();
   }
   NamedTensors tensors;
-  for (const auto& name : file.names()) {
-    at::Tensor value = file.tensor(name);
-    if (const auto it = replaced.find(name); it != replaced.end())
-      value = it->second.detach().to(at::kCPU, value.scalar_type()).contiguous();
-    tensors.emplace_back(name, value);
+  std::uint64_t largest_shard = 0;
+  for (const auto& shard : weights.shards()) {
+    largest_shard = std::max<std::uint64_t>(largest_shard, shard.file_size());
+    for (const auto& name : shard.names()) {
+      at::Tensor value = shard.tensor(name);
+      if (const auto it = replaced.find(name); it != replaced.end())
+        value = it->second.detach().to(at::kCPU, value.scalar_type()).contiguous();
+      tensors.emplace_back(name, value);
+    }
   }
-  write_safetensors(out / kSingleWeightsFile, tensors, metadata);
+  // The conversion's layout (sharded when it was), its mapped pages released as they are written.
+  write_checkpoint(out, tensors, metadata, weights.sharded() ? largest_shard : kDefaultMaxShardBytes,
+                   [&](const std::string& name) { weights.release(name); });
   auto model_config = read_json_file(converted / "config.json");
   if (merge) {
     const auto& lora = config.stage2.lora;

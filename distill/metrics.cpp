@@ -202,6 +202,7 @@ void ProgressReporter::start(const std::string& stage, std::int64_t first_step, 
 }
 
 void ProgressReporter::update(std::int64_t step, double loss, std::int64_t tokens) {
+  if (out_ == nullptr) return;
   const double elapsed = clock_() - start_time_;
   const auto done = static_cast<double>(step - first_step_);
   std::string line = stage_ + "  step " + std::to_string(step) + "/" + std::to_string(total_steps_) + "  loss " + format("%.5g", loss);

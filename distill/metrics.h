@@ -38,7 +38,7 @@ class MetricsLog {
 class ProgressReporter {
  public:
   using Clock = std::function<double()>;  // seconds, monotonic
-  ProgressReporter(std::FILE* out, bool live, Clock clock = {});
+  ProgressReporter(std::FILE* out, bool live, Clock clock = {});  // a null `out` shows nothing
   static bool is_tty(std::FILE* out);
 
   // A stage starts (or resumes) at `first_step` of `total_steps`; rates and the ETA count from here.

@@ -6,6 +6,8 @@
 #include <spdlog/spdlog.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -20,6 +22,7 @@
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
 #include "distill/data.h"
+#include "distill/distributed.h"
 #include "distill/evaluate.h"
 #include "distill/export.h"
 #include "distill/layer_inputs.h"
@@ -118,6 +121,11 @@ struct StageLoss {
 // also keeps stage 1's result), its loss and its validation (which adds to a metrics record and returns
 // the figure a plateau schedule watches).
 struct StagePlan {
+  // Data-parallel: every rank computes its rows' share of the global batch's loss and the gradients are
+  // summed over the ranks before the step. Block-parallel stage 1 trains layers alone on each rank: its
+  // plans neither checkpoint nor stop (rank 0 checkpoints the whole stage once the ranks have met).
+  bool data_parallel = false;
+  bool checkpoints = true;
   std::string name;  // "stage1", "stage2"
   const Optimization* optim = nullptr;
   std::int64_t first_step = 0;  // the global step before this stage's first
@@ -202,7 +210,51 @@ struct TrainingContext {
   StopFlag& stop;
   at::Device device;
   const std::optional<Resumed>& resumed;
+  const ProcessGroup* group;  // null: a single-process run
+  fs::path work_dir;          // this rank's files: <out> for rank 0, <out>/rank<r> for the others
+  bool root() const { return group == nullptr || group->rank() == 0; }
 };
+
+// Rank 0 writes the checkpoints of a multi-process run (the others return an empty path).
+fs::path save_checkpoint(const TrainingContext& ctx, std::int64_t step, const NamedTensors& saved, OptimizerState optimizer,
+                         nlohmann::json scheduler) {
+  if (!ctx.root()) return {};
+  TrainingState state;
+  state.step = step;
+  for (const auto& [name, tensor] : saved) state.trainables.emplace_back(name, tensor.detach());
+  state.optimizer = std::move(optimizer);
+  state.scheduler = std::move(scheduler);
+  state.data_position = ctx.data.position().to_json();
+  state.config_yaml = ctx.config.dump();
+  state.rng = capture_rng();
+  return ctx.checkpoints.save(state);
+}
+
+// This rank's rows of a global batch [B, ...]: rows [r B/W, (r+1) B/W) (run_distill checks W divides B).
+at::Tensor rank_rows(const at::Tensor& batch, const ProcessGroup* group) {
+  if (group == nullptr) return batch;
+  const auto rows = batch.size(0) / group->world_size();
+  return batch.narrow(0, group->rank() * rows, rows);
+}
+
+// Sums a data-parallel step over the ranks: the gradients (bucketed), then the loss, the per-layer losses
+// and the stop requests in one message, so every rank steps, logs and stops alike.
+void all_reduce_step(const ProcessGroup& group, const NamedTensors& params, double& loss, std::vector<double>& layer_values,
+                     bool& stop) {
+  std::vector<at::Tensor> grads;
+  for (const auto& [name, tensor] : params) {
+    if (!tensor.grad().defined()) tensor.mutable_grad() = at::zeros_like(tensor);
+    grads.push_back(tensor.grad());
+  }
+  group.all_reduce_sum(grads);
+  std::vector<double> values{loss, stop ? 1.0 : 0.0};
+  values.insert(values.end(), layer_values.begin(), layer_values.end());
+  const auto summed = at::tensor(values, at::kDouble);
+  group.all_reduce_sum({summed});
+  loss = summed[0].item<double>();
+  stop = summed[1].item<double>() > 0;
+  for (std::size_t i = 0; i < layer_values.size(); ++i) layer_values[i] = summed[2 + static_cast<std::int64_t>(i)].item<double>();
+}
 
 // Runs `plan` from global step `result.step` to the end of its stage (or a stop), resuming the optimiser
 // and schedule from `resumed` when it was saved inside this stage. Returns false when stopped.
@@ -219,25 +271,17 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
     schedule.restore(ctx.resumed->state.scheduler, ctx.resumed->from);
   }
 
-  auto save = [&] {
-    TrainingState state;
-    state.step = result.step;
-    for (const auto& [name, tensor] : plan.saved) state.trainables.emplace_back(name, tensor.detach());
-    state.optimizer = save_adamw(optimizer, plan.params);
-    state.scheduler = schedule.to_json();
-    state.data_position = ctx.data.position().to_json();
-    state.config_yaml = ctx.config.dump();
-    state.rng = capture_rng();
-    return ctx.checkpoints.save(state);
-  };
+  auto save = [&] { return save_checkpoint(ctx, result.step, plan.saved, save_adamw(optimizer, plan.params), schedule.to_json()); };
   if (!resuming) {
     nlohmann::json record{{"stage", plan.name}, {"step", plan.first_step}};
     plan.validate(record);
     ctx.metrics.append(record);
   }
 
-  const bool live_progress = ProgressReporter::is_tty(ctx.options.progress);
-  ProgressReporter progress(ctx.options.progress, live_progress);
+  // A data-parallel step is the same on every rank: rank 0 alone shows it.
+  std::FILE* progress_out = plan.data_parallel && !ctx.root() ? nullptr : ctx.options.progress;
+  const bool live_progress = progress_out != nullptr && ProgressReporter::is_tty(progress_out);
+  ProgressReporter progress(progress_out, live_progress);
   progress.start(plan.name, result.step - plan.first_step, optim.steps);
   std::int64_t tokens = 0;
   while (result.step < last_step) {
@@ -264,6 +308,8 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
       for (std::size_t i = 0; i < r.layer_values.size(); ++i) layer_values[i] += r.layer_values[i] / accum;
       tokens += r.tokens;
     }
+    bool stop = plan.checkpoints && ctx.stop.requested();
+    if (plan.data_parallel && ctx.group) all_reduce_step(*ctx.group, plan.params, loss, layer_values, stop);
     check_finite(plan, step, loss, layer_values, ctx.checkpoints);
     const double grad_norm = clip_gradients(plan.params, optim.clip);
     optimizer.step();
@@ -279,13 +325,13 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
     // A terminal line is rewritten every step; a log gets a line per log step only.
     if (live_progress || step % ctx.config.log_every == 0 || step == last_step)
       progress.update(step - plan.first_step, loss, tokens);
-    if (ctx.stop.requested()) {
+    if (stop) {
       progress.finish();
       result.checkpoint = save();
       result.stopped = true;
       return false;
     }
-    if (step % ctx.config.checkpoint.every == 0 || step == last_step) result.checkpoint = save();
+    if (plan.checkpoints && (step % ctx.config.checkpoint.every == 0 || step == last_step)) result.checkpoint = save();
   }
   progress.finish();
   return true;
@@ -353,47 +399,88 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
     plan.optim = &stage1.optim;
     plan.params = plan.saved = params;
     plan.layers = layers;
+    plan.data_parallel = ctx.group != nullptr;
     plan.loss = [&](std::int64_t) {
-      const auto ids = ctx.data.next_batch().input_ids.to(ctx.device);
+      const auto batch = ctx.data.next_batch().input_ids.to(ctx.device);
+      const auto ids = rank_rows(batch, ctx.group);
       auto r = attention_transfer_loss(ctx.student, ctx.source, ids, stage1.factor, stage1.loss);
-      return StageLoss{r.loss, std::move(r.layer_loss), ids.numel()};
+      // The loss is a mean over the rows' positions, all rows the same length: a rank's share of the
+      // global batch's mean is its mean times its fraction of the rows.
+      const double share = static_cast<double>(ids.size(0)) / static_cast<double>(batch.size(0));
+      for (auto& v : r.layer_loss) v *= share;
+      return StageLoss{r.loss * share, std::move(r.layer_loss), batch.numel()};
     };
     plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
     return train_stage(plan, ctx, result);
   }
   // Block-wise (DESIGN section 7): the teacher's input and output of every converted layer, for every
-  // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows.
-  const fs::path cache_path = fs::path(ctx.config.out) / "layer_cache.h5";
+  // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows. With
+  // several ranks (block-parallel, as LoLCATs trains a 405B model block by block): rank r owns the
+  // contiguous block of layers [r n/W, (r+1) n/W), caches only those (its shard of the cache, under its rank
+  // directory) and trains them; the trained tensors then go from each owner to every rank.
+  const int world = ctx.group ? ctx.group->world_size() : 1, rank = ctx.group ? ctx.group->rank() : 0;
+  const auto owner = [&](std::size_t j) { return static_cast<int>(j * static_cast<std::size_t>(world) / layers.size()); };
+  std::vector<std::int64_t> owned;
+  for (std::size_t j = 0; j < layers.size(); ++j)
+    if (owner(j) == rank) owned.push_back(layers[j]);
+  const fs::path cache_path = ctx.work_dir / "layer_cache.h5";
   const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
-  if (!fs::exists(cache_path)) {
+  // Every rank draws the same batches (the data position after stage 1 is the same everywhere), and only
+  // when the run starts: a resumed run restored the position after them.
+  if (!fs::exists(cache_path) || (ctx.group && !ctx.resumed)) {
     std::vector<at::Tensor> batches;
     for (std::int64_t i = 0; i < micro_batches; ++i) batches.push_back(ctx.data.next_batch().input_ids.to(ctx.device));
-    const auto rows = write_layer_cache(cache_path, ctx.source, layers, batches);
-    spdlog::info("cached the inputs of {} layers for {} sequences in {}", layers.size(), rows, cache_path.string());
+    if (!fs::exists(cache_path) && !owned.empty()) {
+      const auto rows = write_layer_cache(cache_path, ctx.source, owned, batches);
+      spdlog::info("cached the inputs of {} layers for {} sequences in {}", owned.size(), rows, cache_path.string());
+    }
   }
-  const LayerCache cache(cache_path, layers, ctx.source.config().hidden_size);
+  std::optional<LayerCache> cache;
+  if (!owned.empty()) cache.emplace(cache_path, owned, ctx.source.config().hidden_size);
   const std::int64_t batch = ctx.config.data.batch_size;
-  if (cache.rows() != micro_batches * batch)
-    throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache.rows()) + " sequences, the run trains on " +
+  if (cache && cache->rows() != micro_batches * batch)
+    throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache->rows()) + " sequences, the run trains on " +
                                                       std::to_string(micro_batches * batch) + ": remove the file");
   for (std::size_t j = 0; j < layers.size(); ++j) {
+    if (owner(j) != rank) continue;
     StagePlan plan;
     plan.name = "stage1.layer" + std::to_string(layers[j]);
     plan.optim = &stage1.optim;
     plan.first_step = static_cast<std::int64_t>(j) * stage1.optim.steps;
+    plan.checkpoints = ctx.group == nullptr;
     if (result.step >= plan.first_step + stage1.optim.steps) continue;  // trained before a resume
     for (const auto& entry : params)
       if (names::layer_of(entry.first) == layers[j]) plan.params.push_back(entry);
     plan.saved = params;
     plan.layers = {layers[j]};
     plan.loss = [&, layer = layers[j]](std::int64_t micro) {
-      auto r = layerwise_transfer_loss(ctx.student, ctx.source, cache, layer, micro * batch, (micro + 1) * batch,
+      auto r = layerwise_transfer_loss(ctx.student, ctx.source, *cache, layer, micro * batch, (micro + 1) * batch,
                                        stage1.factor, stage1.loss);
-      return StageLoss{r.loss, std::move(r.layer_loss), batch * cache.seq_len()};
+      return StageLoss{r.loss, std::move(r.layer_loss), batch * cache->seq_len()};
     };
     plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
-    if (!train_stage(plan, ctx, result)) return false;
+    // A rank trains its layers one after another from the step where each begins (or where a resume
+    // inside it left off).
+    DistillResult layer_result;
+    layer_result.step = ctx.group ? std::max(result.step, plan.first_step) : result.step;
+    if (!train_stage(plan, ctx, layer_result)) {
+      result.step = layer_result.step;
+      result.checkpoint = layer_result.checkpoint;
+      result.stopped = layer_result.stopped;
+      return false;
+    }
+    if (!ctx.group) result.step = layer_result.step, result.checkpoint = layer_result.checkpoint;
   }
+  if (!ctx.group) return true;
+  // The ranks meet: each layer's trained tensors from its owner, then one checkpoint of the whole stage.
+  for (std::size_t j = 0; j < layers.size(); ++j) {
+    std::vector<at::Tensor> tensors;
+    for (const auto& [name, tensor] : params)
+      if (names::layer_of(name) == layers[j]) tensors.push_back(tensor);
+    ctx.group->broadcast(tensors, owner(j));
+  }
+  result.step = stage1_steps(stage1, layers.size());
+  result.checkpoint = save_checkpoint(ctx, result.step, params, OptimizerState{}, nlohmann::json::object());
   return true;
 }
 
@@ -423,13 +510,19 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
   auto set_training = [&](bool training) {
     for (const auto& adapter : adapters) adapter->set_training(training);
   };
+  plan.data_parallel = ctx.group != nullptr;
   plan.loss = [&](std::int64_t) {
     const auto batch = ctx.data.next_batch();
+    const auto ids = rank_rows(batch.input_ids, ctx.group).to(ctx.device);
+    const auto labels = rank_rows(batch.labels, ctx.group);
+    // The loss is a mean over predicted tokens (labels after the first, not -100): a rank's share of the
+    // global mean is its mean times its fraction of those tokens.
+    const auto predicted = [](const at::Tensor& l) { return l.narrow(1, 1, l.size(1) - 1).ne(-100).sum().item<double>(); };
+    const double share = ctx.group ? predicted(labels) / std::max(predicted(batch.labels), 1.0) : 1.0;
     set_training(true);
-    const auto ids = batch.input_ids.to(ctx.device);
-    auto loss = stage2_loss(ctx.student, ctx.source, ids, batch.labels.to(ctx.device), kind);
+    auto loss = stage2_loss(ctx.student, ctx.source, ids, labels.to(ctx.device), kind);
     set_training(false);
-    return StageLoss{loss, {}, ids.numel()};
+    return StageLoss{loss * share, {}, batch.input_ids.numel()};
   };
   plan.validate = [&](nlohmann::json& record) {
     if (ctx.validation.empty()) return std::optional<double>{};
@@ -448,11 +541,27 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
 DistillResult run_distill(const DistillOptions& options) {
   const RunConfig& config = options.config;
   const fs::path out = config.out, converted = out / "converted";
-  const DirectoryLock lock(out);  // one process per run directory (a second one stops here, exit 2)
+  // A multi-process job (torchrun, Slurm): rank 0 holds the run directory's lock and writes its files;
+  // rank r > 0 holds <out>/rank<r>'s. A process that is not part of the job finds its lock held and stops
+  // there (exit 2), before joining anything.
+  const auto place = process_place_from_environment();
+  const fs::path work_dir = place && place->rank > 0 ? out / ("rank" + std::to_string(place->rank)) : out;
+  const DirectoryLock lock(work_dir);
+  if (place && config.data.batch_size % place->world_size != 0)
+    throw InputError(kConfigSource, "data.batch_size",
+                     std::to_string(config.data.batch_size) + " rows do not split over " + std::to_string(place->world_size) +
+                         " ranks (the global batch is divided among them)");
+  std::unique_ptr<ProcessGroup> group;
+  if (place) {
+    group = ProcessGroup::connect(*place, std::chrono::seconds(config.device.timeout_s));
+    spdlog::info("rank {} of {} joined the job at {}:{}", place->rank, place->world_size, place->master_addr, place->master_port);
+  }
+  const bool root = !group || group->rank() == 0;
   CheckpointManager checkpoints(config.checkpoint.dir.empty() ? out / "checkpoints" : fs::path(config.checkpoint.dir),
                                 config.checkpoint.keep);
   const auto resumed = resume_point(checkpoints, options.resume);
-  ensure_converted(config, converted);
+  if (root) ensure_converted(config, converted);
+  if (group) group->barrier();  // the others load the conversion rank 0 wrote
   LoadOptions load;
   load.device = config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
@@ -485,11 +594,12 @@ DistillResult run_distill(const DistillOptions& options) {
     spdlog::info("resuming from {} (step {})", resumed->from, result.step);
   } else {
     at::manual_seed(config.seed);  // LoRA's dropout draws from the global generators
-    fs::remove(out / "metrics.jsonl");
+    fs::remove(work_dir / "metrics.jsonl");
   }
-  MetricsLog metrics(out / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
+  MetricsLog metrics(work_dir / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
   StopFlag stop;
-  const TrainingContext ctx{config, options, student, source, data, validation, checkpoints, metrics, stop, load.device, resumed};
+  const TrainingContext ctx{config, options, student, source, data, validation, checkpoints, metrics, stop, load.device,
+                            resumed, group.get(), work_dir};
 
   if (stage1.enabled && result.step < stage1_end) {
     if (!train_stage1(ctx, stage1_params, layers, result)) return result;
@@ -502,6 +612,7 @@ DistillResult run_distill(const DistillOptions& options) {
   std::vector<std::shared_ptr<LoraLinear>> adapters;
   if (config.stage2.enabled && !train_stage2(ctx, stage1_params, stage1_end, adapters, result)) return result;
 
+  if (!root) return result;  // rank 0 exports and verifies
   if (!validation.empty()) result.after = evaluate_quality(student, source, validation);
   result.export_dir = out / "model";
   export_model(converted, result.export_dir, stage1_params, adapters, config);

@@ -35,7 +35,7 @@ struct DistillResult {
   bool stopped = false;  // SIGINT/SIGTERM: the step finished and `checkpoint` holds it
   std::int64_t step = 0;
   std::filesystem::path checkpoint;
-  std::filesystem::path export_dir;
+  std::filesystem::path export_dir;  // (with `verify`) empty on the ranks other than 0 of a multi-process job
   // Training-free, after stage 1 (when stage 2 follows) and at the end; absent when stopped or resumed
   // past the point they were measured at.
   std::optional<QualityFigures> before, after_stage1, after;

@@ -214,6 +214,7 @@ class Schema {
     optimization("stage2", c.stage2.optim);
     choice("device.type", c.device.type, kDeviceTypes);
     choice("device.dtype", c.device.dtype, kDtypes);
+    integer("device.timeout_s", c.device.timeout_s);
     text("checkpoint.dir", c.checkpoint.dir);
     integer("checkpoint.every", c.checkpoint.every);
     integer("checkpoint.keep", c.checkpoint.keep);
@@ -494,6 +495,7 @@ void RunConfig::validate(const std::string& source) const {
     if (!targets.insert(target).second) throw InputError(source, "stage2.lora.targets", "'" + target + "' is listed twice");
   }
   validate_optimization(source, "stage2", stage2.optim);
+  require(source, "device.timeout_s", device.timeout_s, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.every", checkpoint.every, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.keep", checkpoint.keep, [](std::int64_t v) { return v >= 1; }, ">= 1");
   if (verify.max_kl) require(source, "verify.max_kl", *verify.max_kl, [](double v) { return v >= 0; }, ">= 0");

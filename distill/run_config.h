@@ -83,6 +83,9 @@ struct Stage2Config {
 struct DeviceConfig {
   DeviceType type = DeviceType::kCpu;
   ComputeDtype dtype = ComputeDtype::kAuto;
+  // Multi-process runs (distill/distributed.h): the longest a rank waits for the others in a collective,
+  // the rendezvous and rank 0's conversion included; a dead or hung rank ends the job after it.
+  std::int64_t timeout_s = 600;
 };
 
 struct CheckpointConfig {

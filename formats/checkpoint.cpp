@@ -3,6 +3,12 @@
 #include <algorithm>
 #include <map>
 
+#include <cstdio>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/atomic_file.h"
 #include "formats/error.h"
 #include "formats/json_file.h"
 
@@ -89,5 +95,52 @@ const SafetensorsFile& CheckpointWeights::shard_of(const std::string& name) cons
 const TensorEntry& CheckpointWeights::entry(const std::string& name) const { return *shard_of(name).find(name); }
 
 at::Tensor CheckpointWeights::tensor(const std::string& name) const { return shard_of(name).tensor(name); }
+
+namespace {
+const std::regex& shard_file_name() {
+  static const std::regex pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  return pattern;
+}
+}  // namespace
+
+bool is_weights_file(const std::string& file_name) {
+  return file_name == kSingleWeightsFile || file_name == kShardIndexFile || std::regex_match(file_name, shard_file_name());
+}
+
+void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata, std::uint64_t max_shard_bytes,
+                      const std::function<void(const std::string& name)>& written) {
+  std::vector<NamedTensors> shards(1);
+  std::uint64_t shard_bytes = 0, total = 0;
+  for (const auto& entry : tensors) {
+    const auto bytes = static_cast<std::uint64_t>(entry.second.nbytes());
+    if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(entry);
+    shard_bytes += bytes;
+    total += bytes;
+  }
+  // The layout written before, whatever it was, goes first: the index last, so a reader never finds an
+  // index naming shards of another layout.
+  std::filesystem::remove(dir / kShardIndexFile);
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (std::regex_match(entry.path().filename().string(), shard_file_name())) std::filesystem::remove(entry.path());
+  if (shards.size() == 1) {
+    write_safetensors(dir / kSingleWeightsFile, shards.front(), metadata, written);
+    return;
+  }
+  std::filesystem::remove(dir / kSingleWeightsFile);
+  nlohmann::ordered_json weight_map;
+  for (std::size_t k = 0; k < shards.size(); ++k) {
+    char file[64];
+    std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+    write_safetensors(dir / file, shards[k], metadata, written);
+    for (const auto& [name, tensor] : shards[k]) weight_map[name] = file;
+  }
+  const nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_file_atomic(dir / kShardIndexFile, index.dump(2) + "\n");
+}
 
 }  // namespace linearize

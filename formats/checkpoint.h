@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -43,5 +45,21 @@ class CheckpointWeights {
   std::optional<std::filesystem::path> index_path_;
   std::optional<std::uint64_t> declared_total_size_;
 };
+
+// model.safetensors, model.safetensors.index.json or a model-0000k-of-0000n.safetensors shard.
+bool is_weights_file(const std::string& file_name);
+
+// save_pretrained's default max_shard_size ("5GB"): a checkpoint above it is written as shards.
+inline constexpr std::uint64_t kDefaultMaxShardBytes = 5'000'000'000;
+
+// Writes `tensors` into `dir` as Hugging Face lays out weights: model.safetensors when they fit in
+// `max_shard_bytes`, else model-0000k-of-0000n.safetensors shards filled in the given order (a tensor
+// larger than the limit gets a shard of its own) and model.safetensors.index.json (written last). Each
+// file carries `metadata`. Weight files of an earlier layout in `dir` are removed. `written` as in
+// write_safetensors, so tensors viewing a mapping stream through one tensor at a time.
+void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata,
+                      std::uint64_t max_shard_bytes = kDefaultMaxShardBytes,
+                      const std::function<void(const std::string& name)>& written = {});
 
 }  // namespace linearize

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -50,8 +51,10 @@ class SafetensorsFile {
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // Writes tensors sorted by descending alignment then name (as the reference writer does), the header
-// padded to 8 bytes, through a temporary file renamed into place.
+// padded to 8 bytes, through a temporary file renamed into place. `written` is called with each tensor's
+// name once its bytes are in the file (a caller streaming from a mapping releases its pages there).
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+                       const std::map<std::string, std::string>& metadata = {},
+                       const std::function<void(const std::string& name)>& written = {});
 
 }  // namespace linearize

@@ -57,4 +57,13 @@ if [ ! -f "$ONNX_PREFIX/lib/cmake/ONNX/ONNXConfig.cmake" ]; then
   .venv/bin/cmake --install "$work/build" >"$work/install.log"
   rm -rf "$work"
 fi
+# Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (the torch wheel ships Gloo compiled into
+# libtorch_cpu, not its headers): Debian's libgloo-dev unpacked, headers only, nothing installed or linked.
+GLOO_PREFIX=.deps/gloo
+if [ ! -f "$GLOO_PREFIX/usr/include/gloo/context.h" ]; then
+  echo "setup: unpacking Gloo's headers into $GLOO_PREFIX"
+  rm -rf "$GLOO_PREFIX" && mkdir -p "$GLOO_PREFIX"
+  (cd "$GLOO_PREFIX" && apt-get download libgloo-dev >/dev/null)
+  dpkg -x "$GLOO_PREFIX"/libgloo-dev_*.deb "$GLOO_PREFIX"
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), onnx $ONNX_VERSION)"

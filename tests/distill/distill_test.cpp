@@ -3,12 +3,17 @@
 // it, and both verify; a run killed with SIGKILL in either stage resumes onto the uninterrupted loss
 // trajectory bit for bit; SIGTERM saves and exits 0; a NaN stops the run naming the step, the layer and
 // the tensor, with the last good checkpoint intact; a checkpoint write that fails (file size limit) names
-// the checkpoint and leaves the previous one whole.
+// the checkpoint and leaves the previous one whole. Multi-process (Gloo on localhost, as torchrun launches
+// it): block-parallel stage 1 and data-parallel stage 2 on two ranks match one process; a rank killed
+// mid-run ends the job on the other with exit 4 and the run resumes with another world size; a process
+// naming a rank already running stops with exit 2.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,8 +32,10 @@
 #include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
+#include "distill/distributed.h"
 #include "distill/run.h"
 #include "formats/directory_lock.h"
+#include "formats/error.h"
 #include "formats/json_file.h"
 #include "formats/peft_adapter.h"
 #include "test_util.h"
@@ -77,8 +84,10 @@ std::map<std::int64_t, double> losses(const std::filesystem::path& metrics) {
 // the runs a test compares then use the same thread count, and none spins at OpenMP barriers for a core
 // that another process holds (which slows a 1-second run down to a minute on a busy 2-core machine).
 // `file_size_limit` (bytes, RLIMIT_FSIZE) makes every write past it fail with EFBIG, as a full disk would.
+// `env`: variables set in the child (a rank's RANK, WORLD_SIZE, ...).
+using Environment = std::vector<std::pair<std::string, std::string>>;
 pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& stdout_file,
-            std::optional<rlim_t> file_size_limit = std::nullopt) {
+            std::optional<rlim_t> file_size_limit = std::nullopt, const Environment& env = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<char*> argv{const_cast<char*>(LINEARIZE_BINARY)};
@@ -92,6 +101,7 @@ pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& s
       if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(127);
     }
     setenv("OMP_NUM_THREADS", "1", 1);
+    for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
     execv(LINEARIZE_BINARY, argv.data());
     _exit(127);
   }
@@ -432,6 +442,187 @@ TEST(DistillConfigs, EveryShippedRunFileLoads) {
     ++files;
   }
   EXPECT_GE(files, 5u);  // distill-example, demo-tiny, lolcats, hedgehog, supra
+}
+
+}  // namespace
+}  // namespace linearize
+
+namespace linearize {
+namespace {
+
+// A TCP port nothing listens on now, for a job's MASTER_PORT.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0)
+    throw std::runtime_error("free_port: no port");
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+Environment rank_env(int rank, int world, int port) {
+  return {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", std::to_string(world)}, {"LOCAL_RANK", std::to_string(rank)},
+          {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}};
+}
+
+// Starts every rank of a `world`-process job with `args`; returns their pids (rank order).
+std::vector<pid_t> start_job(const std::vector<std::string>& args, int world, const std::filesystem::path& logs) {
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r)
+    pids.push_back(spawn(args, logs.string() + ".rank" + std::to_string(r), std::nullopt, rank_env(r, world, port)));
+  return pids;
+}
+
+std::vector<int> wait_all(const std::vector<pid_t>& pids) {
+  std::vector<int> codes;
+  for (const auto pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    codes.push_back(exit_code(status));
+  }
+  return codes;
+}
+
+// Layer-wise stage 1 (3 steps a layer) then stage 2 (4 steps, CE + KL), global batch 4 (2 rows a rank on
+// two), LoRA without dropout: each rank's dropout would draw its own masks, which one process cannot match.
+RunConfig parallel_run(const std::filesystem::path& out) {
+  auto config = small_run(out, 3, 4);
+  config.stage1.mode = Stage1Mode::kLayerwise;
+  config.data.batch_size = 4;
+  config.stage2.lora.dropout = 0;
+  config.device.timeout_s = 30;
+  return config;
+}
+
+TEST(DistillDistributed, TwoRanksTrainWhatOneProcessTrains) {
+  test::TempDir dir;
+  ASSERT_EQ(run_to_end(cli_args(parallel_run(dir / "one"), dir / "one-cfg"), dir / "one-out"), 0)
+      << test::read_file(dir / "one-out.err");
+  const auto codes = wait_all(start_job(cli_args(parallel_run(dir / "two"), dir / "two-cfg"), 2, dir / "two-out"));
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << test::read_file(dir / "two-out.rank0.err") << test::read_file(dir / "two-out.rank1.err");
+  // Block-parallel: each rank cached only its own layer (its shard of the cache).
+  EXPECT_TRUE(std::filesystem::exists(dir / "two" / "layer_cache.h5"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "two" / "rank1" / "layer_cache.h5"));
+
+  // Stage 1: layer 1 trained on rank 1 from the same cached rows with the same steps: bit for bit, the
+  // whole exported checkpoint (stage-1 tensors included).
+  const auto one = SafetensorsFile::open(dir / "one" / "model" / "model.safetensors");
+  const auto two = SafetensorsFile::open(dir / "two" / "model" / "model.safetensors");
+  ASSERT_EQ(one.names(), two.names());
+  for (const auto& name : one.names()) EXPECT_TRUE(at::equal(one.tensor(name), two.tensor(name))) << name;
+  auto one_losses = losses(dir / "one" / "metrics.jsonl"), two_losses = losses(dir / "two" / "metrics.jsonl");
+  for (const auto& [step, loss] : losses(dir / "two" / "rank1" / "metrics.jsonl")) two_losses.emplace(step, loss);  // layer 1's steps
+  ASSERT_EQ(one_losses.size(), 10u);
+  ASSERT_EQ(two_losses.size(), one_losses.size());
+  for (const auto& [step, loss] : one_losses) {
+    // Stage 1 (steps 1-6) is the same computation: equal. Stage 2 sums two half-batch gradients and loss
+    // shares in another order than one full-batch pass (and its GEMMs see 2 rows, not 4): fp32 rounding,
+    // u = 6e-8 per operation, over sums of a few hundred terms; measured 5e-8 relative. 1e-6 (16u) allows
+    // that and catches a real bug: an unscaled share doubles the loss, a missing gradient all-reduce moves
+    // it by the two halves' difference (percent).
+    if (step <= 6) EXPECT_EQ(two_losses.at(step), loss) << "step " << step;
+    else EXPECT_NEAR(two_losses.at(step), loss, 1e-6 * std::abs(loss)) << "step " << step;
+  }
+  // The adapters: 4 AdamW steps from those gradients. Adam divides each update by the gradient's own RMS,
+  // so a relative gradient difference d moves an update by about d (measured 9e-6 of the tensor's largest
+  // value after 4 steps, where B's first updates start from zero); 1e-4 is tenfold that and a thousand
+  // times below what one rank stepping on its own half-batch gradient gives.
+  const auto a = read_peft_adapter(dir / "one" / "model" / kPeftAdapterDir), b = read_peft_adapter(dir / "two" / "model" / kPeftAdapterDir);
+  ASSERT_EQ(a.modules.size(), b.modules.size());
+  for (std::size_t i = 0; i < a.modules.size(); ++i) {
+    for (const auto& [x, y] : {std::pair{a.modules[i].a, b.modules[i].a}, std::pair{a.modules[i].b, b.modules[i].b}}) {
+      const double scale = x.abs().max().item<double>();
+      EXPECT_LE((x - y).abs().max().item<double>(), 1e-4 * scale) << a.modules[i].path;
+    }
+  }
+}
+
+TEST(DistillDistributed, ADeadRankEndsTheJobAndItResumesWithAnotherWorldSize) {
+  test::TempDir dir;
+  auto config = parallel_run(dir / "run");
+  config.stage2.optim.steps = 40;
+  config.device.timeout_s = 20;
+  const auto args = cli_args(config, dir / "cfg");
+  const auto pids = start_job(args, 2, dir / "out");
+  // Rank 1 dies (SIGKILL) once stage 2 has run a step past its first checkpoint (step 9).
+  for (;;) {
+    const auto logged = losses(dir / "run" / "metrics.jsonl");
+    if (!logged.empty() && logged.rbegin()->first >= 10) break;
+    int status = 0;
+    ASSERT_EQ(waitpid(pids[0], &status, WNOHANG), 0) << test::read_file(dir / "out.rank0.err");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(pids[1], SIGKILL);
+  const auto started = std::chrono::steady_clock::now();
+  const auto codes = wait_all(pids);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(codes, (std::vector<int>{4, 128 + SIGKILL}));
+  EXPECT_LE(waited, config.device.timeout_s + 10.0);  // within the timeout (Gloo sees the closed socket at once)
+  const auto err = test::read_file(dir / "out.rank0.err");
+  EXPECT_NE(err.find("error: rank 0 of 2: all-reduce failed"), std::string::npos) << err;
+  EXPECT_NE(err.find("--resume"), std::string::npos) << err;
+
+  // One process continues the two-rank run from rank 0's last checkpoint to the end.
+  auto resume = args;
+  resume.push_back("--resume");
+  ASSERT_EQ(run_to_end(resume, dir / "resumed"), 0) << test::read_file(dir / "resumed.err");
+  EXPECT_EQ(losses(dir / "run" / "metrics.jsonl").rbegin()->first, 6 + 40);
+  EXPECT_NE(test::read_file(dir / "resumed").find("verify: PASS"), std::string::npos);
+}
+
+// A process naming a rank of a job already running (its rank directory locked) is not part of that job:
+// it stops with exit 2 before joining anything or writing.
+TEST(DistillDistributed, AProcessForARankAlreadyRunningIsBadInput) {
+  test::TempDir dir;
+  const auto config = parallel_run(dir / "run");
+  const DirectoryLock held(dir / "run" / "rank1");
+  int status = 0;
+  waitpid(spawn(cli_args(config, dir / "cfg"), dir / "out", std::nullopt, rank_env(1, 2, free_port())), &status, 0);
+  EXPECT_EQ(exit_code(status), 2);
+  const auto err = test::read_file(dir / "out.err");
+  EXPECT_NE(err.find((dir / "run" / "rank1" / ".lock").string() + ": lock: is held by another process"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "run" / "converted"));
+}
+
+TEST(DistillDistributed, LauncherEnvironmentIsReadAndBadValuesNamed) {
+  const auto with = [](const Environment& env, auto check) {
+    for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"})
+      unsetenv(name);
+    for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
+    check();
+    for (const auto& [name, value] : env) unsetenv(name.c_str());
+  };
+  with({}, [] { EXPECT_FALSE(process_place_from_environment()); });
+  with({{"RANK", "0"}, {"WORLD_SIZE", "1"}}, [] { EXPECT_FALSE(process_place_from_environment()); });
+  with(rank_env(1, 4, 1234), [] {
+    const auto place = process_place_from_environment();
+    ASSERT_TRUE(place);
+    EXPECT_EQ(place->rank, 1);
+    EXPECT_EQ(place->world_size, 4);
+    EXPECT_EQ(place->master_port, 1234);
+  });
+  with({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "3"}, {"SLURM_LOCALID", "0"}, {"MASTER_ADDR", "node1"}}, [] {
+    const auto place = process_place_from_environment();
+    ASSERT_TRUE(place);
+    EXPECT_EQ(place->rank, 2);
+    EXPECT_EQ(place->master_addr, "node1");
+  });
+  const auto error_of = [] {
+    try {
+      process_place_from_environment();
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  with({{"RANK", "2"}, {"WORLD_SIZE", "2"}}, [&] { EXPECT_EQ(error_of(), "environment: RANK: 2 is not below WORLD_SIZE (2)"); });
+  with({{"RANK", "x"}, {"WORLD_SIZE", "2"}}, [&] { EXPECT_EQ(error_of(), "environment: RANK: is 'x', not an integer >= 0"); });
+  with({{"WORLD_SIZE", "2"}}, [&] { EXPECT_EQ(error_of(), "environment: RANK: is not set, but WORLD_SIZE is 2"); });
 }
 
 }  // namespace

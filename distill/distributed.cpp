@@ -1,0 +1,158 @@
+#include "distill/distributed.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "formats/error.h"
+
+namespace linearize {
+namespace {
+
+constexpr const char* kEnvironment = "environment";
+
+std::optional<std::string> env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  return std::string(value);
+}
+
+int env_int(const char* name, int fallback, int least) {
+  const auto text = env(name);
+  if (!text) return fallback;
+  try {
+    std::size_t used = 0;
+    const int value = std::stoi(*text, &used);
+    if (used == text->size() && value >= least) return value;
+  } catch (const std::exception&) {
+  }
+  throw InputError(kEnvironment, name, "is '" + *text + "', not an integer >= " + std::to_string(least));
+}
+
+}  // namespace
+
+std::optional<ProcessPlace> process_place_from_environment() {
+  // torchrun's names first; Slurm's when the job was started by srun without a wrapper.
+  const bool torchrun = env("RANK").has_value() || env("WORLD_SIZE").has_value();
+  const char* rank_var = torchrun ? "RANK" : "SLURM_PROCID";
+  const char* size_var = torchrun ? "WORLD_SIZE" : "SLURM_NTASKS";
+  const char* local_var = torchrun ? "LOCAL_RANK" : "SLURM_LOCALID";
+  ProcessPlace place;
+  place.world_size = env_int(size_var, 1, 1);
+  if (place.world_size == 1) return std::nullopt;
+  if (!env(rank_var)) throw InputError(kEnvironment, rank_var, std::string("is not set, but ") + size_var + " is " + std::to_string(place.world_size));
+  place.rank = env_int(rank_var, 0, 0);
+  if (place.rank >= place.world_size)
+    throw InputError(kEnvironment, rank_var, std::to_string(place.rank) + " is not below " + size_var + " (" + std::to_string(place.world_size) + ")");
+  place.local_rank = env_int(local_var, 0, 0);
+  if (const auto addr = env("MASTER_ADDR")) place.master_addr = *addr;
+  else if (!torchrun) throw InputError(kEnvironment, "MASTER_ADDR", "is not set (under Slurm, export the first node's address)");
+  place.master_port = env_int("MASTER_PORT", place.master_port, 1);
+  if (place.master_port > 65535) throw InputError(kEnvironment, "MASTER_PORT", "is above 65535");
+  return place;
+}
+
+struct ProcessGroup::Gloo {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> backend;
+};
+
+ProcessGroup::ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, std::unique_ptr<Gloo> gloo)
+    : place_(std::move(place)), timeout_(timeout), gloo_(std::move(gloo)) {}
+
+ProcessGroup::~ProcessGroup() = default;
+
+std::unique_ptr<ProcessGroup> ProcessGroup::connect(const ProcessPlace& place, std::chrono::milliseconds timeout) {
+  const auto where = place.master_addr + ":" + std::to_string(place.master_port);
+  auto gloo = std::make_unique<Gloo>();
+  try {
+    c10d::TCPStoreOptions store;
+    store.port = static_cast<std::uint16_t>(place.master_port);
+    store.isServer = place.rank == 0;
+    store.numWorkers = static_cast<std::size_t>(place.world_size);
+    store.waitWorkers = true;
+    store.timeout = timeout;
+    gloo->store = c10::make_intrusive<c10d::TCPStore>(place.master_addr, store);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    // GLOO_SOCKET_IFNAME picks the interface, as in torch.distributed; else the hostname's address.
+    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname != '\0')
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    options->threads = 1;  // one collective at a time: the training loop waits on each
+    gloo->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(gloo->store, place.rank, place.world_size, options);
+  } catch (const std::exception& e) {
+    throw DistributedError("rank " + std::to_string(place.rank) + " of " + std::to_string(place.world_size) +
+                           ": could not join the job at " + where + " within " + std::to_string(timeout.count() / 1000) +
+                           " s (MASTER_ADDR/MASTER_PORT, and every rank started?): " + e.what());
+  }
+  return std::unique_ptr<ProcessGroup>(new ProcessGroup(place, timeout, std::move(gloo)));
+}
+
+namespace {
+
+template <typename Start>
+void run_collective(const ProcessPlace& place, std::chrono::milliseconds timeout, const char* what, Start start) {
+  try {
+    auto work = start();
+    work->wait(timeout);
+  } catch (const std::exception& e) {
+    throw DistributedError("rank " + std::to_string(place.rank) + " of " + std::to_string(place.world_size) + ": " + what +
+                           " failed (a rank died or did not answer within " + std::to_string(timeout.count() / 1000) +
+                           " s); the job stops, --resume continues it from the last checkpoint: " + e.what());
+  }
+}
+
+}  // namespace
+
+void ProcessGroup::all_reduce_sum(const std::vector<at::Tensor>& tensors, std::int64_t bucket_bytes) const {
+  at::NoGradGuard no_grad;
+  std::size_t begin = 0;
+  while (begin < tensors.size()) {
+    // One bucket: consecutive tensors of one dtype up to bucket_bytes (at least one tensor).
+    std::size_t end = begin;
+    std::int64_t bytes = 0;
+    while (end < tensors.size() && tensors[end].scalar_type() == tensors[begin].scalar_type() &&
+           (end == begin || bytes + static_cast<std::int64_t>(tensors[end].nbytes()) <= bucket_bytes))
+      bytes += static_cast<std::int64_t>(tensors[end++].nbytes());
+    std::vector<at::Tensor> parts;
+    for (std::size_t i = begin; i < end; ++i) parts.push_back(tensors[i].reshape({-1}));
+    std::vector<at::Tensor> flat{at::cat(parts)};
+    run_collective(place_, timeout_, "all-reduce", [&] { return gloo_->backend->allreduce(flat); });
+    std::int64_t offset = 0;
+    for (std::size_t i = begin; i < end; ++i) {
+      const auto n = tensors[i].numel();
+      tensors[i].copy_(flat[0].narrow(0, offset, n).view(tensors[i].sizes()));
+      offset += n;
+    }
+    begin = end;
+  }
+}
+
+double ProcessGroup::all_reduce_sum(double value) const {
+  const auto t = at::full({1}, value, at::kDouble);
+  all_reduce_sum({t});
+  return t.item<double>();
+}
+
+void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int root) const {
+  at::NoGradGuard no_grad;  // trainable parameters are written in place
+  for (const auto& tensor : tensors) {
+    std::vector<at::Tensor> one{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    run_collective(place_, timeout_, "broadcast", [&] { return gloo_->backend->broadcast(one, options); });
+    if (!one[0].is_same(tensor)) tensor.copy_(one[0]);
+  }
+}
+
+void ProcessGroup::barrier() const {
+  run_collective(place_, timeout_, "barrier", [&] { return gloo_->backend->barrier(); });
+}
+
+}  // namespace linearize

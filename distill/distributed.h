@@ -1,0 +1,62 @@
+// A distill process's place in a multi-process job (DESIGN section 7, scale-out) and the collectives it
+// needs, on c10d's process groups as LibTorch ships them: Gloo on CPU tensors. Launched like torchrun
+// (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or under Slurm (SLURM_PROCID, SLURM_NTASKS,
+// SLURM_LOCALID when RANK is not set). A rank that dies or stops answering ends every other rank's
+// collective with DistributedError within the timeout, so the job never hangs.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace linearize {
+
+struct ProcessPlace {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
+// The job this process belongs to, from the launcher's environment; nullopt when none is set (or
+// WORLD_SIZE is 1). A malformed or inconsistent variable is InputError naming it.
+std::optional<ProcessPlace> process_place_from_environment();
+
+// A collective failed: a rank died, or did not answer within the timeout.
+struct DistributedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class ProcessGroup {
+ public:
+  // Rendezvous at master_addr:master_port (rank 0 serves the store) and a Gloo group over every rank;
+  // waits up to `timeout` for the others to arrive, and bounds every later collective by it too.
+  static std::unique_ptr<ProcessGroup> connect(const ProcessPlace& place, std::chrono::milliseconds timeout);
+  ~ProcessGroup();
+
+  int rank() const { return place_.rank; }
+  int world_size() const { return place_.world_size; }
+
+  // Sums each tensor over the ranks in place. Tensors are packed into flat buckets of at most
+  // `bucket_bytes` (as DistributedDataParallel does: one message per bucket, not per tensor) of their dtype.
+  void all_reduce_sum(const std::vector<at::Tensor>& tensors, std::int64_t bucket_bytes = 25 << 20) const;
+  double all_reduce_sum(double value) const;
+  // Every rank's tensors become `root`'s (same shapes and dtypes on every rank).
+  void broadcast(const std::vector<at::Tensor>& tensors, int root) const;
+  void barrier() const;
+
+ private:
+  struct Gloo;  // the store and the c10d backend: Gloo's headers stay in the .cpp
+  ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, std::unique_ptr<Gloo> gloo);
+
+  ProcessPlace place_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<Gloo> gloo_;
+};
+
+}  // namespace linearize

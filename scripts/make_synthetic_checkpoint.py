@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A synthetic Hugging Face checkpoint of a real model's shape, for measuring conversion at scale.
+
+Random weights (N(0, 0.02), norms 1: activations stay finite through every layer), stored in the real
+model's dtype and sharded like `save_pretrained` (shards of at most --max-shard-size bytes, in state-dict
+order, with model.safetensors.index.json). One shard is held in memory at a time. The tokenizer is the tiny
+fixture's (its ids are all below the real vocabulary). Never commit the output: Llama-3-8B's shape is 16 GB.
+
+  scripts/make_synthetic_checkpoint.py --out /tmp/llama3-8b [--shape llama3-8b] [--layers N]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+# config.json of the real models (the keys the families read); vocab and dims as published.
+SHAPES = {
+    "llama3-8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 128000, "eos_token_id": 128001,
+        "torch_dtype": "bfloat16", "initializer_range": 0.02,
+    },
+    # A 1B-class shape for quicker runs of the same path.
+    "llama3.2-1b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu", "tie_word_embeddings": True,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 128000, "eos_token_id": 128001,
+        "torch_dtype": "bfloat16", "initializer_range": 0.02,
+    },
+}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOKENIZER_DIR = os.path.join(HERE, "..", "tests", "fixtures", "tiny-llama")
+
+
+def tensor_shapes(c):
+    """(name, shape) in the order transformers' state dict lists them."""
+    d, ff, hd = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
+    kv = c["num_key_value_heads"] * hd
+    yield "model.embed_tokens.weight", (c["vocab_size"], d)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        yield p + "self_attn.q_proj.weight", (d, d)
+        yield p + "self_attn.k_proj.weight", (kv, d)
+        yield p + "self_attn.v_proj.weight", (kv, d)
+        yield p + "self_attn.o_proj.weight", (d, d)
+        yield p + "mlp.gate_proj.weight", (ff, d)
+        yield p + "mlp.up_proj.weight", (ff, d)
+        yield p + "mlp.down_proj.weight", (d, ff)
+        yield p + "input_layernorm.weight", (d,)
+        yield p + "post_attention_layernorm.weight", (d,)
+    yield "model.norm.weight", (d,)
+    if not c["tie_word_embeddings"]:
+        yield "lm_head.weight", (c["vocab_size"], d)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    ap.add_argument("--layers", type=int, help="fewer layers than the real model (same per-layer shapes)")
+    ap.add_argument("--max-shard-size", type=int, default=5_000_000_000, help="bytes (save_pretrained's 5GB)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    config = dict(SHAPES[args.shape])
+    if args.layers:
+        config["num_hidden_layers"] = args.layers
+    dtype = DTYPES[config["torch_dtype"]]
+    shapes = list(tensor_shapes(config))
+    size = lambda shape: torch.Size(shape).numel() * dtype.itemsize
+    shards, current, current_bytes = [], [], 0
+    for name, shape in shapes:
+        if current and current_bytes + size(shape) > args.max_shard_size:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append((name, shape))
+        current_bytes += size(shape)
+    shards.append(current)
+
+    os.makedirs(args.out, exist_ok=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in shard:
+            if len(shape) == 1:
+                tensors[name] = torch.ones(shape, dtype=dtype)
+            else:
+                tensors[name] = torch.empty(shape, dtype=dtype).normal_(0.0, config["initializer_range"], generator=generator)
+            weight_map[name] = file
+            total += size(shape)
+        save_file(tensors, os.path.join(args.out, file), metadata={"format": "pt"})
+        print(f"wrote {file}: {len(shard)} tensors, {sum(size(s) for _, s in shard) / 1e9:.2f} GB", flush=True)
+        del tensors
+    with open(os.path.join(args.out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        src = os.path.join(TOKENIZER_DIR, name)
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(args.out, name))
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    print(f"{args.out}: {args.shape}, {config['num_hidden_layers']} layers, {total / 1e9:.2f} GB in {len(shards)} shards")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
