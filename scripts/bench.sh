@@ -17,8 +17,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill verify hf_export onnx_export)
-BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench linearize)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks verify hf_export onnx_export convert)
+BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench convert_rss linearize)
 
 scripts/setup.sh
 BUILD_DIR=$BUILD_DIR scripts/build.sh --target "${BENCH_TARGETS[@]}"
@@ -349,6 +349,69 @@ for bm, key, label in (("BM_Stage1Step", "stage1", "stage 1 (mse)"), ("BM_Stage2
           f"target >= 1.0x: {'PASS' if ratio >= 1 else 'FAIL'}")
     print(f"  {'':14s}   medians: linearize {mine_median:7.1f} (cv {runs[(bm, 'cv')]['real_time'] * 100:.0f}%)   pytorch "
           f"{ref_median:7.1f} (cv {statistics.stdev(steps) / statistics.mean(steps) * 100:.0f}%)   ratio {mine_median / ref_median:.2f}x")
+PYEOF
+)
+}
+
+# Converting a Llama-3-8B-shaped bf16 checkpoint (random weights, 16 GB in 4 shards as save_pretrained
+# shards it; made once under $LINEARIZE_BENCH_DIR by scripts/make_synthetic_checkpoint.py, never committed;
+# LINEARIZE_BENCH_CONVERT_SHAPE=llama3.2-1b for a quicker run): convert alone in a fresh process: time,
+# peak RSS against the bound (largest shard + one layer's tensors + 10%), write rate.
+section_convert() {
+  local shape=${LINEARIZE_BENCH_CONVERT_SHAPE:-llama3-8b}
+  local src=$LINEARIZE_BENCH_DIR/synthetic-$shape out=$LINEARIZE_BENCH_DIR/synthetic-$shape-lolcats json=$BENCH_OUT/convert_rss.json
+  echo "== convert: $shape (bf16, sharded) with lolcats, no verification"
+  [ -f "$src/config.json" ] || "$PY" scripts/make_synthetic_checkpoint.py --shape "$shape" --out "$src"
+  "$BUILD_DIR/bench/convert_rss" "$src" "$out" lolcats | tee "$json"
+  rm -rf "$out"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$json" "$shape" <<'PYEOF'
+import json, sys
+r, gb = json.load(open(sys.argv[1])), 1e9
+print(f"convert ({sys.argv[2]}, {r['layers_converted']} layers, lolcats): {r['seconds']:.1f} s, wrote {r['bytes_written'] / gb:.2f} GB "
+      f"at {r['write_gb_per_s']:.2f} GB/s")
+print(f"  peak RSS {r['peak_rss'] / gb:.2f} GB ({r['added_by_convert'] / gb:.2f} GB over the process's {r['rss_before'] / gb:.2f} GB); "
+      f"bound 1.1 x (largest shard {r['largest_shard'] / gb:.2f} + layer {r['largest_layer'] / gb:.2f}) = {r['bound'] / gb:.2f} GB: "
+      f"{r['added_over_bound']:.2f}x of it   target <= 1x: {'PASS' if r['added_over_bound'] <= 1 else 'FAIL'}")
+PYEOF
+)
+}
+
+# One process against two Gloo ranks on localhost (launched as torchrun does), the same run file and global
+# batch (4 x 256 tokens) on the 100M-parameter Llama: tokens/s of data-parallel stage 2 from rank 0's
+# progress lines. One process runs $(nproc) threads, each rank $(nproc)/2.
+section_distill_ranks() {
+  local model=$LINEARIZE_BENCH_DIR/llama-100m dir=$BENCH_OUT/distill_ranks threads=$(nproc)
+  echo "== distill: 1 process vs 2 ranks (Gloo), stage 2, llama-100m"
+  "$PY" bench/decoder_transformers.py make --out "$model" --size 100m --tokenizer tests/fixtures/tiny-llama
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat > "$dir/run.yaml" <<YAML
+model: $PWD/$model
+out: RUN_OUT
+recipe: {name: lolcats, params: {window: 64}}
+data: {files: [$PWD/tests/fixtures/corpus/corpus.txt], seq_len: 256, batch_size: 4, validation_fraction: 0}
+stage1: {enabled: false}
+stage2: {steps: 12, lr: 0.001, schedule: constant, grad_accum: 1, loss: ce, lora: {r: 8, alpha: 16, dropout: 0}}
+checkpoint: {every: 1000}
+log_every: 4
+YAML
+  OMP_NUM_THREADS=$threads "$BUILD_DIR/cli/linearize" distill --config "$dir/run.yaml" --set out="$dir/one" > "$dir/one.log" 2> "$dir/one.err"
+  local port; port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  for r in 0 1; do
+    OMP_NUM_THREADS=$((threads / 2 > 0 ? threads / 2 : 1)) RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      "$BUILD_DIR/cli/linearize" distill --config "$dir/run.yaml" --set out="$dir/two" > "$dir/two.$r.log" 2> "$dir/two.$r.err" &
+  done
+  wait
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$dir/one.err" "$dir/two.0.err" <<'PYEOF'
+import re, sys
+def rate(path):  # the last stage-2 progress line's tokens/s (counted over the global batch)
+    value = None
+    for line in open(path):
+        m = re.search(r"^stage2 .* ([0-9.]+)(k?) tok/s", line)
+        if m: value = float(m.group(1)) * (1000 if m.group(2) else 1)
+    return value
+one, two = rate(sys.argv[1]), rate(sys.argv[2])
+print(f"distill stage 2 (llama-100m, lolcats, 4 x 256 tokens a step): 1 process {one:.0f} tokens/s, "
+      f"2 Gloo ranks {two:.0f} tokens/s, ratio {two / one:.2f}x (same cores: the ratio is the cost of splitting them)")
 PYEOF
 )
 }

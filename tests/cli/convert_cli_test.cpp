@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -73,6 +74,32 @@ TEST(ConvertCli, ConvertsVerifiesAndRecordsTheReport) {
   EXPECT_NE(again.err.find(": --out: exists"), std::string::npos) << again.err;
   EXPECT_EQ(convert("hedgehog", dir / "out", {"--force"}).exit_code, 0);
   EXPECT_EQ(nlohmann::json::parse(test::read_file(dir / "out" / "config.json"))["linearize"]["recipe"], "hedgehog");
+}
+
+// Above --max-shard-size the export is sharded as save_pretrained shards (index last, every file holding
+// the copies' hashes), verifies (L0 checks each shard's copies), and a forced rewrite into one file leaves
+// no shard behind. The verify flags apply to the verification convert runs (bf16 compute here).
+TEST(ConvertCli, ShardsAboveTheSizeLimitAndVerifiesInBf16) {
+  test::TempDir dir;
+  const auto r = convert("lolcats", dir / "out", {"--max-shard-size", "200KB", "--dtype", "bf16", "--prompt-ids", "1,5,9,13,17,21,25,29"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("verify: PASS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("drift in bf16"), std::string::npos) << r.out;
+  const auto index = nlohmann::json::parse(test::read_file(dir / "out" / "model.safetensors.index.json"));
+  std::set<std::string> files;
+  std::uint64_t largest = 0;
+  for (const auto& [name, file] : index["weight_map"].items()) files.insert(file.get<std::string>());
+  EXPECT_GE(files.size(), 3u);  // 544 KB of source tensors plus the feature maps, in shards of <= 200 KB
+  for (const auto& file : files) {
+    largest = std::max<std::uint64_t>(largest, std::filesystem::file_size(dir / "out" / file));
+    EXPECT_TRUE(SafetensorsFile::open(dir / "out" / file).metadata().count("linearize_copied_sha256")) << file;
+  }
+  EXPECT_LE(largest, 200'000u + 16'384u);  // plus the header (names, shapes, the hashes' metadata)
+  EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.safetensors"));
+  const auto again = convert("lolcats", dir / "out", {"--force"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  for (const auto& file : files) EXPECT_FALSE(std::filesystem::exists(dir / "out" / file)) << file;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.safetensors.index.json"));
 }
 
 TEST(ConvertCli, VerifyIsDeterministic) {
