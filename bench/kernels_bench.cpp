@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -144,6 +145,37 @@ void BM_GlaDecodeStep(benchmark::State& state) {
   state.counters["state_bytes_formula"] = static_cast<double>(1 * H * d * d * 4);  // B*H*K*V*fp32
 }
 
+// The baseline a decode step is held to: ggml's GATED_LINEAR_ATTN loop (per head and token one pass over
+// the state rows, decayed, updated with k_i v^T and dotted into the output while in cache) on raw fp32
+// arrays, no tensors, no allocation; heads spread over the same threads as ours (at::parallel_for).
+void BM_FusedDecodeBaseline(benchmark::State& state) {
+  const int64_t H = 32, d = 128;
+  const auto in = gla_inputs(1, H, d);
+  const at::Tensor gate = in.log_decay.exp().contiguous(), S = at::randn({H, d, d}) * 0.1, o = at::empty({H, d});
+  const float *q = in.q.const_data_ptr<float>(), *k = in.k.const_data_ptr<float>(), *v = in.v.const_data_ptr<float>(),
+              *a = gate.const_data_ptr<float>();
+  float *s = S.mutable_data_ptr<float>(), *out = o.mutable_data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (auto _ : state) {
+    at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t h = begin; h < end; ++h) {
+        float* oh = out + h * d;
+        std::fill(oh, oh + d, 0.0f);
+        for (int64_t i = 0; i < d; ++i) {
+          float* row = s + (h * d + i) * d;
+          const float ai = a[h * d + i], ki = k[h * d + i], qi = scale * q[h * d + i];
+          for (int64_t j = 0; j < d; ++j) {
+            row[j] = ai * row[j] + ki * v[h * d + j];
+            oh[j] += qi * row[j];
+          }
+        }
+      }
+    });
+    benchmark::DoNotOptimize(out);
+    benchmark::ClobberMemory();
+  }
+}
+
 // Gated delta rule as gated-deltanet feeds it (converter/recipes/gated_deltanet.cpp): unit-norm q, k per head,
 // beta in (0, 1), a scalar log decay per head and token; scale 1. args: H, d, T.
 lk::DeltaRuleInputs delta_rule_inputs(int64_t T, int64_t H, int64_t d) {
@@ -194,6 +226,7 @@ BENCHMARK(BM_SsdChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 // The delta rule to 4K on both forms (its chunked form adds a triangular solve per chunk to GLA's work).
 BENCHMARK(BM_DeltaRuleChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_DeltaRuleRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
+BENCHMARK(BM_FusedDecodeBaseline)->Unit(benchmark::kMicrosecond)->MinTime(0.3);
 BENCHMARK(BM_GlaDecodeStep)->Arg(128)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("context")->Unit(benchmark::kMicrosecond)->MinTime(0.3);
 
 }  // namespace

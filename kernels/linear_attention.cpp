@@ -1,6 +1,9 @@
 #include "kernels/linear_attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -8,6 +11,7 @@
 #include <vector>
 
 #include "kernels/chunk_layout.h"
+#include "kernels/cpu_multiversion.h"
 #include "kernels/gla_chunk_terms.h"
 
 namespace linearize::kernels {
@@ -123,7 +127,80 @@ at::Tensor initial_state(const LinearState& s, const Problem& p, const LinearAtt
 }
 
 // ---- recurrent: S_t = diag(exp g_t) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t ----
+
+// The fused CPU step (decode, no autograd), as ggml's GATED_LINEAR_ATTN: per kv head and token one pass
+// over the state rows, each row decayed, updated with k_i v^T and added into the G query heads' outputs
+// while it is in cache, so the state [K, V'] is read and written once per token. Sizes as in Problem;
+// all arrays contiguous in the Problem's layouts; `a` the decays exp(g) (null without a gate); the first
+// token reads the state from h0, every token writes it to h (no separate copy of the caller's state);
+// o [B,T,Hq,V'] written.
+template <typename T>
+LINEARIZE_INLINE void recurrent_heads(const T* q, const T* k, const T* v, const T* a, const T* h0, T* h, T* o,
+                                      int64_t begin, int64_t end, int64_t T_len, int64_t Hkv, int64_t G, int64_t K,
+                                      int64_t Vp, Gate gate, T scale) {
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / Hkv, head = bh % Hkv;
+    T* S = h + bh * K * Vp;
+    for (int64_t t = 0; t < T_len; ++t) {
+      const T* previous = t == 0 ? h0 + bh * K * Vp : S;
+      const int64_t kv_row = (b * T_len + t) * Hkv + head;
+      const T* kt = k + kv_row * K;
+      const T* vt = v + kv_row * Vp;
+      const T* qt = q + kv_row * G * K;  // the group's G query heads, [G, K]
+      T* ot = o + kv_row * G * Vp;       // [G, V']
+      std::fill(ot, ot + G * Vp, T(0));
+      const T scalar_decay = gate == Gate::scalar ? a[kv_row] : T(1);
+      for (int64_t i = 0; i < K; ++i) {
+        const T decay = gate == Gate::channel ? a[kv_row * K + i] : scalar_decay, ki = kt[i];
+        const T* from = previous + i * Vp;
+        T* row = S + i * Vp;
+        for (int64_t j = 0; j < Vp; ++j) row[j] = decay * from[j] + ki * vt[j];
+        for (int64_t gq = 0; gq < G; ++gq) {
+          const T qi = scale * qt[gq * K + i];
+          T* out = ot + gq * Vp;
+          for (int64_t j = 0; j < Vp; ++j) out[j] += qi * row[j];
+        }
+      }
+    }
+  }
+}
+LINEARIZE_MULTIVERSION void recurrent_range(const float* q, const float* k, const float* v, const float* a,
+                                            const float* h0, float* h, float* o, int64_t begin, int64_t end,
+                                            int64_t T_len, int64_t Hkv, int64_t G, int64_t K, int64_t Vp, Gate gate,
+                                            float scale) {
+  recurrent_heads(q, k, v, a, h0, h, o, begin, end, T_len, Hkv, G, K, Vp, gate, scale);
+}
+LINEARIZE_MULTIVERSION void recurrent_range(const double* q, const double* k, const double* v, const double* a,
+                                            const double* h0, double* h, double* o, int64_t begin, int64_t end,
+                                            int64_t T_len, int64_t Hkv, int64_t G, int64_t K, int64_t Vp, Gate gate,
+                                            double scale) {
+  recurrent_heads(q, k, v, a, h0, h, o, begin, end, T_len, Hkv, G, K, Vp, gate, scale);
+}
+
+CoreResult recurrent_fused(const Problem& p, const at::Tensor& h0) {
+  const at::Tensor q = p.q.contiguous(), k = p.k.contiguous(), v = p.v.contiguous();
+  const at::Tensor a = p.gate == Gate::none ? at::Tensor() : p.g.exp().contiguous();  // one vectorised exp
+  const at::Tensor h_in = h0.contiguous();
+  at::Tensor h = at::empty_like(h_in);  // the caller's state is left as it was
+  const int64_t Vp = v.size(-1);
+  at::Tensor o = at::empty({p.B, p.T, p.Hq, Vp}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_recurrent", [&] {
+    // A head's state row by row is the unit of work: heads spread over the threads.
+    at::parallel_for(0, p.B * p.Hkv, 1, [&](int64_t begin, int64_t end) {
+      recurrent_range(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                      a.defined() ? a.const_data_ptr<scalar_t>() : nullptr, h_in.const_data_ptr<scalar_t>(),
+                      h.mutable_data_ptr<scalar_t>(),
+                      o.mutable_data_ptr<scalar_t>(), begin, end, p.T, p.Hkv, p.G, p.K, Vp, p.gate,
+                      static_cast<scalar_t>(p.scale));
+    });
+  });
+  return {o, h};
+}
+
 CoreResult recurrent(const Problem& p, at::Tensor h) {
+  const bool needs_grad = at::GradMode::is_enabled() && (p.q.requires_grad() || p.k.requires_grad() || p.v.requires_grad() ||
+                                                         (p.g.defined() && p.g.requires_grad()) || h.requires_grad());
+  if (p.q.is_cpu() && !needs_grad) return recurrent_fused(p, h);
   // unbind, not select in a loop: select's backward would allocate a full-size gradient per token.
   const auto qs = (p.q * p.scale).view({p.B, p.T, p.Hkv, p.G, p.K}).unbind(1);
   const auto ks = p.k.unbind(1);
