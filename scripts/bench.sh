@@ -67,12 +67,22 @@ PYEOF
 section_decoder() {
   local threads=${LINEARIZE_BENCH_THREADS:-$(nproc)}
   decoder_run cpu fp32 100m "$threads"
+  decoder_run cpu bf16 100m "$threads"
+  # Decode is memory-bound: bf16 weights (half the bytes) against our own fp32 path, same run.
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$BENCH_OUT/decoder_bench_cpu_fp32.json" "$BENCH_OUT/decoder_bench_cpu_bf16.json" <<'PYEOF'
+import json, sys
+fp32, bf16 = ({b["name"].split("/")[0]: b["tokens_per_s"] for b in json.load(open(p))["benchmarks"]} for p in sys.argv[1:3])
+ratio = bf16["BM_Decode"] / fp32["BM_Decode"]
+print(f"decoder bf16 vs fp32 (ours, cpu): decode {bf16['BM_Decode']:.1f} vs {fp32['BM_Decode']:.1f} tokens/s, ratio {ratio:.2f}x   "
+      f"target >= 1.6x: {'PASS' if ratio >= 1.6 else 'FAIL'}")
+PYEOF
+)
   if [ "${LINEARIZE_BENCH_CUDA:-0}" = 1 ]; then decoder_run cuda bf16 1b "$threads"; fi
 }
 
 decoder_run() {
   local device=$1 dtype=$2 size=$3 threads=$4
-  local model=$LINEARIZE_BENCH_DIR/llama-$size ours=$BENCH_OUT/decoder_bench_$device.json theirs=$BENCH_OUT/decoder_transformers_$device.json
+  local model=$LINEARIZE_BENCH_DIR/llama-$size ours=$BENCH_OUT/decoder_bench_${device}_$dtype.json theirs=$BENCH_OUT/decoder_transformers_${device}_$dtype.json
   echo "== decoder: linearize vs transformers eager, $dtype $device, llama-$size, $threads threads"
   "$PY" bench/decoder_transformers.py make --out "$model" --size "$size"
   LINEARIZE_BENCH_MODEL=$model LINEARIZE_BENCH_DEVICE=$device LINEARIZE_BENCH_DTYPE=$dtype LINEARIZE_BENCH_THREADS=$threads \

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "converter/names.h"
+#include "kernels/linear.h"
 #include "kernels/norms.h"
 #include "kernels/softmax_attention.h"
 
@@ -52,9 +53,7 @@ struct KvCache final : MixerState {
   }
 };
 
-at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return kernels::linear(x, w, b); }
 
 
 }  // namespace

@@ -1,0 +1,18 @@
+// y = x W^T + b, the decoder's projections and LM head. Decode multiplies one row per sequence by each
+// matrix, which is memory-bound: with bf16 / fp16 weights on the CPU (no autograd) a few rows go through a
+// matrix-vector loop that streams the 2-byte weights once and accumulates in fp32 (oneDNN's bf16 GEMM
+// reaches 9-30 GB/s on such shapes where fp32 GEMV streams 11-18 GB/s on the same machine, so bf16 weights
+// decoded no faster than fp32 ones). Everything else is at::linear.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace linearize::kernels {
+
+// x [..., in], w [out, in], b [out] or undefined -> [..., out] in x's dtype.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// The rows of x up to which linear() takes the matrix-vector loop.
+inline constexpr int64_t kMatVecMaxRows = 4;
+
+}  // namespace linearize::kernels
