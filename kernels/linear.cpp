@@ -57,7 +57,7 @@ LINEARIZE_MULTIVERSION void matvec_fp16(const float* x, const std::uint16_t* w, 
 
 }  // namespace
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+at::Tensor linear_projection(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const bool half_weights = w.scalar_type() == at::kBFloat16 || w.scalar_type() == at::kHalf;
   const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / std::max<int64_t>(in, 1);
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));

@@ -10,9 +10,9 @@
 namespace linearize::kernels {
 
 // x [..., in], w [out, in], b [out] or undefined -> [..., out] in x's dtype.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+at::Tensor linear_projection(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
-// The rows of x up to which linear() takes the matrix-vector loop.
+// The rows of x up to which linear_projection() takes the matrix-vector loop.
 inline constexpr int64_t kMatVecMaxRows = 4;
 
 }  // namespace linearize::kernels

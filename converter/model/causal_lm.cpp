@@ -25,10 +25,10 @@ at::Tensor GatedMlp::act(const at::Tensor& gate) const {
 }
 
 at::Tensor GatedMlp::forward(const at::Tensor& x) const {
-  const auto gate_up = kernels::linear(x, gate_up_, gate_up_bias_).chunk(2, -1);
-  if (!adapters_) return kernels::linear(act(gate_up[0]) * gate_up[1], down_, down_bias_);
+  const auto gate_up = kernels::linear_projection(x, gate_up_, gate_up_bias_).chunk(2, -1);
+  if (!adapters_) return kernels::linear_projection(act(gate_up[0]) * gate_up[1], down_, down_bias_);
   const auto hidden = act(adapters_->apply(Projection::gate, x, gate_up[0])) * adapters_->apply(Projection::up, x, gate_up[1]);
-  return adapters_->apply(Projection::down, hidden, kernels::linear(hidden, down_, down_bias_));
+  return adapters_->apply(Projection::down, hidden, kernels::linear_projection(hidden, down_, down_bias_));
 }
 
 at::Tensor DecoderLayer::weight(Projection projection) const {
@@ -158,7 +158,7 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   h = norm(h, final_norm_);
   if (capture) capture(names::kNormCapture, h);
-  auto logits = kernels::linear(h, lm_head_);
+  auto logits = kernels::linear_projection(h, lm_head_);
   if (block.final_logit_softcap) logits = at::tanh(logits / *block.final_logit_softcap) * *block.final_logit_softcap;
   if (capture) capture(names::kLogitsCapture, logits);
   return logits;

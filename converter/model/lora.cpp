@@ -49,7 +49,7 @@ at::Tensor LoraLinear::lora_path(const at::Tensor& x, bool training) const {
 }
 
 at::Tensor LoraLinear::forward(const at::Tensor& x, bool training) const {
-  const at::Tensor base = kernels::linear(x, weight_, bias_);
+  const at::Tensor base = kernels::linear_projection(x, weight_, bias_);
   return base + lora_path(x, training).to(base.scalar_type());
 }
 

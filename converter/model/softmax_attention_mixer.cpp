@@ -53,7 +53,7 @@ struct KvCache final : MixerState {
   }
 };
 
-at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return kernels::linear(x, w, b); }
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return kernels::linear_projection(x, w, b); }
 
 
 }  // namespace

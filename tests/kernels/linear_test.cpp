@@ -1,0 +1,48 @@
+// kernels::linear: the matrix-vector loop for bf16 / fp16 weights (decode) against an fp64 reference on the
+// same weights, for 1 to 4 rows, an input length that is not a multiple of the loop's 16 lanes and a bias;
+// and the paths it leaves to at::linear (more rows, fp32 weights, autograd) exactly at::linear's.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "kernels/linear.h"
+
+namespace linearize::kernels {
+namespace {
+
+TEST(Linear, HalfWeightsAgreeWithFp64ForDecodeRows) {
+  at::manual_seed(0);
+  for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+    for (int64_t rows = 1; rows <= kMatVecMaxRows; ++rows) {
+      SCOPED_TRACE(std::string(dtype == at::kBFloat16 ? "bf16" : "fp16") + ", rows " + std::to_string(rows));
+      const int64_t in = 1000, out = 300;  // 1000 = 62 x 16 + 8: the tail loop runs too
+      const auto w = at::randn({out, in}).to(dtype), b = at::randn({out}).to(dtype), x = at::randn({rows, 1, in}).to(dtype);
+      const auto got = linear_projection(x, w, b);
+      ASSERT_EQ(got.sizes(), (at::IntArrayRef{rows, 1, out}));
+      ASSERT_EQ(got.scalar_type(), dtype);
+      const auto exact = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
+      // The loop sums in fp32 (error <= n u32 sum|x w|, n = 1000: ~6e-5 of sum|x w|), then the result is
+      // rounded once to the weights' dtype (unit roundoff u: 2^-8 relative in bf16, 2^-11 in fp16). A wrong
+      // widening or a skipped tail moves the result by whole products, far beyond this.
+      const double u = dtype == at::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+      const auto magnitude = at::linear(x.to(at::kDouble).abs(), w.to(at::kDouble).abs(), b.to(at::kDouble).abs());
+      const auto allowed = exact.abs() * u + magnitude * (1000 * std::ldexp(1.0, -24));
+      EXPECT_TRUE(((got.to(at::kDouble) - exact).abs() <= allowed).all().item<bool>())
+          << "worst " << ((got.to(at::kDouble) - exact).abs() - allowed).max().item<double>();
+    }
+  }
+}
+
+TEST(Linear, OtherCasesAreAtLinear) {
+  at::manual_seed(1);
+  const auto w = at::randn({64, 96}).to(at::kBFloat16), x = at::randn({kMatVecMaxRows + 1, 96}).to(at::kBFloat16);
+  EXPECT_TRUE(at::equal(linear_projection(x, w), at::linear(x, w)));  // prefill rows: oneDNN's GEMM
+  const auto w32 = at::randn({64, 96}), x32 = at::randn({1, 96});
+  EXPECT_TRUE(at::equal(linear_projection(x32, w32), at::linear(x32, w32)));
+  const auto trained = at::randn({64, 96}).to(at::kBFloat16).requires_grad_(true);
+  const auto y = linear_projection(x.narrow(0, 0, 1), trained);
+  EXPECT_TRUE(y.requires_grad());  // autograd keeps at::linear's graph
+}
+
+}  // namespace
+}  // namespace linearize::kernels
