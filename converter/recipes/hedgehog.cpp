@@ -48,8 +48,11 @@ class HedgehogMixer final : public TokenMixer {
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, x.size(1), x);
     kernels::LinearAttentionInputs in;
-    in.q = kernels::hedgehog(recipes::at_least_fp32(recipes::rope_bthd(h.q, cs)), map_q_);
-    in.k = kernels::hedgehog(recipes::repeat_heads(recipes::at_least_fp32(recipes::rope_bthd(h.k, cs)), H), map_k_);
+    // The maps run in fp32 at least (a bf16 model's maps are loaded in bf16: cast, as lolcats does).
+    const auto q = recipes::at_least_fp32(recipes::rope_bthd(h.q, cs));
+    const auto k = recipes::repeat_heads(recipes::at_least_fp32(recipes::rope_bthd(h.k, cs)), H);
+    in.q = kernels::hedgehog(q, map_q_.to(q.scalar_type()));
+    in.k = kernels::hedgehog(k, map_k_.to(k.scalar_type()));
     in.v = recipes::repeat_heads(h.v, H);
     return in;
   }

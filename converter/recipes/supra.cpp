@@ -47,7 +47,8 @@ class SupraMixer final : public TokenMixer {
     const auto h = source_.project_heads(x);
     const auto cs = source_.cos_sin(start, T, x);
     const auto phi = [&](const at::Tensor& heads, const at::Tensor& w, const at::Tensor& b) {
-      const auto mapped = at::relu(at::linear(recipes::at_least_fp32(heads.reshape({B, T, -1})), w, b));
+      const auto in = recipes::at_least_fp32(heads.reshape({B, T, -1}));  // maps in fp32 at least, weights cast
+      const auto mapped = at::relu(at::linear(in, w.to(in.scalar_type()), b.to(in.scalar_type())));
       return recipes::rope_bthd(mapped.view({B, T, -1, d}), cs);
     };
     kernels::LinearAttentionInputs in;
