@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <fstream>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "converter/hf_files.h"
 #include "converter/layer_selection.h"
@@ -190,13 +191,20 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
         tensors.emplace_back(names::recipe_tensor(i, t.name), std::move(value));
       }
     }
-    if (options.progress) options.progress(i, config.num_hidden_layers);
+  }
+  std::unordered_map<std::string, std::int64_t> bytes_of;
+  std::uint64_t written = 0, total = 0;
+  for (const auto& [name, tensor] : tensors) {
+    bytes_of[name] = static_cast<std::int64_t>(tensor.nbytes());
+    total += static_cast<std::uint64_t>(tensor.nbytes());
   }
   write_checkpoint(out, tensors,
                    {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
                     {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}},
                    options.max_shard_bytes, [&](const std::string& name) {
                      if (source.contains(name)) source.release(name);
+                     written += static_cast<std::uint64_t>(bytes_of.at(name));
+                     if (options.progress) options.progress(written, total);
                    });
 
   for (const auto& name : passthrough_files()) {

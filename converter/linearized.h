@@ -45,7 +45,9 @@ struct ConvertOptions {
   std::string params_origin = "command line";           // names them in errors
   bool force = false;
   std::uint64_t max_shard_bytes = kDefaultMaxShardBytes;  // above it model.safetensors is written as shards
-  std::function<void(std::int64_t layer, std::int64_t layers)> progress;  // after each layer's tensors
+  // After each tensor is written: bytes of tensor data written so far, of `total` (an 8B model streams
+  // 16 GB: minutes on a slow disk).
+  std::function<void(std::uint64_t written, std::uint64_t total)> progress;
 };
 
 struct ConvertResult {
