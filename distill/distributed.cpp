@@ -4,6 +4,10 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if LINEARIZE_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 #include <string>
@@ -57,19 +61,24 @@ std::optional<ProcessPlace> process_place_from_environment() {
   return place;
 }
 
-struct ProcessGroup::Gloo {
+struct ProcessGroup::Connection {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> backend;
+  c10::intrusive_ptr<c10d::Backend> backend;
 };
 
-ProcessGroup::ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, std::unique_ptr<Gloo> gloo)
-    : place_(std::move(place)), timeout_(timeout), gloo_(std::move(gloo)) {}
+ProcessGroup::ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, at::Device device, std::unique_ptr<Connection> connection)
+    : place_(std::move(place)), device_(device), timeout_(timeout), connection_(std::move(connection)) {}
 
 ProcessGroup::~ProcessGroup() = default;
 
-std::unique_ptr<ProcessGroup> ProcessGroup::connect(const ProcessPlace& place, std::chrono::milliseconds timeout) {
+std::unique_ptr<ProcessGroup> ProcessGroup::connect(const ProcessPlace& place, std::chrono::milliseconds timeout, bool cuda) {
   const auto where = place.master_addr + ":" + std::to_string(place.master_port);
-  auto gloo = std::make_unique<Gloo>();
+  auto connection = std::make_unique<Connection>();
+  at::Device device(at::kCPU);
+#if !LINEARIZE_WITH_NCCL
+  if (cuda)
+    throw InputError(kEnvironment, "device.type", "cuda with several ranks needs NCCL, which this build lacks (the torch wheel's nvidia/nccl headers)");
+#endif
   try {
     c10d::TCPStoreOptions store;
     store.port = static_cast<std::uint16_t>(place.master_port);
@@ -77,21 +86,31 @@ std::unique_ptr<ProcessGroup> ProcessGroup::connect(const ProcessPlace& place, s
     store.numWorkers = static_cast<std::size_t>(place.world_size);
     store.waitWorkers = true;
     store.timeout = timeout;
-    gloo->store = c10::make_intrusive<c10d::TCPStore>(place.master_addr, store);
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    // GLOO_SOCKET_IFNAME picks the interface, as in torch.distributed; else the hostname's address.
-    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname != '\0')
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    else
-      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    options->threads = 1;  // one collective at a time: the training loop waits on each
-    gloo->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(gloo->store, place.rank, place.world_size, options);
+    connection->store = c10::make_intrusive<c10d::TCPStore>(place.master_addr, store);
+    if (cuda) {
+#if LINEARIZE_WITH_NCCL
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(place.local_rank));
+      device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(place.local_rank));
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      connection->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(connection->store, place.rank, place.world_size, options);
+#endif
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+      // GLOO_SOCKET_IFNAME picks the interface, as in torch.distributed; else the hostname's address.
+      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname != '\0')
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      else
+        options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      options->threads = 1;  // one collective at a time: the training loop waits on each
+      connection->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(connection->store, place.rank, place.world_size, options);
+    }
   } catch (const std::exception& e) {
     throw DistributedError("rank " + std::to_string(place.rank) + " of " + std::to_string(place.world_size) +
                            ": could not join the job at " + where + " within " + std::to_string(timeout.count() / 1000) +
                            " s (MASTER_ADDR/MASTER_PORT, and every rank started?): " + e.what());
   }
-  return std::unique_ptr<ProcessGroup>(new ProcessGroup(place, timeout, std::move(gloo)));
+  return std::unique_ptr<ProcessGroup>(new ProcessGroup(place, timeout, device, std::move(connection)));
 }
 
 namespace {
@@ -123,7 +142,7 @@ void ProcessGroup::all_reduce_sum(const std::vector<at::Tensor>& tensors, std::i
     std::vector<at::Tensor> parts;
     for (std::size_t i = begin; i < end; ++i) parts.push_back(tensors[i].reshape({-1}));
     std::vector<at::Tensor> flat{at::cat(parts)};
-    run_collective(place_, timeout_, "all-reduce", [&] { return gloo_->backend->allreduce(flat); });
+    run_collective(place_, timeout_, "all-reduce", [&] { return connection_->backend->allreduce(flat); });
     std::int64_t offset = 0;
     for (std::size_t i = begin; i < end; ++i) {
       const auto n = tensors[i].numel();
@@ -135,7 +154,7 @@ void ProcessGroup::all_reduce_sum(const std::vector<at::Tensor>& tensors, std::i
 }
 
 double ProcessGroup::all_reduce_sum(double value) const {
-  const auto t = at::full({1}, value, at::kDouble);
+  const auto t = at::full({1}, value, at::TensorOptions(at::kDouble).device(device_));
   all_reduce_sum({t});
   return t.item<double>();
 }
@@ -146,13 +165,13 @@ void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int root) c
     std::vector<at::Tensor> one{tensor.is_contiguous() ? tensor : tensor.contiguous()};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    run_collective(place_, timeout_, "broadcast", [&] { return gloo_->backend->broadcast(one, options); });
+    run_collective(place_, timeout_, "broadcast", [&] { return connection_->backend->broadcast(one, options); });
     if (!one[0].is_same(tensor)) tensor.copy_(one[0]);
   }
 }
 
 void ProcessGroup::barrier() const {
-  run_collective(place_, timeout_, "barrier", [&] { return gloo_->backend->barrier(); });
+  run_collective(place_, timeout_, "barrier", [&] { return connection_->backend->barrier(); });
 }
 
 }  // namespace linearize

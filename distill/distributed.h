@@ -1,5 +1,6 @@
 // A distill process's place in a multi-process job (DESIGN section 7, scale-out) and the collectives it
-// needs, on c10d's process groups as LibTorch ships them: Gloo on CPU tensors. Launched like torchrun
+// needs, on c10d's process groups as LibTorch ships them: Gloo on CPU tensors, NCCL on CUDA ones (rank r
+// uses GPU LOCAL_RANK; built where the torch wheel's NCCL headers are, LINEARIZE_WITH_NCCL). Launched like torchrun
 // (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or under Slurm (SLURM_PROCID, SLURM_NTASKS,
 // SLURM_LOCALID when RANK is not set). A rank that dies or stops answering ends every other rank's
 // collective with DistributedError within the timeout, so the job never hangs.
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 namespace linearize {
 
@@ -34,13 +36,17 @@ struct DistributedError : std::runtime_error {
 
 class ProcessGroup {
  public:
-  // Rendezvous at master_addr:master_port (rank 0 serves the store) and a Gloo group over every rank;
-  // waits up to `timeout` for the others to arrive, and bounds every later collective by it too.
-  static std::unique_ptr<ProcessGroup> connect(const ProcessPlace& place, std::chrono::milliseconds timeout);
+  // Rendezvous at master_addr:master_port (rank 0 serves the store) and a group over every rank: Gloo on
+  // the CPU, NCCL for `cuda` (which makes GPU LOCAL_RANK this process's current device); waits up to
+  // `timeout` for the others to arrive, and bounds every later collective by it too.
+  static std::unique_ptr<ProcessGroup> connect(const ProcessPlace& place, std::chrono::milliseconds timeout,
+                                               bool cuda = false);
   ~ProcessGroup();
 
   int rank() const { return place_.rank; }
   int world_size() const { return place_.world_size; }
+  // Where the collectives' tensors live: the CPU (Gloo) or this rank's GPU (NCCL).
+  const at::Device& device() const { return device_; }
 
   // Sums each tensor over the ranks in place. Tensors are packed into flat buckets of at most
   // `bucket_bytes` (as DistributedDataParallel does: one message per bucket, not per tensor) of their dtype.
@@ -51,12 +57,13 @@ class ProcessGroup {
   void barrier() const;
 
  private:
-  struct Gloo;  // the store and the c10d backend: Gloo's headers stay in the .cpp
-  ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, std::unique_ptr<Gloo> gloo);
+  struct Connection;  // the store and the c10d backend (Gloo or NCCL): their headers stay in the .cpp
+  ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, at::Device device, std::unique_ptr<Connection> connection);
 
   ProcessPlace place_;
+  at::Device device_;
   std::chrono::milliseconds timeout_;
-  std::unique_ptr<Gloo> gloo_;
+  std::unique_ptr<Connection> connection_;
 };
 
 }  // namespace linearize

@@ -249,8 +249,9 @@ void all_reduce_step(const ProcessGroup& group, const NamedTensors& params, doub
   group.all_reduce_sum(grads);
   std::vector<double> values{loss, stop ? 1.0 : 0.0};
   values.insert(values.end(), layer_values.begin(), layer_values.end());
-  const auto summed = at::tensor(values, at::kDouble);
-  group.all_reduce_sum({summed});
+  const auto on_device = at::tensor(values, at::kDouble).to(group.device());
+  group.all_reduce_sum({on_device});
+  const auto summed = on_device.cpu();
   loss = summed[0].item<double>();
   stop = summed[1].item<double>() > 0;
   for (std::size_t i = 0; i < layer_values.size(); ++i) layer_values[i] = summed[2 + static_cast<std::int64_t>(i)].item<double>();
@@ -553,7 +554,8 @@ DistillResult run_distill(const DistillOptions& options) {
                          " ranks (the global batch is divided among them)");
   std::unique_ptr<ProcessGroup> group;
   if (place) {
-    group = ProcessGroup::connect(*place, std::chrono::seconds(config.device.timeout_s));
+    group = ProcessGroup::connect(*place, std::chrono::seconds(config.device.timeout_s),
+                                  config.device.type == DeviceType::kCuda);
     spdlog::info("rank {} of {} joined the job at {}:{}", place->rank, place->world_size, place->master_addr, place->master_port);
   }
   const bool root = !group || group->rank() == 0;
@@ -563,7 +565,8 @@ DistillResult run_distill(const DistillOptions& options) {
   if (root) ensure_converted(config, converted);
   if (group) group->barrier();  // the others load the conversion rank 0 wrote
   LoadOptions load;
-  load.device = config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  load.device = group ? group->device()  // this rank's GPU under NCCL
+                      : config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
   const CausalLM source = load_model(config.model, load);
   check_conversion(student.config(), source.config(), config);
