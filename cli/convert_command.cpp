@@ -34,7 +34,7 @@ void add_convert_command(CLI::App& app) {
   cmd->add_flag("--force", opts->force, "Overwrite an existing output directory");
   cmd->add_option("--max-shard-size", opts->max_shard_size,
                   "Above this the weights are written as Hugging Face shards with an index (e.g. 5GB, 500MB; default 5GB)")
-      ->transform(CLI::AsSizeValue(false));
+      ->transform(CLI::AsSizeValue(true));  // kb = 1000 b, as Hugging Face reads "5GB"
   add_verify_flags(*cmd, opts->verify);
   cmd->callback([opts] {
     ConvertOptions convert;

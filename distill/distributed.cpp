@@ -41,10 +41,11 @@ int env_int(const char* name, int fallback, int least) {
 }  // namespace
 
 std::optional<ProcessPlace> process_place_from_environment() {
-  // torchrun's names first; Slurm's when the job was started by srun without a wrapper.
+  // torchrun's names first; Slurm's when srun started the processes without a wrapper (the step's task
+  // count: SLURM_NTASKS is also set in an sbatch script, where one process runs alone).
   const bool torchrun = env("RANK").has_value() || env("WORLD_SIZE").has_value();
   const char* rank_var = torchrun ? "RANK" : "SLURM_PROCID";
-  const char* size_var = torchrun ? "WORLD_SIZE" : "SLURM_NTASKS";
+  const char* size_var = torchrun ? "WORLD_SIZE" : "SLURM_STEP_NUM_TASKS";
   const char* local_var = torchrun ? "LOCAL_RANK" : "SLURM_LOCALID";
   ProcessPlace place;
   place.world_size = env_int(size_var, 1, 1);
@@ -82,7 +83,11 @@ std::unique_ptr<ProcessGroup> ProcessGroup::connect(const ProcessPlace& place, s
   try {
     c10d::TCPStoreOptions store;
     store.port = static_cast<std::uint16_t>(place.master_port);
-    store.isServer = place.rank == 0;
+    // Under torchrun the agent on node 0 already serves the store on MASTER_PORT
+    // (TORCHELASTIC_USE_AGENT_STORE=True): every rank is its client, as torch.distributed does.
+    const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    store.isServer = place.rank == 0 && !(agent_store != nullptr && std::string(agent_store) == "True");
+    store.multiTenant = true;
     store.numWorkers = static_cast<std::size_t>(place.world_size);
     store.waitWorkers = true;
     store.timeout = timeout;
@@ -159,19 +164,23 @@ double ProcessGroup::all_reduce_sum(double value) const {
   return t.item<double>();
 }
 
-void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int root) const {
+void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int root,
+                             std::optional<std::chrono::milliseconds> timeout) const {
   at::NoGradGuard no_grad;  // trainable parameters are written in place
   for (const auto& tensor : tensors) {
     std::vector<at::Tensor> one{tensor.is_contiguous() ? tensor : tensor.contiguous()};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    run_collective(place_, timeout_, "broadcast", [&] { return connection_->backend->broadcast(one, options); });
+    options.timeout = timeout.value_or(timeout_);
+    run_collective(place_, options.timeout, "broadcast", [&] { return connection_->backend->broadcast(one, options); });
     if (!one[0].is_same(tensor)) tensor.copy_(one[0]);
   }
 }
 
-void ProcessGroup::barrier() const {
-  run_collective(place_, timeout_, "barrier", [&] { return connection_->backend->barrier(); });
+void ProcessGroup::barrier(std::optional<std::chrono::milliseconds> timeout) const {
+  c10d::BarrierOptions options;
+  options.timeout = timeout.value_or(timeout_);
+  run_collective(place_, options.timeout, "barrier", [&] { return connection_->backend->barrier(options); });
 }
 
 }  // namespace linearize

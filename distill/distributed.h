@@ -1,7 +1,7 @@
 // A distill process's place in a multi-process job (DESIGN section 7, scale-out) and the collectives it
 // needs, on c10d's process groups as LibTorch ships them: Gloo on CPU tensors, NCCL on CUDA ones (rank r
 // uses GPU LOCAL_RANK; built where the torch wheel's NCCL headers are, LINEARIZE_WITH_NCCL). Launched like torchrun
-// (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or under Slurm (SLURM_PROCID, SLURM_NTASKS,
+// (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS,
 // SLURM_LOCALID when RANK is not set). A rank that dies or stops answering ends every other rank's
 // collective with DistributedError within the timeout, so the job never hangs.
 #pragma once
@@ -52,9 +52,11 @@ class ProcessGroup {
   // `bucket_bytes` (as DistributedDataParallel does: one message per bucket, not per tensor) of their dtype.
   void all_reduce_sum(const std::vector<at::Tensor>& tensors, std::int64_t bucket_bytes = 25 << 20) const;
   double all_reduce_sum(double value) const;
-  // Every rank's tensors become `root`'s (same shapes and dtypes on every rank).
-  void broadcast(const std::vector<at::Tensor>& tensors, int root) const;
-  void barrier() const;
+  // Every rank's tensors become `root`'s (same shapes and dtypes on every rank). `timeout` replaces the
+  // group's for a wait that is long by design (a rank training its block while others are done).
+  void broadcast(const std::vector<at::Tensor>& tensors, int root,
+                 std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
+  void barrier(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
 
  private:
   struct Connection;  // the store and the c10d backend (Gloo or NCCL): their headers stay in the .cpp

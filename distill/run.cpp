@@ -41,6 +41,11 @@ namespace {
 
 constexpr const char* kConfigSource = "run config";
 
+// The bound of a collective that waits by design for as long as work takes elsewhere (rank 0 converting an
+// 8B checkpoint; the ranks that finished their stage-1 block waiting for the others), where device.timeout_s
+// bounds a step's collectives. A rank that dies still ends these at once (its socket closes).
+constexpr auto kLongWait = std::chrono::hours(24);
+
 // A conversion left by an earlier run must be of this run's recipe with the same resolved parameters.
 void check_conversion(const ModelConfig& converted, const ModelConfig& source, const RunConfig& config) {
   const auto& stored = converted.linearize;
@@ -285,6 +290,7 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
   ProgressReporter progress(progress_out, live_progress);
   progress.start(plan.name, result.step - plan.first_step, optim.steps);
   std::int64_t tokens = 0;
+  bool stop_deferred = false;
   while (result.step < last_step) {
     const std::int64_t step = result.step + 1;
     const double lr = schedule.lr(step - plan.first_step);
@@ -310,6 +316,10 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
       tokens += r.tokens;
     }
     bool stop = plan.checkpoints && ctx.stop.requested();
+    if (!plan.checkpoints && ctx.stop.requested() && !stop_deferred) {
+      spdlog::warn("stop requested: block-parallel stage 1 checkpoints and stops once every rank has trained its block");
+      stop_deferred = true;
+    }
     if (plan.data_parallel && ctx.group) all_reduce_step(*ctx.group, plan.params, loss, layer_values, stop);
     check_finite(plan, step, loss, layer_values, ctx.checkpoints);
     const double grad_norm = clip_gradients(plan.params, optim.clip);
@@ -426,18 +436,28 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
     if (owner(j) == rank) owned.push_back(layers[j]);
   const fs::path cache_path = ctx.work_dir / "layer_cache.h5";
   const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
-  // Every rank draws the same batches (the data position after stage 1 is the same everywhere), and only
-  // when the run starts: a resumed run restored the position after them.
-  if (!fs::exists(cache_path) || (ctx.group && !ctx.resumed)) {
+  bool needs_cache = false;  // this rank still has a layer to train (a resumed run may have trained them all)
+  for (std::size_t j = 0; j < layers.size(); ++j)
+    needs_cache = needs_cache || (owner(j) == rank && result.step < static_cast<std::int64_t>(j + 1) * stage1.optim.steps);
+  if (ctx.resumed) {
+    // The checkpoint's data position lies after the batches stage 1 drew: they cannot be drawn again.
+    if (needs_cache && !fs::exists(cache_path))
+      throw InputError(cache_path.string(), "layer cache",
+                       "is missing and a resumed run cannot draw its sequences again (the checkpoint's data position is "
+                       "past them): resume with the world size that cached them, or start the run over");
+  } else if (!fs::exists(cache_path) || ctx.group) {
+    // Every rank draws the same batches, so the data position after stage 1 is the same everywhere. A
+    // multi-rank run rewrites its shard: one left by another world size would hold other layers.
     std::vector<at::Tensor> batches;
     for (std::int64_t i = 0; i < micro_batches; ++i) batches.push_back(ctx.data.next_batch().input_ids.to(ctx.device));
-    if (!fs::exists(cache_path) && !owned.empty()) {
+    if (!owned.empty()) {
+      fs::remove(cache_path);
       const auto rows = write_layer_cache(cache_path, ctx.source, owned, batches);
       spdlog::info("cached the inputs of {} layers for {} sequences in {}", owned.size(), rows, cache_path.string());
     }
   }
   std::optional<LayerCache> cache;
-  if (!owned.empty()) cache.emplace(cache_path, owned, ctx.source.config().hidden_size);
+  if (needs_cache) cache.emplace(cache_path, owned, ctx.source.config().hidden_size);
   const std::int64_t batch = ctx.config.data.batch_size;
   if (cache && cache->rows() != micro_batches * batch)
     throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache->rows()) + " sequences, the run trains on " +
@@ -478,10 +498,20 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
     std::vector<at::Tensor> tensors;
     for (const auto& [name, tensor] : params)
       if (names::layer_of(name) == layers[j]) tensors.push_back(tensor);
-    ctx.group->broadcast(tensors, owner(j));
+    ctx.group->broadcast(tensors, owner(j), kLongWait);
   }
   result.step = stage1_steps(stage1, layers.size());
+  if (ctx.root()) {  // every layer trained: the per-layer validation the report's stage-1 chart ends with
+    nlohmann::json record{{"stage", "stage1"}, {"step", result.step}};
+    validate_layers(record, std::nullopt);
+    ctx.metrics.append(record);
+  }
   result.checkpoint = save_checkpoint(ctx, result.step, params, OptimizerState{}, nlohmann::json::object());
+  // A stop asked for during the stage (each rank trains alone, no step checkpoints) is honoured here.
+  if (ctx.group->all_reduce_sum(ctx.stop.requested() ? 1.0 : 0.0) > 0) {
+    result.stopped = true;
+    return false;
+  }
   return true;
 }
 
@@ -563,7 +593,7 @@ DistillResult run_distill(const DistillOptions& options) {
                                 config.checkpoint.keep);
   const auto resumed = resume_point(checkpoints, options.resume);
   if (root) ensure_converted(config, converted);
-  if (group) group->barrier();  // the others load the conversion rank 0 wrote
+  if (group) group->barrier(kLongWait);  // the others load the conversion rank 0 wrote
   LoadOptions load;
   load.device = group ? group->device()  // this rank's GPU under NCCL
                       : config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
@@ -594,9 +624,14 @@ DistillResult run_distill(const DistillOptions& options) {
     data.restore(DataPosition::from_json(resumed->state.data_position, resumed->from));
     restore_rng(resumed->state.rng);
     result.step = resumed->state.step;
+    // Rank 0 saved its generators; the other ranks draw their own dropout masks from a stream of their own
+    // (a multi-rank run with dropout resumes onto new masks, not bitwise).
+    if (group && group->rank() > 0)
+      at::manual_seed(config.seed + 1'000'003ULL * static_cast<std::uint64_t>(result.step) + static_cast<std::uint64_t>(group->rank()));
     spdlog::info("resuming from {} (step {})", resumed->from, result.step);
   } else {
-    at::manual_seed(config.seed);  // LoRA's dropout draws from the global generators
+    // LoRA's dropout draws from the global generators: each rank its own masks for its own rows.
+    at::manual_seed(config.seed + static_cast<std::uint64_t>(group ? group->rank() : 0));
     fs::remove(work_dir / "metrics.jsonl");
   }
   MetricsLog metrics(work_dir / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);

@@ -63,7 +63,8 @@ GLOO_PREFIX=.deps/gloo
 if [ ! -f "$GLOO_PREFIX/usr/include/gloo/context.h" ]; then
   echo "setup: unpacking Gloo's headers into $GLOO_PREFIX"
   rm -rf "$GLOO_PREFIX" && mkdir -p "$GLOO_PREFIX"
-  (cd "$GLOO_PREFIX" && apt-get download libgloo-dev >/dev/null)
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  (cd "$GLOO_PREFIX" && { apt-get download libgloo-dev >/dev/null 2>&1 || { $SUDO apt-get update -qq && apt-get download libgloo-dev >/dev/null; }; })
   dpkg -x "$GLOO_PREFIX"/libgloo-dev_*.deb "$GLOO_PREFIX"
 fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), onnx $ONNX_VERSION)"
