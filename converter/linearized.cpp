@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <future>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -169,6 +170,13 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   // A forced rewrite makes the directory incomplete first: config.json goes last.
   std::filesystem::remove(out / "config.json");
 
+  // The source files' own hashes (recorded in config.json) on another thread while this one hashes and
+  // writes the tensors: reading through the page cache, they hold no memory of the process's.
+  auto shard_hashes = std::async(std::launch::async, [&source] {
+    std::vector<std::string> hashes;
+    for (const auto& shard : source.shards()) hashes.push_back(sha256_file(shard.path()));
+    return hashes;
+  });
   // The copies stream from the source's mapping to the output in its dtype, one tensor resident at a time:
   // each tensor's pages are released once hashed and again once written (mapped pages count in the
   // process's RSS until dropped), so peak memory is the largest tensor plus the recipe's new ones.
@@ -221,10 +229,9 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   }
 
   nlohmann::ordered_json files;
-  for (const auto& shard : source.shards()) {
-    const std::filesystem::path p(shard.path());
-    files[p.filename().string()] = sha256_file(p);
-  }
+  const auto hashes = shard_hashes.get();
+  for (std::size_t i = 0; i < source.shards().size(); ++i)
+    files[std::filesystem::path(source.shards()[i].path()).filename().string()] = hashes[i];
   files["config.json"] = sha256_file(options.source / "config.json");
   auto doc = nlohmann::ordered_json::parse(std::ifstream(options.source / "config.json"));
   doc["architectures"] = {linearized_architecture_name(recipe.name)};
