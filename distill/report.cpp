@@ -1,5 +1,6 @@
 #include "distill/report.h"
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <string>
@@ -38,9 +39,24 @@ void write_report(const fs::path& out, const RunConfig& config, const DistillRes
                                                            figure(q->teacher_perplexity) + ")");
     report.summary.emplace_back("KL(teacher || student), " + label, figure(q->kl));
   }
+  // Rank 0's records, then the layer plans other ranks trained in a block-parallel stage 1 (their
+  // stage-2 records repeat rank 0's; their per-layer validation predates the broadcast, rank 0 logs the
+  // final one).
+  auto records = read_records(out / "metrics.jsonl");
+  std::vector<fs::path> rank_logs;
+  for (const auto& entry : fs::directory_iterator(out))
+    if (entry.is_directory() && entry.path().filename().string().rfind("rank", 0) == 0 && fs::exists(entry.path() / "metrics.jsonl"))
+      rank_logs.push_back(entry.path() / "metrics.jsonl");
+  std::sort(rank_logs.begin(), rank_logs.end());
+  for (const auto& log : rank_logs)
+    for (auto& r : read_records(log))
+      if (r.value("stage", std::string()).rfind("stage1.", 0) == 0) {
+        r.erase("val_layer_loss");
+        records.push_back(std::move(r));
+      }
   std::map<std::string, LineChart> curves;
   std::vector<double> first_layers, last_layers;
-  for (const auto& r : read_records(out / "metrics.jsonl")) {
+  for (const auto& r : records) {
     const auto stage = r.value("stage", std::string("stage1"));
     auto& curve = curves.try_emplace(stage, LineChart{stage == "stage2" ? "stage 2: LoRA" : "stage 1: attention transfer (" + stage + ")",
                                                       "optimiser step", "loss", true, {{"training", {}}, {"validation", {}}}})

@@ -508,6 +508,10 @@ TEST(DistillDistributed, TwoRanksTrainWhatOneProcessTrains) {
   // Block-parallel: each rank cached only its own layer (its shard of the cache).
   EXPECT_TRUE(std::filesystem::exists(dir / "two" / "layer_cache.h5"));
   EXPECT_TRUE(std::filesystem::exists(dir / "two" / "rank1" / "layer_cache.h5"));
+  // The report charts every layer's stage 1, rank 1's from its own log.
+  const auto report = test::read_file(dir / "two" / "report.html");
+  EXPECT_NE(report.find("stage1.layer0"), std::string::npos);
+  EXPECT_NE(report.find("stage1.layer1"), std::string::npos);
 
   // Stage 1: layer 1 trained on rank 1 from the same cached rows with the same steps: bit for bit, the
   // whole exported checkpoint (stage-1 tensors included).
