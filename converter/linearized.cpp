@@ -4,7 +4,6 @@
 #include <fstream>
 #include <future>
 #include <stdexcept>
-#include <unordered_map>
 
 #include "converter/hf_files.h"
 #include "converter/layer_selection.h"
@@ -200,18 +199,14 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
       }
     }
   }
-  std::unordered_map<std::string, std::int64_t> bytes_of;
   std::uint64_t written = 0, total = 0;
-  for (const auto& [name, tensor] : tensors) {
-    bytes_of[name] = static_cast<std::int64_t>(tensor.nbytes());
-    total += static_cast<std::uint64_t>(tensor.nbytes());
-  }
+  for (const auto& [name, tensor] : tensors) total += static_cast<std::uint64_t>(tensor.nbytes());
   write_checkpoint(out, tensors,
                    {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
                     {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}},
-                   options.max_shard_bytes, [&](const std::string& name) {
+                   options.max_shard_bytes, [&](const std::string& name, std::uint64_t bytes) {
                      if (source.contains(name)) source.release(name);
-                     written += static_cast<std::uint64_t>(bytes_of.at(name));
+                     written += bytes;
                      if (options.progress) options.progress(written, total);
                    });
 

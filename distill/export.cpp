@@ -56,7 +56,7 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
   }
   // The conversion's layout (sharded when it was), its mapped pages released as they are written.
   write_checkpoint(out, tensors, metadata, weights.sharded() ? largest_shard : kDefaultMaxShardBytes,
-                   [&](const std::string& name) { weights.release(name); });
+                   [&](const std::string& name, std::uint64_t) { weights.release(name); });
   auto model_config = read_json_file(converted / "config.json");
   if (merge) {
     const auto& lora = config.stage2.lora;

@@ -432,13 +432,14 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
   const int world = ctx.group ? ctx.group->world_size() : 1, rank = ctx.group ? ctx.group->rank() : 0;
   const auto owner = [&](std::size_t j) { return static_cast<int>(j * static_cast<std::size_t>(world) / layers.size()); };
   std::vector<std::int64_t> owned;
-  for (std::size_t j = 0; j < layers.size(); ++j)
-    if (owner(j) == rank) owned.push_back(layers[j]);
-  const fs::path cache_path = ctx.work_dir / "layer_cache.h5";
-  const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
   bool needs_cache = false;  // this rank still has a layer to train (a resumed run may have trained them all)
   for (std::size_t j = 0; j < layers.size(); ++j)
-    needs_cache = needs_cache || (owner(j) == rank && result.step < static_cast<std::int64_t>(j + 1) * stage1.optim.steps);
+    if (owner(j) == rank) {
+      owned.push_back(layers[j]);
+      needs_cache = needs_cache || result.step < static_cast<std::int64_t>(j + 1) * stage1.optim.steps;
+    }
+  const fs::path cache_path = ctx.work_dir / "layer_cache.h5";
+  const std::int64_t micro_batches = stage1.optim.steps * stage1.optim.grad_accum;
   if (ctx.resumed) {
     // The checkpoint's data position lies after the batches stage 1 drew: they cannot be drawn again.
     if (needs_cache && !fs::exists(cache_path))
@@ -480,17 +481,10 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
       return StageLoss{r.loss, std::move(r.layer_loss), batch * cache->seq_len()};
     };
     plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
-    // A rank trains its layers one after another from the step where each begins (or where a resume
-    // inside it left off).
-    DistillResult layer_result;
-    layer_result.step = ctx.group ? std::max(result.step, plan.first_step) : result.step;
-    if (!train_stage(plan, ctx, layer_result)) {
-      result.step = layer_result.step;
-      result.checkpoint = layer_result.checkpoint;
-      result.stopped = layer_result.stopped;
-      return false;
-    }
-    if (!ctx.group) result.step = layer_result.step, result.checkpoint = layer_result.checkpoint;
+    // A rank's first layer starts past the other ranks' layers (one process: where the previous one ended,
+    // or a resume inside this one left off).
+    result.step = std::max(result.step, plan.first_step);
+    if (!train_stage(plan, ctx, result)) return false;
   }
   if (!ctx.group) return true;
   // The ranks meet: each layer's trained tensors from its owner, then one checkpoint of the whole stage.

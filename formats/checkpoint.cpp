@@ -109,7 +109,7 @@ bool is_weights_file(const std::string& file_name) {
 
 void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata, std::uint64_t max_shard_bytes,
-                      const std::function<void(const std::string& name)>& written) {
+                      const WrittenFn& written) {
   std::vector<NamedTensors> shards(1);
   std::uint64_t shard_bytes = 0, total = 0;
   for (const auto& entry : tensors) {

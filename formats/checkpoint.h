@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -59,7 +58,6 @@ inline constexpr std::uint64_t kDefaultMaxShardBytes = 5'000'000'000;
 // write_safetensors, so tensors viewing a mapping stream through one tensor at a time.
 void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata,
-                      std::uint64_t max_shard_bytes = kDefaultMaxShardBytes,
-                      const std::function<void(const std::string& name)>& written = {});
+                      std::uint64_t max_shard_bytes = kDefaultMaxShardBytes, const WrittenFn& written = {});
 
 }  // namespace linearize

@@ -86,8 +86,7 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
 }
 
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
-                       const std::map<std::string, std::string>& metadata,
-                       const std::function<void(const std::string& name)>& written) {
+                       const std::map<std::string, std::string>& metadata, const WrittenFn& written) {
   std::vector<std::size_t> order(tensors.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -121,7 +120,7 @@ void write_safetensors(const std::filesystem::path& path, const NamedTensors& te
     // One tensor at a time on the CPU, so writing never holds a second copy of the whole model.
     const at::Tensor cpu = tensors[i].second.to(at::kCPU).contiguous();
     out.write(cpu.data_ptr(), static_cast<std::size_t>(cpu.nbytes()));
-    if (written) written(tensors[i].first);
+    if (written) written(tensors[i].first, static_cast<std::uint64_t>(cpu.nbytes()));
   }
   out.commit();
 }

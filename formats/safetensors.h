@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -52,9 +53,10 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // Writes tensors sorted by descending alignment then name (as the reference writer does), the header
 // padded to 8 bytes, through a temporary file renamed into place. `written` is called with each tensor's
-// name once its bytes are in the file (a caller streaming from a mapping releases its pages there).
+// name and byte count once its bytes are in the file (a caller streaming from a mapping releases its pages
+// there, and can show progress).
+using WrittenFn = std::function<void(const std::string& name, std::uint64_t bytes)>;
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
-                       const std::map<std::string, std::string>& metadata = {},
-                       const std::function<void(const std::string& name)>& written = {});
+                       const std::map<std::string, std::string>& metadata = {}, const WrittenFn& written = {});
 
 }  // namespace linearize

@@ -53,7 +53,6 @@ struct KvCache final : MixerState {
   }
 };
 
-at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return kernels::linear_projection(x, w, b); }
 
 
 }  // namespace
@@ -79,7 +78,7 @@ SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxA
 
 ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
   const auto B = x.size(0), T = x.size(1), D = shape_.head_dim;
-  const auto qkv = project(x, qkv_, qkv_bias_);
+  const auto qkv = kernels::linear_projection(x, qkv_, qkv_bias_);
   const auto q_width = shape_.heads * D, kv_width = shape_.kv_heads * D;
   auto q = qkv.narrow(-1, 0, q_width), k = qkv.narrow(-1, q_width, kv_width), v = qkv.narrow(-1, q_width + kv_width, kv_width);
   if (adapters_) {
@@ -100,7 +99,7 @@ double SoftmaxAttentionShape::effective_scale() const { return scale > 0 ? scale
 
 at::Tensor SoftmaxAttentionMixer::project_output(const at::Tensor& heads) const {
   const auto flat = heads.reshape({heads.size(0), heads.size(1), -1});
-  const auto out = project(flat, proj_.o, proj_.o_bias);
+  const auto out = kernels::linear_projection(flat, proj_.o, proj_.o_bias);
   return adapters_ ? adapters_->apply(Projection::o, flat, out) : out;
 }
 

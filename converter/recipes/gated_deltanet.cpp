@@ -45,8 +45,9 @@ class GatedDeltaNetMixer final : public TokenMixer {
     in.q = unit(h.q);
     in.k = unit(h.k);
     in.v = h.v;
-    in.beta = at::sigmoid(at::linear(xf, beta_w_.to(xf.scalar_type()), beta_b_.to(xf.scalar_type())));                                          // [B,T,Hkv]
-    in.log_decay = -at::exp(a_log_.to(xf.scalar_type())) * at::softplus(at::linear(xf, decay_w_.to(xf.scalar_type()), decay_b_.to(xf.scalar_type())));              // [B,T,Hkv]
+    const auto as_x = [&](const at::Tensor& t) { return t.to(xf.scalar_type()); };  // bf16 models' weights, cast
+    in.beta = at::sigmoid(at::linear(xf, as_x(beta_w_), as_x(beta_b_)));                                 // [B,T,Hkv]
+    in.log_decay = -at::exp(as_x(a_log_)) * at::softplus(at::linear(xf, as_x(decay_w_), as_x(decay_b_)));  // [B,T,Hkv]
     kernels::LinearAttentionOptions options;
     options.form = recipes::form_for(call, x.size(1), state);
     options.scale = 1.0;

@@ -2,16 +2,18 @@
 // idea): one row per op, shape and dtype with the error, its tolerance and PASS/FAIL, printed as a table.
 // The device is CUDA when one is usable (fp32 with TF32 off, and bf16); without one it is the CPU (fp32 and
 // bf16), so the table and its tolerances run on every machine and scripts/gpu-check.sh shows the CUDA one.
+// The fp64 reference of a mixer form is another form (linear and hybrid attention: the parallel oracle; the
+// delta rule: its other form), so a form's own indexing error cannot hide in its reference.
 //
 // Error: max |out - ref| / max(1, max |ref|) over every output (absolute for O(1) values, relative for
 // large ones). Tolerances, from the dtype's unit roundoff u and how the ops accumulate:
-//   fp32 (u = 6e-8): the longest sums here have n <= 100 x 64 terms; forms that reassociate them (chunked vs
-//     the fp64 reference) differ by up to n u (4e-4) in the worst case and by sqrt(n) u (5e-6) for random
-//     data: 1e-4 sits between, 20x above what a correct kernel shows and far below a wrong decay, mask or
-//     state carry (errors of order 1e-1).
+//   fp32 (u = 6e-8): the longest sums here have n <= 100 x 64 terms; forms that reassociate them differ by
+//     up to n u (4e-4) in the worst case and by sqrt(n) u (5e-6) for random data: 1e-4 sits between, about
+//     100x above the worst a correct kernel shows here (1.1e-6 on the CPU), while a wrong decay, mask or
+//     state carry changes outputs of unit-normal inputs at order one.
 //   bf16 (u = 2^-8 = 3.9e-3): the inputs themselves are rounded (q, k, v each by u), products of three
 //     rounded factors and the rounded output give about 4u; 8u = 3.1e-2 allows the gates' exponentials on
-//     top and is still 3x below the error of dropping one of 16 window keys.
+//     top (worst here 1.1e-2).
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -44,13 +46,22 @@ using Place = std::function<at::Tensor(const at::Tensor&)>;
 
 struct Op {
   std::string name, shape;
-  std::function<std::vector<at::Tensor>(const Place&)> run;
+  // `reference`: the fp64 run the device's is compared with (a mixer runs its oracle form there).
+  std::function<std::vector<at::Tensor>(const Place&, bool reference)> run;
 };
 
 constexpr int64_t B = 2, T = 100, Hq = 4, Hkv = 2, D = 32;
 
 at::Tensor normal(std::vector<int64_t> shape, uint64_t seed) { return test::randn(std::move(shape), seed); }
 at::Tensor unit(const at::Tensor& x) { return x / x.norm(2, -1, true); }
+
+// The window branch's q, k, v of the hybrids (seeds seed, seed+1, seed+2).
+struct WindowQkv {
+  at::Tensor q, k, v;
+};
+WindowQkv window_qkv(const Place& at, uint64_t seed) {
+  return {at(normal({B, T, Hq, D}, seed)), at(normal({B, T, Hkv, D}, seed + 1)), at(normal({B, T, Hkv, D}, seed + 2))};
+}
 
 std::vector<at::Tensor> outputs(const LinearAttentionOutput& r) {
   std::vector<at::Tensor> out{r.o, r.state.kv};
@@ -69,7 +80,7 @@ std::vector<Op> ops() {
     };
     for (const Gating gating : {Gating{"linear+normalize", true, 0}, Gating{"simple-gla", false, 1}, Gating{"gla", false, 2},
                                 Gating{"retention", false, 3}}) {
-      list.push_back({std::string("linear_attention ") + to_string(form) + " " + gating.name, qkv + " +state", [=](const Place& at) {
+      list.push_back({std::string("linear_attention ") + to_string(form) + " " + gating.name, qkv + " +state", [=](const Place& at, bool reference) {
                         LinearAttentionInputs in;
                         in.q = at(normal({B, T, Hq, D}, 1));
                         in.k = at(normal({B, T, Hkv, D}, 2));
@@ -82,14 +93,14 @@ std::vector<Op> ops() {
                         initial.kv = at(normal({B, Hkv, D, D}, 5));
                         if (gating.normalize) initial.k_sum = at(normal({B, Hkv, D}, 6).abs());
                         LinearAttentionOptions options;
-                        options.form = form;
+                        options.form = reference ? MixerForm::parallel : form;
                         options.normalize = gating.normalize;
                         return outputs(linear_attention(in, initial, options));
                       }});
     }
   }
   for (const auto form : {MixerForm::chunked, MixerForm::recurrent}) {
-    list.push_back({std::string("delta_rule ") + to_string(form) + " gated", qkv, [=](const Place& at) {
+    list.push_back({std::string("delta_rule ") + to_string(form) + " gated", qkv, [=](const Place& at, bool reference) {
                       DeltaRuleInputs in;
                       in.q = at(unit(normal({B, T, Hq, D}, 11)));
                       in.k = at(unit(normal({B, T, Hkv, D}, 12)));
@@ -97,13 +108,13 @@ std::vector<Op> ops() {
                       in.beta = at(normal({B, T, Hkv}, 14).sigmoid());
                       in.log_decay = at(test::log_decay({B, T, Hkv}, 15));
                       LinearAttentionOptions options;
-                      options.form = form;
+                      options.form = reference ? (form == MixerForm::chunked ? MixerForm::recurrent : MixerForm::chunked) : form;
                       options.scale = 1.0;
                       return outputs(delta_rule(in, {}, options));
                     }});
   }
   for (const std::optional<int64_t> window : {std::optional<int64_t>{}, std::optional<int64_t>{16}}) {
-    list.push_back({std::string("softmax_attention ") + (window ? "window 16" : "causal"), "B2 H4 Hkv2 T100 d32", [=](const Place& at) {
+    list.push_back({std::string("softmax_attention ") + (window ? "window 16" : "causal"), "B2 H4 Hkv2 T100 d32", [=](const Place& at, bool /*reference*/) {
                       SoftmaxAttentionOptions options;
                       options.window = window;
                       return std::vector<at::Tensor>{softmax_attention(at(normal({B, Hq, T, D}, 21)), at(normal({B, Hkv, T, D}, 22)),
@@ -111,52 +122,37 @@ std::vector<Op> ops() {
                     }});
   }
   for (const auto form : {MixerForm::chunked, MixerForm::recurrent}) {
-    list.push_back({std::string("liger_attention ") + to_string(form), qkv + " window 16", [=](const Place& at) {
-                      LigerAttentionInputs in;
-                      in.q = at(normal({B, T, Hq, D}, 31));
-                      in.k = at(normal({B, T, Hkv, D}, 32));
-                      in.v = at(normal({B, T, Hkv, D}, 33));
-                      in.phi_q = softmax_d(in.q);
-                      in.phi_k = softmax_d(in.k);
-                      in.log_decay = at(test::log_decay({B, T, Hkv, D}, 34));
-                      HybridAttentionOptions options;
-                      options.form = form;
-                      options.window = 16;
-                      const auto r = liger_attention(in, {}, options);
+    list.push_back({std::string("liger_attention ") + to_string(form), qkv + " window 16", [=](const Place& at, bool reference) {
+                      const auto w = window_qkv(at, 31);
+                      const LigerAttentionInputs in{w.q, w.k, w.v, softmax_d(w.q), softmax_d(w.k), at(test::log_decay({B, T, Hkv, D}, 34))};
+                      const auto r = liger_attention(in, {}, {reference ? MixerForm::parallel : form, 16});
                       return std::vector<at::Tensor>{r.o, r.state.linear.kv, r.state.k, r.state.v};
                     }});
-    list.push_back({std::string("lolcats_attention ") + to_string(form), qkv + " window 16", [=](const Place& at) {
-                      LolcatsAttentionInputs in;
-                      in.q = at(normal({B, T, Hq, D}, 41));
-                      in.k = at(normal({B, T, Hkv, D}, 42));
-                      in.v = at(normal({B, T, Hkv, D}, 43));
-                      in.phi_q = softmax_d(in.q);
-                      in.phi_k = [](const at::Tensor& k) { return softmax_d(k); };
-                      in.window_factor = at(normal({Hq}, 44));
-                      HybridAttentionOptions options;
-                      options.form = form;
-                      options.window = 16;
-                      const auto r = lolcats_attention(in, {}, options);
+    list.push_back({std::string("lolcats_attention ") + to_string(form), qkv + " window 16", [=](const Place& at, bool reference) {
+                      const auto w = window_qkv(at, 41);
+                      const LolcatsAttentionInputs in{w.q, w.k, w.v, softmax_d(w.q), [](const at::Tensor& k) { return softmax_d(k); },
+                                                      at(normal({Hq}, 44))};
+                      const auto r = lolcats_attention(in, {}, {reference ? MixerForm::parallel : form, 16});
                       return std::vector<at::Tensor>{r.o, r.state.linear.kv, r.state.k, r.state.v};
                     }});
   }
-  list.push_back({"short_conv", "B2 T100 C64 K4 +state", [](const Place& at) {
+  list.push_back({"short_conv", "B2 T100 C64 K4 +state", [](const Place& at, bool /*reference*/) {
                     const auto r = short_conv(at(normal({B, T, 64}, 51)), at(normal({64, 4}, 52)), at(normal({64}, 53)),
                                               at(normal({B, 3, 64}, 54)));
                     return std::vector<at::Tensor>{r.y, r.state};
                   }});
-  list.push_back({"rms_norm / rms_norm_one_plus", "B2 T100 d256", [](const Place& at) {
+  list.push_back({"rms_norm / rms_norm_one_plus", "B2 T100 d256", [](const Place& at, bool /*reference*/) {
                     const auto x = at(normal({B, T, 256}, 61)), w = at(normal({256}, 62));
                     return std::vector<at::Tensor>{rms_norm(x, w, 1e-6), rms_norm_one_plus(x, w, 1e-6)};
                   }});
-  list.push_back({"hedgehog / softmax_d feature maps", "B2 T100 H4 d32 f16", [](const Place& at) {
+  list.push_back({"hedgehog / softmax_d feature maps", "B2 T100 H4 d32 f16", [](const Place& at, bool /*reference*/) {
                     // xW + b of unit scale, as LoLCATs' identity initialisation gives: a bf16 softmax's error is
                     // about u times its logits' magnitude, so logits of ~20 would exceed any u-based bound.
                     const auto x = at(normal({B, T, Hq, D}, 71));
                     const auto w = at(normal({Hq, D, 16}, 72) / std::sqrt(static_cast<double>(D)));
                     return std::vector<at::Tensor>{hedgehog(x, w, at(normal({Hq, 16}, 73) * 0.1)), softmax_d(x)};
                   }});
-  list.push_back({"apply_rope (llama3 scaling)", "B2 H4 T100 d32 from position 4000", [](const Place& at) {
+  list.push_back({"apply_rope (llama3 scaling)", "B2 H4 T100 d32 from position 4000", [](const Place& at, bool /*reference*/) {
                     RopeConfig rope;
                     rope.type = RopeType::Llama3;
                     rope.theta = 500000;
@@ -168,7 +164,7 @@ std::vector<Op> ops() {
                     const auto positions = at::arange(4000, 4000 + T, at::TensorOptions(at::kLong).device(x.device()));
                     return std::vector<at::Tensor>{apply_rope(x, rope_cos_sin(rope_frequencies(rope, D, 131072), positions, x.scalar_type()))};
                   }});
-  list.push_back({"linear_projection (decode rows)", "rows 1 in 1000 out 300 +bias", [](const Place& at) {
+  list.push_back({"linear_projection (decode rows)", "rows 1 in 1000 out 300 +bias", [](const Place& at, bool /*reference*/) {
                     return std::vector<at::Tensor>{linear_projection(at(normal({1, 1000}, 91)), at(normal({300, 1000}, 92)),
                                                                      at(normal({300}, 93)))};
                   }});
@@ -189,9 +185,9 @@ TEST(DeviceTable, EveryKernelAgreesWithCpuFp64) {
   std::printf("%-46s %-36s %-5s %-10s %-9s %s\n", "op", "shape", "dtype", "error", "tolerance", "");
   int failed = 0;
   for (const auto& op : list) {
-    const auto reference = op.run([](const at::Tensor& x) { return x; });
+    const auto reference = op.run([](const at::Tensor& x) { return x; }, true);
     for (const auto dtype : {at::kFloat, at::kBFloat16}) {
-      const auto got = op.run([&](const at::Tensor& x) { return x.to(device, dtype); });
+      const auto got = op.run([&](const at::Tensor& x) { return x.to(device, dtype); }, false);
       ASSERT_EQ(got.size(), reference.size()) << op.name;
       double error = 0;
       for (std::size_t i = 0; i < got.size(); ++i) {
