@@ -7,6 +7,7 @@
 
 #include "converter/names.h"
 #include "formats/error.h"
+#include "kernels/checkpoint.h"
 
 namespace linearize {
 
@@ -64,9 +65,12 @@ at::Tensor layer_transfer_loss(const CausalLM& student, const CausalLM& source, 
     }
     return attention_weight_xent(teacher, student_weights(student, layer, x));
   }
-  const CaptureFn no_capture;
-  const auto student_out = student.layers()[index].mixer->forward(
-      x, 0, nullptr, MixerCall{no_capture, names::mixer_scope(layer), kernels::MixerForm::chunked});
+  const TokenMixer* mixer = student.layers()[index].mixer.get();
+  const auto mix = [mixer, layer](const at::Tensor& input) {
+    return mixer->forward(input, 0, nullptr, MixerCall{CaptureFn(), names::mixer_scope(layer), kernels::MixerForm::chunked});
+  };
+  // With the student's blocks checkpointed, the mixer keeps only its input (the teacher's, held anyway).
+  const auto student_out = student.checkpoint_blocks() ? kernels::checkpointed(mix, x) : mix(x);
   return at::mse_loss(student_out.to(at::kFloat), teacher_out.to(at::kFloat));
 }
 

@@ -31,6 +31,7 @@
 #include "distill/schedule.h"
 #include "distill/stage2_loss.h"
 #include "distill/stop_flag.h"
+#include "distill/teacher_cache.h"
 #include "formats/directory_lock.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
@@ -236,10 +237,52 @@ fs::path save_checkpoint(const TrainingContext& ctx, std::int64_t step, const Na
 }
 
 // This rank's rows of a global batch [B, ...]: rows [r B/W, (r+1) B/W) (run_distill checks W divides B).
+std::int64_t rank_first_row(std::int64_t batch_rows, const ProcessGroup* group) {
+  return group == nullptr ? 0 : group->rank() * (batch_rows / group->world_size());
+}
 at::Tensor rank_rows(const at::Tensor& batch, const ProcessGroup* group) {
   if (group == nullptr) return batch;
-  const auto rows = batch.size(0) / group->world_size();
-  return batch.narrow(0, group->rank() * rows, rows);
+  return batch.narrow(0, rank_first_row(batch.size(0), group), batch.size(0) / group->world_size());
+}
+
+// Stage 2's cached teacher (distill/teacher_cache.h) at stage2.teacher_cache.path (default
+// <out>/teacher_logits.h5; rank r > 0 adds ".rank<r>" before the extension), built first when absent:
+// the teacher runs over this rank's rows of the `micro_batches` batches stage 2 draws next, then the data
+// stream is set back.
+std::unique_ptr<TeacherCache> open_teacher_cache(const TrainingContext& ctx, std::int64_t micro_batches) {
+  const auto& stage2 = ctx.config.stage2;
+  fs::path path = stage2.teacher_cache_path.empty() ? ctx.work_dir / "teacher_logits.h5" : fs::path(stage2.teacher_cache_path);
+  if (!stage2.teacher_cache_path.empty() && !ctx.root())
+    path.replace_filename(path.stem().string() + ".rank" + std::to_string(ctx.group->rank()) + path.extension().string());
+  const auto top_k = std::min(stage2.teacher_cache_top_k, ctx.source.config().vocab_size);
+  if (!fs::exists(path)) {
+    const auto start = ctx.data.position();
+    const auto begun = std::chrono::steady_clock::now();
+    const std::int64_t batch_rows = ctx.config.data.batch_size;
+    std::int64_t tokens = 0, reported = 0;
+    const auto summary = write_teacher_cache(
+        path, ctx.source, top_k, micro_batches,
+        [&] {
+          const auto batch = ctx.data.next_batch();
+          const auto& pos = ctx.data.position();
+          KeyedRows rows{pos.epoch, pos.sequence - batch_rows + rank_first_row(batch_rows, ctx.group),
+                         rank_rows(batch.input_ids, ctx.group).to(ctx.device)};
+          tokens += rows.ids.numel();
+          return rows;
+        },
+        [&](std::int64_t done) {
+          if (done * 10 / micro_batches == reported && done != micro_batches) return;
+          reported = done * 10 / micro_batches;
+          const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begun).count();
+          spdlog::info("teacher cache: {}/{} batches, {:.0f} tokens/s, ETA {:.0f} s", done, micro_batches, tokens / seconds,
+                       seconds / static_cast<double>(done) * static_cast<double>(micro_batches - done));
+        });
+    ctx.data.restore(start);
+    spdlog::info("teacher cache {}: {} sequences, top {} of {} tokens, {:.1f} MB; the teacher's mean mass outside them {:.3g} "
+                 "(the KL's part the loss does not see is weighted by it)",
+                 path.string(), summary.rows, top_k, ctx.source.config().vocab_size, summary.bytes / 1e6, summary.mean_other_mass);
+  }
+  return std::make_unique<TeacherCache>(path, top_k, ctx.config.data.seq_len);
 }
 
 // Sums a data-parallel step over the ranks: the gradients (bucketed), then the loss, the per-layer losses
@@ -536,6 +579,9 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
     for (const auto& adapter : adapters) adapter->set_training(training);
   };
   plan.data_parallel = ctx.group != nullptr;
+  std::unique_ptr<TeacherCache> teacher_cache;
+  if (config.stage2.teacher_cache_top_k > 0)
+    teacher_cache = open_teacher_cache(ctx, (first_step + plan.optim->steps - result.step) * plan.optim->grad_accum);
   plan.loss = [&](std::int64_t) {
     const auto batch = ctx.data.next_batch();
     const auto ids = rank_rows(batch.input_ids, ctx.group).to(ctx.device);
@@ -544,12 +590,19 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
     // global mean is its mean times its fraction of those tokens.
     const auto predicted = [](const at::Tensor& l) { return l.narrow(1, 1, l.size(1) - 1).ne(-100).sum().item<double>(); };
     const double share = ctx.group ? predicted(labels) / std::max(predicted(batch.labels), 1.0) : 1.0;
+    std::optional<TeacherTopK> teacher;
+    if (teacher_cache) {
+      const auto& pos = ctx.data.position();
+      const std::int64_t rows = batch.input_ids.size(0);
+      teacher = teacher_cache->rows(pos.epoch, pos.sequence - rows + rank_first_row(rows, ctx.group), ids);
+    }
+    // Dropout stays on until the next validation: checkpointed blocks run again in the backward, after this returns.
     set_training(true);
-    auto loss = stage2_loss(ctx.student, ctx.source, ids, labels.to(ctx.device), kind);
-    set_training(false);
+    auto loss = stage2_loss(ctx.student, ctx.source, ids, labels.to(ctx.device), kind, teacher ? &*teacher : nullptr);
     return StageLoss{loss * share, {}, batch.input_ids.numel()};
   };
   plan.validate = [&](nlohmann::json& record) {
+    set_training(false);
     if (ctx.validation.empty()) return std::optional<double>{};
     const auto q = evaluate_quality(ctx.student, ctx.source, ctx.validation);
     const double loss = stage2_validation_loss(q, kind);
@@ -558,7 +611,9 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
     record["val_kl"] = q.kl;
     return std::optional<double>{loss};
   };
-  return train_stage(plan, ctx, result);
+  const bool finished = train_stage(plan, ctx, result);
+  set_training(false);
+  return finished;
 }
 
 }  // namespace
@@ -592,8 +647,11 @@ DistillResult run_distill(const DistillOptions& options) {
   load.device = group ? group->device()  // this rank's GPU under NCCL
                       : config.device.type == DeviceType::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   CausalLM student = load_model(converted, load);
-  const CausalLM source = load_model(config.model, load);
-  check_conversion(student.config(), source.config(), config);
+  student.set_checkpoint_blocks(config.device.activation_checkpointing);
+  // The teacher is the student's own source layers (no second copy of the weights; the export's verify
+  // still compares against the source checkpoint itself).
+  const CausalLM source = student.source_model();
+  check_conversion(student.config(), load_model_config(fs::path(config.model) / "config.json"), config);
   TokenDataset data = make_dataset(config, source.config());
   const auto validation = data.validation_batches();
 

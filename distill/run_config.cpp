@@ -211,10 +211,13 @@ class Schema {
     text_list("stage2.lora.targets", c.stage2.lora.targets);
     choice("stage2.loss", c.stage2.loss, kStage2Losses);
     boolean("stage2.merge", c.stage2.merge);
+    integer("stage2.teacher_cache.top_k", c.stage2.teacher_cache_top_k);
+    text("stage2.teacher_cache.path", c.stage2.teacher_cache_path);
     optimization("stage2", c.stage2.optim);
     choice("device.type", c.device.type, kDeviceTypes);
     choice("device.dtype", c.device.dtype, kDtypes);
     integer("device.timeout_s", c.device.timeout_s);
+    boolean("device.activation_checkpointing", c.device.activation_checkpointing);
     text("checkpoint.dir", c.checkpoint.dir);
     integer("checkpoint.every", c.checkpoint.every);
     integer("checkpoint.keep", c.checkpoint.keep);
@@ -495,6 +498,9 @@ void RunConfig::validate(const std::string& source) const {
     if (!targets.insert(target).second) throw InputError(source, "stage2.lora.targets", "'" + target + "' is listed twice");
   }
   validate_optimization(source, "stage2", stage2.optim);
+  require(source, "stage2.teacher_cache.top_k", stage2.teacher_cache_top_k, [](std::int64_t v) { return v >= 0; }, ">= 0");
+  if (stage2.teacher_cache_top_k > 0 && stage2.loss == Stage2Loss::kCe)
+    throw InputError(source, "stage2.teacher_cache.top_k", "caches the teacher of the KL loss, and stage2.loss is ce: set it to kl or ce+kl, or top_k to 0");
   require(source, "device.timeout_s", device.timeout_s, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.every", checkpoint.every, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.keep", checkpoint.keep, [](std::int64_t v) { return v >= 1; }, ">= 1");

@@ -77,6 +77,10 @@ struct Stage2Config {
   LoraConfig lora;
   Stage2Loss loss = Stage2Loss::kCe;
   bool merge = false;                // fold the adapters into the exported weights instead of adapter/
+  // The KL loss's teacher from a cache (distill/teacher_cache.h) instead of a teacher forward each step:
+  // its top_k log-probabilities per position and the mass outside them. 0: no cache.
+  std::int64_t teacher_cache_top_k = 0;
+  std::string teacher_cache_path;    // empty: <out>/teacher_logits.h5
   Optimization optim;
 };
 
@@ -86,6 +90,9 @@ struct DeviceConfig {
   // Multi-process runs (distill/distributed.h): the longest a rank waits for the others in a collective,
   // the rendezvous and rank 0's conversion included; a dead or hung rank ends the job after it.
   std::int64_t timeout_s = 600;
+  // Keep only each block's input in the forward and recompute the block in the backward (both stages;
+  // kernels/checkpoint.h): training memory of one block's intermediates instead of every block's.
+  bool activation_checkpointing = false;
 };
 
 struct CheckpointConfig {

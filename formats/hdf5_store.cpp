@@ -60,7 +60,9 @@ class Id {
   herr_t (*close_)(hid_t);
 };
 
-hid_t memory_type(at::ScalarType dtype) { return dtype == at::kBFloat16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_FLOAT; }
+hid_t memory_type(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? H5T_NATIVE_UINT16 : dtype == at::kInt ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT;
+}
 
 }  // namespace
 
@@ -86,7 +88,8 @@ void Hdf5Writer::release() {
 
 void Hdf5Writer::create_dataset(const std::string& name, at::ScalarType dtype, const std::vector<std::int64_t>& row_shape) {
   if (file_ < 0) throw InputError(path_.string(), name, "the store is already closed");
-  if (dtype != at::kFloat && dtype != at::kBFloat16) throw InputError(path_.string(), name, "only fp32 and bf16 datasets are supported");
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kInt)
+    throw InputError(path_.string(), name, "only fp32, bf16 and int32 datasets are supported");
   if (datasets_.count(name) != 0) throw InputError(path_.string(), name, "dataset already exists");
   if (row_shape.size() + 1 > kMaxRank) throw InputError(path_.string(), name, "too many dimensions");
   std::vector<hsize_t> dims = {0}, max_dims = {H5S_UNLIMITED}, chunk = {1};
@@ -104,7 +107,7 @@ void Hdf5Writer::create_dataset(const std::string& name, at::ScalarType dtype, c
   const Id space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()), path_, name, "dataspace"), H5Sclose);
   const Id properties(check(H5Pcreate(H5P_DATASET_CREATE), path_, name, "properties"), H5Pclose);
   check(H5Pset_chunk(properties, static_cast<int>(chunk.size()), chunk.data()), path_, name, "chunking");
-  const hid_t file_type = dtype == at::kBFloat16 ? H5T_STD_U16LE : H5T_IEEE_F32LE;
+  const hid_t file_type = dtype == at::kBFloat16 ? H5T_STD_U16LE : dtype == at::kInt ? H5T_STD_I32LE : H5T_IEEE_F32LE;
   const hid_t id = check(H5Dcreate2(file_, name.c_str(), file_type, space, H5P_DEFAULT, properties, H5P_DEFAULT), path_, name, "cannot create dataset");
   datasets_[name] = {id, dtype, row_shape, 0};
   if (dtype == at::kBFloat16) {
@@ -182,6 +185,7 @@ at::ScalarType Hdf5Reader::dtype(const std::string& name) const {
   const Id dataset(open_dataset(name), H5Dclose);
   const Id type(check(H5Dget_type(dataset), path_, name, "type"), H5Tclose);
   if (H5Tget_class(type) == H5T_FLOAT && H5Tget_size(type) == 4) return at::kFloat;
+  if (H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 4 && H5Tget_sign(type) == H5T_SGN_2) return at::kInt;
   if (H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 2 && H5Tget_sign(type) == H5T_SGN_NONE && H5Aexists(dataset, kDtypeAttribute) > 0) {
     const Id attribute(check(H5Aopen(dataset, kDtypeAttribute, H5P_DEFAULT), path_, name, "attribute"), H5Aclose);
     const Id string_type(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -190,7 +194,7 @@ at::ScalarType Hdf5Reader::dtype(const std::string& name) const {
     check(H5Aread(attribute, string_type, value), path_, name, "attribute");
     if (std::string(value) == "bf16") return at::kBFloat16;
   }
-  throw InputError(path_.string(), name, "not an fp32 or bf16 (uint16 with dtype=\"bf16\") dataset");
+  throw InputError(path_.string(), name, "not an fp32, int32 or bf16 (uint16 with dtype=\"bf16\") dataset");
 }
 
 std::vector<std::int64_t> Hdf5Reader::shape(const std::string& name) const {

@@ -1,5 +1,5 @@
 // HDF5 activation stores (DESIGN section 5): named datasets of [N, ...row] tensors (e.g. layer inputs
-// [N, T, D] for block-wise attention transfer, golden references), fp32 or bf16, written row-block by
+// [N, T, D] for block-wise attention transfer, golden references; int32 for ids), fp32, bf16 or int32, written row-block by
 // row-block and read back by row range. bf16 is stored as uint16 bit patterns with the attribute
 // dtype = "bf16" (HDF5 has no bf16 type), so h5py sees uint16 and can view them as bf16 itself.
 // The file is written under `<path>.tmp` and renamed into place by close(): a reader never sees a half
@@ -23,7 +23,7 @@ class Hdf5Writer {
   Hdf5Writer(const Hdf5Writer&) = delete;
   Hdf5Writer& operator=(const Hdf5Writer&) = delete;
 
-  // `dtype` kFloat or kBFloat16; `row_shape` the shape of one row (e.g. {T, D}).
+  // `dtype` kFloat, kBFloat16 or kInt; `row_shape` the shape of one row (e.g. {T, D}).
   void create_dataset(const std::string& name, at::ScalarType dtype, const std::vector<std::int64_t>& row_shape);
   // Appends rows [n, row_shape...] of the dataset's dtype (any device; copied to the CPU).
   void append(const std::string& name, const at::Tensor& rows);

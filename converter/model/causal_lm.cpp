@@ -5,6 +5,7 @@
 #include "converter/model/weights.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "kernels/checkpoint.h"
 #include "kernels/linear.h"
 #include "kernels/norms.h"
 
@@ -18,6 +19,12 @@ GatedMlp::GatedMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down
   if (gate_bias.defined() || up_bias.defined())
     gate_up_bias_ = at::cat({gate_bias.defined() ? gate_bias : at::zeros_like(up_bias),
                              up_bias.defined() ? up_bias : at::zeros_like(gate_bias)});
+}
+
+GatedMlp GatedMlp::without_adapters() const {
+  auto copy = *this;
+  copy.adapters_ = nullptr;
+  return copy;
 }
 
 at::Tensor GatedMlp::act(const at::Tensor& gate) const {
@@ -128,32 +135,45 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
 at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
                          kernels::MixerForm form, bool last_only) const {
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
-  const double eps = config_.rms_norm_eps;
   const auto& block = config_.block;
-  const auto norm = [&](const at::Tensor& x, const at::Tensor& weight) {
-    return block.norm == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus(x, weight, eps) : kernels::rms_norm(x, weight, eps);
+  // By value: checkpointed blocks call it again in the backward, after run() has returned.
+  const auto norm = [this](const at::Tensor& x, const at::Tensor& weight) {
+    const double eps = config_.rms_norm_eps;
+    return config_.block.norm == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus(x, weight, eps)
+                                                          : kernels::rms_norm(x, weight, eps);
   };
   auto h = at::embedding(embed_, ids.to(embed_.device()));
   // Gemma scales by sqrt(hidden) rounded to the weights' dtype first, as transformers does.
   if (block.embedding_scale != 1.0) h = h * at::scalar_tensor(block.embedding_scale, embed_.options());
   if (capture) capture(names::kEmbedCapture, h);
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
+  // One block on its input x, from position `start` (state: the layer's, or null).
+  const auto run_block = [this, norm, start, form](std::size_t i, const at::Tensor& x, MixerState* layer_state,
+                                                   const CaptureFn& listen) {
     const auto& layer = layers_[i];
+    const bool sandwich = config_.block.sandwich_norms;
     const auto layer_index = static_cast<std::int64_t>(i);
-    const auto normed = norm(h, layer.input_norm);
+    const auto normed = norm(x, layer.input_norm);
     // attn_out / mlp_out are the mixer's and the MLP's own outputs (what verify and distill compare);
     // the sandwich's output norms act after them.
-    const auto attn = layer.mixer->forward(normed, start, state ? state->layers[i].get() : nullptr,
-                                           MixerCall{capture, names::mixer_scope(layer_index), form});
-    h = h + (block.sandwich_norms ? norm(attn, layer.post_attention_norm) : attn);
-    const auto mlp = layer.mlp.forward(norm(h, block.sandwich_norms ? layer.pre_feedforward_norm : layer.post_attention_norm));
-    h = h + (block.sandwich_norms ? norm(mlp, layer.post_feedforward_norm) : mlp);
-    if (capture) {
-      capture(names::capture(layer_index, names::Capture::attn_in), normed);
-      capture(names::capture(layer_index, names::Capture::attn_out), attn);
-      capture(names::capture(layer_index, names::Capture::mlp_out), mlp);
-      capture(names::capture(layer_index, names::Capture::out), h);
+    const auto attn = layer.mixer->forward(normed, start, layer_state, MixerCall{listen, names::mixer_scope(layer_index), form});
+    const auto mid = x + (sandwich ? norm(attn, layer.post_attention_norm) : attn);
+    const auto mlp = layer.mlp.forward(norm(mid, sandwich ? layer.pre_feedforward_norm : layer.post_attention_norm));
+    auto out = mid + (sandwich ? norm(mlp, layer.post_feedforward_norm) : mlp);
+    if (listen) {
+      listen(names::capture(layer_index, names::Capture::attn_in), normed);
+      listen(names::capture(layer_index, names::Capture::attn_out), attn);
+      listen(names::capture(layer_index, names::Capture::mlp_out), mlp);
+      listen(names::capture(layer_index, names::Capture::out), out);
     }
+    return out;
+  };
+  // A stateless training forward may keep only each block's input (kernels/checkpoint.h).
+  const bool checkpoint = checkpoint_blocks_ && state == nullptr && !capture;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (checkpoint)
+      h = kernels::checkpointed([run_block, i](const at::Tensor& x) { return run_block(i, x, nullptr, CaptureFn()); }, h);
+    else
+      h = run_block(i, h, state ? state->layers[i].get() : nullptr, capture);
   }
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   h = norm(h, final_norm_);
@@ -166,6 +186,31 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
 
 at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, kernels::MixerForm form) const {
   return run(ids, 0, nullptr, capture, form, /*last_only=*/false);
+}
+
+CausalLM CausalLM::source_model() const {
+  CausalLM source;
+  source.config_ = config_;
+  if (config_.linearize.is_object()) {  // a converted model's config names the source architecture
+    source.config_.architecture = config_.linearize["source"].value("architecture", config_.architecture);
+    source.config_.linearize = nlohmann::json();
+  }
+  source.options_ = options_;
+  source.embed_ = embed_;
+  source.final_norm_ = final_norm_;
+  source.lm_head_ = lm_head_;
+  for (const auto& layer : layers_) {
+    DecoderLayer copy;
+    copy.input_norm = layer.input_norm;
+    copy.post_attention_norm = layer.post_attention_norm;
+    copy.pre_feedforward_norm = layer.pre_feedforward_norm;
+    copy.post_feedforward_norm = layer.post_feedforward_norm;
+    copy.mixer = std::make_unique<SoftmaxAttentionMixer>(layer.mixer->source_attention().without_adapters());
+    copy.mlp = layer.mlp.without_adapters();
+    copy.attention = layer.attention;
+    source.layers_.push_back(std::move(copy));
+  }
+  return source;
 }
 
 DecodeState CausalLM::new_state() const {

@@ -38,6 +38,8 @@ class GatedMlp {
     return gate_up_bias_.defined() ? gate_up_bias_.narrow(0, gate_up_bias_.size(0) / 2, gate_up_bias_.size(0) / 2) : at::Tensor();
   }
   const at::Tensor& down_bias() const { return down_bias_; }
+  // This MLP with no adapters, sharing every tensor.
+  GatedMlp without_adapters() const;
 
  private:
   at::Tensor act(const at::Tensor& gate) const;
@@ -101,11 +103,22 @@ class CausalLM {
   at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {},
                      kernels::MixerForm form = kernels::MixerForm::chunked) const;
 
+  // The model this one was converted from, sharing every tensor (no copy): each layer's source attention
+  // (TokenMixer::source_attention) and MLP without adapters, the same norms, embeddings and head. Equal
+  // to loading the source checkpoint, whose tensors a conversion copies bit for bit (verify L0), so distill
+  // holds one model, not a student and a teacher (DESIGN section 5: never two copies).
+  CausalLM source_model() const;
+
   DecodeState new_state() const;
   // Feeds ids [B, T] after what `state` has seen; returns the logits of the last position, [B, vocab].
   at::Tensor prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture = {}) const;
   // One token per sequence: ids [B] -> logits [B, vocab].
   at::Tensor step(const at::Tensor& ids, DecodeState& state) const;
+
+  // Training memory: a stateless forward without capture keeps only each block's input and recomputes the
+  // block in the backward (kernels/checkpoint.h). Off by default; the source model() does not inherit it.
+  void set_checkpoint_blocks(bool on) { checkpoint_blocks_ = on; }
+  bool checkpoint_blocks() const { return checkpoint_blocks_; }
 
   const ModelConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
@@ -122,6 +135,7 @@ class CausalLM {
   LoadOptions options_;
   at::Tensor embed_, final_norm_, lm_head_;
   std::vector<DecoderLayer> layers_;
+  bool checkpoint_blocks_ = false;
 };
 
 }  // namespace linearize

@@ -76,6 +76,12 @@ SoftmaxAttentionMixer::SoftmaxAttentionMixer(AttentionProjections proj, SoftmaxA
   }
 }
 
+SoftmaxAttentionMixer SoftmaxAttentionMixer::without_adapters() const {
+  auto copy = *this;
+  copy.adapters_ = nullptr;
+  return copy;
+}
+
 ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
   const auto B = x.size(0), T = x.size(1), D = shape_.head_dim;
   const auto qkv = kernels::linear_projection(x, qkv_, qkv_bias_);

@@ -46,6 +46,9 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   // softmax(q_i.k_j / sqrt(d)) over the visible keys (causal, and the window on sliding layers): the
   // teacher's weights in Hedgehog's attention distillation.
   at::Tensor attention_weights(const at::Tensor& x) const override;
+  const SoftmaxAttentionMixer& source_attention() const override { return *this; }
+  // This mixer with no adapters, sharing every tensor (the teacher of a LoRA-trained student).
+  SoftmaxAttentionMixer without_adapters() const;
 
   // One GEMM for q, k and v together (their weights are stored as one [q+k+v, hidden] matrix; the
   // separate q/k/v of projections() are views of it), split into heads; not rotated. Adapters on

@@ -15,6 +15,8 @@
 
 namespace linearize {
 
+class SoftmaxAttentionMixer;
+
 // Names an intermediate and hands it over (llama.cpp's cb(cur, name, il)); verify and attention transfer
 // both listen here. Names: layers.{i}.attn_in, layers.{i}.attn_out, layers.{i}.mlp_out, layers.{i}.out,
 // embed, norm, logits; mixers add their own under layers.{i}.mixer.*.
@@ -56,6 +58,10 @@ class TokenMixer {
   // (research/linearization.md 3). Undefined for mixers whose output is no such mix (gated or unnormalised
   // states: liger-gla, supra). O(T^2) memory per head: for training-length sequences, not long prompts.
   virtual at::Tensor attention_weights(const at::Tensor& /*x*/) const { return {}; }
+
+  // The source layer's softmax attention this mixer was made from (itself for a softmax mixer): its
+  // projections are the ones this mixer calls. CausalLM::source_model rebuilds the source from these.
+  virtual const SoftmaxAttentionMixer& source_attention() const = 0;
 };
 
 }  // namespace linearize

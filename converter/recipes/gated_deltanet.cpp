@@ -59,6 +59,7 @@ class GatedDeltaNetMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "gated-deltanet"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{kBetaWeight, beta_w_}, {kBetaBias, beta_b_}, {kDecayWeight, decay_w_}, {kDecayBias, decay_b_}, {kDecayLogScale, a_log_}};
   }

@@ -37,6 +37,7 @@ class HedgehogMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "hedgehog"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{names::kFeatureMapQWeight, map_q_}, {names::kFeatureMapKWeight, map_k_}};
   }

@@ -33,6 +33,7 @@ class LigerGlaMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }
   std::string kind() const override { return "liger-gla"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
 
  private:
   SoftmaxAttentionMixer source_;

@@ -60,6 +60,7 @@ class LolcatsMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }
   std::string kind() const override { return "lolcats"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{names::kFeatureMapQWeight, map_q_}, {names::kFeatureMapKWeight, map_k_}, {names::kWindowFactors, window_factors_}};
   }

@@ -65,6 +65,7 @@ class Mamba2Mixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::ConvLinearMixerState>(); }
   std::string kind() const override { return "mamba2"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{kGateWeight, z_}, {kDtWeight, dt_w_}, {kDtBias, dt_b_}, {kDecayLogScale, a_log_}, {kSkip, d_},
             {kConvWeight, conv_w_}, {kConvBias, conv_b_}, {kGateNormWeight, norm_}};

@@ -71,6 +71,7 @@ class SupraMixer final : public TokenMixer {
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
   std::string kind() const override { return "supra"; }
+  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
     return {{names::kFeatureMapQWeight, wq_}, {names::kFeatureMapQBias, bq_}, {names::kFeatureMapKWeight, wk_}, {names::kFeatureMapKBias, bk_}};
   }

@@ -47,6 +47,7 @@ class PlantedMixer final : public TokenMixer {
   std::unique_ptr<MixerState> new_state() const override { return correct_->new_state(); }
   std::string kind() const override { return correct_->kind(); }
   std::vector<std::pair<std::string, at::Tensor>> trainable() const override { return correct_->trainable(); }
+  const SoftmaxAttentionMixer& source_attention() const override { return correct_->source_attention(); }
 
  private:
   std::unique_ptr<TokenMixer> correct_;

@@ -37,6 +37,42 @@ std::filesystem::path convert(const test::TempDir& dir, const std::string& fixtu
 
 using test::report_row;
 
+// Adds 1 to every output of the projection it is attached to.
+struct AddOne final : LinearAdapter {
+  std::int64_t out;
+  explicit AddOne(std::int64_t out) : out(out) {}
+  at::Tensor delta(const at::Tensor& x) const override {
+    auto sizes = x.sizes().vec();
+    sizes.back() = out;
+    return at::ones(sizes, x.options());
+  }
+};
+
+// CausalLM::source_model of the conversion at `converted` computes what the source checkpoint computes,
+// bit for bit (same kernels on the same tensors), holds the student's tensors rather than copies, and
+// ignores adapters attached to the student (a LoRA-trained student's teacher stays the source).
+void expect_source_model_is_the_source(const std::filesystem::path& converted, const std::filesystem::path& source_dir,
+                                       const std::string& what) {
+  auto student = load_model(converted);
+  const auto source = CausalLM::load(source_dir);
+  const auto view = student.source_model();
+  const auto ids = at::randint(0, source.config().vocab_size, {2, 40}, at::kLong);
+  const auto expected = source.forward(ids);
+  EXPECT_TRUE(at::equal(view.forward(ids), expected)) << what;
+  const auto student_before = student.forward(ids);
+  for (std::size_t i = 0; i < student.layers().size(); ++i) {
+    const auto& s = student.layers()[i];
+    const auto& v = view.layers()[i];
+    EXPECT_EQ(v.mlp.down().data_ptr(), s.mlp.down().data_ptr()) << what << " layer " << i;
+    EXPECT_EQ(v.mlp.gate().data_ptr(), s.mlp.gate().data_ptr()) << what << " layer " << i;
+    EXPECT_EQ(v.mixer->source_attention().projections().q.data_ptr(), s.attention.q.data_ptr()) << what << " layer " << i;
+    s.adapters->attach(Projection::q, std::make_shared<AddOne>(s.attention.q.size(0)));
+    s.adapters->attach(Projection::down, std::make_shared<AddOne>(s.mlp.down().size(0)));
+  }
+  EXPECT_FALSE(at::equal(student.forward(ids), student_before)) << what << ": the adapters act on the student";
+  EXPECT_TRUE(at::equal(student.source_model().forward(ids), expected)) << what << ": and not on the source model";
+}
+
 class EveryRecipe : public testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 // L0-L4 for every recipe on every fixture (deep-llama: 24 layers, outlier channels), on the built-in
@@ -57,6 +93,7 @@ TEST_P(EveryRecipe, PassesVerify) {
                            "drift in fp32: parallel", "drift in fp32: recurrent", "drift in fp32: split prompt"})
       EXPECT_TRUE(report_row(report, l1).passed) << what << " " << l1;
     EXPECT_EQ(report_row(report, "reload reproduces").value, 0.0) << "bit-identical on the same device and dtype";
+    expect_source_model_is_the_source(out, test::fixtures_dir() / fixture, what);
     std::filesystem::remove_all(out);
   }
 }

@@ -410,6 +410,40 @@ TEST(Distill, Bf16AutocastChangesTheLossByRoundingOnlyAndKeepsFp32Trainables) {
   EXPECT_TRUE(b.verify && a.verify);
 }
 
+// The memory options change what a run keeps, not what it learns. Activation checkpointing recomputes each
+// block in the backward with the dropout masks and autocast of its forward: the same operations on the same
+// values. A teacher cache of the whole vocabulary gives the full KL (its sum in another order). A top-16
+// cache's KL is the KL of the coarsened distributions, never above the full one (distill/teacher_cache.h).
+TEST(Distill, ActivationCheckpointingAndTheTeacherCacheTrainWhatThePlainRunTrains) {
+  test::TempDir dir;
+  constexpr std::int64_t kStage1Steps = 2, kStage2Steps = 3;
+  const auto configure = [&](const std::string& name, bool checkpointing, std::int64_t top_k) {
+    auto config = small_run(dir / name, kStage1Steps, kStage2Steps);
+    config.device.activation_checkpointing = checkpointing;
+    config.stage2.teacher_cache_top_k = top_k;
+    run_distill(DistillOptions{config, false, stderr, std::nullopt});
+    return losses(dir / name / "metrics.jsonl");
+  };
+  const auto plain = configure("plain", false, 0);
+  const auto checkpointed = configure("checkpointed", true, 0);
+  const auto whole_vocabulary = configure("cached", false, 1'000'000);  // clamped to the 768 tokens
+  const auto top16 = configure("top16", false, 16);
+  ASSERT_EQ(plain.size(), static_cast<std::size_t>(kStage1Steps + kStage2Steps));
+  EXPECT_TRUE(std::filesystem::exists(dir / "cached" / "teacher_logits.h5"));
+  for (const auto& [step, loss] : plain) {
+    EXPECT_EQ(checkpointed.at(step), loss) << "step " << step;
+    // The KL's terms summed in another order (by teacher probability): fp32 rounding of a 768-term sum,
+    // a few u = 6e-8 relative (the test's own KL check bounds the rows at 1e-5 absolute); 1e-6 relative
+    // to a loss of order 5 leaves room for that, and a token missing from the KL changes the loss at 1e-3.
+    EXPECT_NEAR(whole_vocabulary.at(step), loss, 1e-6 * loss) << "step " << step;
+  }
+  const auto first_stage2 = kStage1Steps + 1;
+  EXPECT_EQ(top16.at(kStage1Steps), plain.at(kStage1Steps));  // stage 1 does not read the cache
+  EXPECT_LT(top16.at(first_stage2), plain.at(first_stage2));  // the same weights, KL_16 <= KL
+  std::cout << "first stage-2 step: loss " << plain.at(first_stage2) << ", with the top-16 cache "
+            << top16.at(first_stage2) << "\n";
+}
+
 // Two processes on one run directory (two ranks launched with the same out, a second terminal): the one that
 // finds it locked stops with exit 2 before writing anything.
 TEST(DistillCli, ARunDirectoryInUseIsBadInputAndLeftAlone) {

@@ -1,4 +1,4 @@
-// HDF5 activation stores: fp32 and bf16 round trips (bit-exact) with appends across calls and row-range
+// HDF5 activation stores: fp32, bf16 and int32 round trips (bit-exact) with appends across calls and row-range
 // reads, nothing at the final path before close(), and errors naming the file and the dataset for
 // misuse, truncated files and garbage.
 #include <gtest/gtest.h>
@@ -27,12 +27,15 @@ TEST(Hdf5StoreTest, RoundTripsBlocksAppendedAcrossCalls) {
   test::TempDir dir;
   const auto path = dir / "cache.h5";
   const auto a = at::randn({5, 3, 4}), b = at::randn({4, 6}).to(at::kBFloat16);
+  const auto ids = at::randint(-(1 << 30), 1 << 30, {3, 2, 5}, at::kInt);  // signed, beyond 16 bits
   {
     Hdf5Writer writer(path);
     writer.create_dataset("layers.0.attn_in", at::kFloat, {3, 4});
     writer.create_dataset("layers.1.attn_in", at::kBFloat16, {6});
     writer.append("layers.0.attn_in", a.slice(0, 0, 2));
     writer.append("layers.1.attn_in", b);
+    writer.create_dataset("top_k_ids", at::kInt, {2, 5});
+    writer.append("top_k_ids", ids);
     writer.append("layers.0.attn_in", a.slice(0, 2, 5));
     writer.append("layers.0.attn_in", a.slice(0, 0, 0));  // an empty block changes nothing
     EXPECT_FALSE(std::filesystem::exists(path));          // only the temporary exists until close()
@@ -40,7 +43,9 @@ TEST(Hdf5StoreTest, RoundTripsBlocksAppendedAcrossCalls) {
   }
   EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"cache.h5"});
   const Hdf5Reader reader(path);
-  EXPECT_EQ(reader.names(), (std::vector<std::string>{"layers.0.attn_in", "layers.1.attn_in"}));
+  EXPECT_EQ(reader.names(), (std::vector<std::string>{"layers.0.attn_in", "layers.1.attn_in", "top_k_ids"}));
+  EXPECT_EQ(reader.dtype("top_k_ids"), at::kInt);
+  EXPECT_TRUE(at::equal(reader.read("top_k_ids", 0, 3), ids));
   EXPECT_EQ(reader.shape("layers.0.attn_in"), (std::vector<std::int64_t>{5, 3, 4}));
   EXPECT_EQ(reader.dtype("layers.1.attn_in"), at::kBFloat16);
   EXPECT_TRUE(at::equal(reader.read("layers.0.attn_in", 0, 5), a));  // stored bits, no conversion: exact
@@ -68,7 +73,7 @@ TEST(Hdf5StoreTest, MisuseNamesFileAndDataset) {
   EXPECT_EQ(error_of([&] { writer.append("x", at::zeros({2, 3, 4}, at::kDouble)); }), file + ": x: rows must be [n, 3, 4] of Float, got Double [2, 3, 4]");
   EXPECT_EQ(error_of([&] { writer.append("y", at::zeros({1, 3, 4})); }), file + ": y: no such dataset");
   EXPECT_EQ(error_of([&] { writer.create_dataset("x", at::kFloat, {1}); }), file + ": x: dataset already exists");
-  EXPECT_EQ(error_of([&] { writer.create_dataset("z", at::kHalf, {1}); }), file + ": z: only fp32 and bf16 datasets are supported");
+  EXPECT_EQ(error_of([&] { writer.create_dataset("z", at::kHalf, {1}); }), file + ": z: only fp32, bf16 and int32 datasets are supported");
   writer.append("x", at::zeros({2, 3, 4}));
   writer.close();
   const Hdf5Reader reader(dir / "cache.h5");

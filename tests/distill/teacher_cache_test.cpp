@@ -1,0 +1,116 @@
+// Stage 2's teacher cache (distill/teacher_cache.h): KL_k equals the full KL when k is the vocabulary and
+// otherwise falls short of it by exactly p_o KL(p|o || q|o) (the chain rule it rests on, checked in fp64),
+// with finite gradients equal to the full KL's at k = V; the HDF5 file gives back, by data position, what
+// the teacher computed, and refuses rows of another run (other top k, sequences or ids) naming the file.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "converter/next_token.h"
+#include "distill/teacher_cache.h"
+#include "formats/error.h"
+#include "test_util.h"
+
+namespace linearize {
+namespace {
+
+constexpr std::int64_t kRows = 40, kVocab = 100;
+
+struct Pair {
+  at::Tensor teacher, student;  // log-probabilities [N, V], fp32
+};
+
+// Peaked teacher rows (logits x 3) and a student near them, as in distillation.
+Pair distributions() {
+  at::manual_seed(3);
+  const auto logits = at::randn({kRows, kVocab}) * 3;
+  return {at::log_softmax(logits, -1), at::log_softmax(logits + at::randn({kRows, kVocab}) * 0.5, -1)};
+}
+
+at::Tensor kl_k(const Pair& d, std::int64_t k) {
+  const auto top = teacher_top_k(d.teacher.unsqueeze(1).repeat({1, 2, 1}), k);  // [N, 2, V]: one predicted position each
+  return top_k_kl_per_row(top.log_probs.select(1, 0), top.ids.select(1, 0), top.other_log_mass.select(1, 0), d.student);
+}
+
+TEST(TeacherCache, TopKKlIsTheFullKlWithTheWholeVocabulary) {
+  const auto d = distributions();
+  const auto exact = kl_per_row(d.teacher.to(at::kDouble), d.student.to(at::kDouble));
+  const auto full = kl_k(d, kVocab);
+  // fp32 terms p (log p - log q) summed over 100 tokens in another order than the fp64 reference: rounding
+  // of a few u = 6e-8 per term relative to the largest (|log p - log q| <= ~10 here); 1e-5 absolute on KLs of
+  // order 0.1-1 is over tenfold that, and a missing or misweighted token moves a row by 1e-3 or more.
+  EXPECT_LE((full.to(at::kDouble) - exact).abs().max().item<double>(), 1e-5);
+  EXPECT_GT(exact.min().item<double>(), 1e-3);  // the comparison is not between zeros
+}
+
+TEST(TeacherCache, TopKKlFallsShortByTheWeightedKlOfTheRest) {
+  const auto d = distributions();
+  constexpr std::int64_t k = 10;
+  const auto p = d.teacher.to(at::kDouble), q = d.student.to(at::kDouble);
+  const auto in_top = at::zeros_like(p, at::kBool).scatter_(1, std::get<1>(p.topk(k, -1)), true);
+  // p|o, q|o: the distributions outside the teacher's top k, renormalised; p_o the teacher's mass there.
+  const auto rest = [&](const at::Tensor& lp) { return at::log_softmax(lp.masked_fill(in_top, -INFINITY), -1); };
+  const auto p_other = p.exp().masked_fill(in_top, 0).sum(-1);
+  const auto tail = (rest(p).exp() * (rest(p) - rest(q))).masked_fill(in_top, 0).sum(-1);
+  const auto expected = kl_per_row(p, q) - p_other * tail;
+  const auto actual = kl_k(d, k).to(at::kDouble);
+  EXPECT_LE((actual - expected).abs().max().item<double>(), 1e-5);  // fp32 rounding, as above
+  EXPECT_TRUE((actual <= kl_per_row(p, q) + 1e-6).all().item<bool>());  // never above the full KL
+  EXPECT_GT((p_other * tail).max().item<double>(), 1e-3);  // the rest weighs enough to be seen
+}
+
+TEST(TeacherCache, GradientsAtTheWholeVocabularyAreTheFullKls) {
+  const auto d = distributions();
+  const auto student_logits = d.student.clone().requires_grad_(true);
+  kl_k({d.teacher, at::log_softmax(student_logits, -1)}, kVocab).sum().backward();
+  const auto cached = student_logits.grad().clone();
+  student_logits.mutable_grad().reset();
+  kl_per_row(d.teacher, at::log_softmax(student_logits, -1)).sum().backward();
+  EXPECT_TRUE(at::isfinite(cached).all().item<bool>()) << "the empty 'other' outcome must not poison the gradient";
+  // Both are q - p per logit up to fp32 rounding (u per term).
+  EXPECT_LE((cached - student_logits.grad()).abs().max().item<double>(), 1e-6);
+}
+
+TEST(TeacherCache, RowsComeBackByDataPositionAndOtherRunsAreRefused) {
+  test::TempDir dir;
+  const auto teacher = CausalLM::load(test::fixtures_dir() / "tiny-llama");
+  const auto vocab = teacher.config().vocab_size;
+  at::manual_seed(5);
+  const std::vector<at::Tensor> batches{at::randint(0, vocab, {3, 12}, at::kLong), at::randint(0, vocab, {3, 12}, at::kLong)};
+  const auto path = dir / "teacher.h5";
+  std::size_t next = 0;
+  const auto summary = write_teacher_cache(path, teacher, 16, 2, [&] {
+    const auto b = static_cast<std::int64_t>(next);
+    return KeyedRows{/*epoch=*/b, /*first_sequence=*/6 - 3 * b, batches[next++]};  // epoch 0 rows 6-8, epoch 1 rows 3-5
+  });
+  EXPECT_EQ(summary.rows, 6);
+  EXPECT_GT(summary.mean_other_mass, 0.0);
+  EXPECT_LT(summary.mean_other_mass, 1.0);
+
+  const TeacherCache cache(path, 16, 12);
+  const auto expected = teacher_top_k(teacher.forward(batches[1]), 16);
+  const auto got = cache.rows(1, 4, batches[1].narrow(0, 1, 2));
+  EXPECT_TRUE(at::equal(got.log_probs, expected.log_probs.narrow(0, 1, 2)));
+  EXPECT_TRUE(at::equal(got.ids, expected.ids.narrow(0, 1, 2)));
+  EXPECT_TRUE(at::equal(got.other_log_mass, expected.other_log_mass.narrow(0, 1, 2)));
+
+  const auto refused = [&](const std::function<void()>& action, const std::string& field) {
+    try {
+      action();
+    } catch (const InputError& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+      EXPECT_NE(message.find(field), std::string::npos) << message;
+      EXPECT_NE(message.find("remove the file"), std::string::npos) << message;
+      return;
+    }
+    ADD_FAILURE() << "accepted: " << field;
+  };
+  refused([&] { TeacherCache(path, 8, 12); }, "top_k_log_probs");
+  refused([&] { TeacherCache(path, 16, 64); }, "top_k_log_probs");
+  refused([&] { cache.rows(0, 8, batches[0]); }, "sequences");              // rows 8-10: 9 and 10 were never cached
+  refused([&] { cache.rows(0, 6, batches[1]); }, "ids");                    // the position of other ids
+}
+
+}  // namespace
+}  // namespace linearize
