@@ -33,6 +33,11 @@ class MetricsLog {
   std::FILE* file_ = nullptr;
 };
 
+// The process's peak resident memory (VmHWM, bytes) since the last reset_peak_rss(), or since it started
+// where the kernel refuses the reset; 0 where /proc is unavailable. Training records log it per stage.
+std::int64_t peak_rss_bytes();
+void reset_peak_rss();  // Linux >= 4.0: /proc/self/clear_refs "5"
+
 // "stage1  step 120/1000  loss 0.01234  5.1k tok/s  ETA 0:12:34". Live (a TTY): rewritten in place with \r;
 // otherwise one plain line per update, for logs.
 class ProgressReporter {

@@ -332,6 +332,7 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
   const bool live_progress = progress_out != nullptr && ProgressReporter::is_tty(progress_out);
   ProgressReporter progress(progress_out, live_progress);
   progress.start(plan.name, result.step - plan.first_step, optim.steps);
+  reset_peak_rss();  // the records' peak_rss_bytes: this stage's
   std::int64_t tokens = 0;
   bool stop_deferred = false;
   while (result.step < last_step) {
@@ -370,7 +371,8 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
     result.step = step;
 
     if (step % ctx.config.log_every == 0 || step == last_step) {
-      nlohmann::json record{{"stage", plan.name}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
+      nlohmann::json record{{"stage", plan.name}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                            {"peak_rss_bytes", peak_rss_bytes()}};
       if (!layer_values.empty()) record["layer_loss"] = layer_values;
       const auto val = plan.validate(record);
       schedule.observe(val ? *val : loss);  // plateau: the validation loss, the training loss without a split

@@ -30,18 +30,20 @@ WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k
     // The G query heads of a kv head as G * bt rows against that kv head's keys.
     const auto qb = qh.narrow(3, t0, bt).reshape({B, Hkv, G * bt, D});
     auto scores = (at::matmul(qb, kb.transpose(-1, -2)) * scale).view({B, Hkv, G, bt, len});
-    const auto qpos = at::arange(query_start + t0, query_start + t1, opts).unsqueeze(1);
-    const auto kpos = at::arange(first_key, last_key + 1, opts).unsqueeze(0);
-    const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - window));
-    scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
+    if (bt > 1) {  // one query (decode) sees every key of its range: no mask to build
+      const auto qpos = at::arange(query_start + t0, query_start + t1, opts).unsqueeze(1);
+      const auto kpos = at::arange(first_key, last_key + 1, opts).unsqueeze(0);
+      const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - window));
+      scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
+    }
     const auto row_max = std::get<0>(scores.max(-1, /*keepdim=*/true));  // c_n, as LoLCATs computes it
     const auto weights = (scores - row_max).exp();  // exp(-inf) = 0 outside the window
     numerators.push_back(at::matmul(weights.view({B, Hkv, G * bt, len}), vb).view({B, Hkv, G, bt, V}));
     denominators.push_back(weights.sum(-1));
   }
   // [B, Hkv, G, T, *] -> [B, T, H, *]
-  return {at::cat(numerators, 3).permute({0, 3, 1, 2, 4}).reshape({B, T, H, V}),
-          at::cat(denominators, 3).permute({0, 3, 1, 2}).reshape({B, T, H})};
+  const auto joined = [](const std::vector<at::Tensor>& parts) { return parts.size() == 1 ? parts.front() : at::cat(parts, 3); };
+  return {joined(numerators).permute({0, 3, 1, 2, 4}).reshape({B, T, H, V}), joined(denominators).permute({0, 3, 1, 2}).reshape({B, T, H})};
 }
 
 }  // namespace linearize::kernels

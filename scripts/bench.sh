@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks verify hf_export onnx_export convert)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks distill_memory verify hf_export onnx_export convert)
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench convert_rss linearize)
 
 scripts/setup.sh
@@ -426,6 +426,73 @@ def rate(path):  # tokens/s of the last stage-2 progress line (counted over the 
 one, two = rate(sys.argv[1]), rate(sys.argv[2])
 print(f"distill stage 2 (llama-100m, lolcats, 4 x 256 tokens a step): 1 process {one:.0f} tokens/s, "
       f"2 Gloo ranks {two:.0f} tokens/s, ratio {two / one:.2f}x (same cores: the ratio is the cost of splitting them)")
+PYEOF
+)
+}
+
+# Peak resident memory of distill's training per model size, without and with activation checkpointing:
+# joint stage 1 (1 step) and stage 2 (2 steps, CE + KL to the teacher), one 512-token sequence a step, fp32
+# on the CPU, from the records' peak_rss_bytes (each stage's own peak; the export's verify afterwards is not
+# training and loads the source beside it). Models: llama-25m and llama-100m (bench/decoder_transformers.py),
+# and the Llama-3.2-1B shape (scripts/make_synthetic_checkpoint.py: 1.24B parameters, 128K vocabulary, bf16
+# on disk, 4.9 GB in fp32). DISTILL_MEMORY_MODELS narrows the list.
+section_distill_memory() {
+  local dir=$BENCH_OUT/distill_memory models=(${DISTILL_MEMORY_MODELS:-llama-25m llama-100m llama3.2-1b})
+  echo "== distill: peak memory per model size, activation checkpointing off / on"
+  rm -rf "$dir" && mkdir -p "$dir"
+  local m
+  for m in "${models[@]}"; do
+    case $m in
+      llama-25m|llama-100m) "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/$m" --size "${m#llama-}" --tokenizer tests/fixtures/tiny-llama ;;
+      llama3.2-1b) [ -f "$LINEARIZE_BENCH_DIR/$m/config.json" ] || "$PY" scripts/make_synthetic_checkpoint.py --out "$LINEARIZE_BENCH_DIR/$m" --shape llama3.2-1b ;;
+      *) echo "bench.sh: distill_memory: unknown model $m" >&2; exit 2 ;;
+    esac
+    cat > "$dir/$m.yaml" <<YAML
+model: $PWD/$LINEARIZE_BENCH_DIR/$m
+out: RUN_OUT
+recipe: {name: lolcats, params: {window: 64}}
+data: {files: [$PWD/tests/fixtures/corpus/corpus.txt], tokenizer: $PWD/tests/fixtures/tiny-llama, seq_len: 512, batch_size: 1, validation_fraction: 0}
+stage1: {steps: 1, grad_accum: 1, schedule: constant}
+stage2: {steps: 2, grad_accum: 1, schedule: constant, loss: ce+kl, lr: 0.0001}
+checkpoint: {every: 1000}
+log_every: 1
+YAML
+    local c
+    for c in false true; do
+      OMP_NUM_THREADS=$(nproc) "$BUILD_DIR/cli/linearize" distill --config "$dir/$m.yaml" --set out="$dir/$m-$c" \
+        --set device.activation_checkpointing=$c > "$dir/$m-$c.log" 2> "$dir/$m-$c.err"
+    done
+  done
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <("$PY" - "$dir" "$LINEARIZE_BENCH_DIR" "${models[@]}" <<'PYEOF'
+import json, re, sys
+from pathlib import Path
+out, models_dir, models = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+def params(model):
+    c = json.load(open(models_dir / model / "config.json"))
+    d, f, n, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = d // c["num_attention_heads"] * c["num_key_value_heads"]
+    return n * (2 * d * d + 2 * d * kv + 3 * d * f + 2 * d) + v * d * (1 if c.get("tie_word_embeddings") else 2) + d
+def peaks(run):
+    stage = {}
+    for line in open(out / run / "metrics.jsonl"):
+        r = json.loads(line)
+        if "peak_rss_bytes" in r:
+            key = r["stage"].split(".")[0]
+            stage[key] = max(stage.get(key, 0), r["peak_rss_bytes"])
+    return stage
+def rate(run, stage):  # tokens/s of the stage's last progress line
+    value = None
+    for line in open(out / f"{run}.err"):
+        m = re.search(rf"^{stage} .* ([0-9.]+)(k?) tok/s", line)
+        if m: value = float(m.group(1)) * (1000 if m.group(2) else 1)
+    return value
+print("distill peak RSS (GB), fp32 CPU, 1 x 512 tokens: model | weights fp32 | stage 1 off / on | stage 2 off / on | stage-2 tokens/s off / on")
+for m in models:
+    off, on = peaks(f"{m}-false"), peaks(f"{m}-true")
+    w = params(m) * 4 / 1e9
+    print(f"  {m}: {w:.2f} | {off['stage1'] / 1e9:.2f} / {on['stage1'] / 1e9:.2f} ({on['stage1'] / off['stage1']:.2f}x)"
+          f" | {off['stage2'] / 1e9:.2f} / {on['stage2'] / 1e9:.2f} ({on['stage2'] / off['stage2']:.2f}x)"
+          f" | {rate(f'{m}-false', 'stage2'):.0f} / {rate(f'{m}-true', 'stage2'):.0f}")
 PYEOF
 )
 }

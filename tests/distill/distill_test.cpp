@@ -437,6 +437,15 @@ TEST(Distill, ActivationCheckpointingAndTheTeacherCacheTrainWhatThePlainRunTrain
     // to a loss of order 5 leaves room for that, and a token missing from the KL changes the loss at 1e-3.
     EXPECT_NEAR(whole_vocabulary.at(step), loss, 1e-6 * loss) << "step " << step;
   }
+  // Every training record carries its stage's peak resident memory: at least this process's libraries and
+  // fixture (over 10 MB), and far below the machine.
+  std::ifstream records(dir / "plain" / "metrics.jsonl");
+  for (std::string line; std::getline(records, line);) {
+    const auto record = nlohmann::json::parse(line);
+    if (!record.contains("loss")) continue;
+    EXPECT_GT(record.value("peak_rss_bytes", std::int64_t{0}), std::int64_t{10} << 20) << line;
+    EXPECT_LT(record.value("peak_rss_bytes", std::int64_t{0}), std::int64_t{64} << 30) << line;
+  }
   const auto first_stage2 = kStage1Steps + 1;
   EXPECT_EQ(top16.at(kStage1Steps), plain.at(kStage1Steps));  // stage 1 does not read the cache
   EXPECT_LT(top16.at(first_stage2), plain.at(first_stage2));  // the same weights, KL_16 <= KL
