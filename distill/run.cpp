@@ -34,6 +34,7 @@
 #include "distill/teacher_cache.h"
 #include "formats/directory_lock.h"
 #include "formats/error.h"
+#include "formats/sha256.h"
 #include "formats/tokenizer.h"
 
 namespace linearize {
@@ -255,13 +256,19 @@ std::unique_ptr<TeacherCache> open_teacher_cache(const TrainingContext& ctx, std
   if (!stage2.teacher_cache_path.empty() && !ctx.root())
     path.replace_filename(path.stem().string() + ".rank" + std::to_string(ctx.group->rank()) + path.extension().string());
   const auto top_k = std::min(stage2.teacher_cache_top_k, ctx.source.config().vocab_size);
+  // The teacher: the source files (their hashes, recorded by the conversion) in this compute dtype.
+  const auto teacher = ctx.student.config().linearize.value("source", nlohmann::json()).dump() + "|" +
+                       to_string(ctx.config.device.dtype) + "|" + to_string(ctx.config.device.type);
+  const auto fingerprint = sha256_hex(teacher.data(), teacher.size());
   if (!fs::exists(path)) {
     const auto start = ctx.data.position();
     const auto begun = std::chrono::steady_clock::now();
     const std::int64_t batch_rows = ctx.config.data.batch_size;
     std::int64_t tokens = 0, reported = 0;
+    // The teacher as the live KL would run it: under the stage's autocast.
+    const AutocastScope autocast(uses_autocast(ctx.config.device), ctx.device.type());
     const auto summary = write_teacher_cache(
-        path, ctx.source, top_k, micro_batches,
+        path, ctx.source, fingerprint, top_k, micro_batches,
         [&] {
           const auto batch = ctx.data.next_batch();
           const auto& pos = ctx.data.position();
@@ -282,7 +289,7 @@ std::unique_ptr<TeacherCache> open_teacher_cache(const TrainingContext& ctx, std
                  "(the KL's part the loss does not see is weighted by it)",
                  path.string(), summary.rows, top_k, ctx.source.config().vocab_size, summary.bytes / 1e6, summary.mean_other_mass);
   }
-  return std::make_unique<TeacherCache>(path, top_k, ctx.config.data.seq_len);
+  return std::make_unique<TeacherCache>(path, fingerprint, top_k, ctx.config.data.seq_len);
 }
 
 // Sums a data-parallel step over the ranks: the gradients (bucketed), then the loss, the per-layer losses
@@ -582,8 +589,11 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
   };
   plan.data_parallel = ctx.group != nullptr;
   std::unique_ptr<TeacherCache> teacher_cache;
-  if (config.stage2.teacher_cache_top_k > 0)
-    teacher_cache = open_teacher_cache(ctx, (first_step + plan.optim->steps - result.step) * plan.optim->grad_accum);
+  const std::int64_t micro_batches_left = (first_step + plan.optim->steps - result.step) * plan.optim->grad_accum;
+  if (config.stage2.teacher_cache_top_k > 0 && micro_batches_left > 0) {
+    teacher_cache = open_teacher_cache(ctx, micro_batches_left);
+    if (ctx.group) ctx.group->barrier(kLongWait);  // the ranks build their rows' caches at their own pace
+  }
   plan.loss = [&](std::int64_t) {
     const auto batch = ctx.data.next_batch();
     const auto ids = rank_rows(batch.input_ids, ctx.group).to(ctx.device);

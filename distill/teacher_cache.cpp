@@ -18,6 +18,16 @@ constexpr const char* kIds = "ids";              // int32 [N, T]
 constexpr const char* kLogProbs = "top_k_log_probs";
 constexpr const char* kTokenIds = "top_k_ids";
 constexpr const char* kOtherLogMass = "other_log_mass";
+constexpr const char* kTeacher = "teacher";      // int32 [1, 8]: the fingerprint's 32 bytes
+
+// 64 hex digits as a row of 8 int32 (HDF5 stores the bits; equality is all that is asked of them).
+at::Tensor fingerprint_row(const std::string& hex) {
+  TORCH_CHECK(hex.size() == 64, "teacher cache: the fingerprint must be 64 hex digits");
+  auto row = at::empty({1, 8}, at::kInt);
+  for (int i = 0; i < 8; ++i)
+    row[0][i] = static_cast<std::int32_t>(static_cast<std::uint32_t>(std::stoul(hex.substr(8 * static_cast<std::size_t>(i), 8), nullptr, 16)));
+  return row;
+}
 
 }  // namespace
 
@@ -40,8 +50,8 @@ at::Tensor top_k_kl_per_row(const at::Tensor& teacher_log_probs, const at::Tenso
   return (at::xlogy(p, p) - p * q_in).sum(1) + at::xlogy(p_other, p_other) - p_other * q_other;
 }
 
-TeacherCacheSummary write_teacher_cache(const fs::path& path, const CausalLM& teacher, std::int64_t top_k,
-                                        std::int64_t batches, const std::function<KeyedRows()>& next,
+TeacherCacheSummary write_teacher_cache(const fs::path& path, const CausalLM& teacher, const std::string& fingerprint,
+                                        std::int64_t top_k, std::int64_t batches, const std::function<KeyedRows()>& next,
                                         const std::function<void(std::int64_t done)>& on_batch) {
   TORCH_CHECK(batches > 0 && top_k > 0, "write_teacher_cache: nothing to cache");
   const at::NoGradGuard no_grad;
@@ -60,6 +70,8 @@ TeacherCacheSummary write_teacher_cache(const fs::path& path, const CausalLM& te
       writer.create_dataset(kLogProbs, at::kFloat, {T - 1, k});
       writer.create_dataset(kTokenIds, at::kInt, {T - 1, k});
       writer.create_dataset(kOtherLogMass, at::kFloat, {T - 1});
+      writer.create_dataset(kTeacher, at::kInt, {8});
+      writer.append(kTeacher, fingerprint_row(fingerprint));
     }
     const auto sequence = at::arange(rows.first_sequence, rows.first_sequence + R, at::kLong);
     writer.append(kSequences, at::stack({at::full({R}, rows.epoch, at::kLong), sequence}, 1).to(at::kInt));
@@ -78,11 +90,14 @@ TeacherCacheSummary write_teacher_cache(const fs::path& path, const CausalLM& te
   return summary;
 }
 
-TeacherCache::TeacherCache(const fs::path& path, std::int64_t top_k, std::int64_t seq_len) : path_(path), reader_(path) {
-  const auto shape = reader_.shape(kLogProbs);  // an InputError naming file and dataset when absent
+TeacherCache::TeacherCache(const fs::path& path, const std::string& fingerprint, std::int64_t top_k, std::int64_t seq_len)
+    : path_(path), reader_(path) {
   const auto stale = [&](const std::string& field, const std::string& what) {
     throw InputError(path.string(), field, what + ": it was made by another run; remove the file to rebuild it");
   };
+  if (!at::equal(reader_.read(kTeacher, 0, 1), fingerprint_row(fingerprint)))
+    stale(kTeacher, "holds another teacher's outputs (source files or compute dtype)");
+  const auto shape = reader_.shape(kLogProbs);  // an InputError naming file and dataset when absent
   if (shape.size() != 3 || shape[2] != top_k) stale(kLogProbs, "holds the top " + std::to_string(shape.back()) + ", the run asks for " + std::to_string(top_k));
   if (shape[1] != seq_len - 1) stale(kLogProbs, "holds " + std::to_string(shape[1] + 1) + "-token rows, the run's are " + std::to_string(seq_len));
   for (const auto* name : {kIds, kTokenIds, kOtherLogMass, kSequences})

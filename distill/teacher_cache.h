@@ -11,8 +11,9 @@
 // the cache reports the teacher's mean p_o.
 //
 // Rows are keyed by their data position (epoch, sequence index in the epoch's packing) and carry their
-// ids, so a lookup is checked against the batch it serves: a cache made from other data, another seed or
-// another top_k is refused with the file named, never silently used.
+// ids, so a lookup is checked against the batch it serves; the file also carries the teacher's fingerprint
+// (a sha256 the caller derives from the source files' hashes and the compute dtype). A cache made from
+// other data, another seed, another top_k or another teacher is refused with the file named, never used.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -56,17 +58,18 @@ struct TeacherCacheSummary {
   std::int64_t bytes = 0;      // of the file
 };
 
-// Runs `teacher` on `batches` batches from next() and writes their top k to `path` (temporary file + rename:
-// whole or absent). on_batch(batches done) after each, for progress.
-TeacherCacheSummary write_teacher_cache(const std::filesystem::path& path, const CausalLM& teacher, std::int64_t top_k,
-                                        std::int64_t batches, const std::function<KeyedRows()>& next,
+// Runs `teacher` (identified by `fingerprint`, 64 hex digits) on `batches` batches from next() and writes
+// their top k to `path` (temporary file + rename: whole or absent). on_batch(batches done) after each.
+TeacherCacheSummary write_teacher_cache(const std::filesystem::path& path, const CausalLM& teacher,
+                                        const std::string& fingerprint, std::int64_t top_k, std::int64_t batches,
+                                        const std::function<KeyedRows()>& next,
                                         const std::function<void(std::int64_t done)>& on_batch = {});
 
 class TeacherCache {
  public:
-  // Opens and checks the file: its top k must be `top_k` and its rows `seq_len` long (else an InputError
-  // naming the file and asking for its removal).
-  TeacherCache(const std::filesystem::path& path, std::int64_t top_k, std::int64_t seq_len);
+  // Opens and checks the file: its teacher must be `fingerprint`, its top k `top_k` and its rows `seq_len`
+  // long (else an InputError naming the file and asking for its removal).
+  TeacherCache(const std::filesystem::path& path, const std::string& fingerprint, std::int64_t top_k, std::int64_t seq_len);
 
   // The cached rows of sequences first, first+1, ... of `epoch`, one per row of ids [R, T] (compared with
   // the cached ids); CPU tensors.

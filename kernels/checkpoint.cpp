@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <mutex>
 #include <utility>
 
 namespace linearize::kernels {
@@ -17,6 +18,27 @@ struct Replay final : torch::CustomClassHolder {
   at::Tensor generator_state;
   bool autocast = false;
   at::ScalarType autocast_dtype = at::kBFloat16;
+};
+
+// Sets the generator to `state` for the scope, then back to where it was (also when the block throws).
+// The generator's lock is held while its state is read or written, not while the block draws from it.
+class GeneratorAt {
+ public:
+  GeneratorAt(at::Generator generator, const at::Tensor& state) : generator_(std::move(generator)) {
+    const std::lock_guard<std::mutex> lock(generator_.mutex());
+    now_ = generator_.get_state();
+    generator_.set_state(state);
+  }
+  ~GeneratorAt() {
+    const std::lock_guard<std::mutex> lock(generator_.mutex());
+    generator_.set_state(now_);
+  }
+  GeneratorAt(const GeneratorAt&) = delete;
+  GeneratorAt& operator=(const GeneratorAt&) = delete;
+
+ private:
+  at::Generator generator_;
+  at::Tensor now_;
 };
 
 // Sets autocast on `device` as `replay` saw it for the scope, then back.
@@ -61,21 +83,19 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
+    // The recomputed graph is back-propagated once, not recorded: a gradient of this gradient would be wrong.
+    TORCH_CHECK(!at::GradMode::is_enabled(), "checkpointed: double backward (create_graph) is not supported");
     const auto x = ctx->get_saved_variables()[0];
     const auto replay = c10::static_intrusive_pointer_cast<Replay>(ctx->saved_data["replay"].toCapsule());
     const auto input = x.detach().requires_grad_(x.requires_grad());
     at::Tensor y;
     {
-      const auto now = replay->generator.get_state();
-      replay->generator.set_state(replay->generator_state);
-      {
-        const AutocastAs autocast(x.device().type(), *replay);
-        const at::AutoGradMode grad(true);
-        y = replay->block(input);
-      }
-      replay->generator.set_state(now);
+      const GeneratorAt generator(replay->generator, replay->generator_state);
+      const AutocastAs autocast(x.device().type(), *replay);
+      const at::AutoGradMode grad(true);
+      y = replay->block(input);
     }
-    torch::autograd::backward({y}, {grad_outputs[0]});
+    if (y.requires_grad()) torch::autograd::backward({y}, {grad_outputs[0]});  // else nothing in it trains
     return {x.requires_grad() ? input.grad() : at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -87,7 +107,10 @@ at::Tensor checkpointed(Block block, const at::Tensor& x) {
   auto replay = c10::make_intrusive<Replay>();
   replay->block = std::move(block);
   replay->generator = at::globalContext().defaultGenerator(x.device());
-  replay->generator_state = replay->generator.get_state();
+  {
+    const std::lock_guard<std::mutex> lock(replay->generator.mutex());
+    replay->generator_state = replay->generator.get_state();
+  }
   replay->autocast = at::autocast::is_autocast_enabled(x.device().type());
   replay->autocast_dtype = at::autocast::get_autocast_dtype(x.device().type());
   const auto anchor = at::empty({0}, x.options().dtype(at::kFloat)).requires_grad_(!x.requires_grad());

@@ -22,7 +22,8 @@ using Block = std::function<at::Tensor(const at::Tensor& x)>;
 // get their gradients when the backward reaches it, as leaves of the recomputed graph; x gets its gradient
 // through the returned tensor when x requires grad. `block` is kept until the backward: it must capture
 // what it uses by value or by a reference that outlives the backward, and compute then what it computed
-// in the forward (a training flag switched off in between would change it).
+// in the forward (a training flag switched off in between would change it). It must return a new tensor,
+// not a view of x. One backward only (no create_graph).
 at::Tensor checkpointed(Block block, const at::Tensor& x);
 
 }  // namespace linearize::kernels

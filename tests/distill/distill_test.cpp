@@ -191,7 +191,14 @@ TEST(Distill, StageOneCutsTheValidationAttentionMseTenfold) {
 TEST(Distill, ResumeAfterSigkillReproducesTheLossTrajectoryBitwise) {
   test::TempDir dir;
   constexpr std::int64_t kStage1 = 12, kStage2 = 12, kSteps = kStage1 + kStage2;
-  const auto whole = small_run(dir / "whole", kStage1, kStage2);
+  // Stage 2's KL teacher comes from a top-16 cache, built once at the stage's start: the resumed run reads
+  // its rows by data position from the file the killed run left.
+  const auto run = [&](const std::string& name) {
+    auto config = small_run(dir / name, kStage1, kStage2);
+    config.stage2.teacher_cache_top_k = 16;
+    return config;
+  };
+  const auto whole = run("whole");
   ASSERT_EQ(run_to_end(cli_args(whole, dir / "whole-cfg"), dir / "whole-out"), 0);
   const auto expected = losses(dir / "whole" / "metrics.jsonl");
   ASSERT_EQ(expected.size(), static_cast<std::size_t>(kSteps));
@@ -203,12 +210,16 @@ TEST(Distill, ResumeAfterSigkillReproducesTheLossTrajectoryBitwise) {
     const std::int64_t kill_step = std::uniform_int_distribution<std::int64_t>(first, last)(random);
     const std::string name = "killed-" + std::to_string(kill_step);
     SCOPED_TRACE("SIGKILL at step " + std::to_string(kill_step) + (kill_step > kStage1 ? " (stage 2)" : " (stage 1)"));
-    const auto args = cli_args(small_run(dir / name, kStage1, kStage2), dir / (name + "-cfg"));
+    const auto args = cli_args(run(name), dir / (name + "-cfg"));
     EXPECT_EQ(signal_at_step(args, dir / name / "metrics.jsonl", kill_step, SIGKILL, dir / (name + "-out")), 128 + SIGKILL);
+    const bool cached = std::filesystem::exists(dir / name / "teacher_logits.h5");
+    EXPECT_EQ(cached, kill_step > kStage1);
     auto resume_args = args;
     resume_args.push_back("--resume");
     ASSERT_EQ(run_to_end(resume_args, dir / (name + "-resumed")), 0);
     EXPECT_EQ(losses(dir / name / "metrics.jsonl"), expected);  // doubles compared exactly: JSON keeps 17 digits
+    EXPECT_EQ(test::read_file(dir / (name + "-resumed.err")).find("teacher cache:") == std::string::npos, cached)
+        << "a resume builds the cache only when the killed run had not";
   }
 }
 
@@ -431,7 +442,8 @@ TEST(Distill, ActivationCheckpointingAndTheTeacherCacheTrainWhatThePlainRunTrain
   ASSERT_EQ(plain.size(), static_cast<std::size_t>(kStage1Steps + kStage2Steps));
   EXPECT_TRUE(std::filesystem::exists(dir / "cached" / "teacher_logits.h5"));
   for (const auto& [step, loss] : plain) {
-    EXPECT_EQ(checkpointed.at(step), loss) << "step " << step;
+    EXPECT_EQ(checkpointed.at(step), loss) << "step " << step;  // both stages checkpoint their blocks
+    if (step <= kStage1Steps) continue;  // stage 1 reads no teacher cache
     // The KL's terms summed in another order (by teacher probability): fp32 rounding of a 768-term sum,
     // a few u = 6e-8 relative (the test's own KL check bounds the rows at 1e-5 absolute); 1e-6 relative
     // to a loss of order 5 leaves room for that, and a token missing from the KL changes the loss at 1e-3.
@@ -447,7 +459,6 @@ TEST(Distill, ActivationCheckpointingAndTheTeacherCacheTrainWhatThePlainRunTrain
     EXPECT_LT(record.value("peak_rss_bytes", std::int64_t{0}), std::int64_t{64} << 30) << line;
   }
   const auto first_stage2 = kStage1Steps + 1;
-  EXPECT_EQ(top16.at(kStage1Steps), plain.at(kStage1Steps));  // stage 1 does not read the cache
   EXPECT_LT(top16.at(first_stage2), plain.at(first_stage2));  // the same weights, KL_16 <= KL
   std::cout << "first stage-2 step: loss " << plain.at(first_stage2) << ", with the top-16 cache "
             << top16.at(first_stage2) << "\n";
@@ -548,13 +559,20 @@ TEST(DistillDistributed, TwoRanksTrainWhatOneProcessTrains) {
   test::TempDir dir;
   const auto deep = test::fixtures_dir() / "deep-llama";
   constexpr std::int64_t kStage1End = 24 * 3;
-  ASSERT_EQ(run_to_end(cli_args(parallel_run(dir / "one", deep), dir / "one-cfg"), dir / "one-out"), 0)
-      << test::read_file(dir / "one-out.err");
-  const auto codes = wait_all(start_job(cli_args(parallel_run(dir / "two", deep), dir / "two-cfg"), 2, dir / "two-out"));
+  // Stage 2's KL from a teacher cache of the whole vocabulary (the full KL): each rank caches its own rows.
+  const auto run = [&](const std::string& name) {
+    auto config = parallel_run(dir / name, deep);
+    config.stage2.teacher_cache_top_k = 1'000'000;
+    return cli_args(config, dir / (name + "-cfg"));
+  };
+  ASSERT_EQ(run_to_end(run("one"), dir / "one-out"), 0) << test::read_file(dir / "one-out.err");
+  const auto codes = wait_all(start_job(run("two"), 2, dir / "two-out"));
   ASSERT_EQ(codes, (std::vector<int>{0, 0})) << test::read_file(dir / "two-out.rank0.err") << test::read_file(dir / "two-out.rank1.err");
   // Block-parallel: each rank cached only its own layers (its shard of the cache).
   EXPECT_TRUE(std::filesystem::exists(dir / "two" / "layer_cache.h5"));
   EXPECT_TRUE(std::filesystem::exists(dir / "two" / "rank1" / "layer_cache.h5"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "two" / "teacher_logits.h5"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "two" / "rank1" / "teacher_logits.h5"));
   // The report charts every layer's stage 1, rank 1's from its own log.
   const auto report = test::read_file(dir / "two" / "report.html");
   EXPECT_NE(report.find("stage1.layer0"), std::string::npos);

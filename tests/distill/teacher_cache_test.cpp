@@ -1,7 +1,7 @@
 // Stage 2's teacher cache (distill/teacher_cache.h): KL_k equals the full KL when k is the vocabulary and
 // otherwise falls short of it by exactly p_o KL(p|o || q|o) (the chain rule it rests on, checked in fp64),
 // with finite gradients equal to the full KL's at k = V; the HDF5 file gives back, by data position, what
-// the teacher computed, and refuses rows of another run (other top k, sequences or ids) naming the file.
+// the teacher computed, and refuses rows of another run (other teacher, top k, sequences or ids) naming the file.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -79,7 +79,8 @@ TEST(TeacherCache, RowsComeBackByDataPositionAndOtherRunsAreRefused) {
   const std::vector<at::Tensor> batches{at::randint(0, vocab, {3, 12}, at::kLong), at::randint(0, vocab, {3, 12}, at::kLong)};
   const auto path = dir / "teacher.h5";
   std::size_t next = 0;
-  const auto summary = write_teacher_cache(path, teacher, 16, 2, [&] {
+  const std::string fingerprint(64, 'a'), other_teacher = std::string(63, 'a') + "b";
+  const auto summary = write_teacher_cache(path, teacher, fingerprint, 16, 2, [&] {
     const auto b = static_cast<std::int64_t>(next);
     return KeyedRows{/*epoch=*/b, /*first_sequence=*/6 - 3 * b, batches[next++]};  // epoch 0 rows 6-8, epoch 1 rows 3-5
   });
@@ -87,7 +88,7 @@ TEST(TeacherCache, RowsComeBackByDataPositionAndOtherRunsAreRefused) {
   EXPECT_GT(summary.mean_other_mass, 0.0);
   EXPECT_LT(summary.mean_other_mass, 1.0);
 
-  const TeacherCache cache(path, 16, 12);
+  const TeacherCache cache(path, fingerprint, 16, 12);
   const auto expected = teacher_top_k(teacher.forward(batches[1]), 16);
   const auto got = cache.rows(1, 4, batches[1].narrow(0, 1, 2));
   EXPECT_TRUE(at::equal(got.log_probs, expected.log_probs.narrow(0, 1, 2)));
@@ -106,8 +107,9 @@ TEST(TeacherCache, RowsComeBackByDataPositionAndOtherRunsAreRefused) {
     }
     ADD_FAILURE() << "accepted: " << field;
   };
-  refused([&] { TeacherCache(path, 8, 12); }, "top_k_log_probs");
-  refused([&] { TeacherCache(path, 16, 64); }, "top_k_log_probs");
+  refused([&] { TeacherCache(path, other_teacher, 16, 12); }, "teacher");
+  refused([&] { TeacherCache(path, fingerprint, 8, 12); }, "top_k_log_probs");
+  refused([&] { TeacherCache(path, fingerprint, 16, 64); }, "top_k_log_probs");
   refused([&] { cache.rows(0, 8, batches[0]); }, "sequences");              // rows 8-10: 9 and 10 were never cached
   refused([&] { cache.rows(0, 6, batches[1]); }, "ids");                    // the position of other ids
 }
