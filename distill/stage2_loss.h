@@ -3,7 +3,12 @@
 // student) of the next-token distributions on the same positions (the teacher is the source model, no
 // grad), or their sum. Differentiable in the student's trainables (its LoRA adapters). With `cached`, the
 // teacher's top k of these rows (distill/teacher_cache.h), the KL is KL_k and the teacher does not run.
+// With the student's blocks checkpointed (CausalLM::set_checkpoint_blocks), the head and the loss run over
+// slices of head_chunk_elements / vocab positions, each slice checkpointed too (the same loss up to the
+// order of its sums).
 #pragma once
+
+#include <cstdint>
 
 #include <ATen/ATen.h>
 
@@ -14,6 +19,7 @@
 namespace linearize {
 
 at::Tensor stage2_loss(const CausalLM& student, const CausalLM& teacher, const at::Tensor& ids, const at::Tensor& labels,
-                       Stage2Loss kind, const TeacherTopK* cached = nullptr);
+                       Stage2Loss kind, const TeacherTopK* cached = nullptr,
+                       std::int64_t head_chunk_elements = std::int64_t{1} << 24);
 
 }  // namespace linearize

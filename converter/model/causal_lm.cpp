@@ -133,7 +133,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
 }
 
 at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                         kernels::MixerForm form, bool last_only) const {
+                         kernels::MixerForm form, bool last_only, bool hidden_only) const {
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
   const auto& block = config_.block;
   // By value: checkpointed blocks call it again in the backward, after run() has returned.
@@ -178,10 +178,20 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   h = norm(h, final_norm_);
   if (capture) capture(names::kNormCapture, h);
-  auto logits = kernels::linear_projection(h, lm_head_);
-  if (block.final_logit_softcap) logits = at::tanh(logits / *block.final_logit_softcap) * *block.final_logit_softcap;
+  if (hidden_only) return h;
+  auto logits = logits_of(h);
   if (capture) capture(names::kLogitsCapture, logits);
   return logits;
+}
+
+at::Tensor CausalLM::hidden_states(const at::Tensor& ids) const {
+  return run(ids, 0, nullptr, {}, kernels::MixerForm::chunked, /*last_only=*/false, /*hidden_only=*/true);
+}
+
+at::Tensor CausalLM::logits_of(const at::Tensor& hidden) const {
+  auto logits = kernels::linear_projection(hidden, lm_head_);
+  const auto& cap = config_.block.final_logit_softcap;
+  return cap ? at::tanh(logits / *cap) * *cap : logits;
 }
 
 at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, kernels::MixerForm form) const {

@@ -109,6 +109,11 @@ class CausalLM {
   // holds one model, not a student and a teacher (DESIGN section 5: never two copies).
   CausalLM source_model() const;
 
+  // forward() in two parts, for a loss computed a slice of positions at a time: the final norm's output
+  // [B, T, hidden], and the logits of such hidden states (lm_head and the soft-cap), [..., vocab].
+  at::Tensor hidden_states(const at::Tensor& ids) const;
+  at::Tensor logits_of(const at::Tensor& hidden) const;
+
   DecodeState new_state() const;
   // Feeds ids [B, T] after what `state` has seen; returns the logits of the last position, [B, vocab].
   at::Tensor prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture = {}) const;
@@ -127,9 +132,10 @@ class CausalLM {
 
  private:
   // Everything above, from absolute position `start`; state may be null. `last_only` runs the final norm
-  // and lm_head on the last position alone (all a decoder continuing the sequence needs).
+  // and lm_head on the last position alone (all a decoder continuing the sequence needs); `hidden_only`
+  // stops before lm_head.
   at::Tensor run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                 kernels::MixerForm form, bool last_only) const;
+                 kernels::MixerForm form, bool last_only, bool hidden_only = false) const;
 
   ModelConfig config_;
   LoadOptions options_;

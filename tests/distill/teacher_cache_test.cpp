@@ -1,3 +1,5 @@
+// Stage 2's loss with the head computed a slice of positions at a time (checkpointed blocks) equals the
+// whole head's, for every loss kind, live or cached teacher, and its gradients do too.
 // Stage 2's teacher cache (distill/teacher_cache.h): KL_k equals the full KL when k is the vocabulary and
 // otherwise falls short of it by exactly p_o KL(p|o || q|o) (the chain rule it rests on, checked in fp64),
 // with finite gradients equal to the full KL's at k = V; the HDF5 file gives back, by data position, what
@@ -5,8 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 
 #include "converter/next_token.h"
+#include "converter/model/lora.h"
+#include "distill/stage2_loss.h"
 #include "distill/teacher_cache.h"
 #include "formats/error.h"
 #include "test_util.h"
@@ -112,6 +118,53 @@ TEST(TeacherCache, RowsComeBackByDataPositionAndOtherRunsAreRefused) {
   refused([&] { TeacherCache(path, fingerprint, 16, 64); }, "top_k_log_probs");
   refused([&] { cache.rows(0, 8, batches[0]); }, "sequences");              // rows 8-10: 9 and 10 were never cached
   refused([&] { cache.rows(0, 6, batches[1]); }, "ids");                    // the position of other ids
+}
+
+TEST(Stage2Loss, TheHeadInSlicesEqualsTheWholeHead) {
+  auto student = CausalLM::load(test::fixtures_dir() / "tiny-llama");
+  const auto teacher = CausalLM::load(test::fixtures_dir() / "tiny-llama");
+  const auto vocab = student.config().vocab_size;
+  const auto adapters = attach_lora(student, {"q_proj", "v_proj", "down_proj"}, {4, 8.0, 0.0, false},
+                                    at::make_generator<at::CPUGeneratorImpl>(1));
+  at::manual_seed(2);
+  std::vector<at::Tensor> params;
+  for (const auto& a : adapters) {
+    const at::NoGradGuard no_grad;
+    a->b().normal_(0, 0.05);  // B != 0: A gets gradients too
+    params.push_back(a->a());
+    params.push_back(a->b());
+  }
+  const auto ids = at::randint(0, vocab, {2, 40}, at::kLong);
+  auto labels = ids.clone();
+  labels.narrow(1, 0, 12).fill_(-100);  // a prompt without loss: the first slices have no predicted rows
+  const auto cached = teacher_top_k(teacher.forward(ids), 32);
+  for (const auto kind : {Stage2Loss::kCe, Stage2Loss::kKl, Stage2Loss::kCeKl}) {
+    for (const bool use_cache : {false, true}) {
+      const auto run = [&](bool sliced) {
+        student.set_checkpoint_blocks(sliced);
+        for (auto& p : params) p.mutable_grad().reset();
+        // 7 positions a slice: 78 predicted positions in 12 slices, the last one short.
+        const auto loss = stage2_loss(student, teacher, ids, labels, kind, use_cache ? &cached : nullptr, 7 * vocab);
+        loss.backward();
+        std::vector<at::Tensor> grads;
+        for (const auto& p : params) grads.push_back(p.grad().clone());
+        return std::pair{loss.item<double>(), grads};
+      };
+      const auto [whole, whole_grads] = run(false);
+      const auto [sliced, sliced_grads] = run(true);
+      const std::string what = "loss " + to_string(kind) + (use_cache ? ", cached teacher" : ", live teacher");
+      // The same terms summed slice by slice: fp32 rounding of a sum of 78 terms (u = 6e-8 each, relative).
+      EXPECT_NEAR(sliced, whole, 1e-6 * std::abs(whole)) << what;
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        // Each row's gradient is the same computation; the head's GEMMs see 7 rows instead of 78 (another
+        // blocking of the same dot products): fp32 rounding, far below the 1e-5 of the largest gradient that
+        // a dropped or double-counted slice (a share of 1/12 of it) would exceed.
+        const double scale = whole_grads[i].abs().max().item<double>();
+        EXPECT_GT(scale, 0.0) << what;
+        EXPECT_LE((sliced_grads[i] - whole_grads[i]).abs().max().item<double>(), 1e-5 * scale) << what << " tensor " << i;
+      }
+    }
+  }
 }
 
 }  // namespace
