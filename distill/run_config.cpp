@@ -501,6 +501,8 @@ void RunConfig::validate(const std::string& source) const {
   require(source, "stage2.teacher_cache.top_k", stage2.teacher_cache_top_k, [](std::int64_t v) { return v >= 0; }, ">= 0");
   if (stage2.teacher_cache_top_k > 0 && stage2.loss == Stage2Loss::kCe)
     throw InputError(source, "stage2.teacher_cache.top_k", "caches the teacher of the KL loss, and stage2.loss is ce: set it to kl or ce+kl, or top_k to 0");
+  if (stage2.teacher_cache_top_k == 0 && !stage2.teacher_cache_path.empty())
+    throw InputError(source, "stage2.teacher_cache.path", "names a cache, and stage2.teacher_cache.top_k is 0 (no cache): set top_k");
   require(source, "device.timeout_s", device.timeout_s, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.every", checkpoint.every, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.keep", checkpoint.keep, [](std::int64_t v) { return v >= 1; }, ">= 1");

@@ -95,6 +95,12 @@ TEST(RunConfigTest, ValidationNamesTheKeyAndTheRule) {
   EXPECT_EQ(error_of(kMinimal, {"stage1.min_lr=1"}), "run.yaml: stage1.min_lr: must be in [0, lr]");
   EXPECT_EQ(error_of(kMinimal, {"stage2.warmup=1000"}), "run.yaml: stage2.warmup: must be < steps");
   EXPECT_EQ(error_of(kMinimal, {"verify.min_top1=1.5"}), "run.yaml: verify.min_top1: must be in [0, 1]");
+  EXPECT_EQ(error_of(kMinimal, {"stage2.teacher_cache.top_k=-1"}), "run.yaml: stage2.teacher_cache.top_k: must be >= 0");
+  EXPECT_EQ(error_of(kMinimal, {"stage2.teacher_cache.top_k=64"}),
+            "run.yaml: stage2.teacher_cache.top_k: caches the teacher of the KL loss, and stage2.loss is ce: set it to kl or "
+            "ce+kl, or top_k to 0");
+  EXPECT_EQ(error_of(kMinimal, {"stage2.teacher_cache.path=t.h5"}),
+            "run.yaml: stage2.teacher_cache.path: names a cache, and stage2.teacher_cache.top_k is 0 (no cache): set top_k");
   EXPECT_EQ(error_of(kMinimal, {"stage1.enabled=false", "stage2.enabled=false"}),
             "run.yaml: stage1.enabled: both stages are disabled: nothing to do");
 }
