@@ -1,10 +1,14 @@
 // Decode speed and memory against context length: a source model (KV cache grows with the context) and
 // its conversion (recurrent state + window cache: constant), same checkpoint, same run.
-//   BM_DecodeAtContext/<model>/context:N   prefill N tokens (untimed), then time 32 greedy steps
+//   BM_DecodeAtContext/context:N           per model, prefill N tokens (untimed), then time 32 greedy steps;
+//                                          5 rounds alternating the models, medians and the ratio
 //   BM_DecodeMemory/<model>/tokens:N       decode N tokens from a 1-token prompt: the state's bytes and
 //                                          the resident memory the decode added
 //   env: LINEARIZE_BENCH_SOURCE, LINEARIZE_BENCH_CONVERTED (model directories)
 #include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
 
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 #include "bench/synthetic_safetensors.h"
 #include "converter/linearized.h"
@@ -33,20 +38,42 @@ at::Tensor prompt(const CausalLM& model, std::int64_t length) {
   return ((at::arange(length, at::kLong) * 7 + 3) % model.config().vocab_size).unsqueeze(0);
 }
 
-void BM_DecodeAtContext(benchmark::State& state, const CausalLM* model) {
+// Greedy decode tokens/s of one model from a fresh prefill of `context` tokens (untimed).
+double decode_rate(const CausalLM& model, std::int64_t context, std::int64_t& state_bytes) {
+  auto decode = model.new_state();
+  auto next = model.prefill(prompt(model, context), decode).argmax(-1);
+  const auto start = std::chrono::steady_clock::now();
+  for (std::int64_t i = 0; i < kTimedSteps; ++i) next = model.step(next, decode).argmax(-1);
+  const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+  state_bytes = decode.bytes();
+  return static_cast<double>(kTimedSteps) / seconds.count();
+}
+
+double median(std::vector<double> x) {
+  std::sort(x.begin(), x.end());
+  return x.size() % 2 ? x[x.size() / 2] : 0.5 * (x[x.size() / 2 - 1] + x[x.size() / 2]);
+}
+
+// Source and converted in alternating rounds, so a drift of the machine's speed (other processes, clocks)
+// falls on both: the ratio is the median of the rounds' ratios.
+void BM_DecodeAtContext(benchmark::State& state, const CausalLM* source, const CausalLM* converted) {
   const std::int64_t context = state.range(0);
-  std::int64_t bytes = 0;
+  constexpr int kRounds = 5;
+  std::vector<double> source_rates, converted_rates, ratios;
+  std::int64_t source_bytes = 0, converted_bytes = 0;
   for (auto _ : state) {
-    state.PauseTiming();
-    auto decode = model->new_state();
-    auto next = model->prefill(prompt(*model, context), decode).argmax(-1);
-    state.ResumeTiming();
-    for (std::int64_t i = 0; i < kTimedSteps; ++i) next = model->step(next, decode).argmax(-1);
-    bytes = decode.bytes();
+    for (int round = 0; round < kRounds; ++round) {
+      source_rates.push_back(decode_rate(*source, context, source_bytes));
+      converted_rates.push_back(decode_rate(*converted, context, converted_bytes));
+      ratios.push_back(converted_rates.back() / source_rates.back());
+    }
   }
-  state.counters["tokens_per_s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * kTimedSteps), benchmark::Counter::kIsRate);
-  state.counters["state_bytes"] = static_cast<double>(bytes);
+  state.counters["source_tokens_per_s"] = median(source_rates);
+  state.counters["converted_tokens_per_s"] = median(converted_rates);
+  state.counters["ratio"] = median(ratios);
+  state.counters["ratio_min"] = *std::min_element(ratios.begin(), ratios.end());
+  state.counters["source_state_bytes"] = static_cast<double>(source_bytes);
+  state.counters["converted_state_bytes"] = static_cast<double>(converted_bytes);
 }
 
 void BM_DecodeMemory(benchmark::State& state, const CausalLM* model) {
@@ -81,10 +108,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "context_decode_bench: %s\n", e.what());
     return 3;
   }
+  benchmark::RegisterBenchmark("BM_DecodeAtContext", BM_DecodeAtContext, source.get(), converted.get())
+      ->ArgName("context")->Arg(256)->Arg(4096)->Arg(16384)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (auto [name, model] : {std::pair{"source", source.get()}, std::pair{"converted", converted.get()}}) {
-    benchmark::RegisterBenchmark((std::string("BM_DecodeAtContext/") + name).c_str(), BM_DecodeAtContext, model)
-        ->ArgName("context")->Arg(256)->Arg(4096)->Arg(16384)->Iterations(1)->Repetitions(3)
-        ->ReportAggregatesOnly(true)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark((std::string("BM_DecodeMemory/") + name).c_str(), BM_DecodeMemory, model)
         ->ArgName("tokens")->Arg(256)->Arg(4096)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   }

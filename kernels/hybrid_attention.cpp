@@ -1,17 +1,29 @@
 #include "kernels/hybrid_attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
+#include <vector>
 
+#include "kernels/cpu_loops.h"
 #include "kernels/window_attention.h"
 
 namespace linearize::kernels {
 namespace {
 
 at::ScalarType compute_type(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A window cache oldest key first (liger_decode_step leaves it a ring whose oldest key is at ring_start).
+at::Tensor in_order(const at::Tensor& cache, int64_t ring_start) {
+  if (ring_start == 0) return cache;
+  const int64_t n = cache.size(1);
+  return at::cat({cache.narrow(1, ring_start, n - ring_start), cache.narrow(1, 0, ring_start)}, 1);
+}
 
 // The keys the window branch of this call sees: the cached ones, then the call's own.
 struct WindowKeys {
@@ -30,7 +42,8 @@ WindowKeys window_keys(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   if (!initial.k.defined()) return {k, v, 0};
   TORCH_CHECK(initial.k.size(1) <= opt.window && initial.v.size(1) == initial.k.size(1),
               "hybrid attention: the window cache holds at most `window` keys");
-  return {at::cat({initial.k, k}, 1), at::cat({initial.v, v}, 1), initial.k.size(1)};
+  return {at::cat({in_order(initial.k, initial.ring_start), k}, 1), at::cat({in_order(initial.v, initial.ring_start), v}, 1),
+          initial.k.size(1)};
 }
 
 // The next cache: the last `window` keys. clone: a view would pin the whole prompt's keys for the decode.
@@ -94,6 +107,63 @@ std::pair<at::Tensor, LinearState> lolcats_linear_parallel(const LolcatsAttentio
   return {lin.transpose(1, 2), LinearState{state, {}}};
 }
 
+// ---- liger_decode_step: the fused per-kv-head loop ----
+
+struct LigerStepLayout {
+  int64_t Hkv, G, D, V, F, W, slot;  // slot: the ring index of the oldest key, overwritten by the new one
+};
+
+// Kv heads [begin, end) of B * Hkv. q [B,Hq,D], phi_q [B,Hq,F], phi_k / decay [B,Hkv,F], k_new [B,Hkv,D],
+// v_new [B,Hkv,V], cache [B,W,Hkv,D|V], S [B,Hkv,F,V], o [B,Hq,V]; all contiguous.
+template <typename Acc, typename KV, bool kBf16>
+LINEARIZE_INLINE void liger_step_heads(const Acc* q, const Acc* phi_q, const Acc* phi_k, const Acc* decay, const KV* k_new,
+                                       const KV* v_new, KV* cache_k, KV* cache_v, Acc* S, Acc* o, const LigerStepLayout& L,
+                                       Acc scale, int64_t begin, int64_t end) {
+  const int64_t G = L.G, D = L.D, V = L.V, F = L.F, W = L.W, Hkv = L.Hkv;
+  std::vector<Acc> scratch(W + (2 * G + 1) * V);
+  Acc* scores = scratch.data();
+  Acc* values = scores + W;      // the new value in Acc, [V]
+  Acc* linear = values + V;      // the G linear outputs, [G, V]
+  Acc* numerator = linear + G * V;
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / Hkv, h = bh % Hkv;
+    const auto key = [&](int64_t j) { return cache_k + ((b * W + j) * Hkv + h) * D; };
+    const auto value = [&](int64_t j) { return cache_v + ((b * W + j) * Hkv + h) * V; };
+    std::copy(k_new + bh * D, k_new + (bh + 1) * D, key(L.slot));
+    std::copy(v_new + bh * V, v_new + (bh + 1) * V, value(L.slot));
+    for (int64_t i = 0; i < V; ++i) values[i] = detail::load<Acc, KV, kBf16>(v_new + bh * V, i);
+    Acc* state = S + bh * F * V;
+    detail::gla_token(phi_q + bh * G * F, phi_k + bh * F, values, decay + bh * F, Acc(1), state, state, linear, G, F, V, Acc(1));
+    for (int64_t g = 0; g < G; ++g) {
+      const Acc* qg = q + (bh * G + g) * D;
+      Acc c = -std::numeric_limits<Acc>::infinity();
+      for (int64_t j = 0; j < W; ++j) c = std::max(c, scores[j] = scale * detail::dot<Acc, KV, kBf16>(qg, key(j), D));
+      Acc denominator = 0;
+      std::fill(numerator, numerator + V, Acc(0));
+      for (int64_t j = 0; j < W; ++j) {
+        const Acc w = std::exp(scores[j] - c);
+        denominator += w;
+        const KV* vj = value(j);
+        for (int64_t i = 0; i < V; ++i) numerator[i] += w * detail::load<Acc, KV, kBf16>(vj, i);
+      }
+      Acc* out = o + (bh * G + g) * V;
+      for (int64_t i = 0; i < V; ++i) out[i] = Acc(0.5) * numerator[i] / denominator + Acc(0.5) * linear[g * V + i];
+    }
+  }
+}
+
+#define LINEARIZE_LIGER_STEP(name, Acc, KV, kBf16)                                                                  \
+  LINEARIZE_MULTIVERSION void name(const Acc* q, const Acc* phi_q, const Acc* phi_k, const Acc* decay, const KV* k_new, \
+                                   const KV* v_new, KV* cache_k, KV* cache_v, Acc* S, Acc* o, const LigerStepLayout& L,  \
+                                   Acc scale, int64_t begin, int64_t end) {                                          \
+    liger_step_heads<Acc, KV, kBf16>(q, phi_q, phi_k, decay, k_new, v_new, cache_k, cache_v, S, o, L, scale, begin, end); \
+  }
+LINEARIZE_LIGER_STEP(liger_step_fp32, float, float, false)
+LINEARIZE_LIGER_STEP(liger_step_fp64, double, double, false)
+LINEARIZE_LIGER_STEP(liger_step_bf16, float, std::uint16_t, true)
+LINEARIZE_LIGER_STEP(liger_step_fp16, float, std::uint16_t, false)
+#undef LINEARIZE_LIGER_STEP
+
 }  // namespace
 
 int64_t HybridState::bytes() const {
@@ -148,6 +218,59 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const 
   out.o = y.to(in.q.scalar_type());
   keep_last_keys(keys, opt.window, out.state);
   return out;
+}
+
+
+at::Tensor liger_decode_step(const LigerAttentionInputs& in, HybridState& state, int64_t window) {
+  const at::Tensor& q = in.q;
+  if (q.dim() != 4 || q.size(1) != 1 || state.linear.empty() || !state.k.defined() || state.k.size(1) != window ||
+      !in.log_decay.defined() || in.log_decay.dim() != 4)
+    return {};  // not a decode step on a full window, or not Liger's per-channel gates
+  const bool grad = at::GradMode::is_enabled();
+  for (const at::Tensor& t : {in.q, in.k, in.v, in.phi_q, in.phi_k, in.log_decay, state.k, state.v, state.linear.kv})
+    if (!t.is_cpu() || (grad && t.requires_grad())) return {};
+  const auto compute = compute_type(q), cache = state.k.scalar_type();
+  const bool cache_ok = compute == at::kDouble ? cache == at::kDouble : (cache == at::kFloat || cache == at::kBFloat16 || cache == at::kHalf);
+  at::Tensor& S = state.linear.kv;
+  if (!cache_ok || state.v.scalar_type() != cache || S.scalar_type() != compute) return {};
+  for (at::Tensor* t : {&S, &state.k, &state.v}) *t = t->contiguous();  // once: the step keeps them so
+  const int64_t B = q.size(0), Hq = q.size(2), D = q.size(3), Hkv = in.k.size(2), V = in.v.size(3), F = in.phi_q.size(3);
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0 && in.k.sizes() == at::IntArrayRef({B, 1, Hkv, D}) &&
+                  in.v.sizes() == at::IntArrayRef({B, 1, Hkv, V}) && in.phi_q.sizes() == at::IntArrayRef({B, 1, Hq, F}) &&
+                  in.phi_k.sizes() == at::IntArrayRef({B, 1, Hkv, F}) && in.log_decay.sizes() == in.phi_k.sizes() &&
+                  state.k.sizes() == at::IntArrayRef({B, window, Hkv, D}) &&
+                  state.v.sizes() == at::IntArrayRef({B, window, Hkv, V}) && S.sizes() == at::IntArrayRef({B, Hkv, F, V}),
+              "liger_decode_step: inputs and state disagree in shape");
+  const at::Tensor qc = q.to(compute).contiguous(), phi_q = in.phi_q.to(compute).contiguous(),
+                   phi_k = in.phi_k.to(compute).contiguous(), decay = in.log_decay.to(compute).exp().contiguous(),
+                   k_new = in.k.to(cache).contiguous(), v_new = in.v.to(cache).contiguous();
+  at::Tensor o = at::empty({B, 1, Hq, V}, qc.options());
+  const LigerStepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  // A kv head is the unit of work; tiny steps stay on the calling thread (~32K multiply-adds per task).
+  const int64_t work = L.G * (window * (D + V) + 2 * F * V);
+  at::parallel_for(0, B * Hkv, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work)), [&](int64_t begin, int64_t end) {
+    if (compute == at::kDouble) {
+      liger_step_fp64(qc.const_data_ptr<double>(), phi_q.const_data_ptr<double>(), phi_k.const_data_ptr<double>(),
+                      decay.const_data_ptr<double>(), k_new.const_data_ptr<double>(), v_new.const_data_ptr<double>(),
+                      state.k.mutable_data_ptr<double>(), state.v.mutable_data_ptr<double>(), S.mutable_data_ptr<double>(),
+                      o.mutable_data_ptr<double>(), L, scale, begin, end);
+    } else if (cache == at::kFloat) {
+      liger_step_fp32(qc.const_data_ptr<float>(), phi_q.const_data_ptr<float>(), phi_k.const_data_ptr<float>(),
+                      decay.const_data_ptr<float>(), k_new.const_data_ptr<float>(), v_new.const_data_ptr<float>(),
+                      state.k.mutable_data_ptr<float>(), state.v.mutable_data_ptr<float>(), S.mutable_data_ptr<float>(),
+                      o.mutable_data_ptr<float>(), L, static_cast<float>(scale), begin, end);
+    } else {
+      const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const std::uint16_t*>(t.const_data_ptr()); };
+      const auto mutable_bits = [](at::Tensor& t) { return reinterpret_cast<std::uint16_t*>(t.mutable_data_ptr()); };
+      (cache == at::kBFloat16 ? liger_step_bf16 : liger_step_fp16)(
+          qc.const_data_ptr<float>(), phi_q.const_data_ptr<float>(), phi_k.const_data_ptr<float>(),
+          decay.const_data_ptr<float>(), bits(k_new), bits(v_new), mutable_bits(state.k), mutable_bits(state.v),
+          S.mutable_data_ptr<float>(), o.mutable_data_ptr<float>(), L, static_cast<float>(scale), begin, end);
+    }
+  });
+  state.ring_start = (state.ring_start + 1) % window;
+  return o.to(q.scalar_type());
 }
 
 }  // namespace linearize::kernels

@@ -31,6 +31,8 @@ namespace linearize::kernels {
 struct HybridState {
   LinearState linear;  // Liger: [B,Hkv,F,V]; LoLCATs: [B,Hf,F,V+1], the last column the normaliser sum z
   at::Tensor k, v;     // window cache: the last min(window, tokens seen) keys and values, [B,n,Hkv,D|V]
+  // liger_decode_step keeps a full cache as a ring: its oldest key at this index, not at 0.
+  int64_t ring_start = 0;
 
   int64_t bytes() const;
 };
@@ -66,5 +68,12 @@ HybridAttentionOutput liger_attention(const LigerAttentionInputs& inputs, const 
                                       const HybridAttentionOptions& options);
 HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& inputs, const HybridState& initial,
                                         const HybridAttentionOptions& options);
+
+// Liger's decode step, fused, on the CPU without autograd: for one token (T = 1) on a state whose window
+// cache is full (`window` keys), one pass per kv head writes the new key over the oldest (the cache is a
+// ring), takes the window softmax over it, advances the GLA state in place and mixes the two halves. It
+// updates `state` in place and returns o [B,1,Hq,V] in q's dtype; an undefined tensor where it does not
+// apply (then call liger_attention). Equal to liger_attention's recurrent form up to summation order.
+at::Tensor liger_decode_step(const LigerAttentionInputs& inputs, HybridState& state, int64_t window);
 
 }  // namespace linearize::kernels

@@ -5,25 +5,13 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
-#include <cstring>
 
-#include "kernels/cpu_multiversion.h"
+#include "kernels/cpu_loops.h"
 
 namespace linearize::kernels {
 namespace {
 
-// A bf16 / fp16 value widened to fp32. bf16 is fp32's top half; fp16 goes through the compiler's _Float16.
-LINEARIZE_INLINE float widen(std::uint16_t bits, bool bf16) {
-  if (bf16) {
-    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, sizeof f);
-    return f;
-  }
-  _Float16 h;
-  std::memcpy(&h, &bits, sizeof h);
-  return static_cast<float>(h);
-}
+using detail::widen;
 
 // sum_i x[i] w[i], w widened on the fly; 16 partial sums make it vectorise.
 template <bool kBf16>

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/chunk_layout.h"
-#include "kernels/cpu_multiversion.h"
+#include "kernels/cpu_loops.h"
 #include "kernels/gla_chunk_terms.h"
 
 namespace linearize::kernels {
@@ -128,9 +128,8 @@ at::Tensor initial_state(const LinearState& s, const Problem& p, const LinearAtt
 
 // ---- recurrent: S_t = diag(exp g_t) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t ----
 
-// The fused CPU step (decode, no autograd), as ggml's GATED_LINEAR_ATTN: per kv head and token one pass
-// over the state rows, each row decayed, updated with k_i v^T and added into the G query heads' outputs
-// while it is in cache, so the state [K, V'] is read and written once per token. Sizes as in Problem;
+// The fused CPU step (decode, no autograd): per kv head and token one detail::gla_token, which reads and
+// writes the state [K, V'] once (kernels/cpu_loops.h). Sizes as in Problem;
 // all arrays contiguous in the Problem's layouts; `a` the decays exp(g) (null without a gate); the first
 // token reads the state from h0, every token writes it to h (no separate copy of the caller's state);
 // o [B,T,Hq,V'] written.
@@ -148,19 +147,8 @@ LINEARIZE_INLINE void recurrent_heads(const T* q, const T* k, const T* v, const 
       const T* vt = v + kv_row * Vp;
       const T* qt = q + kv_row * G * K;  // the group's G query heads, [G, K]
       T* ot = o + kv_row * G * Vp;       // [G, V']
-      std::fill(ot, ot + G * Vp, T(0));
-      const T scalar_decay = gate == Gate::scalar ? a[kv_row] : T(1);
-      for (int64_t i = 0; i < K; ++i) {
-        const T decay = gate == Gate::channel ? a[kv_row * K + i] : scalar_decay, ki = kt[i];
-        const T* from = previous + i * Vp;
-        T* row = S + i * Vp;
-        for (int64_t j = 0; j < Vp; ++j) row[j] = decay * from[j] + ki * vt[j];
-        for (int64_t gq = 0; gq < G; ++gq) {
-          const T qi = scale * qt[gq * K + i];
-          T* out = ot + gq * Vp;
-          for (int64_t j = 0; j < Vp; ++j) out[j] += qi * row[j];
-        }
-      }
+      detail::gla_token(qt, kt, vt, gate == Gate::channel ? a + kv_row * K : nullptr,
+                        gate == Gate::scalar ? a[kv_row] : T(1), previous, S, ot, G, K, Vp, scale);
     }
   }
 }

@@ -1,8 +1,11 @@
 #include "kernels/softmax_attention.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <torch/version.h>
+
+#include "kernels/decode_attention.h"
 
 namespace linearize::kernels {
 #if !(TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
@@ -34,6 +37,12 @@ at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "softmax_attention: ", q.size(1), " query heads for ", k.size(1), " kv heads");
   const std::int64_t T = q.size(2), S = k.size(2);
   const double scale = options.scale > 0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  // One new token whose keys end with it (decode): the visible keys are a suffix, the fused decode loop's.
+  if (T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
+    const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;
+    const auto parts = decode_attention_parts(q.select(2, 0), k.narrow(2, first, S - first), v.narrow(2, first, S - first), scale);
+    return (parts.numerator / parts.denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
+  }
   // Plain causal (queries and keys aligned from position 0, no window) lets SDPA pick its fused kernels;
   // note that SDPA's is_causal aligns the mask top-left, which is right only when T == S.
   const bool plain_causal = !options.window && T == S && options.query_start == options.key_start;

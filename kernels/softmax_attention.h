@@ -17,8 +17,9 @@ struct SoftmaxAttentionOptions {
 };
 
 // q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (query head h reads kv head h / (H/Hkv)).
-// Returns [B, H, T, D]. Runs through at::scaled_dot_product_attention: its fused CPU/CUDA kernels when the
-// mask is plain causal, an explicit boolean mask otherwise (decode, windows, offsets).
+// Returns [B, H, T, D]. One query at the end of its keys on the CPU without autograd (decode) runs the
+// fused decode loop (kernels/decode_attention.h); otherwise at::scaled_dot_product_attention: its fused
+// CPU/CUDA kernels when the mask is plain causal, an explicit boolean mask otherwise (windows, offsets).
 at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const SoftmaxAttentionOptions& options);
 

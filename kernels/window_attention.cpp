@@ -1,5 +1,7 @@
 #include "kernels/window_attention.h"
 
+#include "kernels/decode_attention.h"
+
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -17,7 +19,7 @@ WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k
   const std::int64_t G = H / Hkv, D = q.size(3), V = v.size(3);
   const auto compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto qh = q.to(compute).view({B, T, Hkv, G, D}).permute({0, 2, 3, 1, 4});  // [B, Hkv, G, T, D]
-  const auto kh = k.to(compute).transpose(1, 2), vh = v.to(compute).transpose(1, 2);  // [B, Hkv, S, *]
+  const auto kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, Hkv, S, *], cast per block below
   const auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
 
   std::vector<at::Tensor> numerators, denominators;
@@ -26,7 +28,13 @@ WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k
     const std::int64_t first_key = std::max(key_start, query_start + t0 - window + 1);  // positions
     const std::int64_t last_key = query_start + t1 - 1;
     const std::int64_t s0 = first_key - key_start, len = last_key - first_key + 1;
-    const auto kb = kh.narrow(2, s0, len), vb = vh.narrow(2, s0, len);
+    if (bt == 1 && decode_attention_applies(q.select(1, t0), kh, vh)) {  // decode: the fused loop, every key visible
+      const auto parts = decode_attention_parts(q.select(1, t0), kh.narrow(2, s0, len), vh.narrow(2, s0, len), scale);
+      numerators.push_back(parts.numerator.view({B, Hkv, G, 1, V}));
+      denominators.push_back(parts.denominator.view({B, Hkv, G, 1}));
+      continue;
+    }
+    const auto kb = kh.narrow(2, s0, len).to(compute), vb = vh.narrow(2, s0, len).to(compute);
     // The G query heads of a kv head as G * bt rows against that kv head's keys.
     const auto qb = qh.narrow(3, t0, bt).reshape({B, Hkv, G * bt, D});
     auto scores = (at::matmul(qb, kb.transpose(-1, -2)) * scale).view({B, Hkv, G, bt, len});

@@ -28,7 +28,7 @@ class LigerGlaMixer final : public TokenMixer {
     const kernels::LigerAttentionInputs in{recipes::rope_bthd(h.q, cs), recipes::rope_bthd(h.k, cs), h.v,
                                            kernels::softmax_d(recipes::at_least_fp32(h.q)), kernels::softmax_d(k),
                                            at::log_sigmoid(k) / gate_normalizer_};
-    return recipes::run_hybrid(kernels::liger_attention, in, window_, source_, x, state, call);
+    return recipes::run_hybrid(kernels::liger_attention, kernels::liger_decode_step, in, window_, source_, x, state, call);
   }
 
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::HybridMixerState>(); }

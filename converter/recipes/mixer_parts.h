@@ -2,7 +2,9 @@
 // project_output): RoPE in fla's [B, T, H, D] layout, and the decode states.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/names.h"
@@ -51,18 +53,27 @@ struct HybridMixerState final : MixerState {
 kernels::MixerForm form_for(const MixerCall& call, std::int64_t tokens, const MixerState* state);
 
 // A window hybrid's call: `kernel` (kernels::liger_attention or lolcats_attention) in the call's form from
-// the carried state, its output captured as <scope>.y, the state advanced, then the source's o_proj.
-template <class Kernel, class Inputs>
-at::Tensor run_hybrid(Kernel kernel, const Inputs& in, std::int64_t window, const SoftmaxAttentionMixer& source,
-                      const at::Tensor& x, MixerState* state, const MixerCall& call) {
+// the carried state, or `decode_step` where it applies to a recurrent call (a fused step that advances the
+// state in place and returns an undefined tensor where it does not apply, as kernels::liger_decode_step;
+// nullptr: none); its output captured as <scope>.y, the state advanced, then the source's o_proj.
+template <class Kernel, class DecodeStep, class Inputs>
+at::Tensor run_hybrid(Kernel kernel, DecodeStep decode_step, const Inputs& in, std::int64_t window,
+                      const SoftmaxAttentionMixer& source, const at::Tensor& x, MixerState* state, const MixerCall& call) {
   auto* st = static_cast<HybridMixerState*>(state);
   kernels::HybridAttentionOptions options;
   options.form = form_for(call, x.size(1), state);
   options.window = window;
-  auto out = kernel(in, st ? st->hybrid : kernels::HybridState{}, options);
-  if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::y), out.o);
-  if (st) st->hybrid = std::move(out.state);
-  return source.project_output(out.o.to(x.scalar_type()));
+  at::Tensor y;
+  if constexpr (!std::is_same_v<DecodeStep, std::nullptr_t>) {
+    if (st && options.form == kernels::MixerForm::recurrent) y = decode_step(in, st->hybrid, window);
+  }
+  if (!y.defined()) {
+    auto out = kernel(in, st ? st->hybrid : kernels::HybridState{}, options);
+    y = std::move(out.o);
+    if (st) st->hybrid = std::move(out.state);
+  }
+  if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::y), y);
+  return source.project_output(y.to(x.scalar_type()));
 }
 
 // Recipe::check_source of the window hybrids: their window branch scores q.k / sqrt(head_dim)

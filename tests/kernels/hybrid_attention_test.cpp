@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <cmath>
 #include <string>
 
 #include "kernels/feature_maps.h"
@@ -256,6 +257,80 @@ TEST_P(HybridMixer, ChunkedGradientMatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, HybridMixer, ::testing::Values(Variant::liger, Variant::lolcats, Variant::lolcats_kv_maps),
                          [](const ::testing::TestParamInfo<Variant>& param) { return name(param.param); });
+
+// A state that shares no storage with `s`: liger_decode_step writes into its state.
+HybridState deep_copy(const HybridState& s) {
+  HybridState c = s;
+  c.linear.kv = s.linear.kv.clone();
+  c.k = s.k.clone();
+  c.v = s.v.clone();
+  return c;
+}
+
+LigerAttentionInputs liger_inputs(const Inputs& x) { return {x[0], x[1], x[2], x[3], x[4], x[5]}; }
+
+// The fused decode step against the recurrent form, fp64, 30 steps from a full window of 24 (the ring wraps
+// once and a bit): outputs and states equal up to summation order (~1e-16 per op, the decays < 1 keep it
+// from growing); then a chunked call reads the ring in order.
+TEST(LigerDecodeStep, EqualsTheRecurrentFormAsTheRingWraps) {
+  const Shape s;
+  const auto x = make_inputs(Variant::liger, s, at::kDouble, 7);
+  HybridState reference = prefix_state(Variant::liger, s, at::kDouble), fused = deep_copy(reference);
+  for (int64_t t = 0; t < 30; ++t) {
+    const auto in = liger_inputs(slice(Variant::liger, x, t, 1));
+    const auto o = liger_decode_step(in, fused, s.window);
+    ASSERT_TRUE(o.defined()) << "step " << t;
+    auto expected = liger_attention(in, reference, options(MixerForm::recurrent, s));
+    EXPECT_LE(max_rel_diff(o, expected.o), 1e-12) << "step " << t;
+    reference = expected.state;
+  }
+  EXPECT_EQ(fused.ring_start, 30 % s.window);
+  EXPECT_LE(max_rel_diff(fused.linear.kv, reference.linear.kv), 1e-12);
+  const auto rest = slice(Variant::liger, x, 30, 20);
+  EXPECT_LE(diff(run(Variant::liger, rest, fused, options(MixerForm::chunked, s, 16)),
+                 run(Variant::liger, rest, reference, options(MixerForm::chunked, s, 16))),
+            1e-12);
+}
+
+// A bf16 model's step: q, k, v in bf16 (the cache too), features and gates in fp32. Both paths widen the
+// same bf16 values and compute in fp32 (differences ~1e-6 from the order of sums), then round the output to
+// bf16, where the two may land one bf16 step apart (2^-8 relative).
+TEST(LigerDecodeStep, Bf16CacheMatchesTheRecurrentForm) {
+  const Shape s;
+  auto x = make_inputs(Variant::liger, s, at::kFloat, 8);
+  for (int i = 0; i < 3; ++i) x[i] = x[i].to(at::kBFloat16);
+  auto prefix = slice(Variant::liger, x, 0, 40);
+  HybridState reference = run(Variant::liger, prefix, {}, options(MixerForm::chunked, s, 16)).state;
+  ASSERT_EQ(reference.k.scalar_type(), at::kBFloat16);
+  HybridState fused = deep_copy(reference);
+  for (int64_t t = 40; t < 70; ++t) {
+    const auto in = liger_inputs(slice(Variant::liger, x, t, 1));
+    const auto o = liger_decode_step(in, fused, s.window);
+    ASSERT_TRUE(o.defined());
+    ASSERT_EQ(o.scalar_type(), at::kBFloat16);
+    auto expected = liger_attention(in, reference, options(MixerForm::recurrent, s));
+    EXPECT_LE(max_rel_diff(o, expected.o), std::ldexp(1.0, -8) + 1e-5) << "step " << t;
+    reference = expected.state;
+  }
+  EXPECT_LE(max_rel_diff(fused.linear.kv, reference.linear.kv), 1e-5);
+}
+
+// What the step leaves to liger_attention, returning an undefined tensor and the state untouched: a cache
+// not yet full, more than one token, and inputs that want a gradient.
+TEST(LigerDecodeStep, LeavesWhatItDoesNotTakeToLigerAttention) {
+  Shape s;
+  const auto x = make_inputs(Variant::liger, s, at::kDouble, 9);
+  HybridState short_prefix = run(Variant::liger, slice(Variant::liger, x, 0, 10), {}, options(MixerForm::chunked, s)).state;
+  const auto before = deep_copy(short_prefix);
+  EXPECT_FALSE(liger_decode_step(liger_inputs(slice(Variant::liger, x, 10, 1)), short_prefix, s.window).defined());
+  EXPECT_TRUE(short_prefix.linear.kv.equal(before.linear.kv) && short_prefix.k.equal(before.k) && short_prefix.v.equal(before.v));
+  HybridState full = prefix_state(Variant::liger, s, at::kDouble);
+  EXPECT_FALSE(liger_decode_step(liger_inputs(slice(Variant::liger, x, 10, 2)), full, s.window).defined());
+  auto wants_grad = slice(Variant::liger, x, 10, 1);
+  wants_grad[0] = wants_grad[0].detach().requires_grad_();
+  EXPECT_FALSE(liger_decode_step(liger_inputs(wants_grad), full, s.window).defined());
+  EXPECT_EQ(full.ring_start, 0);
+}
 
 TEST(HybridMixerApi, RejectsInconsistentShapes) {
   const Shape s;
