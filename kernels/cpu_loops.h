@@ -6,6 +6,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include <c10/util/BFloat16.h>
+
 #include "kernels/cpu_multiversion.h"
 
 namespace linearize::kernels::detail {
@@ -22,6 +24,15 @@ LINEARIZE_INLINE float widen(std::uint16_t bits, bool bf16) {
   _Float16 h;
   std::memcpy(&h, &bits, sizeof h);
   return static_cast<float>(h);
+}
+
+// fp32 rounded to nearest-even bf16 / fp16 bits, as at::Tensor::to rounds.
+LINEARIZE_INLINE std::uint16_t narrow(float f, bool bf16) {
+  if (bf16) return c10::BFloat16(f).x;
+  const _Float16 h = static_cast<_Float16>(f);
+  std::uint16_t bits;
+  std::memcpy(&bits, &h, sizeof bits);
+  return bits;
 }
 
 // Element i of a cache as the accumulation type Acc: 16-bit caches arrive as their bits.

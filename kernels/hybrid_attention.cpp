@@ -107,35 +107,62 @@ std::pair<at::Tensor, LinearState> lolcats_linear_parallel(const LolcatsAttentio
   return {lin.transpose(1, 2), LinearState{state, {}}};
 }
 
-// ---- liger_decode_step: the fused per-kv-head loop ----
+// ---- the fused decode steps: one task per kv head ----
 
-struct LigerStepLayout {
-  int64_t Hkv, G, D, V, F, W, slot;  // slot: the ring index of the oldest key, overwritten by the new one
+enum class Hybrid { liger, lolcats };
+
+// Sizes; slot: the ring index of the oldest cached key, which the new one overwrites.
+struct StepLayout {
+  int64_t Hkv, G, D, V, F, W, slot, Hf;
 };
 
-// Kv heads [begin, end) of B * Hkv. q [B,Hq,D], phi_q [B,Hq,F], phi_k / decay [B,Hkv,F], k_new [B,Hkv,D],
-// v_new [B,Hkv,V], cache [B,W,Hkv,D|V], S [B,Hkv,F,V], o [B,Hq,V]; all contiguous.
-template <typename Acc, typename KV, bool kBf16>
-LINEARIZE_INLINE void liger_step_heads(const Acc* q, const Acc* phi_q, const Acc* phi_k, const Acc* decay, const KV* k_new,
-                                       const KV* v_new, KV* cache_k, KV* cache_v, Acc* S, Acc* o, const LigerStepLayout& L,
-                                       Acc scale, int64_t begin, int64_t end) {
+// Contiguous arrays: q [B,Hq,D], phi_q [B,Hq,F], k_new [B,Hkv,D], v_new [B,Hkv,V], cache [B,W,Hkv,D|V], o [B,Hq,V].
+// Liger: phi_k / decay [B,Hkv,F] of the new key, S [B,Hkv,F,V]. LoLCATs: phi_k [B,Hf,F] of the key leaving
+// the window (the oldest), S [B,Hf,F,V+1], factor [Hq] = sigmoid(w_h).
+template <typename Acc, typename KV>
+struct StepArrays {
+  const Acc *q, *phi_q, *phi_k, *decay, *factor;
+  const KV *k_new, *v_new;
+  KV *cache_k, *cache_v;
+  Acc *S, *o;
+};
+
+template <Hybrid kKind, typename Acc, typename KV, bool kBf16>
+LINEARIZE_INLINE void step_heads(const StepArrays<Acc, KV>& a, const StepLayout& L, Acc scale, int64_t begin, int64_t end) {
   const int64_t G = L.G, D = L.D, V = L.V, F = L.F, W = L.W, Hkv = L.Hkv;
-  std::vector<Acc> scratch(W + (2 * G + 1) * V);
+  const int64_t Vs = kKind == Hybrid::lolcats ? V + 1 : V;  // state columns: LoLCATs carries the normaliser
+  std::vector<Acc> scratch(W + Vs + G * Vs + V);
   Acc* scores = scratch.data();
-  Acc* values = scores + W;      // the new value in Acc, [V]
-  Acc* linear = values + V;      // the G linear outputs, [G, V]
-  Acc* numerator = linear + G * V;
+  Acc* entering = scores + W;     // the value entering the linear state, [Vs]
+  Acc* linear = entering + Vs;    // the G query heads' linear parts, [G, Vs]
+  Acc* numerator = linear + G * Vs;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / Hkv, h = bh % Hkv;
-    const auto key = [&](int64_t j) { return cache_k + ((b * W + j) * Hkv + h) * D; };
-    const auto value = [&](int64_t j) { return cache_v + ((b * W + j) * Hkv + h) * V; };
-    std::copy(k_new + bh * D, k_new + (bh + 1) * D, key(L.slot));
-    std::copy(v_new + bh * V, v_new + (bh + 1) * V, value(L.slot));
-    for (int64_t i = 0; i < V; ++i) values[i] = detail::load<Acc, KV, kBf16>(v_new + bh * V, i);
-    Acc* state = S + bh * F * V;
-    detail::gla_token(phi_q + bh * G * F, phi_k + bh * F, values, decay + bh * F, Acc(1), state, state, linear, G, F, V, Acc(1));
-    for (int64_t g = 0; g < G; ++g) {
-      const Acc* qg = q + (bh * G + g) * D;
+    const auto key = [&](int64_t j) { return a.cache_k + ((b * W + j) * Hkv + h) * D; };
+    const auto value = [&](int64_t j) { return a.cache_v + ((b * W + j) * Hkv + h) * V; };
+    const Acc* phi_q = a.phi_q + bh * G * F;
+    if constexpr (kKind == Hybrid::liger) {  // GLA over every key: the new one enters, decayed state
+      for (int64_t i = 0; i < V; ++i) entering[i] = detail::load<Acc, KV, kBf16>(a.v_new + bh * V, i);
+      Acc* state = a.S + bh * F * V;
+      detail::gla_token(phi_q, a.phi_k + bh * F, entering, a.decay + bh * F, Acc(1), state, state, linear, G, F, V, Acc(1));
+    } else {  // the oldest key leaves the window and enters the state [v, 1], read before it is overwritten
+      for (int64_t i = 0; i < V; ++i) entering[i] = detail::load<Acc, KV, kBf16>(value(L.slot), i);
+      entering[V] = 1;
+      if (L.Hf == Hkv) {  // one feature head per kv head, read by its G query heads
+        Acc* state = a.S + bh * F * Vs;
+        detail::gla_token(phi_q, a.phi_k + bh * F, entering, static_cast<const Acc*>(nullptr), Acc(1), state, state, linear, G, F, Vs, Acc(1));
+      } else {  // a feature head per query head
+        for (int64_t g = 0; g < G; ++g) {
+          Acc* state = a.S + (bh * G + g) * F * Vs;
+          detail::gla_token(phi_q + g * F, a.phi_k + (bh * G + g) * F, entering, static_cast<const Acc*>(nullptr), Acc(1), state, state,
+                            linear + g * Vs, int64_t{1}, F, Vs, Acc(1));
+        }
+      }
+    }
+    std::copy(a.k_new + bh * D, a.k_new + (bh + 1) * D, key(L.slot));
+    std::copy(a.v_new + bh * V, a.v_new + (bh + 1) * V, value(L.slot));
+    for (int64_t g = 0; g < G; ++g) {  // the window softmax over the ring (keys n - W < j <= n), c = row max
+      const Acc* qg = a.q + (bh * G + g) * D;
       Acc c = -std::numeric_limits<Acc>::infinity();
       for (int64_t j = 0; j < W; ++j) c = std::max(c, scores[j] = scale * detail::dot<Acc, KV, kBf16>(qg, key(j), D));
       Acc denominator = 0;
@@ -146,23 +173,90 @@ LINEARIZE_INLINE void liger_step_heads(const Acc* q, const Acc* phi_q, const Acc
         const KV* vj = value(j);
         for (int64_t i = 0; i < V; ++i) numerator[i] += w * detail::load<Acc, KV, kBf16>(vj, i);
       }
-      Acc* out = o + (bh * G + g) * V;
-      for (int64_t i = 0; i < V; ++i) out[i] = Acc(0.5) * numerator[i] / denominator + Acc(0.5) * linear[g * V + i];
+      Acc* out = a.o + (bh * G + g) * V;
+      const Acc* lin = linear + g * Vs;
+      if constexpr (kKind == Hybrid::liger) {  // 0.5 o_swa + 0.5 o_lin
+        for (int64_t i = 0; i < V; ++i) out[i] = Acc(0.5) * numerator[i] / denominator + Acc(0.5) * lin[i];
+      } else {  // one normaliser: (f num + lin) / (f den + lin_den)
+        const Acc f = a.factor[h * G + g], shared = f * denominator + lin[V];
+        for (int64_t i = 0; i < V; ++i) out[i] = (f * numerator[i] + lin[i]) / shared;
+      }
     }
   }
 }
 
-#define LINEARIZE_LIGER_STEP(name, Acc, KV, kBf16)                                                                  \
-  LINEARIZE_MULTIVERSION void name(const Acc* q, const Acc* phi_q, const Acc* phi_k, const Acc* decay, const KV* k_new, \
-                                   const KV* v_new, KV* cache_k, KV* cache_v, Acc* S, Acc* o, const LigerStepLayout& L,  \
-                                   Acc scale, int64_t begin, int64_t end) {                                          \
-    liger_step_heads<Acc, KV, kBf16>(q, phi_q, phi_k, decay, k_new, v_new, cache_k, cache_v, S, o, L, scale, begin, end); \
+#define LINEARIZE_STEP(name, kind, Acc, KV, kBf16)                                                            \
+  LINEARIZE_MULTIVERSION void name(const StepArrays<Acc, KV>& a, const StepLayout& L, Acc scale, int64_t begin, \
+                                   int64_t end) {                                                              \
+    step_heads<kind, Acc, KV, kBf16>(a, L, scale, begin, end);                                                 \
   }
-LINEARIZE_LIGER_STEP(liger_step_fp32, float, float, false)
-LINEARIZE_LIGER_STEP(liger_step_fp64, double, double, false)
-LINEARIZE_LIGER_STEP(liger_step_bf16, float, std::uint16_t, true)
-LINEARIZE_LIGER_STEP(liger_step_fp16, float, std::uint16_t, false)
-#undef LINEARIZE_LIGER_STEP
+LINEARIZE_STEP(liger_fp32, Hybrid::liger, float, float, false)
+LINEARIZE_STEP(liger_fp64, Hybrid::liger, double, double, false)
+LINEARIZE_STEP(liger_bf16, Hybrid::liger, float, std::uint16_t, true)
+LINEARIZE_STEP(liger_fp16, Hybrid::liger, float, std::uint16_t, false)
+LINEARIZE_STEP(lolcats_fp32, Hybrid::lolcats, float, float, false)
+LINEARIZE_STEP(lolcats_fp64, Hybrid::lolcats, double, double, false)
+LINEARIZE_STEP(lolcats_bf16, Hybrid::lolcats, float, std::uint16_t, true)
+LINEARIZE_STEP(lolcats_fp16, Hybrid::lolcats, float, std::uint16_t, false)
+#undef LINEARIZE_STEP
+
+// Whether a fused step takes this call: one token, CPU, no autograd, a full window, the linear state in the
+// compute dtype and a cache the loops read (fp64 with fp64; fp32, bf16 or fp16 otherwise). Makes the state
+// contiguous (once: the steps keep it so).
+bool step_applies(const std::vector<at::Tensor>& inputs, const at::Tensor& q, HybridState& state, int64_t window) {
+  if (q.dim() != 4 || q.size(1) != 1 || state.linear.empty() || !state.k.defined() || state.k.size(1) != window) return false;
+  const bool grad = at::GradMode::is_enabled();
+  for (const at::Tensor* t : {&state.k, &state.v, &state.linear.kv})
+    if (!t->is_cpu() || (grad && t->requires_grad())) return false;
+  for (const at::Tensor& t : inputs)
+    if (!t.defined() || !t.is_cpu() || (grad && t.requires_grad())) return false;
+  const auto compute = compute_type(q), cache = state.k.scalar_type();
+  const bool readable = compute == at::kDouble ? cache == at::kDouble : (cache == at::kFloat || cache == at::kBFloat16 || cache == at::kHalf);
+  if (!readable || state.v.scalar_type() != cache || state.linear.kv.scalar_type() != compute) return false;
+  for (at::Tensor* t : {&state.linear.kv, &state.k, &state.v}) *t = t->contiguous();
+  return true;
+}
+
+// A tensor's elements as T (16-bit types as their bits); null for an undefined tensor.
+template <typename T>
+T* data_as(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// Runs the fused step over the kv heads and advances the ring. Every Acc input already contiguous in `compute`.
+template <Hybrid kKind>
+at::Tensor run_step(const at::Tensor& q, const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& decay,
+                    const at::Tensor& factor, const at::Tensor& k, const at::Tensor& v, HybridState& state,
+                    const StepLayout& L) {
+  const auto compute = q.scalar_type(), cache = state.k.scalar_type();
+  const at::Tensor k_new = k.to(cache).contiguous(), v_new = v.to(cache).contiguous();
+  at::Tensor o = at::empty({q.size(0), 1, q.size(2), L.V}, q.options());
+  const double scale = 1.0 / std::sqrt(static_cast<double>(L.D));
+  const auto run = [&](auto acc, auto kv, auto fn) {
+    using Acc = decltype(acc);
+    using KV = decltype(kv);
+    const StepArrays<Acc, KV> a{data_as<const Acc>(q),       data_as<const Acc>(phi_q), data_as<const Acc>(phi_k),
+                                data_as<const Acc>(decay),   data_as<const Acc>(factor), data_as<const KV>(k_new),
+                                data_as<const KV>(v_new),    data_as<KV>(state.k),      data_as<KV>(state.v),
+                                data_as<Acc>(state.linear.kv), data_as<Acc>(o)};
+    // A kv head is the unit of work; tiny steps stay on the calling thread (~32K multiply-adds per task).
+    const int64_t work = L.G * (L.W * (L.D + L.V) + 2 * L.F * (L.V + 1));
+    at::parallel_for(0, q.size(0) * L.Hkv, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work)),
+                     [&](int64_t begin, int64_t end) { fn(a, L, static_cast<Acc>(scale), begin, end); });
+  };
+  const bool liger = kKind == Hybrid::liger;
+  if (compute == at::kDouble) {
+    run(double{}, double{}, liger ? liger_fp64 : lolcats_fp64);
+  } else if (cache == at::kFloat) {
+    run(float{}, float{}, liger ? liger_fp32 : lolcats_fp32);
+  } else if (cache == at::kBFloat16) {
+    run(float{}, std::uint16_t{}, liger ? liger_bf16 : lolcats_bf16);
+  } else {
+    run(float{}, std::uint16_t{}, liger ? liger_fp16 : lolcats_fp16);
+  }
+  state.ring_start = (state.ring_start + 1) % L.W;
+  return o;
+}
 
 }  // namespace
 
@@ -222,55 +316,46 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const 
 
 
 at::Tensor liger_decode_step(const LigerAttentionInputs& in, HybridState& state, int64_t window) {
-  const at::Tensor& q = in.q;
-  if (q.dim() != 4 || q.size(1) != 1 || state.linear.empty() || !state.k.defined() || state.k.size(1) != window ||
-      !in.log_decay.defined() || in.log_decay.dim() != 4)
+  if (!in.log_decay.defined() || in.log_decay.dim() != 4 ||
+      !step_applies({in.q, in.k, in.v, in.phi_q, in.phi_k, in.log_decay}, in.q, state, window))
     return {};  // not a decode step on a full window, or not Liger's per-channel gates
-  const bool grad = at::GradMode::is_enabled();
-  for (const at::Tensor& t : {in.q, in.k, in.v, in.phi_q, in.phi_k, in.log_decay, state.k, state.v, state.linear.kv})
-    if (!t.is_cpu() || (grad && t.requires_grad())) return {};
-  const auto compute = compute_type(q), cache = state.k.scalar_type();
-  const bool cache_ok = compute == at::kDouble ? cache == at::kDouble : (cache == at::kFloat || cache == at::kBFloat16 || cache == at::kHalf);
-  at::Tensor& S = state.linear.kv;
-  if (!cache_ok || state.v.scalar_type() != cache || S.scalar_type() != compute) return {};
-  for (at::Tensor* t : {&S, &state.k, &state.v}) *t = t->contiguous();  // once: the step keeps them so
+  const at::Tensor& q = in.q;
   const int64_t B = q.size(0), Hq = q.size(2), D = q.size(3), Hkv = in.k.size(2), V = in.v.size(3), F = in.phi_q.size(3);
   TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0 && in.k.sizes() == at::IntArrayRef({B, 1, Hkv, D}) &&
                   in.v.sizes() == at::IntArrayRef({B, 1, Hkv, V}) && in.phi_q.sizes() == at::IntArrayRef({B, 1, Hq, F}) &&
                   in.phi_k.sizes() == at::IntArrayRef({B, 1, Hkv, F}) && in.log_decay.sizes() == in.phi_k.sizes() &&
                   state.k.sizes() == at::IntArrayRef({B, window, Hkv, D}) &&
-                  state.v.sizes() == at::IntArrayRef({B, window, Hkv, V}) && S.sizes() == at::IntArrayRef({B, Hkv, F, V}),
+                  state.v.sizes() == at::IntArrayRef({B, window, Hkv, V}) &&
+                  state.linear.kv.sizes() == at::IntArrayRef({B, Hkv, F, V}),
               "liger_decode_step: inputs and state disagree in shape");
-  const at::Tensor qc = q.to(compute).contiguous(), phi_q = in.phi_q.to(compute).contiguous(),
-                   phi_k = in.phi_k.to(compute).contiguous(), decay = in.log_decay.to(compute).exp().contiguous(),
-                   k_new = in.k.to(cache).contiguous(), v_new = in.v.to(cache).contiguous();
-  at::Tensor o = at::empty({B, 1, Hq, V}, qc.options());
-  const LigerStepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start};
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  // A kv head is the unit of work; tiny steps stay on the calling thread (~32K multiply-adds per task).
-  const int64_t work = L.G * (window * (D + V) + 2 * F * V);
-  at::parallel_for(0, B * Hkv, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work)), [&](int64_t begin, int64_t end) {
-    if (compute == at::kDouble) {
-      liger_step_fp64(qc.const_data_ptr<double>(), phi_q.const_data_ptr<double>(), phi_k.const_data_ptr<double>(),
-                      decay.const_data_ptr<double>(), k_new.const_data_ptr<double>(), v_new.const_data_ptr<double>(),
-                      state.k.mutable_data_ptr<double>(), state.v.mutable_data_ptr<double>(), S.mutable_data_ptr<double>(),
-                      o.mutable_data_ptr<double>(), L, scale, begin, end);
-    } else if (cache == at::kFloat) {
-      liger_step_fp32(qc.const_data_ptr<float>(), phi_q.const_data_ptr<float>(), phi_k.const_data_ptr<float>(),
-                      decay.const_data_ptr<float>(), k_new.const_data_ptr<float>(), v_new.const_data_ptr<float>(),
-                      state.k.mutable_data_ptr<float>(), state.v.mutable_data_ptr<float>(), S.mutable_data_ptr<float>(),
-                      o.mutable_data_ptr<float>(), L, static_cast<float>(scale), begin, end);
-    } else {
-      const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const std::uint16_t*>(t.const_data_ptr()); };
-      const auto mutable_bits = [](at::Tensor& t) { return reinterpret_cast<std::uint16_t*>(t.mutable_data_ptr()); };
-      (cache == at::kBFloat16 ? liger_step_bf16 : liger_step_fp16)(
-          qc.const_data_ptr<float>(), phi_q.const_data_ptr<float>(), phi_k.const_data_ptr<float>(),
-          decay.const_data_ptr<float>(), bits(k_new), bits(v_new), mutable_bits(state.k), mutable_bits(state.v),
-          S.mutable_data_ptr<float>(), o.mutable_data_ptr<float>(), L, static_cast<float>(scale), begin, end);
-    }
-  });
-  state.ring_start = (state.ring_start + 1) % window;
-  return o.to(q.scalar_type());
+  const auto compute = compute_type(q);
+  const auto as_compute = [compute](const at::Tensor& t) { return t.to(compute).contiguous(); };
+  const StepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start, Hkv};
+  return run_step<Hybrid::liger>(as_compute(q), as_compute(in.phi_q), as_compute(in.phi_k),
+                                 in.log_decay.to(compute).exp().contiguous(), {}, in.k, in.v, state, L)
+      .to(q.scalar_type());
+}
+
+at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& in, HybridState& state, int64_t window) {
+  if (!in.phi_k || !step_applies({in.q, in.k, in.v, in.phi_q, in.window_factor}, in.q, state, window)) return {};
+  const at::Tensor& q = in.q;
+  const auto compute = compute_type(q);
+  // The key leaving the window (the ring's oldest) through the key map: [B, 1, Hf, F].
+  const auto leaving = in.phi_k(state.k.narrow(1, state.ring_start, 1).to(compute)).to(compute).contiguous();
+  const int64_t B = q.size(0), Hq = q.size(2), D = q.size(3), Hkv = in.k.size(2), V = in.v.size(3), F = in.phi_q.size(3);
+  const int64_t Hf = leaving.size(2);
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0 && (Hf == Hq || Hf == Hkv) && in.k.sizes() == at::IntArrayRef({B, 1, Hkv, D}) &&
+                  in.v.sizes() == at::IntArrayRef({B, 1, Hkv, V}) && in.phi_q.sizes() == at::IntArrayRef({B, 1, Hq, F}) &&
+                  leaving.sizes() == at::IntArrayRef({B, 1, Hf, F}) && in.window_factor.sizes() == at::IntArrayRef({Hq}) &&
+                  state.k.sizes() == at::IntArrayRef({B, window, Hkv, D}) &&
+                  state.v.sizes() == at::IntArrayRef({B, window, Hkv, V}) &&
+                  state.linear.kv.sizes() == at::IntArrayRef({B, Hf, F, V + 1}),
+              "lolcats_decode_step: inputs and state disagree in shape");
+  const auto as_compute = [compute](const at::Tensor& t) { return t.to(compute).contiguous(); };
+  const StepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start, Hf};
+  return run_step<Hybrid::lolcats>(as_compute(q), as_compute(in.phi_q), leaving, {},
+                                   at::sigmoid(in.window_factor.to(compute)).contiguous(), in.k, in.v, state, L)
+      .to(q.scalar_type());
 }
 
 }  // namespace linearize::kernels

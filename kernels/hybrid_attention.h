@@ -31,7 +31,7 @@ namespace linearize::kernels {
 struct HybridState {
   LinearState linear;  // Liger: [B,Hkv,F,V]; LoLCATs: [B,Hf,F,V+1], the last column the normaliser sum z
   at::Tensor k, v;     // window cache: the last min(window, tokens seen) keys and values, [B,n,Hkv,D|V]
-  // liger_decode_step keeps a full cache as a ring: its oldest key at this index, not at 0.
+  // the fused decode steps keep a full cache as a ring: its oldest key at this index, not at 0.
   int64_t ring_start = 0;
 
   int64_t bytes() const;
@@ -75,5 +75,8 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& inputs, co
 // updates `state` in place and returns o [B,1,Hq,V] in q's dtype; an undefined tensor where it does not
 // apply (then call liger_attention). Equal to liger_attention's recurrent form up to summation order.
 at::Tensor liger_decode_step(const LigerAttentionInputs& inputs, HybridState& state, int64_t window);
+// LoLCATs' step, the same way: the oldest cached key leaves the window through phi_k into the linear state
+// (its value with a ones column), then the new key takes its slot and the two parts share one normaliser.
+at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& inputs, HybridState& state, int64_t window);
 
 }  // namespace linearize::kernels

@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu_loops.h"
 
@@ -27,20 +28,27 @@ LINEARIZE_INLINE float dot_widened(const float* x, const std::uint16_t* w, int64
   return sum;
 }
 
-// y[r, o] = x[r] . w[o] for o in [begin, end); the rows of x reuse each weight row from cache.
+// y[r, o] = x[r] . w[o] (+ b[o]) for o in [begin, end), summed in fp32 and rounded once to the weights'
+// dtype (y and b as their bits); the rows of x reuse each weight row from cache.
+// x, w, b and y as their bits; each task widens x once (a few rows) into fp32.
 template <bool kBf16>
-LINEARIZE_INLINE void matvec_rows(const float* x, const std::uint16_t* w, float* y, int64_t rows, int64_t in,
-                                  int64_t out, int64_t begin, int64_t end) {
-  for (int64_t o = begin; o < end; ++o)
-    for (int64_t r = 0; r < rows; ++r) y[r * out + o] = dot_widened<kBf16>(x + r * in, w + o * in, in);
+LINEARIZE_INLINE void matvec_rows(const std::uint16_t* x, const std::uint16_t* w, const std::uint16_t* b, std::uint16_t* y,
+                                  int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
+  std::vector<float> xf(static_cast<std::size_t>(rows * in));
+  for (int64_t i = 0; i < rows * in; ++i) xf[i] = widen(x[i], kBf16);
+  for (int64_t o = begin; o < end; ++o) {
+    const float bias = b ? widen(b[o], kBf16) : 0.0f;
+    for (int64_t r = 0; r < rows; ++r)
+      y[r * out + o] = detail::narrow(dot_widened<kBf16>(xf.data() + r * in, w + o * in, in) + bias, kBf16);
+  }
 }
-LINEARIZE_MULTIVERSION void matvec_bf16(const float* x, const std::uint16_t* w, float* y, int64_t rows, int64_t in,
-                                        int64_t out, int64_t begin, int64_t end) {
-  matvec_rows<true>(x, w, y, rows, in, out, begin, end);
+LINEARIZE_MULTIVERSION void matvec_bf16(const std::uint16_t* x, const std::uint16_t* w, const std::uint16_t* b,
+                                        std::uint16_t* y, int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
+  matvec_rows<true>(x, w, b, y, rows, in, out, begin, end);
 }
-LINEARIZE_MULTIVERSION void matvec_fp16(const float* x, const std::uint16_t* w, float* y, int64_t rows, int64_t in,
-                                        int64_t out, int64_t begin, int64_t end) {
-  matvec_rows<false>(x, w, y, rows, in, out, begin, end);
+LINEARIZE_MULTIVERSION void matvec_fp16(const std::uint16_t* x, const std::uint16_t* w, const std::uint16_t* b,
+                                        std::uint16_t* y, int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
+  matvec_rows<false>(x, w, b, y, rows, in, out, begin, end);
 }
 
 }  // namespace
@@ -50,21 +58,21 @@ at::Tensor linear_projection(const at::Tensor& x, const at::Tensor& w, const at:
   const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / std::max<int64_t>(in, 1);
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));
   if (!half_weights || !x.is_cpu() || !w.is_cpu() || grad || rows > kMatVecMaxRows || x.size(-1) != in ||
-      x.scalar_type() != w.scalar_type())
+      x.scalar_type() != w.scalar_type() || (b.defined() && b.scalar_type() != w.scalar_type()))
     return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-  const at::Tensor xf = x.reshape({rows, in}).to(at::kFloat).contiguous(), wc = w.contiguous();
-  at::Tensor y = at::empty({rows, out}, x.options().dtype(at::kFloat));
-  const auto* wp = reinterpret_cast<const std::uint16_t*>(wc.const_data_ptr());
+  const at::Tensor xc = x.contiguous(), wc = w.contiguous();
+  const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
+  auto shape = x.sizes().vec();
+  shape.back() = out;
+  at::Tensor y = at::empty(shape, x.options());
+  const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const std::uint16_t*>(t.const_data_ptr()); };
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   // Output rows spread over the threads, 256 at a time (a grain well above the loop's own cost).
   at::parallel_for(0, out, 256, [&](int64_t begin, int64_t end) {
-    (bf16 ? matvec_bf16 : matvec_fp16)(xf.const_data_ptr<float>(), wp, y.mutable_data_ptr<float>(), rows, in, out,
-                                       begin, end);
+    (bf16 ? matvec_bf16 : matvec_fp16)(bits(xc), bits(wc), bc.defined() ? bits(bc) : nullptr,
+                                       reinterpret_cast<std::uint16_t*>(y.mutable_data_ptr()), rows, in, out, begin, end);
   });
-  if (b.defined()) y.add_(b.to(at::kFloat));
-  auto shape = x.sizes().vec();
-  shape.back() = out;
-  return y.to(x.scalar_type()).view(shape);
+  return y;
 }
 
 }  // namespace linearize::kernels

@@ -1,4 +1,6 @@
-// Normalisation layers as functions on tensors.
+// Normalisation layers as functions on tensors. On the CPU without autograd each runs as one fused loop per
+// row (the same arithmetic and roundings as the ATen form it replaces; a decode step calls them ~2 per
+// layer, where the ATen form dispatched ~10 ops each).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -34,7 +34,7 @@ class LolcatsMixer final : public TokenMixer {
         q, recipes::rope_bthd(h.k, cs), h.v, kernels::hedgehog(q, map_q_.to(q.scalar_type())),
         [this, H](const at::Tensor& k) { return kernels::hedgehog(recipes::repeat_heads(k, H), map_k_.to(k.scalar_type())); },
         window_factors_};
-    return recipes::run_hybrid(kernels::lolcats_attention, nullptr, in, window_, source_, x, state, call);
+    return recipes::run_hybrid(kernels::lolcats_attention, kernels::lolcats_decode_step, in, window_, source_, x, state, call);
   }
 
   // The output's weights with the shared normaliser, as LoLCATs' hybrid_attention_quadratic returns them for

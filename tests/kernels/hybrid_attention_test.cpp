@@ -65,13 +65,25 @@ HybridAttentionOptions options(MixerForm form, const Shape& s, int64_t chunk = 6
   return o;
 }
 
-HybridAttentionOutput run(Variant variant, const Inputs& x, const HybridState& st, const HybridAttentionOptions& opt) {
-  if (variant == Variant::liger) return liger_attention({x[0], x[1], x[2], x[3], x[4], x[5]}, st, opt);
+LigerAttentionInputs liger_inputs(const Inputs& x) { return {x[0], x[1], x[2], x[3], x[4], x[5]}; }
+
+LolcatsAttentionInputs lolcats_inputs(const Inputs& x) {
   const auto map = x[4];
   const auto phi_k = [map](const at::Tensor& k) {
     return hedgehog(map.size(0) == k.size(2) ? k : k.repeat_interleave(map.size(0) / k.size(2), 2), map);
   };
-  return lolcats_attention({x[0], x[1], x[2], x[3], phi_k, x[5]}, st, opt);
+  return {x[0], x[1], x[2], x[3], phi_k, x[5]};
+}
+
+HybridAttentionOutput run(Variant variant, const Inputs& x, const HybridState& st, const HybridAttentionOptions& opt) {
+  if (variant == Variant::liger) return liger_attention(liger_inputs(x), st, opt);
+  return lolcats_attention(lolcats_inputs(x), st, opt);
+}
+
+// The variant's fused decode step (in place on st).
+at::Tensor decode_step(Variant variant, const Inputs& x, HybridState& st, int64_t window) {
+  if (variant == Variant::liger) return liger_decode_step(liger_inputs(x), st, window);
+  return lolcats_decode_step(lolcats_inputs(x), st, window);
 }
 
 Inputs slice(Variant variant, const Inputs& x, int64_t start, int64_t length) {
@@ -258,7 +270,7 @@ TEST_P(HybridMixer, ChunkedGradientMatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Kernels, HybridMixer, ::testing::Values(Variant::liger, Variant::lolcats, Variant::lolcats_kv_maps),
                          [](const ::testing::TestParamInfo<Variant>& param) { return name(param.param); });
 
-// A state that shares no storage with `s`: liger_decode_step writes into its state.
+// A state that shares no storage with `s`: the fused decode steps write into their state.
 HybridState deep_copy(const HybridState& s) {
   HybridState c = s;
   c.linear.kv = s.linear.kv.clone();
@@ -267,70 +279,75 @@ HybridState deep_copy(const HybridState& s) {
   return c;
 }
 
-LigerAttentionInputs liger_inputs(const Inputs& x) { return {x[0], x[1], x[2], x[3], x[4], x[5]}; }
+class HybridDecodeStep : public ::testing::TestWithParam<Variant> {};
 
 // The fused decode step against the recurrent form, fp64, 30 steps from a full window of 24 (the ring wraps
-// once and a bit): outputs and states equal up to summation order (~1e-16 per op, the decays < 1 keep it
-// from growing); then a chunked call reads the ring in order.
-TEST(LigerDecodeStep, EqualsTheRecurrentFormAsTheRingWraps) {
+// once and a bit): outputs and states equal up to summation order (~1e-16 per op; LoLCATs' state only adds,
+// Liger's decays < 1, so nothing grows); then a chunked call reads the ring in order.
+TEST_P(HybridDecodeStep, EqualsTheRecurrentFormAsTheRingWraps) {
+  const Variant variant = GetParam();
   const Shape s;
-  const auto x = make_inputs(Variant::liger, s, at::kDouble, 7);
-  HybridState reference = prefix_state(Variant::liger, s, at::kDouble), fused = deep_copy(reference);
+  const auto x = make_inputs(variant, s, at::kDouble, 7);
+  HybridState reference = prefix_state(variant, s, at::kDouble), fused = deep_copy(reference);
   for (int64_t t = 0; t < 30; ++t) {
-    const auto in = liger_inputs(slice(Variant::liger, x, t, 1));
-    const auto o = liger_decode_step(in, fused, s.window);
+    const auto in = slice(variant, x, t, 1);
+    const auto o = decode_step(variant, in, fused, s.window);
     ASSERT_TRUE(o.defined()) << "step " << t;
-    auto expected = liger_attention(in, reference, options(MixerForm::recurrent, s));
+    auto expected = run(variant, in, reference, options(MixerForm::recurrent, s));
     EXPECT_LE(max_rel_diff(o, expected.o), 1e-12) << "step " << t;
     reference = expected.state;
   }
   EXPECT_EQ(fused.ring_start, 30 % s.window);
   EXPECT_LE(max_rel_diff(fused.linear.kv, reference.linear.kv), 1e-12);
-  const auto rest = slice(Variant::liger, x, 30, 20);
-  EXPECT_LE(diff(run(Variant::liger, rest, fused, options(MixerForm::chunked, s, 16)),
-                 run(Variant::liger, rest, reference, options(MixerForm::chunked, s, 16))),
+  const auto rest = slice(variant, x, 30, 20);
+  EXPECT_LE(diff(run(variant, rest, fused, options(MixerForm::chunked, s, 16)),
+                 run(variant, rest, reference, options(MixerForm::chunked, s, 16))),
             1e-12);
 }
 
-// A bf16 model's step: q, k, v in bf16 (the cache too), features and gates in fp32. Both paths widen the
-// same bf16 values and compute in fp32 (differences ~1e-6 from the order of sums), then round the output to
-// bf16, where the two may land one bf16 step apart (2^-8 relative).
-TEST(LigerDecodeStep, Bf16CacheMatchesTheRecurrentForm) {
+// A bf16 model's step: q, k, v in bf16 (the cache too), features, maps and gates in fp32. Both paths widen
+// the same bf16 values and compute in fp32 (differences ~1e-6 from the order of sums), then round the
+// output to bf16, where the two may land one bf16 step apart (at most 2^-7 relative).
+TEST_P(HybridDecodeStep, Bf16CacheMatchesTheRecurrentForm) {
+  const Variant variant = GetParam();
   const Shape s;
-  auto x = make_inputs(Variant::liger, s, at::kFloat, 8);
+  auto x = make_inputs(variant, s, at::kFloat, 8);
   for (int i = 0; i < 3; ++i) x[i] = x[i].to(at::kBFloat16);
-  auto prefix = slice(Variant::liger, x, 0, 40);
-  HybridState reference = run(Variant::liger, prefix, {}, options(MixerForm::chunked, s, 16)).state;
+  HybridState reference = run(variant, slice(variant, x, 0, 40), {}, options(MixerForm::chunked, s, 16)).state;
   ASSERT_EQ(reference.k.scalar_type(), at::kBFloat16);
   HybridState fused = deep_copy(reference);
   for (int64_t t = 40; t < 70; ++t) {
-    const auto in = liger_inputs(slice(Variant::liger, x, t, 1));
-    const auto o = liger_decode_step(in, fused, s.window);
+    const auto in = slice(variant, x, t, 1);
+    const auto o = decode_step(variant, in, fused, s.window);
     ASSERT_TRUE(o.defined());
     ASSERT_EQ(o.scalar_type(), at::kBFloat16);
-    auto expected = liger_attention(in, reference, options(MixerForm::recurrent, s));
-    EXPECT_LE(max_rel_diff(o, expected.o), std::ldexp(1.0, -8) + 1e-5) << "step " << t;
+    auto expected = run(variant, in, reference, options(MixerForm::recurrent, s));
+    EXPECT_LE(max_rel_diff(o, expected.o), std::ldexp(1.0, -7) + 1e-5) << "step " << t;
     reference = expected.state;
   }
   EXPECT_LE(max_rel_diff(fused.linear.kv, reference.linear.kv), 1e-5);
 }
 
-// What the step leaves to liger_attention, returning an undefined tensor and the state untouched: a cache
-// not yet full, more than one token, and inputs that want a gradient.
-TEST(LigerDecodeStep, LeavesWhatItDoesNotTakeToLigerAttention) {
-  Shape s;
-  const auto x = make_inputs(Variant::liger, s, at::kDouble, 9);
-  HybridState short_prefix = run(Variant::liger, slice(Variant::liger, x, 0, 10), {}, options(MixerForm::chunked, s)).state;
+// What a step leaves to the kernel, returning an undefined tensor and the state untouched: a cache not yet
+// full, more than one token, and inputs that want a gradient.
+TEST_P(HybridDecodeStep, LeavesWhatItDoesNotTakeToTheKernel) {
+  const Variant variant = GetParam();
+  const Shape s;
+  const auto x = make_inputs(variant, s, at::kDouble, 9);
+  HybridState short_prefix = run(variant, slice(variant, x, 0, 10), {}, options(MixerForm::chunked, s)).state;
   const auto before = deep_copy(short_prefix);
-  EXPECT_FALSE(liger_decode_step(liger_inputs(slice(Variant::liger, x, 10, 1)), short_prefix, s.window).defined());
+  EXPECT_FALSE(decode_step(variant, slice(variant, x, 10, 1), short_prefix, s.window).defined());
   EXPECT_TRUE(short_prefix.linear.kv.equal(before.linear.kv) && short_prefix.k.equal(before.k) && short_prefix.v.equal(before.v));
-  HybridState full = prefix_state(Variant::liger, s, at::kDouble);
-  EXPECT_FALSE(liger_decode_step(liger_inputs(slice(Variant::liger, x, 10, 2)), full, s.window).defined());
-  auto wants_grad = slice(Variant::liger, x, 10, 1);
+  HybridState full = prefix_state(variant, s, at::kDouble);
+  EXPECT_FALSE(decode_step(variant, slice(variant, x, 10, 2), full, s.window).defined());
+  auto wants_grad = slice(variant, x, 10, 1);
   wants_grad[0] = wants_grad[0].detach().requires_grad_();
-  EXPECT_FALSE(liger_decode_step(liger_inputs(wants_grad), full, s.window).defined());
+  EXPECT_FALSE(decode_step(variant, wants_grad, full, s.window).defined());
   EXPECT_EQ(full.ring_start, 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, HybridDecodeStep, ::testing::Values(Variant::liger, Variant::lolcats, Variant::lolcats_kv_maps),
+                         [](const ::testing::TestParamInfo<Variant>& param) { return name(param.param); });
 
 TEST(HybridMixerApi, RejectsInconsistentShapes) {
   const Shape s;

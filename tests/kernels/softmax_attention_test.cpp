@@ -77,5 +77,33 @@ TEST(RmsNorm, NormalisesInFp32AndScales) {
   EXPECT_TRUE(rms_norm(xb, wb, 1e-5).equal(ref));
 }
 
+// The fused CPU loop (no autograd) against the ATen form (taken when x wants a gradient) on the same input:
+// the same arithmetic in the same precision with the roundings in the same places, so they differ only by
+// the order of the sum of squares (a few ulp of fp32 in the scale). fp32 / fp64: relative 1e-6 / 1e-14.
+// bf16 / fp16: a value next to a rounding boundary may round the other way, one step of the dtype (at most
+// 2^-7 / 2^-10 relative), and the normalised row's step passes through the weight's product before that
+// rounds too: at most two steps, on a few elements. A rounding skipped or added (the normalised row not
+// cast back before the weight, or Gemma's product cast twice) would move most elements.
+TEST(RmsNorm, FusedLoopEqualsTheAtenForm) {
+  at::manual_seed(5);
+  const auto x64 = at::randn({37, 200}, at::kDouble) * 3, w64 = at::randn({200}, at::kDouble);
+  for (const bool one_plus : {false, true}) {
+    const auto norm = one_plus ? rms_norm_one_plus : rms_norm;
+    for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (one_plus ? " one_plus" : ""));
+      const auto x = x64.to(dtype), w = w64.to(dtype);
+      const auto fused = norm(x, w, 1e-6);
+      const auto aten = norm(x.clone().requires_grad_(), w, 1e-6).detach();
+      ASSERT_EQ(fused.scalar_type(), dtype);
+      const auto gap = (fused.to(at::kDouble) - aten.to(at::kDouble)).abs() / aten.to(at::kDouble).abs().clamp_min(1e-3);
+      const double step = dtype == at::kBFloat16 ? std::ldexp(1.0, -6) : dtype == at::kHalf ? std::ldexp(1.0, -9) : 0.0;
+      const double tight = dtype == at::kDouble ? 1e-14 : 1e-6;
+      EXPECT_LE(gap.max().item<double>(), step + tight);
+      // Elements off by more than fp32 noise: rare boundary cases only (at most 2% of 7400).
+      EXPECT_LE((gap > tight).sum().item<int64_t>(), 148);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace linearize::kernels
