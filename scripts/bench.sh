@@ -93,14 +93,16 @@ import json, sys
 ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
 device, dtype = sys.argv[3:5]
 rate = {b["name"].split("/")[0]: b["tokens_per_s"] for b in ours["benchmarks"]}
-targets = {"prefill": 1.0, "decode": 2.0}
+# The 2x decode target is bf16's (issue 20: memory-bound decode with half the bytes); fp32 decode is reported.
+targets = {"prefill": 1.0, "decode": 2.0 if dtype == "bf16" else None}
 print(f"decoder {dtype} {device} ({ours['context']['model']}, {ours['context']['threads']} threads, "
       f"prompt {ours['context']['prompt_tokens']}, {ours['context']['new_tokens']} new tokens):")
 for key, bm in (("prefill", "BM_Prefill"), ("decode", "BM_Decode")):
     ratio = rate[bm] / theirs[f"{key}_tokens_per_s"]
-    verdict = ("PASS" if ratio >= targets[key] else "FAIL") if device == "cpu" else "(reported)"
+    target = targets[key]
+    verdict = "(reported)" if device != "cpu" or target is None else f"target >= {target}x: {'PASS' if ratio >= target else 'FAIL'}"
     print(f"  {key:8s} linearize {rate[bm]:9.1f} tokens/s   transformers {theirs[f'{key}_tokens_per_s']:9.1f} tokens/s   "
-          f"ratio {ratio:.2f}x   target >= {targets[key]}x: {verdict}")
+          f"ratio {ratio:.2f}x   {verdict}")
 PYEOF
 )
 }
