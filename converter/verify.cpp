@@ -310,9 +310,11 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
   std::int64_t sampled = 0, decoded_tokens = 0;
   for (const auto& [prompt, tokens] : decoded) decoded_tokens += tokens;
   for (const auto& p : prompts) sampled += static_cast<std::int64_t>(p.size());
-  // Where split prompts are cut: a chunk boundary, each window's edge, and a point on no boundary.
+  // Where split prompts are cut: a chunk boundary, each window's edge, and a point on no boundary; a prompt
+  // shorter than all of them (--prompt-ids of a few tokens) is cut in half, or the check would compare one
+  // call with itself.
   const std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
-  std::set<std::int64_t> cuts{37, chunk};
+  std::set<std::int64_t> cuts{37, chunk}, applied;
   const auto& params = model.config().linearize.value("params", nlohmann::json::object());
   if (params.contains("window") && params["window"].is_number_integer()) cuts.insert(params["window"].get<std::int64_t>());
   if (model.config().sliding_window) cuts.insert(*model.config().sliding_window);
@@ -353,8 +355,11 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
       auto split = mixer->new_state();
       std::vector<at::Tensor> pieces;
       std::int64_t from = 0;
-      for (const auto cut : cuts) {
+      auto prompt_cuts = cuts;
+      if (*prompt_cuts.begin() >= T) prompt_cuts = {T / 2};
+      for (const auto cut : prompt_cuts) {
         if (cut <= from || cut >= T) continue;
+        applied.insert(cut);
         pieces.push_back(mixer->forward(x.narrow(1, from, cut - from), from, split.get(), MixerCall{none, scope}));
         from = cut;
       }
@@ -371,7 +376,8 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
                                     {dtype_name(model.options().dtype) + "_chunked_vs_fp64", own_chunked}});
   }
   std::string cut_list;
-  for (const auto c : cuts) cut_list += (cut_list.empty() ? "" : ", ") + std::to_string(c);
+  for (const auto c : applied) cut_list += (cut_list.empty() ? "" : ", ") + std::to_string(c);
+  if (cut_list.empty()) cut_list = "nothing (no prompt of 2 tokens or more)";
   const auto where = [&](const Worst& w, std::int64_t positions) {
     return "worst layer " + std::to_string(w.layer) + " of " + std::to_string(converted.size()) + " converted; " +
            std::to_string(positions) + " positions";

@@ -94,6 +94,22 @@ TEST(VerifyLayerForms, Fp64RowsAreExactAndNameTheWorstLayer) {
   EXPECT_NE(report_row(report, "drift in fp32: parallel").detail.find("bound 4 u sqrt(T) L A"), std::string::npos);
 }
 
+// --prompt-ids of a few tokens (as for an 8B model on a small machine) are shorter than every chunk and
+// window edge: the fp64 split row still cuts the prompt (in half), not one call compared with itself.
+TEST(VerifyLayerForms, APromptShorterThanEveryEdgeIsStillSplit) {
+  test::TempDir dir;
+  const auto out = convert_fixture(dir, "tiny-llama", "liger-gla");
+  VerifyOptions options;
+  options.prompts.ids = {{1, 5, 9, 13}};
+  options.prompts.origin = "--prompt-ids";
+  options.generate_tokens = 2;
+  const auto report = record_and_verify(out, test::fixtures_dir() / "tiny-llama", options);
+  EXPECT_TRUE(report.passed()) << report.table();
+  const auto& split = report_row(report, "per layer fp64: split prompt");
+  EXPECT_NE(split.detail.find("; cut at 2"), std::string::npos) << split.detail;
+  EXPECT_LE(split.value, 1e-10);
+}
+
 // Greedy generation: a conversion that keeps every layer as softmax continues exactly as the source; a
 // training-free hedgehog conversion leaves it early, and --min-gen-agree 1 fails it.
 TEST(VerifyGeneration, AgreementIsMeasuredAndEnforcedWhenAsked) {
