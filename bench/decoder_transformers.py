@@ -43,17 +43,23 @@ def make(args):
     out = Path(args.out)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         print(f"{out}: exists")
-        return
+    else:
+        save_model(out, args)
+    # A tokenizer makes verify tokenize its built-in text (ids below the vocabulary of every size here);
+    # copied also into a model another section made without one.
+    if args.tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if not (out / name).exists():
+                shutil.copy(Path(args.tokenizer) / name, out / name)
+
+
+def save_model(out, args):
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=32768, rms_norm_eps=1e-5, **SIZES[args.size])
     model = LlamaForCausalLM(config).eval()
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     model.save_pretrained(out)
-    # A tokenizer makes verify tokenize its built-in text (ids below the vocabulary of every size here).
-    if args.tokenizer:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(Path(args.tokenizer) / name, out / name)
     print(f"{out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
 
 

@@ -75,3 +75,19 @@ target_link_libraries(linearize_torch INTERFACE linearize_torch_cpu ${TORCH_LIBR
 # they crash when called with this system's libstdc++ (remove_all jumps to null). Putting libstdc++
 # first among the needed libraries makes every std:: symbol resolve to the system's own.
 target_link_options(linearize_torch_cpu INTERFACE "LINKER:--push-state,--no-as-needed" "-lstdc++" "LINKER:--pop-state")
+
+# linearize_openmp: for code that calls at::parallel_for. That is a header template whose OpenMP loop
+# exists only where the caller is compiled with -fopenmp; without it every hand-written CPU kernel ran on
+# one thread whatever at::set_num_threads said (decode's bf16 matrix-vector loop: 8.4 GB/s at 1 and at 2
+# threads). Linked against the OpenMP runtime LibTorch itself uses (the wheel ships its libgomp), so
+# at::set_num_threads sets our loops' thread count too and one thread pool serves both.
+file(GLOB _linearize_torch_gomp "${TORCH_INSTALL_PREFIX}/lib/libgomp*.so*")
+add_library(linearize_openmp INTERFACE)
+target_compile_options(linearize_openmp INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
+if(_linearize_torch_gomp)
+  list(GET _linearize_torch_gomp 0 _linearize_torch_gomp)
+  target_link_libraries(linearize_openmp INTERFACE "${_linearize_torch_gomp}")
+else()
+  find_package(OpenMP REQUIRED COMPONENTS CXX)
+  target_link_libraries(linearize_openmp INTERFACE OpenMP::OpenMP_CXX)
+endif()
