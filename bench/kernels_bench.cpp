@@ -135,13 +135,18 @@ void BM_SdpaCausal(benchmark::State& state) {
 void BM_GlaDecodeStep(benchmark::State& state) {
   c10::InferenceMode inference;
   const int64_t H = 32, d = 128, context = state.range(0);
-  const auto prefill = lk::linear_attention(gla_inputs(std::min<int64_t>(context, 8192), H, d), {}, {});
+  auto decoded = lk::linear_attention(gla_inputs(std::min<int64_t>(context, 8192), H, d), {}, {}).state;
   const auto token = gla_inputs(1, H, d);
   lk::LinearAttentionOptions opt;
   opt.form = lk::MixerForm::recurrent;
-  for (auto _ : state) benchmark::DoNotOptimize(lk::linear_attention(token, prefill.state, opt).o.data_ptr());
+  // A decode loop: each step consumes the state the previous one returned (updated in place).
+  for (auto _ : state) {
+    auto step = lk::linear_attention(token, std::move(decoded), opt);
+    benchmark::DoNotOptimize(step.o.data_ptr());
+    decoded = std::move(step.state);
+  }
   state.counters["context"] = static_cast<double>(context);
-  state.counters["state_bytes"] = static_cast<double>(prefill.state.bytes());
+  state.counters["state_bytes"] = static_cast<double>(decoded.bytes());
   state.counters["state_bytes_formula"] = static_cast<double>(1 * H * d * d * 4);  // B*H*K*V*fp32
 }
 

@@ -165,11 +165,13 @@ LINEARIZE_MULTIVERSION void recurrent_range(const double* q, const double* k, co
   recurrent_heads(q, k, v, a, h0, h, o, begin, end, T_len, Hkv, G, K, Vp, gate, scale);
 }
 
-CoreResult recurrent_fused(const Problem& p, const at::Tensor& h0) {
+// overwrite: h0 is this call's own (nothing else holds it) and the new state may be written over it.
+CoreResult recurrent_fused(const Problem& p, const at::Tensor& h0, bool overwrite) {
   const at::Tensor q = p.q.contiguous(), k = p.k.contiguous(), v = p.v.contiguous();
   const at::Tensor a = p.gate == Gate::none ? at::Tensor() : p.g.exp().contiguous();  // one vectorised exp
   const at::Tensor h_in = h0.contiguous();
-  at::Tensor h = at::empty_like(h_in);  // the caller's state is left as it was
+  // gla_token reads each state element before it writes it, so h may be h_in.
+  at::Tensor h = overwrite && h_in.is_same(h0) ? h_in : at::empty_like(h_in);
   const int64_t Vp = v.size(-1);
   at::Tensor o = at::empty({p.B, p.T, p.Hq, Vp}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_recurrent", [&] {
@@ -185,10 +187,10 @@ CoreResult recurrent_fused(const Problem& p, const at::Tensor& h0) {
   return {o, h};
 }
 
-CoreResult recurrent(const Problem& p, at::Tensor h) {
+CoreResult recurrent(const Problem& p, at::Tensor h, bool overwrite) {
   const bool needs_grad = at::GradMode::is_enabled() && (p.q.requires_grad() || p.k.requires_grad() || p.v.requires_grad() ||
                                                          (p.g.defined() && p.g.requires_grad()) || h.requires_grad());
-  if (p.q.is_cpu() && !needs_grad) return recurrent_fused(p, h);
+  if (p.q.is_cpu() && !needs_grad) return recurrent_fused(p, h, overwrite);
   // unbind, not select in a loop: select's backward would allocate a full-size gradient per token.
   const auto qs = (p.q * p.scale).view({p.B, p.T, p.Hkv, p.G, p.K}).unbind(1);
   const auto ks = p.k.unbind(1);
@@ -364,19 +366,33 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
   return {o.narrow(1, 0, p.T), h.view({p.B, p.Hkv, K, Vp})};
 }
 
-}  // namespace
-
-LinearAttentionOutput linear_attention(const LinearAttentionInputs& inputs, const LinearState& initial,
-                                       const LinearAttentionOptions& options) {
+LinearAttentionOutput run(const LinearAttentionInputs& inputs, LinearState initial, bool consumed,
+                          const LinearAttentionOptions& options) {
   const Problem p = prepare(inputs, options);
   at::Tensor h0 = initial_state(initial, p, options);
+  initial = {};
+  // The state may be overwritten only if h0 is its own storage's one handle (not a copy made above, nor
+  // a state someone else kept a handle to).
+  const bool overwrite = consumed && h0.use_count() == 1 && h0.storage().use_count() == 1;
   CoreResult r;
   switch (options.form) {
     case MixerForm::parallel: r = parallel(p, h0); break;
     case MixerForm::chunked: r = chunked(p, std::move(h0), options); break;
-    case MixerForm::recurrent: r = recurrent(p, std::move(h0)); break;
+    case MixerForm::recurrent: r = recurrent(p, std::move(h0), overwrite); break;
   }
   return finish(std::move(r), p, options, inputs.q.scalar_type());
+}
+
+}  // namespace
+
+LinearAttentionOutput linear_attention(const LinearAttentionInputs& inputs, const LinearState& initial,
+                                       const LinearAttentionOptions& options) {
+  return run(inputs, initial, false, options);
+}
+
+LinearAttentionOutput linear_attention(const LinearAttentionInputs& inputs, LinearState&& initial,
+                                       const LinearAttentionOptions& options) {
+  return run(inputs, std::move(initial), true, options);
 }
 
 }  // namespace linearize::kernels

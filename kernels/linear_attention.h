@@ -70,4 +70,10 @@ struct LinearAttentionOutput {
 LinearAttentionOutput linear_attention(const LinearAttentionInputs& inputs, const LinearState& initial,
                                        const LinearAttentionOptions& options);
 
+// The same, consuming `initial` (a decode loop's state): where nothing else holds its storage, the
+// recurrent form's CPU step writes the new state over it, as ggml's loop does, instead of into a fresh
+// [B,Hkv,K,V] tensor (2 MiB at H=32, d=128, whose page faults cost more than the step itself).
+LinearAttentionOutput linear_attention(const LinearAttentionInputs& inputs, LinearState&& initial,
+                                       const LinearAttentionOptions& options);
+
 }  // namespace linearize::kernels

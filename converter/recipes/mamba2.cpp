@@ -51,7 +51,7 @@ class Mamba2Mixer final : public TokenMixer {
     kernels::LinearAttentionOptions options;
     options.form = recipes::form_for(call, T, state);
     options.scale = 1.0;
-    auto ssd = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    auto ssd = kernels::linear_attention(in, st ? std::move(st->linear) : kernels::LinearState{}, options);
     if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::o_lin), ssd.o);
     if (st) {
       st->linear = std::move(ssd.state);

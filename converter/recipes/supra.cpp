@@ -59,7 +59,7 @@ class SupraMixer final : public TokenMixer {
     kernels::LinearAttentionOptions options;
     options.form = recipes::form_for(call, T, state);
     options.scale = 1.0 / std::sqrt(static_cast<double>(d));
-    auto lin = kernels::linear_attention(in, st ? st->linear : kernels::LinearState{}, options);
+    auto lin = kernels::linear_attention(in, st ? std::move(st->linear) : kernels::LinearState{}, options);
     // GroupNorm(num_groups = H, affine = False) over the concatenated heads: each head normalised alone.
     const auto o = recipes::at_least_fp32(lin.o);
     const auto mean = o.mean(-1, true), var = (o - mean).pow(2).mean(-1, true);

@@ -151,6 +151,36 @@ TEST_P(LinearMixer, CarriedStateEqualsOneCall) {
   EXPECT_TRUE(at::equal(st.kv, kv_before)) << "the caller's initial state was modified";
 }
 
+// A consumed state (a decode loop's): each recurrent CPU step gives bit for bit what the const path gives
+// and, unnormalised, writes the new state over the one it consumed; a state another handle still holds is
+// never written.
+TEST_P(LinearMixer, AConsumedStateIsUpdatedInPlaceOnlyWhenNothingElseHoldsIt) {
+  const Variant variant = GetParam();
+  const Shape s;
+  const auto in = make_inputs(variant, s, at::kFloat);
+  const auto options = options_for(variant, MixerForm::recurrent);
+  const auto prefill = linear_attention(slice(in, 0, 90), make_state(variant, s, at::kFloat), options_for(variant, MixerForm::chunked));
+  LinearState kept = prefill.state;
+  LinearState decoded{prefill.state.kv.clone(), prefill.state.k_sum.defined() ? prefill.state.k_sum.clone() : at::Tensor()};
+  for (int64_t t = 90; t < s.T; ++t) {
+    const auto reference = linear_attention(slice(in, t, 1), kept, options);
+    const void* storage = decoded.kv.const_data_ptr();
+    auto step = linear_attention(slice(in, t, 1), std::move(decoded), options);
+    EXPECT_TRUE(at::equal(step.o, reference.o) && at::equal(step.state.kv, reference.state.kv)) << "token " << t;
+    // The normalised state travels as kv and k_sum, concatenated for the core: a copy either way.
+    if (variant != Variant::normalized) {
+      EXPECT_EQ(step.state.kv.const_data_ptr(), storage) << "token " << t;
+    }
+    kept = reference.state;
+    decoded = std::move(step.state);
+  }
+  const LinearState shared = decoded;
+  const at::Tensor before = shared.kv.clone();
+  const auto step = linear_attention(slice(in, 0, 1), std::move(decoded), options);
+  EXPECT_TRUE(at::equal(shared.kv, before)) << "a state another handle holds was written";
+  EXPECT_NE(step.state.kv.const_data_ptr(), shared.kv.const_data_ptr());
+}
+
 // Grouped kv heads give exactly what repeating k, v and the gates per query head gives.
 TEST_P(LinearMixer, GroupedKvHeadsEqualRepeatedHeads) {
   const Variant variant = GetParam();
