@@ -4,7 +4,7 @@
 //
 //   decoder_bench [--benchmark_out=FILE --benchmark_out_format=json ...]
 //   env: LINEARIZE_BENCH_MODEL (checkpoint dir), LINEARIZE_BENCH_DEVICE (cpu|cuda), LINEARIZE_BENCH_DTYPE
-//        (fp32|bf16), LINEARIZE_BENCH_THREADS, LINEARIZE_BENCH_PROMPT (512), LINEARIZE_BENCH_NEW_TOKENS (64)
+//        (fp32|bf16|fp16), LINEARIZE_BENCH_THREADS, LINEARIZE_BENCH_PROMPT (512), LINEARIZE_BENCH_NEW_TOKENS (64)
 #include <benchmark/benchmark.h>
 
 #include <ATen/Context.h>
@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
     const std::string device = env_or("LINEARIZE_BENCH_DEVICE", "cpu"), dtype = env_or("LINEARIZE_BENCH_DTYPE", "fp32");
     at::set_num_threads(std::stoi(env_or("LINEARIZE_BENCH_THREADS", std::to_string(at::get_num_threads()))));
     linearize::LoadOptions options;
-    options.dtype = dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+    options.dtype = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
     options.device = device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
     w.model = std::make_unique<CausalLM>(CausalLM::load(dir, options));
     const std::int64_t length = std::stoll(env_or("LINEARIZE_BENCH_PROMPT", "512"));

@@ -53,6 +53,28 @@ TEST(Linear, HalfWeightsAgreeWithFp64ForDecodeRows) {
   at::set_num_threads(threads);
 }
 
+// Every finite bf16 and fp16 weight (subnormals and both zeros included) widens exactly: one-hot rows of x
+// pick each column of a [2048, 32] matrix holding all 65536 bit patterns (32 columns: whole vector steps of
+// the word-pair loop), aligned and one element off (the element loop), and each output is that weight (one
+// product with 1, the rest with 0) rounded back to its own dtype: bit for bit, but for -0 + 0 = +0.
+TEST(Linear, EveryFiniteHalfWeightWidensExactly) {
+  constexpr int64_t kColumns = 32;
+  for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+    for (const bool misaligned : {false, true}) {
+      SCOPED_TRACE(std::string(dtype == at::kBFloat16 ? "bf16" : "fp16") + (misaligned ? ", misaligned" : ""));
+      const auto patterns = at::arange(65536, at::kInt).to(at::kShort).view(dtype);
+      const auto finite = patterns.masked_fill(at::isfinite(patterns.to(at::kFloat)).logical_not(), 0);
+      const auto storage = at::cat({finite.narrow(0, 0, 1), finite});
+      const auto w = storage.narrow(0, misaligned ? 1 : 0, 65536).view({65536 / kColumns, kColumns});
+      for (int64_t first = 0; first < kColumns; first += kMatVecMaxRows) {
+        const auto x = at::eye(kColumns, at::kFloat).narrow(0, first, kMatVecMaxRows).to(dtype);
+        const auto y = linear_projection(x, w);
+        EXPECT_TRUE(at::equal(y.to(at::kFloat), w.narrow(1, first, kMatVecMaxRows).t().to(at::kFloat))) << "columns " << first << "..";
+      }
+    }
+  }
+}
+
 TEST(Linear, OtherCasesAreAtLinear) {
   at::manual_seed(1);
   const auto w = at::randn({64, 96}).to(at::kBFloat16), x = at::randn({kMatVecMaxRows + 1, 96}).to(at::kBFloat16);
