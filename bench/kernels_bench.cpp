@@ -1,7 +1,7 @@
 // Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (research/kernels.md 6): chunked GLA,
 // recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the gated delta rule's
 // chunked and recurrent forms and Mamba-2's SSD (per-head decay) to 4K; the recurrent
-// one-token decode step at several context lengths; and, in the context, the in-process roofline (GEMM
+// one-token decode step at several context lengths; decode's projections (one row through 16-bit weights); and, in the context, the in-process roofline (GEMM
 // GFLOP/s, streaming GB/s), CPU model, threads and LibTorch version. scripts/bench.sh (section kernels)
 // turns the JSON into the ratios the kernels issue asks for.
 //
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/delta_rule.h"
+#include "kernels/linear.h"
 #include "kernels/linear_attention.h"
 
 namespace {
@@ -231,7 +232,26 @@ BENCHMARK(BM_SsdChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 // The delta rule to 4K on both forms (its chunked form adds a triangular solve per chunk to GLA's work).
 BENCHMARK(BM_DeltaRuleChunked)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
 BENCHMARK(BM_DeltaRuleRecurrent)->Apply([](auto* b) { prefill_grid(b, 4096, 4096); });
+// Decode's projections: one row times 120 distinct [2048, 768] matrices in turn (377 MB in bf16, 755 MB in
+// fp32: streamed from memory, as a model's weights are, not from cache). arg 0: kernels::linear_projection
+// with bf16 weights (the matrix-vector loop), 1: at::linear with fp32 weights (MKL's GEMV, our fp32 path),
+// 2: at::linear with bf16 weights (oneDNN, what the loop replaced). Counter: weight bytes read per second.
+void BM_DecodeProjection(benchmark::State& state) {
+  c10::InferenceMode inference;
+  const int64_t kind = state.range(0), out = 2048, in = 768, matrices = 120;
+  const auto dtype = kind == 1 ? at::kFloat : at::kBFloat16;
+  std::vector<at::Tensor> weights;
+  for (int64_t i = 0; i < matrices; ++i) weights.push_back(at::randn({out, in}).to(dtype));
+  const auto x = at::randn({1, in}).to(dtype);
+  for (auto _ : state)
+    for (const auto& w : weights)
+      benchmark::DoNotOptimize((kind == 0 ? lk::linear_projection(x, w) : at::linear(x, w)).data_ptr());
+  state.counters["weight_bytes_per_s"] = benchmark::Counter(
+      static_cast<double>(state.iterations() * matrices * out * in * weights[0].element_size()), benchmark::Counter::kIsRate);
+}
+
 BENCHMARK(BM_FusedDecodeBaseline)->Unit(benchmark::kMicrosecond)->MinTime(0.3);
+BENCHMARK(BM_DecodeProjection)->Arg(0)->Arg(1)->Arg(2)->ArgName("kind")->Unit(benchmark::kMillisecond)->MinTime(0.5);
 BENCHMARK(BM_GlaDecodeStep)->Arg(128)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("context")->Unit(benchmark::kMicrosecond)->MinTime(0.3);
 
 }  // namespace

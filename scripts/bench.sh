@@ -218,6 +218,11 @@ base = next(v for k, v in runs.items() if k[0] == "BM_FusedDecodeBaseline")["rea
 print(f"  fused per-head decode loop (ggml's GATED_LINEAR_ATTN, raw arrays, same threads): {base:.1f} us = "
       f"{base / 32:.2f} us per token-head; our step at ctx 1024 {steps[1024]['real_time'] / base:.2f}x of it   "
       f"target <= 1.5x: {ok(steps[1024]['real_time'] / base <= 1.5)}")
+proj = {int(b["name"].split("kind:")[1].split("/")[0]): b["weight_bytes_per_s"] / 1e9 for b in bench["benchmarks"]
+        if b["name"].startswith("BM_DecodeProjection")}
+print(f"  decode projection, one row x 120 [2048, 768] matrices: bf16 matrix-vector loop {proj[0]:.1f} GB/s, "
+      f"fp32 at::linear (MKL) {proj[1]:.1f} GB/s, bf16 at::linear (oneDNN) {proj[2]:.1f} GB/s; "
+      f"bf16 decode's bound vs fp32: {2 * proj[0] / proj[1]:.2f}x (half the bytes)")
 sb = {(v["state_bytes"], v["state_bytes_formula"]) for v in steps.values()}
 print(f"  decode state bytes {', '.join(f'{a:.0f} (formula B*H*K*V*4 = {b:.0f})' for a, b in sb)}   target equal: {ok(all(a == b for a, b in sb))}")
 PYEOF
