@@ -1,4 +1,4 @@
-// Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (research/kernels.md 6): chunked GLA,
+// Linear-attention kernels on the CPU, fp32 prefill forward, B = 1 (docs/kernels.md#benchmarks): chunked GLA,
 // recurrent GLA and causal SDPA over H in {8, 32}, d in {64, 128}, T in {256 .. 32K}; the gated delta rule's
 // chunked and recurrent forms and Mamba-2's SSD (per-head decay) to 4K; the recurrent
 // one-token decode step at several context lengths; decode's projections (one row through 16-bit weights); and, in the context, the in-process roofline (GEMM
@@ -75,7 +75,7 @@ lk::LinearAttentionInputs gla_inputs(int64_t T, int64_t H, int64_t d) {
   return in;
 }
 
-// FLOPs per token and head (research/kernels.md 5), K = V = d.
+// FLOPs per token and head (docs/kernels.md#benchmarks), K = V = d.
 double chunked_gla_flops(double d) {
   const auto C = static_cast<double>(kDefaults.chunk_size), c = static_cast<double>(kDefaults.sub_chunk_size);
   return 4 * d * d + 2 * C * d + (C - c) * d;

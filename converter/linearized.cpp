@@ -245,6 +245,7 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
                         {"sha256", files}}},
                       {kHfFilesKey, hf_hashes}};
   if (!selection.is_null()) doc["linearize"]["layer_selection"] = selection;
+  if (recipe.describe) doc["linearize"]["program"] = recipe.describe(config, result.params);
   write_file_atomic(out / "config.json", doc.dump(2) + "\n");
   return result;
 }

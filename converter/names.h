@@ -53,14 +53,14 @@ inline constexpr const char* kDecayWeight = "decay_proj.weight";
 inline constexpr const char* kDecayBias = "decay_proj.bias";
 inline constexpr const char* kDecayLogScale = "A_log";
 // mamba2's (Mamba-2's in_proj parts and the rest of its layer): the gate z, dt's projection and bias, the skip
-// D, the short convolution and the gated RMSNorm.
+// D and the short convolution; the RMSNorm on a mixer's output (mamba2's gated norm, transnormer's NormAttention).
 inline constexpr const char* kGateWeight = "z_proj.weight";
 inline constexpr const char* kDtWeight = "dt_proj.weight";
 inline constexpr const char* kDtBias = "dt_bias";
 inline constexpr const char* kSkip = "D";
 inline constexpr const char* kConvWeight = "conv1d.weight";
 inline constexpr const char* kConvBias = "conv1d.bias";
-inline constexpr const char* kGateNormWeight = "norm.weight";
+inline constexpr const char* kOutputNormWeight = "norm.weight";
 
 // A module path's weight (what a LoRA merge replaces): <path>.weight. (The LoRA factors' names are PEFT's
 // file format: formats/peft_adapter.h.)

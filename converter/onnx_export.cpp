@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "converter/linearized.h"
+#include "converter/model/block_program.h"
 #include "converter/model/lora.h"
 #include "converter/onnx_graph.h"
 #include "formats/atomic_file.h"
@@ -177,14 +179,21 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   SoftmaxLayers softmax(context);
   OnnxExportResult result;
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    const auto w = [i](LayerModule m) { return names::weight(i, m); };
-    const auto normed = norm(h, w(LayerModule::input_layernorm));
     OnnxLayer layer(context, i, recipe ? recipe->params : kNoRecipeParams);
-    const auto mixed = converted[static_cast<std::size_t>(i)] ? recipe->recipe->emit_onnx(layer, normed) : softmax.emit(i, normed);
-    h = o.add(h, block.sandwich_norms ? norm(mixed, w(LayerModule::post_attention_layernorm)) : mixed);
-    const auto mlp_in = norm(h, w(block.sandwich_norms ? LayerModule::pre_feedforward_layernorm : LayerModule::post_attention_layernorm));
-    const auto mlp = gated_mlp(layer, mlp_in);
-    h = o.add(h, block.sandwich_norms ? norm(mlp, w(LayerModule::post_feedforward_layernorm)) : mlp);
+    const bool is_converted = converted[static_cast<std::size_t>(i)];
+    // The block's primitives (converter/model/block_program.h) on this layer's values in the graph.
+    using RmsNorm = decltype(norm);
+    struct Ops {
+      using Value = std::string;
+      OnnxLayer& layer;
+      const RmsNorm& rms_norm;
+      const std::function<std::string(const std::string&)> emit_mixer;
+      std::string norm(const std::string& v, BlockNorm which) { return rms_norm(v, names::weight(layer.index(), norm_module(which))); }
+      std::string mixer(const std::string& v) { return emit_mixer(v); }
+      std::string mlp(const std::string& v) { return gated_mlp(layer, v); }
+      std::string add(const std::string& a, const std::string& b) { return layer.ops().add(a, b); }
+    } ops{layer, norm, [&](const std::string& v) { return is_converted ? recipe->recipe->emit_onnx(layer, v) : softmax.emit(i, v); }};
+    h = block_program(ops, block, h).out;
   }
   h = norm(h, names::kFinalNorm);
   auto logits = o.linear(h, context.matrix(config.tie_word_embeddings ? names::kEmbedTokens : names::kLmHead));

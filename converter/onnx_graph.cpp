@@ -147,6 +147,10 @@ std::string OnnxLayer::bias(names::LayerModule module) {
 
 std::string OnnxLayer::recipe_tensor(const std::string& name) { return context_.weight(names::recipe_tensor(layer_, name)); }
 
+std::vector<std::int64_t> OnnxLayer::recipe_tensor_shape(const std::string& name) const {
+  return context_.checkpoint.entry(names::recipe_tensor(layer_, name)).shape;
+}
+
 OnnxLayer::Heads OnnxLayer::project_heads(const std::string& x) {
   using names::LayerModule;
   auto& o = ops();
@@ -249,7 +253,8 @@ OnnxLayer::WindowBranch OnnxLayer::window_branch(const std::string& q, const std
   // A padded query keeps its own key, so no row is empty (and no NaN reaches a later layer's state).
   const auto visible = o.op("And", {in_window, o.op("Or", {o.unsqueeze(valid, {1, 2, 3}), o.op("Equal", {w.back, o.scalar_i64(0)})})});
   const auto grouped = [&](const std::string& x, std::int64_t g) { return o.reshape(x, {0, Hkv, g, -1, D}); };
-  const auto scale = o.f32(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))));
+  // The source attention's scale (Gemma 3: query_pre_attn_scalar^-1/2), as kernels/hybrid_attention.h takes it.
+  const auto scale = o.f32(static_cast<float>(c.block.attention_scale.value_or(1.0 / std::sqrt(static_cast<double>(D)))));
   const auto scores = o.mul(o.matmul(grouped(q, G), o.transpose(grouped(w.keys, 1), {0, 1, 2, 4, 3})), scale);
   const auto masked = o.op("Where", {visible, scores, o.f32(kMinusInfinity)});
   const auto weights = o.exp(o.sub(masked, o.reduce_max(masked, -1)));  // [B, Hkv, G, S, T]

@@ -152,6 +152,7 @@ class OnnxLayer {
       : context_(context), layer_(layer), params_(params) {}
 
   const ModelConfig& config() const { return context_.config; }
+  std::int64_t index() const { return layer_; }
   const RecipeParams& params() const { return params_; }
   std::int64_t opset() const { return context_.opset; }
   OnnxOps& ops() { return context_.ops; }
@@ -162,6 +163,7 @@ class OnnxLayer {
   std::string weight(names::LayerModule module);
   std::string bias(names::LayerModule module);  // empty when the checkpoint has none
   std::string recipe_tensor(const std::string& name);
+  std::vector<std::int64_t> recipe_tensor_shape(const std::string& name) const;
 
   // The source attention's heads of x [B, S, hidden]: q [B, H, S, D], k and v [B, Hkv, S, D] (after q/k
   // norms, before RoPE); RoPE at the call's positions; o [B, H, S, D] -> o_proj -> [B, S, hidden].

@@ -1,4 +1,4 @@
-// Stage 1, attention transfer (LoLCATs, research/linearization.md 2; DESIGN section 7): only the recipe's
+// Stage 1, attention transfer (LoLCATs, arXiv 2410.10254; docs/distillation.md#stage-1-attention-transfer): only the recipe's
 // new tensors train, against the exact fp32 softmax attention of the same layer on the same input.
 // Joint over all converted layers: the source model's forward (no grad) gives every layer's input
 // (`layers.{i}.attn_in`, the teacher's hidden states, as LoLCATs feeds the teacher's output onward) and
@@ -7,7 +7,7 @@
 //   loss = factor x mean over converted layers of the layer's loss,
 // the layer's loss being (stage1.loss)
 //   mse : MSE(student mixer output, teacher output) (LoLCATs stage 1);
-//   xent: Hedgehog's attention distillation (Zhang et al. 2024, arXiv 2402.04347; research/linearization.md 3),
+//   xent: Hedgehog's attention distillation (Zhang et al. 2024, arXiv 2402.04347; docs/recipes.md#hedgehog),
 //         mean over batch, heads and queries i of -sum_j A_ij log Â_ij, A the teacher's causal softmax
 //         weights and Â the student's (TokenMixer::attention_weights), as soft labels. Defined for mixers
 //         whose output is a normalised mix of values (hedgehog; lolcats, whose weights are the window and

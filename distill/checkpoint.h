@@ -1,4 +1,4 @@
-// Training checkpoints (DESIGN section 7): everything a run needs to continue exactly where it stopped,
+// Training checkpoints (docs/distillation.md#checkpoints-and-resume): everything a run needs to continue exactly where it stopped,
 // as a directory <root>/step-000123/ that appears whole or not at all:
 //   trainables.safetensors  the trained tensors, by name
 //   optimizer.safetensors   AdamW moments per trainable: <name>.exp_avg, <name>.exp_avg_sq (+ .max_exp_avg_sq)

@@ -1,4 +1,4 @@
-// A distill process's place in a multi-process job (DESIGN section 7, scale-out) and the collectives it
+// A distill process's place in a multi-process job (docs/distillation.md#multi-process) and the collectives it
 // needs, on c10d's process groups as LibTorch ships them: Gloo on CPU tensors, NCCL on CUDA ones (rank r
 // uses GPU LOCAL_RANK; built where the torch wheel's NCCL headers are, LINEARIZE_WITH_NCCL). Launched like torchrun
 // (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS,

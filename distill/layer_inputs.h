@@ -1,4 +1,4 @@
-// Layer-wise (block-wise) attention transfer (DESIGN sections 5 and 7; research/linearization.md 2, LoLCATs'
+// Layer-wise (block-wise) attention transfer (docs/distillation.md#stage-1-attention-transfer, docs/formats.md#hdf5-stores; LoLCATs'
 // save_llama_attn_inputs.py + distill_mini_train.py): the teacher runs once over the training sequences
 // and an HDF5 file keeps, per converted layer, its input (`layers.{i}.attn_in`) and the teacher's output
 // (`layers.{i}.attn_out`), one row [T, hidden] fp32 per sequence. Each layer then trains on its own rows,

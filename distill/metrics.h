@@ -1,4 +1,4 @@
-// Run records (DESIGN section 7): metrics.jsonl (one JSON object per log step, flushed at once, so a
+// Run records (docs/distillation.md#metrics-and-report): metrics.jsonl (one JSON object per log step, flushed at once, so a
 // killed run keeps everything it logged), the progress line, and report.html (loss curves and per-layer
 // bars as inline SVG: no JavaScript, nothing fetched from the network).
 #pragma once

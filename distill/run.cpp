@@ -89,7 +89,7 @@ TokenDataset make_dataset(const RunConfig& config, const ModelConfig& model) {
   return TokenDataset(std::move(documents), options, "data.files");
 }
 
-// bf16 autocast over a micro-batch's forward (DESIGN section 7: bf16 on CUDA by default, fp32 on CPU unless
+// bf16 autocast over a micro-batch's forward (docs/distillation.md#stage-2-lora: bf16 on CUDA by default, fp32 on CPU unless
 // asked): autocast's op lists run matmuls in bf16 and reductions, softmaxes and losses in fp32; weights,
 // trainables and AdamW's moments stay fp32. The backward runs outside it, as torch.autocast recommends.
 class AutocastScope {
@@ -476,7 +476,7 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
     plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
     return train_stage(plan, ctx, result);
   }
-  // Block-wise (DESIGN section 7): the teacher's input and output of every converted layer, for every
+  // Block-wise (docs/distillation.md#stage-1-attention-transfer): the teacher's input and output of every converted layer, for every
   // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows. With
   // several ranks (block-parallel, as LoLCATs trains a 405B model block by block): rank r owns the
   // contiguous block of layers [r n/W, (r+1) n/W), caches only those (its shard of the cache, under its rank

@@ -1,4 +1,4 @@
-// A `linearize distill` run (DESIGN section 7): converts the source with the recipe into <out>/converted
+// A `linearize distill` run (docs/distillation.md): converts the source with the recipe into <out>/converted
 // (once), trains stage 1 (attention transfer, distill/attention_transfer.h), then stage 2 (LoRA on the
 // configured projections, base frozen, next-token CE and/or KL to the source's logits), each with AdamW,
 // its schedule, gradient accumulation and clipping. Optimiser steps are numbered across both stages

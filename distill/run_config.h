@@ -1,4 +1,4 @@
-// The YAML run file of `linearize distill` (DESIGN section 7) as typed structs with defaults.
+// The YAML run file of `linearize distill` (docs/distillation.md#run-file) as typed structs with defaults.
 //
 // Every key has a default (below); `model`, `out`, `recipe.name` and `data.files` are required. Keys are
 // checked against the schema before any work: an unknown key, or a value of the wrong type, throws
@@ -6,7 +6,7 @@
 // `recipe.params` is free-form: it is handed to the recipe registry, which checks it.
 // Defaults follow LoLCATs (stage 1 MSE x 1000 at lr 1e-2, stage 2 LoRA r 8 / alpha 16 on q,k,v,o at lr
 // 1e-4, micro-batch 1 x accumulation 8, 1024-token packed sequences, ReduceLROnPlateau x0.1 patience 10;
-// research/linearization.md section 2) with HF Trainer's gradient clipping at 1.0.
+// LoLCATs, arXiv 2410.10254) with HF Trainer's gradient clipping at 1.0.
 // Relative paths are used as written (relative to the working directory), not to the YAML file.
 #pragma once
 

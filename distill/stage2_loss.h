@@ -1,4 +1,4 @@
-// Stage 2's loss (DESIGN section 7) on ids [B, T] with labels [B, T] (-100: no loss), averaged over the
+// Stage 2's loss (docs/distillation.md#stage-2-lora) on ids [B, T] with labels [B, T] (-100: no loss), averaged over the
 // predicted tokens: next-token cross-entropy (position t predicts label t + 1, the HF shift), KL(teacher ||
 // student) of the next-token distributions on the same positions (the teacher is the source model, no
 // grad), or their sum. Differentiable in the student's trainables (its LoRA adapters). With `cached`, the

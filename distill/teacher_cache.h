@@ -1,4 +1,4 @@
-// Stage 2's KL teacher computed once and cached (DESIGN section 7; stage2.teacher_cache), instead of a
+// Stage 2's KL teacher computed once and cached (docs/distillation.md#teacher-cache; stage2.teacher_cache), instead of a
 // teacher forward every step. Full next-token distributions cannot be kept (a 128K vocabulary is 512 MB
 // of fp32 per 1024-token sequence), so per predicted position the cache keeps the teacher's k most
 // probable tokens S, their log-probabilities, and the log of the mass p_o = 1 - sum_S p_i outside them.

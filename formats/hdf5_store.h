@@ -1,4 +1,4 @@
-// HDF5 activation stores (DESIGN section 5): named datasets of [N, ...row] tensors (e.g. layer inputs
+// HDF5 activation stores (docs/formats.md#hdf5-stores): named datasets of [N, ...row] tensors (e.g. layer inputs
 // [N, T, D] for block-wise attention transfer, golden references; int32 for ids), fp32, bf16 or int32, written row-block by
 // row-block and read back by row range. bf16 is stored as uint16 bit patterns with the attribute
 // dtype = "bf16" (HDF5 has no bf16 type), so h5py sees uint16 and can view them as bf16 itself.

@@ -13,8 +13,8 @@ class MappedFile {
  public:
   // Maps the file read-only and shared. Tensor views of it are therefore read-only: an in-place op on a
   // loaded weight faults at once instead of silently diverging from the file (copy what you modify).
-  // Measured (scripts/bench.sh, 2 GB, 256 tensors): open+validate+touch 1.50 ms here vs 1.75 ms with a
-  // private writable (copy-on-write) mapping.
+  // A private writable (copy-on-write) mapping is no faster to open, validate and touch (scripts/bench.sh
+  // safetensors times this one).
   static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;

@@ -1,7 +1,7 @@
 // The safetensors header: parsing with full validation, and serialising. No tensor library here, so the
 // parser can be fuzzed on its own (tests/fuzz).
 //
-// Layout (research/converters.md A.3): u64 little-endian N, N bytes of UTF-8 JSON starting with '{'
+// Layout (docs/formats.md#safetensors): u64 little-endian N, N bytes of UTF-8 JSON starting with '{'
 // (right-padded with spaces), then the data buffer. Offsets are relative to the buffer, END exclusive,
 // and must tile the buffer exactly: contiguous from 0, no holes, no overlap, nothing after the last.
 #pragma once

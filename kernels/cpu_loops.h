@@ -60,7 +60,7 @@ LINEARIZE_INLINE Acc dot(const Acc* x, const KV* y, int64_t n) {
 }
 
 // One token of the gated linear recurrence for one kv head, as ggml's GATED_LINEAR_ATTN: the state
-// S = diag(decay) S_prev + k v^T (research/kernels.md 1.1) row by row, each new row added into the G query
+// S = diag(decay) S_prev + k v^T (docs/kernels.md#linear-attention) row by row, each new row added into the G query
 // heads' outputs o_g = scale S^T q_g while it is in cache, so the state [K, V'] is read and written once.
 // decay: K per-channel factors, or null for scalar_decay on every row. S may be S_prev (in place).
 template <typename T>

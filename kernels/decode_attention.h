@@ -2,9 +2,9 @@
 // autograd it runs as two fused loops (scores with their row max; then the weighted values) around one
 // vectorised exp, each key and value row read once for the G query heads that share it, bf16 / fp16 caches
 // widened on the fly with fp32 accumulation. It replaces at::scaled_dot_product_attention for one query:
-// there the bf16 path calls an M = 1 GEMM per head and block (MKL's generic bf16 GEMV on AMD), 19% of
-// bf16 decode on llama-100m, and the fp32 path and the window hybrids' ATen form cost ~15 dispatched ops
-// per layer and token where the arithmetic is a few microseconds.
+// there the bf16 path calls an M = 1 GEMM per head and block (MKL's generic bf16 GEMV on AMD CPUs), and the
+// fp32 path and the window hybrids' ATen form dispatch ~15 ops per layer and token for little arithmetic
+// (decode speed: scripts/bench.sh decoder).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// The (gated) delta rule, DeltaNet / Gated DeltaNet (research/kernels.md 1.1), fla's recurrence:
+// The (gated) delta rule, DeltaNet / Gated DeltaNet (docs/kernels.md#delta-rule), fla's recurrence:
 //   h_t = exp(g_t) h_{t-1};  u_t = beta_t (v_t - h_t^T k_t);  h_t += k_t u_t^T;  o_t = scale * h_t^T q_t
 // in three forms: recurrent (token by token, for decode), chunked (WY form: per chunk one unit lower
 // triangular solve (I + L) U = diag(beta)(V - diag(exp G) K S), then a scan over chunks) and parallel (the

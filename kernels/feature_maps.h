@@ -1,4 +1,4 @@
-// Feature maps phi applied to queries and keys before a linear-attention mixer (research/linearization.md):
+// Feature maps phi applied to queries and keys before a linear-attention mixer (docs/recipes.md):
 // x is [B, T, H, d]; learned maps hold one weight per head, W [H, d, f], optional bias [H, f].
 #pragma once
 

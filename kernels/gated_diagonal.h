@@ -1,5 +1,5 @@
 // The diagonal sub-blocks of chunked GLA's intra-chunk scores (internal to kernels/), the one part of
-// fla's secondary chunking that cannot be a matmul (research/kernels.md 1.1, stage 2): within each
+// fla's secondary chunking that cannot be a matmul (docs/recipes.md#gates-in-log-space): within each
 // sub-chunk of c tokens,
 //   A[i, j] = sum_k q_ik k_jk exp(G_ik - G_jk)   for j <= i, zero above the diagonal,
 // with G the per-chunk cumsum of the per-channel log gates (GLA paper eq. for the intra-chunk part).

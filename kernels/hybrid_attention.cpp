@@ -53,13 +53,16 @@ void keep_last_keys(const WindowKeys& keys, int64_t window, HybridState& state) 
   state.v = keys.v.narrow(1, n - keep, keep).clone();
 }
 
+double window_scale(std::optional<double> scale, int64_t head_dim) {
+  return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
 // The window branch in the call's form: one block of all queries (the full masked matrix), blocks of C
 // queries, or one query at a time (decode).
 WindowSoftmaxParts window_branch(const at::Tensor& q, const WindowKeys& keys, const HybridAttentionOptions& opt) {
   const int64_t T = q.size(1);
   const int64_t block = opt.form == MixerForm::parallel ? T : opt.form == MixerForm::chunked ? opt.chunk_size : 1;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, scale, block);
+  return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, window_scale(opt.scale, q.size(3)), block);
 }
 
 LinearAttentionOptions linear_options(const HybridAttentionOptions& opt) {
@@ -227,11 +230,10 @@ T* data_as(const at::Tensor& t) {
 template <Hybrid kKind>
 at::Tensor run_step(const at::Tensor& q, const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& decay,
                     const at::Tensor& factor, const at::Tensor& k, const at::Tensor& v, HybridState& state,
-                    const StepLayout& L) {
+                    const StepLayout& L, double scale) {
   const auto compute = q.scalar_type(), cache = state.k.scalar_type();
   const at::Tensor k_new = k.to(cache).contiguous(), v_new = v.to(cache).contiguous();
   at::Tensor o = at::empty({q.size(0), 1, q.size(2), L.V}, q.options());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(L.D));
   const auto run = [&](auto acc, auto kv, auto fn) {
     using Acc = decltype(acc);
     using KV = decltype(kv);
@@ -315,7 +317,7 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const 
 }
 
 
-at::Tensor liger_decode_step(const LigerAttentionInputs& in, HybridState& state, int64_t window) {
+at::Tensor liger_decode_step(const LigerAttentionInputs& in, HybridState& state, int64_t window, std::optional<double> scale) {
   if (!in.log_decay.defined() || in.log_decay.dim() != 4 ||
       !step_applies({in.q, in.k, in.v, in.phi_q, in.phi_k, in.log_decay}, in.q, state, window))
     return {};  // not a decode step on a full window, or not Liger's per-channel gates
@@ -332,11 +334,13 @@ at::Tensor liger_decode_step(const LigerAttentionInputs& in, HybridState& state,
   const auto as_compute = [compute](const at::Tensor& t) { return t.to(compute).contiguous(); };
   const StepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start, Hkv};
   return run_step<Hybrid::liger>(as_compute(q), as_compute(in.phi_q), as_compute(in.phi_k),
-                                 in.log_decay.to(compute).exp().contiguous(), {}, in.k, in.v, state, L)
+                                 in.log_decay.to(compute).exp().contiguous(), {}, in.k, in.v, state, L,
+                                 window_scale(scale, D))
       .to(q.scalar_type());
 }
 
-at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& in, HybridState& state, int64_t window) {
+at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& in, HybridState& state, int64_t window,
+                               std::optional<double> scale) {
   if (!in.phi_k || !step_applies({in.q, in.k, in.v, in.phi_q, in.window_factor}, in.q, state, window)) return {};
   const at::Tensor& q = in.q;
   const auto compute = compute_type(q);
@@ -354,7 +358,8 @@ at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& in, HybridState& st
   const auto as_compute = [compute](const at::Tensor& t) { return t.to(compute).contiguous(); };
   const StepLayout L{Hkv, Hq / Hkv, D, V, F, window, state.ring_start, Hf};
   return run_step<Hybrid::lolcats>(as_compute(q), as_compute(in.phi_q), leaving, {},
-                                   at::sigmoid(in.window_factor.to(compute)).contiguous(), in.k, in.v, state, L)
+                                   at::sigmoid(in.window_factor.to(compute)).contiguous(), in.k, in.v, state, L,
+                                   window_scale(scale, D))
       .to(q.scalar_type());
 }
 

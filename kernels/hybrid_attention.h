@@ -1,6 +1,6 @@
 // Sliding-window softmax attention + linear attention in one token mixer, the intra-layer hybrids of
 // Liger and LoLCATs (research/linearization.md 1 and 2). Query n sees the keys n - window < j <= n through
-// exact softmax (scores s_nj = q_n.k_j / sqrt(D), every exponent s_nj - c_n <= 0, c_n the row max), and the
+// exact softmax (scores s_nj = scale q_n.k_j, scale the source's, D^-1/2 by default, every exponent s_nj - c_n <= 0, c_n the row max), and the
 // linear branch covers
 //   Liger  : every key j <= n with GLA; o_n = 0.5 num_n / den_n + 0.5 o_lin_n (two separate normalisers),
 //            o_lin_n = phi_q(q_n)^T S_n,  S_n = diag(exp(g_n)) S_{n-1} + phi_k(k_n) v_n^T  (scale 1);
@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 
 #include "kernels/linear_attention.h"
 
@@ -41,6 +42,8 @@ struct HybridAttentionOptions {
   MixerForm form = MixerForm::chunked;
   int64_t window = 64;
   int64_t chunk_size = 64;      // chunked form: query block of the window branch and chunk of the linear one
+  // Of q.k in the window branch: the source attention's (Gemma 3's query_pre_attn_scalar^-1/2); unset: D^-1/2.
+  std::optional<double> scale = std::nullopt;
 };
 
 struct HybridAttentionOutput {
@@ -74,9 +77,11 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& inputs, co
 // ring), takes the window softmax over it, advances the GLA state in place and mixes the two halves. It
 // updates `state` in place and returns o [B,1,Hq,V] in q's dtype; an undefined tensor where it does not
 // apply (then call liger_attention). Equal to liger_attention's recurrent form up to summation order.
-at::Tensor liger_decode_step(const LigerAttentionInputs& inputs, HybridState& state, int64_t window);
+at::Tensor liger_decode_step(const LigerAttentionInputs& inputs, HybridState& state, int64_t window,
+                             std::optional<double> scale = std::nullopt);
 // LoLCATs' step, the same way: the oldest cached key leaves the window through phi_k into the linear state
 // (its value with a ones column), then the new key takes its slot and the two parts share one normaliser.
-at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& inputs, HybridState& state, int64_t window);
+at::Tensor lolcats_decode_step(const LolcatsAttentionInputs& inputs, HybridState& state, int64_t window,
+                               std::optional<double> scale = std::nullopt);
 
 }  // namespace linearize::kernels

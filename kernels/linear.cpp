@@ -17,8 +17,8 @@ using detail::widen;
 
 // Decode reads each weight row once, so the loop runs at the memory's pace only if loads stay in flight: a
 // prefetch kLookahead bytes ahead (past the row's end into the next one). With it and the word pairs below,
-// one core streams bf16 weights at 13.4-14.8 GB/s on a 2-core Xeon, about as MKL's fp32 GEMV does
-// (14.5-14.7; oneDNN's bf16 8.4-8.6): kernels bench, BM_DecodeProjection.
+// one core streams bf16 weights about as fast as MKL's fp32 GEMV streams fp32 ones, and faster than
+// oneDNN's bf16 GEMM: scripts/bench.sh kernels (BM_DecodeProjection).
 constexpr int64_t kLookahead = 2048;
 
 using Floats = float __attribute__((vector_size(64)));  // GCC vector types: 16 lanes, any clone's ISA

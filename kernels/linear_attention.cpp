@@ -246,7 +246,7 @@ CoreResult parallel(const Problem& p, const at::Tensor& h0) {
   return {o.permute({0, 3, 1, 2, 4}).reshape({p.B, p.T, p.Hq, -1}), h};
 }
 
-// ---- chunked (research/kernels.md 1.1). Per chunk n, with G the per-chunk inclusive cumsum of the log
+// ---- chunked (docs/recipes.md#three-forms). Per chunk n, with G the per-chunk inclusive cumsum of the log
 // gates (reset at each chunk) and h_n the state at its start:
 //   o_n = (Q (.) exp G) h_n + A_n V_n,   h_{n+1} = diag(exp G_last) h_n + (K (.) exp(G_last - G))^T V_n.
 // Nothing but h_n depends on earlier chunks, so the decayed q and k and the intra-chunk output A_n V_n are
@@ -312,8 +312,8 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
   const int64_t N = layout.chunks(), BH = p.B * p.Hkv, K = p.K, Vp = p.v.size(-1);
   const int64_t c = p.gate == Gate::channel ? sub_chunk_for(C, opt.sub_chunk_size) : C;
   // A slab's temporaries are a few copies of its q, k, v, gates and output (the scalar-gate scores add
-  // G*C*C). Small slabs (one chunk of all heads at H = 8, d = 128) measured fastest: the temporaries stay
-  // in cache and their allocations are reused.
+  // G*C*C). Small slabs (one chunk of all heads at H = 8, d = 128) are the fastest (scripts/bench.sh
+  // kernels): the temporaries stay in cache and their allocations are reused.
   const int64_t per_chunk = BH * C * (p.G * (2 * K + 2 * Vp + C) + 5 * K + Vp);
   const int64_t slab = detail::chunks_per_slab(per_chunk, N, int64_t{1} << 18);
 

@@ -1,14 +1,14 @@
-// Gated linear attention in three forms that compute the same function (DESIGN section 4):
+// Gated linear attention in three forms that compute the same function (docs/recipes.md#three-forms):
 //   parallel  : the quadratic masked form, the oracle (O(T^2) memory; O(T^2 K) with per-channel gates);
 //   chunked   : chunks of C tokens, batched matmuls inside a chunk and a scan over chunk states, for
-//               prefill and training (research/kernels.md 1.1);
+//               prefill and training (docs/recipes.md#gates-in-log-space);
 //   recurrent : token by token on a state [B, H_kv, K, V], for decode.
 // One recurrence covers linear attention, simple GLA / retention and GLA:
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = scale * S_t^T q_t
 // with g_t = 0 (linear attention), a scalar per head and step (simple GLA), a fixed per-head
 // log gamma (RetNet / Lightning / SUPRA) or one value per key channel (GLA). Normalised linear attention
 // also carries z_t = diag(exp(g_t)) z_{t-1} + k_t and returns o_t / (scale q_t.z_t + eps) (fla's
-// normalize=True, research/kernels.md 1.1).
+// normalize=True, docs/kernels.md#linear-attention).
 //
 // Layout is fla's, sequence first: q [B,T,Hq,K], k [B,T,Hkv,K], v [B,T,Hkv,V], o [B,T,Hq,V].
 // Grouped-query attention: Hq = G * Hkv and query head h reads kv head h / G. The state only depends on

@@ -146,7 +146,7 @@ PYEOF
 )
 }
 
-# Linear-attention kernels, fp32 prefill forward on the CPU (research/kernels.md 6): chunked GLA against
+# Linear-attention kernels, fp32 prefill forward on the CPU (docs/kernels.md#benchmarks): chunked GLA against
 # recurrent GLA and causal SDPA, decode-step flatness, and chunked GLA's share of the in-process GEMM roofline.
 # KERNELS_BENCH_THREADS (default 1): the benchmark and its roofline run with this many threads; on a
 # shared 2-core machine OpenMP barriers with 2 threads stall whenever another process takes a core.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""L5 of the verification contract (DESIGN section 6): an export's own transformers files
+"""L5 of the verification contract (docs/verification.md#l5-transformers): an export's own transformers files
 (configuration_linearize.py, modeling_linearize.py) compute what `linearize` computes.
 
     .venv/bin/python scripts/check_hf_export.py --model DST [--linearize build/cli/linearize] [--json out.json]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""L6 of the verification contract (DESIGN section 6): an export's model.onnx (from `linearize export-onnx`)
+"""L6 of the verification contract (docs/verification.md#l6-onnx): an export's model.onnx (from `linearize export-onnx`)
 run by onnxruntime computes what `linearize` computes.
 
     .venv/bin/python scripts/check_onnx_export.py --model DST [--onnx DST/model.onnx] [--linearize build/cli/linearize] [--json out.json]

@@ -1,17 +1,16 @@
 """A Linearize export in transformers: the source family's own decoder (its norms, MLP, RoPE, embeddings, taken
 from transformers) with the converted layers' attention replaced by the recipe's mixer, in plain PyTorch.
 
-Each mixer computes what Linearize's C++ mixer computes (converter/recipes/*.cpp, kernels/*.h; DESIGN sections
-3-4): prefill runs a chunked form, decode one token on the carried state, both through the same functions, so
-the two agree by construction. The state lives in `LinearizeCache`, a transformers Cache: a recurrent state
+Each converted layer runs the recipe's mixer program, which the export records in config.json (linearize.program):
+the same program Linearize's LibTorch and ONNX backends instantiate (converter/recipes/mixer_program.h), run here
+primitive by primitive (ProgramRun), so this file holds no recipe. Prefill runs a chunked form, decode one token on
+the carried state, both through the same functions, so the two agree by construction. The state lives in `LinearizeCache`, a transformers Cache: a recurrent state
 (fixed size) plus, for the window hybrids, the last `window` keys; layers kept as softmax attention keep their
 source KV cache. A padded token (attention_mask 0) is an exact no-op on the state: its key and write are zeroed
 and its decay is 1, so a left-padded row computes what the row alone computes. Kept in the Linearize repository
 (converter/hf/) and copied, with its sha256 recorded, into every export; tests/python/test_exports.py checks it
 against `linearize forward` and `linearize generate`.
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -210,29 +209,34 @@ class LinearizeCache(Cache):
         return sum(layer.nbytes() for layer in self.layers if isinstance(layer, MixerCacheLayer))
 
 
-class Parameters(nn.Module):
-    """Holds a recipe tensor under its Linearize name (<scope>.weight, <scope>.bias)."""
-
-    def __init__(self, weight_shape, bias_shape=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(weight_shape))
-        if bias_shape is not None:
-            self.bias = nn.Parameter(torch.zeros(bias_shape))
+def add_parameter(module, name, shape):
+    """Registers a recipe tensor under its Linearize name ("feature_map_q.weight": a submodule's weight)."""
+    *path, leaf = name.split(".")
+    for part in path:
+        if not hasattr(module, part):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    module.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
 
 
 class LinearizedAttention(nn.Module):
-    """A converted layer's attention: the source's q/k/v/o projections (and q/k norms) plus a recipe's mixer."""
+    """A converted layer's attention: the source's q/k/v/o projections (and q/k norms) plus the recipe's mixer, run
+    from the program the export records (config.json linearize.program, written by Linearize's ProgramRecorder
+    from the same program its LibTorch and ONNX backends instantiate: converter/recipes/mixer_program.h)."""
 
-    def __init__(self, source_attn, config, params, layer_idx):
+    def __init__(self, source_attn, config, program, layer_idx):
         super().__init__()
         self.layer_idx = layer_idx
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = source_attn.head_dim
-        self.params = params
+        self.scaling = source_attn.scaling  # of q.k in the window branch: the source's (Gemma 3's query_pre_attn_scalar)
+        self.program = program
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
             source_attn.q_proj, source_attn.k_proj, source_attn.v_proj, source_attn.o_proj)
         self.q_norm = getattr(source_attn, "q_norm", None)
         self.k_norm = getattr(source_attn, "k_norm", None)
+        for name, shape in program["tensors"].items():
+            add_parameter(self, name, shape)
 
     def project(self, x):
         """q [B, T, H, D], k and v [B, T, Hkv, D]: after the family's q/k norm, before RoPE."""
@@ -252,249 +256,227 @@ class LinearizedAttention(nn.Module):
             valid = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device)
         else:
             valid = linearize_padding_mask[:, -T:].to(device=hidden_states.device, dtype=torch.bool)
-        o = self.mix(hidden_states, position_embeddings, valid, cache)
+        out = ProgramRun(self, hidden_states, position_embeddings, valid, cache).run(self.program)
         if cache is not None:
             cache.seen += T
             cache.is_initialized = True
-        return self.o_proj(o.to(hidden_states.dtype).reshape(B, T, -1)), None
+        return out, None
 
-    def mix(self, x, position_embeddings, valid, cache):
-        """[B, T, H, V]: the mixer's output per head before o_proj; advances `cache` when given."""
-        raise NotImplementedError
-
-    def window_branch(self, q, k, v, valid, cache):
+    def window_branch(self, q, k, v, valid, cache, window):
         """Window keys: the cached ones then these; returns num, den of `window_attention` and updates the cache."""
-        B = q.shape[0]
-        window = self.params["window"]
         if cache is not None and cache.keys is not None:
             keys, values = torch.cat([cache.keys, k], 1), torch.cat([cache.values, v], 1)
             key_valid = torch.cat([cache.valid, valid], 1)
             first = cache.keys.shape[1]
         else:
             keys, values, key_valid, first = k, v, valid, 0
-        num, den = window_attention(q, keys, values, key_valid, first, window, self.head_dim ** -0.5)
+        num, den = window_attention(q, keys, values, key_valid, first, window, self.scaling)
         if cache is not None:
             cache.keys, cache.values, cache.valid = keys[:, -window:], values[:, -window:], key_valid[:, -window:]
         return num, den, keys, values, key_valid, first
 
 
-class HedgehogAttention(LinearizedAttention):
-    """Hedgehog (Zhang et al. 2024): o_n = sum_j phi(q_n).phi(k_j) v_j / sum_j phi(q_n).phi(k_j), phi the learned
-    Hedgehog map per query head on RoPE'd q, k (converter/recipes/hedgehog.cpp)."""
+class ProgramRun:
+    """One call of a converted layer: the recorded program's primitives on tensors in the sequence-first layout
+    ([B, T, H, D]; one value per head and token [B, T, H, 1]), as Linearize's TorchMixerOps computes them
+    (converter/recipes/torch_mixer_ops.cpp). The recurrences carry their state in `cache` and skip padded tokens:
+    a padded token's key, write and conv input are zeroed and its decay is 1, so a left-padded row computes what
+    the row alone computes."""
 
-    def __init__(self, source_attn, config, params, layer_idx):
-        super().__init__(source_attn, config, params, layer_idx)
-        f = params.get("feature_dim") or self.head_dim // 2
-        self.feature_map_q = Parameters((self.heads, self.head_dim, f))
-        self.feature_map_k = Parameters((self.heads, self.head_dim, f))
+    def __init__(self, layer, x, position_embeddings, valid, cache):
+        self.layer, self.x, self.valid, self.cache = layer, x, valid, cache
+        self.cos, self.sin = position_embeddings if position_embeddings is not None else (None, None)
+        self.compute = wide(x).dtype
+        self.B, self.T = x.shape[:2]
 
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
-        cos, sin = position_embeddings
-        phi_q = hedgehog(wide(rope(q, cos, sin)), self.feature_map_q.weight)
-        phi_k = hedgehog(repeat_heads(wide(rope(k, cos, sin)), self.heads), self.feature_map_k.weight)
-        v = repeat_heads(wide(v), self.heads)
-        # The normaliser rides along as a column of ones: the state's last column is z = sum phi(k).
-        v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-        o, state = gated_linear_attention(phi_q, zero_where_padded(phi_k, valid), v, None,
-                                          cache.state if cache is not None else None, CHUNK)
-        if cache is not None:
-            cache.state = state
-        return o[..., :-1] / (o[..., -1:] + 1e-10)  # fla's normaliser epsilon, as Linearize
+    def run(self, program, values=None):
+        values = dict(values or {program["input"]: self.x})
+        for op in program["ops"]:
+            result = getattr(self, op["op"])(op, *[values.get(i) for i in op["in"]])
+            outs = op["out"] if isinstance(op["out"], list) else [op["out"]]
+            values.update(zip(outs, result if isinstance(op["out"], list) else [result]))
+        return values[program["output"]]
 
+    def tensor(self, name):
+        return self.layer.get_parameter(name)
 
-class LolcatsAttention(LinearizedAttention):
-    """LoLCATs (converter/recipes/lolcats.cpp): exact softmax over the last `window` keys and Hedgehog linear
-    attention over the keys that left it, sharing one normaliser, the window weighted by sigmoid(w_h):
-    y_n = (g_h num_n + phi_q(q_n)^T S_{n-window}) / (g_h den_n + phi_q(q_n).z_{n-window}). A key enters the
-    state when it leaves the window, so prefill and decode agree."""
+    def state(self):
+        return self.cache.state if self.cache is not None else None
 
-    def __init__(self, source_attn, config, params, layer_idx):
-        super().__init__(source_attn, config, params, layer_idx)
-        f = params.get("feature_dim") or self.head_dim // 2
-        self.feature_map_q = Parameters((self.heads, self.head_dim, f))
-        self.feature_map_k = Parameters((self.heads, self.head_dim, f))
-        self.window_factors = nn.Parameter(torch.zeros(self.heads))
+    def set_state(self, state):
+        if self.cache is not None:
+            self.cache.state = state
 
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
-        cos, sin = position_embeddings
-        q, k, v = wide(rope(q, cos, sin)), wide(rope(k, cos, sin)), wide(v)
-        T, window = q.shape[1], self.params["window"]
-        num, den, keys, values, key_valid, first = self.window_branch(q, k, v, valid, cache)
-        # The key leaving the window at query t (key index first + t - window) enters the linear state.
-        leaving = torch.arange(T, device=q.device) + first - window
-        index = leaving.clamp(min=0)
-        enters = (leaving >= 0).unsqueeze(0) & key_valid[:, index]
-        phi_k = hedgehog(repeat_heads(keys[:, index], self.heads), self.feature_map_k.weight)
-        v_in = repeat_heads(values[:, index], self.heads)
-        v_in = torch.cat([v_in, torch.ones_like(v_in[..., :1])], -1)
-        lin, state = gated_linear_attention(hedgehog(q, self.feature_map_q.weight), zero_where_padded(phi_k, enters),
-                                            v_in, None, cache.state if cache is not None else None, CHUNK)
-        if cache is not None:
-            cache.state = state
-        g = torch.sigmoid(self.window_factors.to(q.dtype)).view(1, 1, -1, 1)
-        return (g * num + lin[..., :-1]) / (g * den + lin[..., -1:])
+    # Shapes and layouts.
+    def project_heads(self, op, x):
+        return self.layer.project(x)
 
+    def rope(self, op, v):
+        return rope(v, self.cos, self.sin)
 
-class LigerGlaAttention(LinearizedAttention):
-    """Liger-GLA (converter/recipes/liger_gla.cpp): o = 0.5 softmax-window(RoPE'd q, k) + 0.5 GLA(softmax_d(q),
-    softmax_d(k), v) with log a_t = logsigmoid(k_t) / gate_normalizer per key channel, no RoPE in the GLA."""
+    def repeat_kv(self, op, v):
+        return repeat_heads(v, self.layer.heads)
 
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
-        cos, sin = position_embeddings
-        kw, v = wide(k), wide(v)
-        log_decay = zero_where_padded(F.logsigmoid(kw) / self.params["gate_normalizer"], valid)
-        o_lin, state = gated_linear_attention(wide(q).softmax(-1), zero_where_padded(kw.softmax(-1), valid), v,
-                                              log_decay, cache.state if cache is not None else None, CHUNK_PER_CHANNEL)
-        num, den, *_ = self.window_branch(wide(rope(q, cos, sin)), wide(rope(k, cos, sin)), v, valid, cache)
-        if cache is not None:
-            cache.state = state
-        return 0.5 * num / den + 0.5 * o_lin
+    def fp32(self, op, v):
+        return wide(v)
 
+    def merge_heads(self, op, v):
+        return v.reshape(self.B, self.T, -1)
 
-def alibi_slopes(n):
-    """ALiBi slopes (Press et al. 2022), as converter/recipes/supra.cpp."""
-    def power_of_two(m):
-        start = 2.0 ** (-8.0 / m)
-        return [start ** (i + 1) for i in range(m)]
-    closest = 2 ** math.floor(math.log2(n))
-    slopes = power_of_two(closest)
-    if closest != n:
-        slopes += power_of_two(2 * closest)[0::2][: n - closest]
-    return slopes
+    def split_heads(self, op, v):
+        return v.reshape(self.B, self.T, -1, op["dim"])
 
+    # Recipe tensors (cast to the dtype of what they act on, as the C++ backend).
+    def linear(self, op, v):
+        bias = self.tensor(op["bias"]).to(v.dtype) if op["bias"] else None
+        return F.linear(v, self.tensor(op["weight"]).to(v.dtype), bias)
 
-class SupraAttention(LinearizedAttention):
-    """SUPRA (converter/recipes/supra.cpp): phi(x) = RoPE(ReLU(xW + b)), S_t = gamma_h S_{t-1} + phi(k_t) v_t^T
-    with gamma_h = exp(-ALiBi slope), o_t = GroupNorm_h(phi(q_t) S_t / sqrt(d)), no denominator."""
+    def per_head(self, op, x):
+        return self.linear(op, x).unsqueeze(-1)
 
-    def __init__(self, source_attn, config, params, layer_idx):
-        super().__init__(source_attn, config, params, layer_idx)
-        nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.feature_map_q = Parameters((nq, nq), nq)
-        self.feature_map_k = Parameters((nk, nk), nk)
-        # A plain list, not a buffer: from_pretrained leaves buffers absent from the checkpoint uninitialised.
-        self.log_gamma = [-s for s in alibi_slopes(self.heads)]
+    def param(self, op):
+        return self.tensor(op["tensor"]).to(self.compute)
 
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
-        cos, sin = position_embeddings
-        B, T = x.shape[:2]
+    def head_param(self, op):
+        return self.param(op).view(1, 1, -1, 1)
 
-        def phi(heads, layer):
-            a = wide(heads).reshape(B, T, -1)
-            mapped = F.relu(F.linear(a, layer.weight.to(a.dtype), layer.bias.to(a.dtype)))
-            return rope(mapped.view(B, T, -1, self.head_dim), cos, sin)
+    def hedgehog(self, op, v):
+        return hedgehog(v, self.tensor(op["weight"]))
 
-        phi_q, phi_k = phi(q, self.feature_map_q), repeat_heads(phi(k, self.feature_map_k), self.heads)
-        log_gamma = torch.tensor(self.log_gamma, dtype=phi_q.dtype, device=phi_q.device)
-        log_decay = zero_where_padded(log_gamma.view(1, 1, -1, 1).expand(B, T, -1, 1), valid)
-        o, state = gated_linear_attention(phi_q * self.head_dim ** -0.5, zero_where_padded(phi_k, valid),
-                                          repeat_heads(wide(v), self.heads), log_decay,
-                                          cache.state if cache is not None else None, CHUNK)
-        if cache is not None:
-            cache.state = state
-        mean = o.mean(-1, keepdim=True)
-        var = (o - mean).pow(2).mean(-1, keepdim=True)
-        return (o - mean) * torch.rsqrt(var + self.params["groupnorm_eps"])
+    # Elementwise and norms.
+    def softmax_d(self, op, v):
+        return v.softmax(-1)
 
+    def silu(self, op, v):
+        return F.silu(v)
 
-class GatedDeltaNetAttention(LinearizedAttention):
-    """Gated DeltaNet (arXiv 2412.06464 eq. 10; converter/recipes/gated_deltanet.cpp) on the source's q, k, v:
-    S_t = a_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, o_t = S_t q_t, q, k = L2norm(SiLU(.)) per head,
-    beta = sigmoid(x.w + b), log a = -exp(A_log) softplus(x.w + dt_bias), scale 1, no RoPE. The kernels are
-    transformers' own (Qwen3-Next's torch forms); they take one head count, so kv heads are repeated per query
-    head and the state is [B, H, D, D]."""
+    def sigmoid(self, op, v):
+        return torch.sigmoid(v)
 
-    def __init__(self, source_attn, config, params, layer_idx):
-        super().__init__(source_attn, config, params, layer_idx)
-        self.beta_proj = Parameters((self.kv_heads, config.hidden_size), self.kv_heads)
-        self.decay_proj = Parameters((self.kv_heads, config.hidden_size), self.kv_heads)
-        self.A_log = nn.Parameter(torch.zeros(self.kv_heads))
+    def softplus(self, op, v):
+        return F.softplus(v)
 
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
+    def log_sigmoid(self, op, v):
+        return F.logsigmoid(v)
 
-        def unit(t):  # fla's l2norm: eps 1e-6 under the root
-            s = F.silu(wide(t))
-            return s * torch.rsqrt(s.pow(2).sum(-1, keepdim=True) + 1e-6)
+    def relu(self, op, v):
+        return F.relu(v)
 
-        xw = wide(x)
+    def exp(self, op, v):
+        return v.exp()
 
-        def project_heads(layer):  # the recipe's small projections, in fp32 whatever the model's dtype
-            return F.linear(xw, layer.weight.to(xw.dtype), layer.bias.to(xw.dtype))
+    def neg(self, op, v):
+        return -v
 
-        beta = zero_where_padded(torch.sigmoid(project_heads(self.beta_proj)), valid)
-        log_decay = zero_where_padded(-wide(self.A_log).exp() * F.softplus(project_heads(self.decay_proj)), valid)
-        H = self.heads
-        # The kernels scale q by D^-1/2; Linearize's scale is 1.
-        args = (unit(q) * self.head_dim ** 0.5, repeat_heads(zero_where_padded(unit(k), valid), H),
-                repeat_heads(wide(v), H), repeat_heads(log_decay, H), repeat_heads(beta, H))
-        initial = cache.state if cache is not None else None
-        if x.shape[1] == 1 and initial is not None:
+    def add(self, op, a, b):
+        return a + b
+
+    def sub(self, op, a, b):
+        return a - b
+
+    def mul(self, op, a, b):
+        return a * b
+
+    def div(self, op, a):
+        return a / op["divisor"]
+
+    def l2_normalize(self, op, v):
+        return v * torch.rsqrt(v.pow(2).sum(-1, keepdim=True) + op["eps"])
+
+    def rms_normalize(self, op, v):
+        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + op["eps"])
+
+    def layer_normalize(self, op, v):
+        mean = v.mean(-1, keepdim=True)
+        return (v - mean) * torch.rsqrt((v - mean).pow(2).mean(-1, keepdim=True) + op["eps"])
+
+    # The recurrences.
+    def log_decay(self, r, decay):
+        """The decay as gated_linear_attention takes it ([B, T, H, K or 1] or None), 0 where padded."""
+        if r["decay"] == "none":
+            return None
+        if r["decay"] == "fixed":
+            decay = torch.tensor(r["fixed_log_decay"], dtype=self.compute, device=self.x.device).view(1, 1, -1, 1)
+            decay = decay.expand(self.B, self.T, -1, 1)
+        return zero_where_padded(decay, self.valid)
+
+    def linear_attention(self, op, q, k, v, decay):
+        """Linearize kernels/linear_attention.h: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t
+        (normalised: / (scale q_t.z_t + eps), z riding along as a column of ones in v)."""
+        r = op["recurrence"]
+        q, k, v = wide(q) * r["scale"], zero_where_padded(wide(k), self.valid), wide(v)
+        if r["normalize"]:
+            v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+        chunk = CHUNK_PER_CHANNEL if r["decay"] == "per_channel" else CHUNK
+        o, state = gated_linear_attention(q, k, v, self.log_decay(r, decay), self.state(), chunk)
+        self.set_state(state)
+        return o[..., :-1] / (o[..., -1:] + 1e-10) if r["normalize"] else o  # fla's normaliser epsilon
+
+    def delta_rule(self, op, q, k, v, beta, decay):
+        """Linearize kernels/delta_rule.h on transformers' own kernels (Qwen3-Next's torch forms), which take one head
+        count: kv heads are repeated per query head and the state is [B, H, K, V]; they scale q by K^-1/2."""
+        r, H = op["recurrence"], q.shape[2]
+        g = self.log_decay(r, decay)
+        g = g[..., 0] if g is not None else beta.new_zeros(beta.shape[:-1])  # DeltaNet: no decay
+        args = (wide(q) * r["scale"] * q.shape[-1] ** 0.5, repeat_heads(zero_where_padded(wide(k), self.valid), H),
+                repeat_heads(wide(v), H), repeat_heads(g, H),
+                repeat_heads(zero_where_padded(beta[..., 0], self.valid), H))
+        initial = self.state()
+        if self.T == 1 and initial is not None:
             o, state = torch_recurrent_gated_delta_rule(*args, initial_state=initial, output_final_state=True)
         else:
-            o, state = torch_chunk_gated_delta_rule(*args, chunk_size=CHUNK, initial_state=initial,
-                                                    output_final_state=True)
-        if cache is not None:
-            cache.state = state
+            o, state = torch_chunk_gated_delta_rule(*args, chunk_size=CHUNK, initial_state=initial, output_final_state=True)
+        self.set_state(state)
         return o
 
-
-class Mamba2Attention(LinearizedAttention):
-    """Mamba-2 from attention, Mamba-in-the-Llama's mapping (converter/recipes/mamba2.cpp): x, B, C from W_V, W_K,
-    W_Q through a short causal conv (SiLU), x and B repeated to the query heads; dt = softplus(x_in.w + dt_bias),
-    S_t = exp(-exp(A_log) dt_t) S_{t-1} + B_t (dt_t x_t)^T, y = C_t^T S_t + D x_t; RMSNorm(y * silu(z)) w."""
-
-    def __init__(self, source_attn, config, params, layer_idx):
-        super().__init__(source_attn, config, params, layer_idx)
-        H, d, hidden = self.heads, self.head_dim, config.hidden_size
-        channels = 2 * self.kv_heads * d + H * d
-        self.z_proj = Parameters((H * d, hidden))
-        self.dt_proj = Parameters((H, hidden))
-        self.dt_bias = nn.Parameter(torch.zeros(H))
-        self.A_log = nn.Parameter(torch.zeros(H))
-        self.D = nn.Parameter(torch.zeros(H))
-        self.conv1d = Parameters((channels, params["conv_kernel"]), channels)
-        self.norm = Parameters((H * d,))
-
-    def mix(self, x, position_embeddings, valid, cache):
-        q, k, v = self.project(x)
-        B, T = x.shape[:2]
-        H, d, kv = self.heads, self.head_dim, self.kv_heads * self.head_dim
-        xw = wide(x)
-        # A padded token feeds zeros to the conv, as the positions before the first token do.
-        channels = zero_where_padded(wide(torch.cat([v.reshape(B, T, -1), k.reshape(B, T, -1), q.reshape(B, T, -1)], -1)), valid)
-        weight, bias = self.conv1d.weight.to(channels.dtype), self.conv1d.bias.to(channels.dtype)
+    def short_conv(self, op, *heads):
+        """y_t = silu(b + sum_i w_i x_{t-K+1+i}) per channel over the heads concatenated per token; the state is the
+        last K-1 inputs. A padded token feeds zeros, as the positions before the first token do."""
+        flat = [h.reshape(self.B, self.T, -1) for h in heads]
+        channels = zero_where_padded(wide(torch.cat(flat, -1)), self.valid)
+        weight, bias = self.tensor(op["weight"]).to(channels.dtype), self.tensor(op["bias"]).to(channels.dtype)
         taps = weight.shape[1]
-        past = cache.conv if cache is not None and cache.conv is not None else channels.new_zeros(B, taps - 1, channels.shape[-1])
+        cache = self.cache
+        past = cache.conv if cache is not None and cache.conv is not None else channels.new_zeros(self.B, taps - 1, channels.shape[-1])
         padded = torch.cat([past, channels], 1)
         y = F.silu(F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), bias, groups=channels.shape[-1])).transpose(1, 2)
-        xs = repeat_heads(y[..., :kv].reshape(B, T, -1, d), H)
-        bs = repeat_heads(y[..., kv:2 * kv].reshape(B, T, -1, d), H)
-        cs = y[..., 2 * kv:].reshape(B, T, H, d)
-        dt = zero_where_padded(F.softplus(F.linear(xw, self.dt_proj.weight.to(xw.dtype), self.dt_bias.to(xw.dtype))), valid)
-        log_decay = (-wide(self.A_log).exp() * dt).unsqueeze(-1)
-        o, state = gated_linear_attention(cs, bs, xs * dt.unsqueeze(-1), log_decay,
-                                          cache.state if cache is not None else None, CHUNK)
         if cache is not None:
-            cache.state, cache.conv = state, padded[:, padded.shape[1] - (taps - 1):]
-        out = (o + wide(self.D).view(1, 1, H, 1) * xs).reshape(B, T, H * d) * F.silu(F.linear(xw, self.z_proj.weight.to(xw.dtype)))
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.params["norm_eps"]) * self.norm.weight.to(xw.dtype)
-        return out.view(B, T, H, d)
+            cache.conv = padded[:, padded.shape[1] - (taps - 1):]
+        return [part.reshape(self.B, self.T, count, -1)
+                for part, count in zip(y.split([f.shape[-1] for f in flat], -1), op["heads"])]
 
+    def liger_hybrid(self, op, q, k, v, phi_q, phi_k, log_decay):
+        """Liger: 0.5 softmax window (RoPE'd q, k) + 0.5 GLA on the maps, each with its own normaliser."""
+        v = wide(v)
+        o_lin, state = gated_linear_attention(phi_q, zero_where_padded(phi_k, self.valid), v,
+                                              zero_where_padded(log_decay, self.valid), self.state(), CHUNK_PER_CHANNEL)
+        num, den, *_ = self.layer.window_branch(wide(q), wide(k), v, self.valid, self.cache, op["window"])
+        self.set_state(state)
+        return 0.5 * num / den + 0.5 * o_lin
 
-# The recipes by their Linearize names (converter/recipes/registry.cpp).
-MIXERS = {
-    "hedgehog": HedgehogAttention,
-    "lolcats": LolcatsAttention,
-    "liger-gla": LigerGlaAttention,
-    "supra": SupraAttention,
-    "gated-deltanet": GatedDeltaNetAttention,
-    "mamba2": Mamba2Attention,
-}
+    def lolcats_hybrid(self, op, q, k, v, phi_q):
+        """LoLCATs: exact softmax over the last `window` keys and the linear attention over the keys that left it,
+        one shared normaliser, the window weighted by sigmoid(w_h):
+        y_n = (g_h num_n + phi_q(q_n)^T S_{n-window}) / (g_h den_n + phi_q(q_n).z_{n-window}). A key enters the state
+        when it leaves the window (through the recorded phi_k), so prefill and decode agree."""
+        q, k, v = wide(q), wide(k), wide(v)
+        window = op["window"]
+        num, den, keys, values, key_valid, first = self.layer.window_branch(q, k, v, self.valid, self.cache, window)
+        # The key leaving the window at query t (key index first + t - window) enters the linear state.
+        leaving = torch.arange(self.T, device=q.device) + first - window
+        index = leaving.clamp(min=0)
+        enters = (leaving >= 0).unsqueeze(0) & key_valid[:, index]
+        feature_map = op["phi_k"]
+        phi_k = self.run(feature_map, {feature_map["input"]: keys[:, index]})
+        v_in = repeat_heads(values[:, index], phi_k.shape[2])
+        v_in = torch.cat([v_in, torch.ones_like(v_in[..., :1])], -1)
+        lin, state = gated_linear_attention(phi_q, zero_where_padded(phi_k, enters), v_in, None, self.state(), CHUNK)
+        self.set_state(state)
+        g = torch.sigmoid(self.tensor(op["window_factors"]).to(q.dtype)).view(1, 1, -1, 1)
+        return (g * num + lin[..., :-1]) / (g * den + lin[..., -1:])
+
+    def project_output(self, op, v):
+        return self.layer.o_proj(v.to(self.x.dtype).reshape(self.B, self.T, -1))
 
 
 class LinearizePreTrainedModel(PreTrainedModel):
@@ -511,18 +493,17 @@ class LinearizeForCausalLM(LinearizePreTrainedModel, GenerationMixin):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.recipe not in MIXERS:
-            raise ValueError(f"config.json: linearize.recipe '{config.recipe}' is not one this file implements "
-                             f"({', '.join(MIXERS)})")
+        if "program" not in config.linearize:
+            raise ValueError(f"config.json: linearize.program is missing: the export of recipe '{config.recipe}' "
+                             "does not record its mixer program (convert it again with this Linearize)")
         source = config.source_config()
         self.model = AutoModel.from_config(source, attn_implementation=config._attn_implementation or "sdpa")
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.logit_softcap = getattr(source, "final_logit_softcapping", None)
-        mixer = MIXERS[config.recipe]
         for i, layer in enumerate(self.model.layers):
             if i not in config.softmax_layers:
-                layer.self_attn = mixer(layer.self_attn, source, config.recipe_params, i)
+                layer.self_attn = LinearizedAttention(layer.self_attn, source, config.linearize["program"], i)
         self.post_init()
 
     @classmethod

@@ -1,5 +1,7 @@
 #include "converter/model/causal_lm.h"
 
+#include "converter/model/block_program.h"
+
 #include "converter/model/softmax_attention_mixer.h"
 #include "converter/names.h"
 #include "converter/model/weights.h"
@@ -149,23 +151,37 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   // One block on its input x, from position `start` (state: the layer's, or null).
   const auto run_block = [this, norm, start, form](std::size_t i, const at::Tensor& x, MixerState* layer_state,
                                                    const CaptureFn& listen) {
-    const auto& layer = layers_[i];
-    const bool sandwich = config_.block.sandwich_norms;
     const auto layer_index = static_cast<std::int64_t>(i);
-    const auto normed = norm(x, layer.input_norm);
-    // attn_out / mlp_out are the mixer's and the MLP's own outputs (what verify and distill compare);
-    // the sandwich's output norms act after them.
-    const auto attn = layer.mixer->forward(normed, start, layer_state, MixerCall{listen, names::mixer_scope(layer_index), form});
-    const auto mid = x + (sandwich ? norm(attn, layer.post_attention_norm) : attn);
-    const auto mlp = layer.mlp.forward(norm(mid, sandwich ? layer.pre_feedforward_norm : layer.post_attention_norm));
-    auto out = mid + (sandwich ? norm(mlp, layer.post_feedforward_norm) : mlp);
+    // The block's primitives (converter/model/block_program.h) on this layer's tensors.
+    using RmsNorm = decltype(norm);
+    struct Ops {
+      using Value = at::Tensor;
+      const DecoderLayer& layer;
+      const RmsNorm& rms_norm;
+      MixerCall call;
+      std::int64_t start;
+      MixerState* state;
+      at::Tensor norm(const at::Tensor& v, BlockNorm which) const {
+        switch (which) {
+          case BlockNorm::input: return rms_norm(v, layer.input_norm);
+          case BlockNorm::post_attention: return rms_norm(v, layer.post_attention_norm);
+          case BlockNorm::pre_feedforward: return rms_norm(v, layer.pre_feedforward_norm);
+          case BlockNorm::post_feedforward: break;
+        }
+        return rms_norm(v, layer.post_feedforward_norm);
+      }
+      at::Tensor mixer(const at::Tensor& v) const { return layer.mixer->forward(v, start, state, call); }
+      at::Tensor mlp(const at::Tensor& v) const { return layer.mlp.forward(v); }
+      static at::Tensor add(const at::Tensor& a, const at::Tensor& b) { return a + b; }
+    } ops{layers_[i], norm, MixerCall{listen, names::mixer_scope(layer_index), form}, start, layer_state};
+    auto v = block_program(ops, config_.block, x);
     if (listen) {
-      listen(names::capture(layer_index, names::Capture::attn_in), normed);
-      listen(names::capture(layer_index, names::Capture::attn_out), attn);
-      listen(names::capture(layer_index, names::Capture::mlp_out), mlp);
-      listen(names::capture(layer_index, names::Capture::out), out);
+      listen(names::capture(layer_index, names::Capture::attn_in), v.attn_in);
+      listen(names::capture(layer_index, names::Capture::attn_out), v.attn_out);
+      listen(names::capture(layer_index, names::Capture::mlp_out), v.mlp_out);
+      listen(names::capture(layer_index, names::Capture::out), v.out);
     }
-    return out;
+    return std::move(v.out);
   };
   // A stateless training forward may keep only each block's input (kernels/checkpoint.h).
   const bool checkpoint = checkpoint_blocks_ && state == nullptr && !capture;

@@ -63,6 +63,9 @@ struct Recipe {
   // state read from and written to the layer's past/present inputs and outputs. Without it, export-onnx
   // refuses the model naming the layer and the mixer.
   std::function<std::string(OnnxLayer& layer, const std::string& x)> emit_onnx;
+  // Optional: the mixer as a recorded program (converter/recipes/program_recorder.h) for a model of this
+  // config: config.json's linearize.program, which verify's L0 checks and the export's modeling file runs.
+  std::function<nlohmann::json(const ModelConfig& config, const RecipeParams& params)> describe;
 };
 
 // The registered recipes, and one by name (InputError(file, field) listing the known ones).

@@ -16,7 +16,8 @@ namespace linearize {
   X(hedgehog)                \
   X(supra)                   \
   X(gated_deltanet)          \
-  X(mamba2)
+  X(mamba2)                  \
+  X(transnormer)
 
 #define LINEARIZE_DECLARE_RECIPE(name) Recipe name##_recipe();
 #define LINEARIZE_CALL_RECIPE(name) name##_recipe(),

@@ -6,9 +6,8 @@
 // tokens; the identity keeps a training-free conversion closest to the source).
 #include <cmath>
 
-#include "converter/onnx_graph.h"
 #include "converter/recipes/mixer_parts.h"
-#include "converter/recipes/recipe.h"
+#include "converter/recipes/mixer_program.h"
 
 namespace linearize {
 namespace {
@@ -31,55 +30,28 @@ std::vector<double> alibi_slopes(std::int64_t n) {
   return slopes;
 }
 
-class SupraMixer final : public TokenMixer {
- public:
-  SupraMixer(const SoftmaxAttentionMixer& source, double groupnorm_eps, const LayerTensors& t)
-      : source_(source), eps_(groupnorm_eps), wq_(t.at(names::kFeatureMapQWeight)), bq_(t.at(names::kFeatureMapQBias)),
-        wk_(t.at(names::kFeatureMapKWeight)), bk_(t.at(names::kFeatureMapKBias)) {
-    std::vector<double> log_gamma;
-    for (const double slope : alibi_slopes(source_.shape().heads)) log_gamma.push_back(-slope);
-    log_gamma_ = at::tensor(log_gamma, at::kFloat).to(wq_.device());
-  }
+struct SupraProgram {
+  static constexpr const char* kind = "supra";
 
-  at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override {
-    auto* st = static_cast<recipes::LinearMixerState*>(state);
-    const std::int64_t B = x.size(0), T = x.size(1), H = source_.shape().heads, d = source_.shape().head_dim;
-    const auto h = source_.project_heads(x);
-    const auto cs = source_.cos_sin(start, T, x);
-    const auto phi = [&](const at::Tensor& heads, const at::Tensor& w, const at::Tensor& b) {
-      const auto in = recipes::at_least_fp32(heads.reshape({B, T, -1}));  // maps in fp32 at least, weights cast
-      const auto mapped = at::relu(at::linear(in, w.to(in.scalar_type()), b.to(in.scalar_type())));
-      return recipes::rope_bthd(mapped.view({B, T, -1, d}), cs);
+  template <class Ops>
+  static typename Ops::Value run(Ops& o, const typename Ops::Value& x) {
+    const std::int64_t H = o.heads(), d = o.head_dim();
+    const auto h = o.project_heads(x);
+    // phi over the concatenated heads of a token (in fp32 at least), back into heads, then RoPE.
+    const auto phi = [&](const auto& heads, const char* weight, const char* bias) {
+      return o.rope(o.split_heads(o.relu(o.linear(o.fp32(o.merge_heads(heads)), weight, bias)), d));
     };
-    kernels::LinearAttentionInputs in;
-    in.q = phi(h.q, wq_, bq_);
-    in.k = recipes::repeat_heads(phi(h.k, wk_, bk_), H);
-    in.v = recipes::repeat_heads(h.v, H);
-    in.log_gamma = log_gamma_;
-    kernels::LinearAttentionOptions options;
-    options.form = recipes::form_for(call, T, state);
-    options.scale = 1.0 / std::sqrt(static_cast<double>(d));
-    auto lin = kernels::linear_attention(in, st ? std::move(st->linear) : kernels::LinearState{}, options);
+    recipes::Recurrence state{H, d, d};  // per query head: the maps' keys are repeated to them
+    state.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    state.decay = recipes::Decay::fixed;
+    for (const double slope : alibi_slopes(H)) state.fixed_log_decay.push_back(-slope);
+    const auto lin = o.linear_attention(phi(h.q, names::kFeatureMapQWeight, names::kFeatureMapQBias),
+                                        o.repeat_kv(phi(h.k, names::kFeatureMapKWeight, names::kFeatureMapKBias)),
+                                        o.repeat_kv(h.v), {}, state);
+    o.capture(names::MixerCapture::o_lin, lin);
     // GroupNorm(num_groups = H, affine = False) over the concatenated heads: each head normalised alone.
-    const auto o = recipes::at_least_fp32(lin.o);
-    const auto mean = o.mean(-1, true), var = (o - mean).pow(2).mean(-1, true);
-    const auto normed = (o - mean) * at::rsqrt(var + eps_);
-    if (call.capture) call.capture(names::capture(call.scope, names::MixerCapture::o_lin), lin.o);
-    if (st) st->linear = std::move(lin.state);
-    return source_.project_output(normed.to(x.scalar_type()));
+    return o.project_output(o.layer_normalize(o.fp32(lin), o.number("groupnorm_eps")));
   }
-
-  std::unique_ptr<MixerState> new_state() const override { return std::make_unique<recipes::LinearMixerState>(); }
-  std::string kind() const override { return "supra"; }
-  const SoftmaxAttentionMixer& source_attention() const override { return source_; }
-  std::vector<std::pair<std::string, at::Tensor>> trainable() const override {
-    return {{names::kFeatureMapQWeight, wq_}, {names::kFeatureMapQBias, bq_}, {names::kFeatureMapKWeight, wk_}, {names::kFeatureMapKBias, bk_}};
-  }
-
- private:
-  SoftmaxAttentionMixer source_;
-  double eps_;
-  at::Tensor wq_, bq_, wk_, bk_, log_gamma_;
 };
 
 }  // namespace
@@ -96,41 +68,7 @@ Recipe supra_recipe() {
     return std::vector<NewTensor>{{names::kFeatureMapQWeight, {q, q}, eye(q)}, recipes::filled(names::kFeatureMapQBias, {q}, 0.0),
                                   {names::kFeatureMapKWeight, {k, k}, eye(k)}, recipes::filled(names::kFeatureMapKBias, {k}, 0.0)};
   };
-  r.make_mixer = [](const LayerContext& ctx, const SoftmaxAttentionMixer& source, const LayerTensors& t) {
-    return std::make_unique<SupraMixer>(source, ctx.params.at("groupnorm_eps").get<double>(), t);
-  };
-  r.emit_onnx = [](OnnxLayer& layer, const std::string& x) {
-    auto& o = layer.ops();
-    const auto& c = layer.config();
-    const std::int64_t H = c.num_attention_heads, d = c.head_dim;
-    const auto h = layer.project_heads(x);
-    // phi over the concatenated heads of a token: [B, h, S, d] -> [B, S, h d] -> ReLU(. W^T + b) -> heads, RoPE.
-    const auto phi = [&](const std::string& heads, const char* weight, const char* bias) {
-      const auto mapped = o.op("Relu", {o.linear(o.tokens_first(heads), layer.recipe_tensor(weight), layer.recipe_tensor(bias))});
-      return layer.rope(o.transpose(o.reshape(mapped, {0, 0, -1, d}), {0, 2, 1, 3}));
-    };
-    const auto mask = layer.token_mask();
-    const auto phi_k = o.mul(layer.repeat_kv(phi(h.k, names::kFeatureMapKWeight, names::kFeatureMapKBias)), mask);
-    std::vector<float> log_gamma;
-    for (const double slope : alibi_slopes(H)) log_gamma.push_back(static_cast<float>(-slope));
-    const auto log_gamma_heads = o.model().constant(o.graph().fresh_name("supra_log_gamma"), log_gamma, {1, H, 1, 1});
-    auto options = layer.linear_attention_options();
-    options.kv_heads = H;  // per query head, as SupraMixer's state
-    options.key_dim = d;
-    options.value_dim = d;
-    options.scale = 1.0 / std::sqrt(static_cast<double>(d));
-    const auto state = layer.state("recurrent", {"batch", H, d, d});
-    // A padded token keeps the state: no write (k = 0) and no decay (log gamma x 0).
-    const auto lin = onnx_linear_attention(o, phi(h.q, names::kFeatureMapQWeight, names::kFeatureMapQBias), phi_k,
-                                           layer.repeat_kv(h.v), o.mul(mask, log_gamma_heads), state, std::nullopt, options);
-    layer.set_state("recurrent", lin.state, {"batch", H, d, d});
-    // GroupNorm per head, no affine.
-    const auto centred = o.sub(lin.o, o.reduce_mean(lin.o, -1));
-    const auto eps = o.f32(static_cast<float>(layer.params().at("groupnorm_eps").get<double>()));
-    const auto normed = o.div(centred, o.op("Sqrt", {o.add(o.reduce_mean(o.mul(centred, centred), -1), eps)}));
-    return layer.project_output(normed);
-  };
-  return r;
+  return recipes::program_recipe<SupraProgram>(std::move(r));
 }
 
 }  // namespace linearize

@@ -1,5 +1,5 @@
 // The CLI's contract on bad input: exit code 2, exactly one line on stderr naming the file and the
-// field, nothing on stdout, no crash. One case per bad-input class of DESIGN section 8 that `inspect` reads.
+// field, nothing on stdout, no crash. One case per bad-input class of docs/formats.md#input-checks that `inspect` reads.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>

@@ -19,7 +19,7 @@
 
 #include "converter/linearized.h"
 #include "converter/model/lora.h"
-#include "converter/recipes/mixer_parts.h"
+#include "converter/recipes/torch_mixer_ops.h"
 #include "kernels/feature_maps.h"
 #include "converter/verify.h"
 #include "formats/peft_adapter.h"
@@ -132,7 +132,7 @@ const Fault kDecayShiftedByOneStep = [](const MakeMixer&, const LayerContext& ct
                                                       MixerState* state, const MixerCall& call) {
     if (!state) return correct.forward(x, start, state, call);
     const auto log_decay = at::log_sigmoid(recipes::at_least_fp32(source.project_heads(x).k)) / normalizer;  // [B,1,Hkv,D]
-    auto& linear = static_cast<recipes::HybridMixerState*>(state)->hybrid.linear;
+    auto& linear = static_cast<recipes::RecipeMixerState*>(state)->hybrid.linear;
     const auto it = previous->find(state);
     if (it != previous->end() && it->second.first == start - 1 && !linear.empty())
       linear.kv = linear.kv * at::exp(it->second.second - log_decay).squeeze(1).unsqueeze(-1);  // [B,Hkv,D,1]

@@ -1,4 +1,4 @@
-// The safetensors header validator: every malformed-file class of DESIGN section 8 is rejected with an
+// The safetensors header validator: every malformed-file class of docs/formats.md#input-checks is rejected with an
 // error naming the file and the field; valid edge cases (empty, 0-rank, padding, metadata) are accepted.
 #include <gtest/gtest.h>
 

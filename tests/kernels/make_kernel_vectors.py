@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Test vectors for the kernels tests from an independent oracle: plain-PyTorch re-implementations of the
-naive token-by-token recurrences in flash-linear-attention's fla/ops/*/naive.py (research/kernels.md 1.2),
+naive token-by-token recurrences in flash-linear-attention's fla/ops/*/naive.py (docs/recipes.md#three-forms),
 written in fla's own conventions (sequence-first [B,T,H,D]; GLA's fixed scale K**-0.5; delta rule's
 head-first layout and d_k**-0.5 scale; linear attention's normaliser q.scale . cumsum(k) + 1e-10 from
 fla/ops/linear_attn/utils.py, which carries no normaliser state). The window + linear hybrids of Liger and
-LoLCATs (research/linearization.md 1, 2) are written as a per-token loop over an explicit window buffer: a
+LoLCATs (docs/recipes.md#liger-gla, docs/recipes.md#lolcats) are written as a per-token loop over an explicit window buffer: a
 key enters the window when it arrives and, in LoLCATs, the linear state when it drops out of the buffer.
 Everything is fp64 and seeded.
 

@@ -127,15 +127,30 @@ def main():
         # Its weights in model.onnx.data: onnxruntime reads the external-data layout too.
         if not check(hybrid, f"{args.family} hybrid (layer 0 softmax), external data", onnx_args=["--external-data-above", "0"]):
             failed.append("hybrid")
+        if args.family == "tiny-gemma3":
+            # An attention scale other than head_dim^-1/2 (Gemma 3 27B's query_pre_attn_scalar): the window
+            # branches score with the source's, in the modeling file and the graph alike.
+            import json
+            scaled = os.path.join(tmp, "source-scaled")
+            shutil.copytree(source, scaled)
+            with open(os.path.join(scaled, "config.json")) as f:
+                config = json.load(f)
+            config["query_pre_attn_scalar"] = 8
+            with open(os.path.join(scaled, "config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+            for recipe in ("liger-gla", "lolcats"):
+                out = convert(scaled, recipe, os.path.join(tmp, recipe + "-scaled"))
+                if not check(out, f"{args.family} query_pre_attn_scalar 8, {recipe}"):
+                    failed.append(recipe + " with another attention scale")
         plain = os.path.join(tmp, "source")
         shutil.copytree(source, plain)
         if not check(plain, f"{args.family} source checkpoint", hf=False):
             failed.append("source")
         if args.family == "tiny-llama":
             # Halving the GLA gate's strength (a decay bug) must fail the logits rows, in either export.
-            planted = plant(os.path.join(tmp, "liger-gla"), 'self.params["gate_normalizer"]',
-                            '(2 * self.params["gate_normalizer"])')
-            print("-- planted change: liger-gla gate normaliser doubled in modeling_linearize.py", flush=True)
+            # (liger-gla's only division: the program's log gate / gate_normalizer)
+            planted = plant(os.path.join(tmp, "liger-gla"), 'return a / op["divisor"]', 'return a / (2 * op["divisor"])')
+            print("-- planted change: the division of the recorded program doubled in modeling_linearize.py", flush=True)
             if not logits_rows_all_fail(check_hf_export.check(planted, BINARY, check_hf_export.Report())):
                 failed.append("planted change in the modeling file not caught")
             # --dtype fp16: runs, finite, fixed states; its agreement with fp32 is reported.

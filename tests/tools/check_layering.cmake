@@ -1,4 +1,4 @@
-# The layering of DESIGN section 2, checked: a folder includes headers only of itself and of the folders
+# The layering of docs/architecture.md#layers, checked: a folder includes headers only of itself and of the folders
 # below it (formats, kernels < converter < distill < cli; formats and kernels side by side, neither
 # including the other). Usage: cmake -DROOT=<repository or fixture root> -P check_layering.cmake
 # Prints every offending include as file:line and fails when there is one.
