@@ -59,6 +59,28 @@ constexpr std::int64_t kDriftDecodeTokens = 64;
 // grouping of identical fp32 work may differ; 1e-5 relative.
 constexpr double kExactTolerance = 1e-5;
 
+// Where the forms' and the caches' behaviour changes, which verify's prompts and split points must cross: the
+// chunked form's chunk (kernels' default, the chunk every converted mixer's chunked form runs) and every window
+// the model has (its recipe's window parameters, RecipeParamRole::window, and the source's sliding layers).
+struct SequenceEdges {
+  std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
+  std::set<std::int64_t> windows;
+};
+
+SequenceEdges sequence_edges(const ModelConfig& config) {
+  SequenceEdges edges;
+  if (!config.linearize.is_null()) {
+    const auto of = recipe_of(config);
+    for (const auto& param : of.recipe->params)
+      if (param.role == RecipeParamRole::window) edges.windows.insert(of.params.at(param.name).get<std::int64_t>());
+  }
+  if (config.sliding_window) edges.windows.insert(*config.sliding_window);
+  return edges;
+}
+
+// A split point of L1's prompts on no chunk or window edge.
+constexpr std::int64_t kOffEdgeCut = 37;
+
 // Unit roundoff of the compute dtype.
 double unit_roundoff(at::ScalarType t) {
   return t == at::kBFloat16 ? std::ldexp(1.0, -8) : t == at::kHalf ? std::ldexp(1.0, -11) : t == at::kDouble ? std::ldexp(1.0, -53) : std::ldexp(1.0, -24);
@@ -313,11 +335,9 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, Repor
   // Where split prompts are cut: a chunk boundary, each window's edge, and a point on no boundary; a prompt
   // shorter than all of them (--prompt-ids of a few tokens) is cut in half, or the check would compare one
   // call with itself.
-  const std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
-  std::set<std::int64_t> cuts{37, chunk}, applied;
-  const auto& params = model.config().linearize.value("params", nlohmann::json::object());
-  if (params.contains("window") && params["window"].is_number_integer()) cuts.insert(params["window"].get<std::int64_t>());
-  if (model.config().sliding_window) cuts.insert(*model.config().sliding_window);
+  const auto edges = sequence_edges(model.config());
+  std::set<std::int64_t> cuts = edges.windows, applied;
+  cuts.insert({kOffEdgeCut, edges.chunk});
 
   struct Worst {
     double value = 0;
@@ -717,12 +737,7 @@ std::string VerifyReport::junit(const std::string& suite) const {
 VerifyPrompts builtin_verify_prompts(const std::filesystem::path& dir, const ModelConfig& config) {
   // Lengths at the edges of the chunked form's chunks and of every window the model has (the recipe's
   // window branch, the source's sliding layers), and one long enough for a window cache to evict twice.
-  const std::int64_t chunk = kernels::LinearAttentionOptions{}.chunk_size;
-  std::set<std::int64_t> windows;
-  const auto params = config.linearize.is_null() ? nlohmann::json::object()
-                                                 : config.linearize.value("params", nlohmann::json::object());
-  if (params.contains("window") && params["window"].is_number_integer()) windows.insert(params["window"].get<std::int64_t>());
-  if (config.sliding_window) windows.insert(*config.sliding_window);
+  const auto [chunk, windows] = sequence_edges(config);
   std::set<std::int64_t> lengths{1, chunk - 1, chunk, chunk + 1};
   std::int64_t widest = chunk;
   for (const auto w : windows) {
