@@ -555,7 +555,7 @@ SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& co
     out.logits.push_back(source.forward(as_batch(p, source.options().device), keep)[0]);
     out.captured.push_back(std::move(seen));
   }
-  out.continuations = greedy(source, generation_prompts(prompts), options.generate_tokens);
+  out.continuations = greedy(source, generation_prompts(prompts), options.thresholds.generate_tokens);
   return out;
 }
 
@@ -635,20 +635,20 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
   const double p99 = kls[static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(kls.size()))) - 1];
   const double top1 = agree / positions;
   const double ppl_ratio = std::exp((nll_model - nll_source) / targets);
-  if (options.max_kl) r.add("L4", "mean KL(source || model)", mean_kl, "<=", *options.max_kl);
+  if (options.thresholds.max_kl) r.add("L4", "mean KL(source || model)", mean_kl, "<=", *options.thresholds.max_kl);
   else r.info("L4", "mean KL(source || model)", mean_kl);
   r.info("L4", "p99 KL(source || model)", p99);
-  if (options.min_top1) r.add("L4", "top-1 agreement with the source", top1, ">=", *options.min_top1);
+  if (options.thresholds.min_top1) r.add("L4", "top-1 agreement with the source", top1, ">=", *options.thresholds.min_top1);
   else r.info("L4", "top-1 agreement with the source", top1);
   r.info("L4", "perplexity ratio (model / source) on the prompts", ppl_ratio);
 
   // Greedy generation: where the model's continuation first leaves the source's (likelihood figures can
   // hide large generative gaps). The value is the mean fraction of tokens before the first divergence.
   const auto gen = generation_prompts(prompts);
-  if (!gen.empty() && options.generate_tokens > 0) {
+  if (!gen.empty() && options.thresholds.generate_tokens > 0) {
     double position_sum = 0;
     std::size_t identical = 0;
-    const auto continuations = greedy(model, gen, options.generate_tokens);
+    const auto continuations = greedy(model, gen, options.thresholds.generate_tokens);
     for (std::size_t n = 0; n < gen.size(); ++n) {
       const auto& ours = continuations[n];
       const auto& theirs = source.continuations[n];
@@ -657,20 +657,20 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const V
       identical += first == ours.size();
     }
     const double mean_first = position_sum / static_cast<double>(gen.size());
-    const double fraction = mean_first / static_cast<double>(options.generate_tokens);
+    const double fraction = mean_first / static_cast<double>(options.thresholds.generate_tokens);
     std::ostringstream detail;
-    detail << "mean first divergence at token " << format_value(mean_first) << " of " << options.generate_tokens << "; "
+    detail << "mean first divergence at token " << format_value(mean_first) << " of " << options.thresholds.generate_tokens << "; "
            << identical << " of " << gen.size() << " continuations identical";
-    if (options.min_gen_agree) r.add("L4", "greedy generation agreement (tokens before first divergence)", fraction, ">=", *options.min_gen_agree, detail.str());
+    if (options.thresholds.min_gen_agree) r.add("L4", "greedy generation agreement (tokens before first divergence)", fraction, ">=", *options.thresholds.min_gen_agree, detail.str());
     else r.info("L4", "greedy generation agreement (tokens before first divergence)", fraction, detail.str());
   }
   std::int64_t first_over = -1;
   for (std::int64_t i = 0; i < layers; ++i) {
     const double e = layer_error[static_cast<std::size_t>(i)];
-    r.report.layers.push_back({{"layer", i}, {"relative_error", e}, {"over_budget", e > options.layer_budget}});
-    if (first_over < 0 && e > options.layer_budget) first_over = i;
+    r.report.layers.push_back({{"layer", i}, {"relative_error", e}, {"over_budget", e > options.thresholds.layer_budget}});
+    if (first_over < 0 && e > options.thresholds.layer_budget) first_over = i;
   }
-  r.info("L4", "first layer whose hidden-state error exceeds " + format_value(options.layer_budget),
+  r.info("L4", "first layer whose hidden-state error exceeds " + format_value(options.thresholds.layer_budget),
          static_cast<double>(first_over), first_over < 0 ? "none" : "layer " + std::to_string(first_over));
 }
 

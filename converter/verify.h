@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "converter/model/causal_lm.h"
+#include "converter/verify/thresholds.h"
 
 namespace linearize {
 
@@ -28,12 +29,7 @@ struct VerifyOptions {
   std::filesystem::path model;
   std::optional<std::filesystem::path> source;  // enables the byte comparison of copies, L3 and L4
   VerifyPrompts prompts;                        // L1/L4 prompts; empty: builtin_verify_prompts
-  std::optional<double> max_kl, min_top1;       // L4 thresholds, enforced when set
-  // L4 greedy generation: tokens per continuation, and the least mean fraction of them identical to the
-  // source's before the first divergence (enforced when set).
-  std::int64_t generate_tokens = 32;
-  std::optional<double> min_gen_agree;
-  double layer_budget = 0.25;  // L4: per-layer hidden-state relative error budget
+  VerifyThresholds thresholds;
   LoadOptions load;
   // Called as each stage ends ("L1 per layer fp64", ...) with its wall seconds: verify of a real model
   // takes minutes, and the CLI shows where they go.
