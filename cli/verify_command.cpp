@@ -32,13 +32,13 @@ void add_verify_flags(CLI::App& cmd, VerifyFlags& flags) {
   auto* text_option = cmd.add_option("--text", flags.text_file, "Text file for the L1/L4 prompts (tokenized with the model's tokenizer)");
   auto* ids_option = cmd.add_option("--prompt-ids", flags.prompt_ids, "Comma-separated token ids for the L1/L4 prompt");
   text_option->excludes(ids_option);
-  cmd.add_option("--generate-tokens", flags.generate_tokens, "Tokens per greedy continuation compared with the source (0: none)")
+  cmd.add_option("--generate-tokens", flags.thresholds.generate_tokens, "Tokens per greedy continuation compared with the source (0: none)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{4096}));
   add_device_options(cmd, flags.device);
 }
 
 void apply_verify_flags(const VerifyFlags& flags, const std::filesystem::path& model_dir, VerifyOptions& options) {
-  options.generate_tokens = flags.generate_tokens;
+  options.thresholds = flags.thresholds;
   options.load = load_options(flags.device);
   if (!flags.prompt_ids.empty()) {
     options.prompts.ids.push_back(parse_id_list(flags.prompt_ids, "--prompt-ids"));
@@ -50,21 +50,20 @@ void apply_verify_flags(const VerifyFlags& flags, const std::filesystem::path& m
 void add_verify_command(CLI::App& app) {
   struct Options {
     std::string model, source, json, junit;
-    std::optional<double> max_kl, min_top1, min_gen_agree;
     VerifyFlags flags;
-    double layer_budget = 0.25;
   };
   auto opts = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand("verify", "Check a model directory (L0-L4 of the verification contract); exit 1 if a check fails");
+  auto* cmd = app.add_subcommand("verify", "Check a model directory (L0-L4 of the verification contract, and L6 where it holds model.onnx); exit 1 if a check fails");
   cmd->add_option("--model", opts->model, "Model directory (a conversion, or any checkpoint)")->required();
   cmd->add_option("--source", opts->source, "The source checkpoint: enables byte comparison, L3 and L4");
   add_verify_flags(*cmd, opts->flags);
-  cmd->add_option("--max-kl", opts->max_kl, "Fail when the mean KL(source || model) exceeds this");
-  cmd->add_option("--min-top1", opts->min_top1, "Fail when top-1 agreement with the source is below this");
-  cmd->add_option("--min-gen-agree", opts->min_gen_agree,
+  auto& thresholds = opts->flags.thresholds;
+  cmd->add_option("--max-kl", thresholds.max_kl, "Fail when the mean KL(source || model) exceeds this");
+  cmd->add_option("--min-top1", thresholds.min_top1, "Fail when top-1 agreement with the source is below this");
+  cmd->add_option("--min-gen-agree", thresholds.min_gen_agree,
                   "Fail when greedy continuations agree with the source's on less than this mean fraction of tokens before their first divergence")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--layer-budget", opts->layer_budget, "Per-layer hidden-state relative error budget (L4 names the first layer over it)");
+  cmd->add_option("--layer-budget", thresholds.layer_budget, "Per-layer hidden-state relative error budget (L4 names the first layer over it)");
   cmd->add_option("--json", opts->json, "Also write the report as JSON here");
   cmd->add_option("--junit", opts->junit, "Also write the report as JUnit XML here (one test case per check)");
   cmd->callback([opts] {
@@ -72,10 +71,6 @@ void add_verify_command(CLI::App& app) {
     verify.progress = log_verify_stage;
     verify.model = opts->model;
     if (!opts->source.empty()) verify.source = std::filesystem::path(opts->source);
-    verify.max_kl = opts->max_kl;
-    verify.min_top1 = opts->min_top1;
-    verify.min_gen_agree = opts->min_gen_agree;
-    verify.layer_budget = opts->layer_budget;
     apply_verify_flags(opts->flags, opts->model, verify);
     const auto optional_path = [](const std::string& p) {
       return p.empty() ? std::nullopt : std::optional<std::filesystem::path>(p);

@@ -3,6 +3,7 @@
 // with the source (L4), and where the directory holds model.onnx its graph's structure (L6: checker, shape
 // inference, weights byte-identical). One row per check, never a warning: a failed check fails the report.
 // L5 (transformers) and L6's onnxruntime parity run in Python: scripts/check_hf_export.py, check_onnx_export.py.
+// The checks live one level a file in converter/verify/; verify.cpp runs them from its table.
 #pragma once
 
 #include <cstdint>
@@ -12,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "converter/model/causal_lm.h"
+#include "converter/verify/report.h"
+#include "converter/verify/thresholds.h"
 
 namespace linearize {
 
@@ -28,40 +29,11 @@ struct VerifyOptions {
   std::filesystem::path model;
   std::optional<std::filesystem::path> source;  // enables the byte comparison of copies, L3 and L4
   VerifyPrompts prompts;                        // L1/L4 prompts; empty: builtin_verify_prompts
-  std::optional<double> max_kl, min_top1;       // L4 thresholds, enforced when set
-  // L4 greedy generation: tokens per continuation, and the least mean fraction of them identical to the
-  // source's before the first divergence (enforced when set).
-  std::int64_t generate_tokens = 32;
-  std::optional<double> min_gen_agree;
-  double layer_budget = 0.25;  // L4: per-layer hidden-state relative error budget
+  VerifyThresholds thresholds;
   LoadOptions load;
   // Called as each stage ends ("L1 per layer fp64", ...) with its wall seconds: verify of a real model
   // takes minutes, and the CLI shows where they go.
   std::function<void(const std::string& stage, double seconds)> progress;
-};
-
-struct CheckResult {
-  std::string level;       // "L0" .. "L4", "L6"
-  std::string name;
-  double value = 0;
-  std::string comparison;  // "<=", ">=", "==" or "" for a reported figure
-  double tolerance = 0;
-  bool enforced = true;    // false: reported only (an L4 figure without a threshold)
-  bool passed = true;
-  std::string detail;      // what failed, by name (the worst layer, the first differing tensor)
-};
-
-struct VerifyReport {
-  std::vector<CheckResult> checks;
-  nlohmann::ordered_json layers = nlohmann::ordered_json::array();  // L4 per-layer relative errors
-  // L1 per converted layer: the fp64 form differences, and how far the compute-dtype chunked form is from
-  // the fp64 result (where in depth rounding grows).
-  nlohmann::ordered_json layer_forms = nlohmann::ordered_json::array();
-  bool passed() const;
-  nlohmann::ordered_json to_json() const;
-  std::string table() const;  // one row per check: level, check, value, tolerance, PASS/FAIL
-  // JUnit XML: one testcase per check (a FAIL carries value and tolerance), for CI systems' test views.
-  std::string junit(const std::string& suite) const;
 };
 
 VerifyReport verify_model(const VerifyOptions& options);

@@ -74,9 +74,7 @@ void export_model(const fs::path& converted, const fs::path& out, const NamedTen
 
 VerifyReport verify_export(const fs::path& out, const RunConfig& config) {
   VerifyOptions verify;
-  verify.max_kl = config.verify.max_kl;
-  verify.min_top1 = config.verify.min_top1;
-  verify.min_gen_agree = config.verify.min_gen_agree;
+  verify.thresholds = config.verify;
   return record_and_verify(out, fs::path(config.model), verify);
 }
 

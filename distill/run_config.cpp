@@ -31,7 +31,8 @@ const EnumNames<Schedule> kSchedules = {{Schedule::kConstant, "constant"}, {Sche
 const EnumNames<DeviceType> kDeviceTypes = {{DeviceType::kCpu, "cpu"}, {DeviceType::kCuda, "cuda"}};
 const EnumNames<ComputeDtype> kDtypes = {{ComputeDtype::kAuto, "auto"}, {ComputeDtype::kFp32, "fp32"}, {ComputeDtype::kBf16, "bf16"}};
 
-// The projections of the Llama / Mistral / Qwen2 decoder layers, by their HF module names.
+// The projections of a decoder layer, by their HF module names: every registered family has these seven
+// (converter/architectures/decoder_tensors.cpp).
 const std::vector<std::string> kLoraTargets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
 constexpr const char* kRecipeParams = "recipe.params";  // the one free-form key

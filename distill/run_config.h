@@ -18,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "converter/verify/thresholds.h"
+
 namespace linearize {
 
 enum class Stage1Loss { kMse, kXent };         // LoLCATs output MSE, or Hedgehog attention-weight cross-entropy
@@ -101,12 +103,6 @@ struct CheckpointConfig {
   std::int64_t keep = 3;             // newest complete checkpoints kept
 };
 
-struct VerifyConfig {
-  std::optional<double> max_kl;      // mean KL(teacher || student) bound; unset: reported, not enforced
-  std::optional<double> min_top1;    // top-1 agreement bound in [0, 1]
-  std::optional<double> min_gen_agree;  // greedy generation: mean fraction before the first divergence, [0, 1]
-};
-
 struct RecipeConfig {
   std::string name;
   nlohmann::json params = nlohmann::json::object();  // free-form, for the recipe registry
@@ -121,7 +117,7 @@ struct RunConfig {
   Stage2Config stage2;
   DeviceConfig device;
   CheckpointConfig checkpoint;
-  VerifyConfig verify;
+  VerifyThresholds verify;           // the export's verify: verify.max_kl, min_top1, min_gen_agree; the rest verify's defaults
   std::uint64_t seed = 0;
   std::int64_t log_every = 10;       // optimiser steps between metrics records
 

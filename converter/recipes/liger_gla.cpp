@@ -33,7 +33,7 @@ Recipe liger_gla_recipe() {
   Recipe r;
   r.name = "liger-gla";
   r.summary = "GLA with gates pooled from W_K x (logsigmoid/16) and softmax_d maps, mixed 0.5/0.5 with SWA-64";
-  r.params = {{"window", 64, "sliding-window size of the softmax branch (keys n-window < j <= n)", true},
+  r.params = {{"window", 64, "sliding-window size of the softmax branch (keys n-window < j <= n)", true, false, RecipeParamRole::window},
               {"gate_normalizer", 16.0, "log a_t = logsigmoid(W_K x_t) / gate_normalizer", true}};
   r.new_tensors = [](const LayerContext&) { return std::vector<NewTensor>{}; };
   return recipes::program_recipe<LigerGlaProgram>(std::move(r));

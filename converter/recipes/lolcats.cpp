@@ -60,7 +60,7 @@ Recipe lolcats_recipe() {
   Recipe r;
   r.name = "lolcats";
   r.summary = "Hedgehog maps + sliding window 64 sharing one normaliser, learned per-head window factor";
-  r.params = {{"window", 64, "keys n-window < j <= n take exact softmax; older keys the linear state", true},
+  r.params = {{"window", 64, "keys n-window < j <= n take exact softmax; older keys the linear state", true, false, RecipeParamRole::window},
               {"feature_dim", nullptr, "Hedgehog map width f per half (null: head_dim / 2)", true},
               {"window_factor_init", -2.1972, "initial w_h, g_h = sigmoid(w_h) (-2.1972: g = 0.1)"}};
   r.new_tensors = [](const LayerContext& ctx) {

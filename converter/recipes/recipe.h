@@ -19,6 +19,9 @@
 
 namespace linearize {
 
+// What a parameter is to the tools around the recipe: verify cuts its prompts at a window's edges.
+enum class RecipeParamRole { none, window };
+
 // One parameter: its default fixes its JSON type (a null default means "derived", e.g. from head_dim).
 struct RecipeParam {
   std::string name;
@@ -26,6 +29,7 @@ struct RecipeParam {
   std::string help;
   bool positive = false;  // a number that must be > 0 (validated with the others)
   bool below_one = false;  // a number that must be < 1 (with positive: a fraction in (0, 1))
+  RecipeParamRole role = RecipeParamRole::none;
 };
 
 // Every declared parameter with its value, validated (resolve_recipe_params).

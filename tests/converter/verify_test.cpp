@@ -102,7 +102,7 @@ TEST(VerifyLayerForms, APromptShorterThanEveryEdgeIsStillSplit) {
   VerifyOptions options;
   options.prompts.ids = {{1, 5, 9, 13}};
   options.prompts.origin = "--prompt-ids";
-  options.generate_tokens = 2;
+  options.thresholds.generate_tokens = 2;
   const auto report = record_and_verify(out, test::fixtures_dir() / "tiny-llama", options);
   EXPECT_TRUE(report.passed()) << report.table();
   const auto& split = report_row(report, "per layer fp64: split prompt");
@@ -116,7 +116,7 @@ TEST(VerifyGeneration, AgreementIsMeasuredAndEnforcedWhenAsked) {
   test::TempDir dir;
   const auto exact = convert_fixture(dir, "tiny-llama", "hedgehog", {{"softmax_layers", {0, 1}}});
   VerifyOptions options;
-  options.min_gen_agree = 1.0;
+  options.thresholds.min_gen_agree = 1.0;
   const auto same = record_and_verify(exact, test::fixtures_dir() / "tiny-llama", options);
   const auto& agree = report_row(same, "greedy generation agreement");
   EXPECT_EQ(agree.value, 1.0) << agree.detail;
