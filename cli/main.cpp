@@ -27,8 +27,8 @@ constexpr int kExitJobFailed = 4;  // a multi-process job lost a rank: resume it
 int main(int argc, char** argv) {
   // Blocks of 4 MiB and more (every weight matrix of a real model) come from mmap and go back to the
   // system when freed: glibc's default threshold rises with such frees and then keeps dropped weights in
-  // its heap. Measured on convert + verify of the 100M bench model: peak RSS 1.13 -> 0.98 GB (libraries
-  // alone 0.47 GB), same run time; prefill and decode within 3% (scripts/bench.sh decoder).
+  // its heap. It lowers the peak RSS of convert + verify at no cost in run time, prefill or decode
+  // (scripts/bench.sh verify, scripts/bench.sh decoder).
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   CLI::App app{"linearize: convert softmax-attention transformers into verified linear-attention RNNs"};
   app.set_version_flag("--version", LINEARIZE_VERSION);

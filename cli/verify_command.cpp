@@ -20,7 +20,7 @@ void report_verification(const VerifyReport& report, const std::filesystem::path
                          const std::optional<std::filesystem::path>& junit_out) {
   std::cout << report.table();
   const auto json = report.to_json().dump(2) + "\n";
-  // An export keeps its last report beside its weights (DESIGN section 5); other directories are not ours
+  // An export keeps its last report beside its weights (docs/formats.md#verify-records); other directories are not ours
   // to write into, so they get the report only where --json says.
   if (!load_model_config(model_dir / "config.json").linearize.is_null()) write_file_atomic(model_dir / kVerifyReportFile, json);
   if (json_out) write_file_atomic(*json_out, json);

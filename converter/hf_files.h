@@ -1,4 +1,4 @@
-// The transformers files every export ships (DESIGN section 5): configuration_linearize.py and
+// The transformers files every export ships (docs/formats.md#transformers-files): configuration_linearize.py and
 // modeling_linearize.py, kept in converter/hf/ and compiled into the binary (converter/hf/embed.cmake).
 #pragma once
 

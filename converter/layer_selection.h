@@ -1,4 +1,4 @@
-// Which layers a hybrid keeps as softmax attention (DESIGN section 3, `softmax_layers: auto:N`): each layer's
+// Which layers a hybrid keeps as softmax attention (docs/recipes.md#layer-selection, `softmax_layers: auto:N`): each layer's
 // sensitivity is what converting it alone costs, KL(source || model with only that layer converted) on real
 // text, and the N most sensitive layers are kept. Training-free, so it ranks the recipe as converted, before
 // any distillation (the choice LoLCATs and Liger make by hand, made by measurement).

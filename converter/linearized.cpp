@@ -126,6 +126,108 @@ CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options
   return model;
 }
 
+namespace {
+
+// The recipe and its resolved parameters for this source; softmax_layers "auto:N" ranks the layers first
+// (recorded as linearize.layer_selection, `selection`).
+RecipeParams resolve_conversion(const ConvertOptions& options, const Recipe& recipe, const ModelConfig& config,
+                                nlohmann::ordered_json& selection) {
+  auto given = options.params;
+  if (given.contains("softmax_layers"))
+    if (const auto keep = auto_softmax_layers(given["softmax_layers"], config, options.params_origin)) {
+      LayerSelectionOptions select;
+      select.source = options.source;
+      select.recipe = recipe.name;
+      select.params = given;
+      select.params_origin = options.params_origin;
+      const auto ranking = rank_layers(select);
+      given["softmax_layers"] = most_sensitive(ranking, *keep);
+      selection = {{"keep", *keep}, {"ranking", nlohmann::ordered_json::array()}};
+      for (const auto& r : ranking) selection["ranking"].push_back({{"layer", r.layer}, {"mean_kl", r.mean_kl}});
+    }
+  return resolve_recipe_params(recipe, given, config, options.params_origin);
+}
+
+// Writes the weights: every source tensor copied from its mapping in its dtype, then the recipe's new tensors.
+// The copies stream one tensor resident at a time: each tensor's pages are released once hashed and again once
+// written (mapped pages count in the process's RSS until dropped), so peak memory is the largest tensor plus
+// the recipe's new ones. The copies' sha256 go into the metadata, for verify's L0.
+void write_weights(const ConvertOptions& options, const CheckpointWeights& source, const Recipe& recipe,
+                                     const ModelConfig& config, ConvertResult& result) {
+  NamedTensors tensors;
+  nlohmann::ordered_json copied;
+  for (const auto& shard : source.shards()) {
+    for (const auto& name : shard.names()) {  // the source's own order, which sharding follows
+      auto view = shard.tensor(name);  // a view of the mapping: no copy
+      copied[name] = sha256_hex(view.data_ptr(), view.nbytes());
+      shard.release(name);
+      tensors.emplace_back(name, std::move(view));
+    }
+  }
+  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    if (is_softmax_layer(result.params, i)) continue;
+    ++result.converted_layers;
+    for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params})) {
+      auto value = t.init();
+      result.new_parameters += value.numel();
+      tensors.emplace_back(names::recipe_tensor(i, t.name), std::move(value));
+    }
+  }
+  std::uint64_t written = 0, total = 0;
+  for (const auto& [name, tensor] : tensors) total += static_cast<std::uint64_t>(tensor.nbytes());
+  write_checkpoint(options.out, tensors,
+                   {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
+                    {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}},
+                   options.max_shard_bytes, [&](const std::string& name, std::uint64_t bytes) {
+                     if (source.contains(name)) source.release(name);
+                     written += bytes;
+                     if (options.progress) options.progress(written, total);
+                   });
+}
+
+// The tokenizer files as they are, and the transformers files with their sha256 (for config.json).
+nlohmann::ordered_json write_side_files(const ConvertOptions& options) {
+  for (const auto& name : passthrough_files()) {
+    const auto from = options.source / name;
+    if (!std::filesystem::exists(from)) continue;
+    std::ifstream in(from, std::ios::binary);
+    write_file_atomic(options.out / name, std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+  nlohmann::ordered_json hf_hashes;
+  for (const auto& file : hf_files()) {
+    write_file_atomic(options.out / file.name, std::string(file.text));
+    hf_hashes[std::string(file.name)] = sha256_hex(file.text.data(), file.text.size());
+  }
+  return hf_hashes;
+}
+
+// config.json: the source's keys with the export's architecture, auto_map and `linearize` object (docs/formats.md).
+nlohmann::ordered_json export_config(const ConvertOptions& options, const Recipe& recipe, const ModelConfig& config,
+                                     const ConvertResult& result, const nlohmann::ordered_json& source_files,
+                                     const nlohmann::ordered_json& hf_hashes, const nlohmann::ordered_json& selection) {
+  auto doc = nlohmann::ordered_json::parse(std::ifstream(options.source / "config.json"));
+  doc["architectures"] = {linearized_architecture_name(recipe.name)};
+  doc["model_type"] = kExportModelType;
+  doc["auto_map"] = {{"AutoConfig", "configuration_linearize.LinearizeConfig"},
+                     {"AutoModelForCausalLM", "modeling_linearize.LinearizeForCausalLM"}};
+  doc["linearize"] = {{"format_version", kLinearizeFormatVersion},
+                      {"tool_version", LINEARIZE_VERSION},
+                      {"recipe", recipe.name},
+                      {"params", result.params},
+                      {"softmax_layers", result.params["softmax_layers"]},
+                      {"source",
+                       {{"architecture", config.architecture},
+                        {"model_type", config.model_type},
+                        {"path", options.source.string()},
+                        {"sha256", source_files}}},
+                      {kHfFilesKey, hf_hashes}};
+  if (!selection.is_null()) doc["linearize"]["layer_selection"] = selection;
+  if (recipe.describe) doc["linearize"]["program"] = recipe.describe(config, result.params);
+  return doc;
+}
+
+}  // namespace
+
 ConvertResult convert_checkpoint(const ConvertOptions& options) {
   const auto& out = options.out;
   if (std::filesystem::exists(out) && !options.force)
@@ -145,21 +247,8 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
   if (recipe.check_source) recipe.check_source(config);
   ConvertResult result;
-  auto given = options.params;
   nlohmann::ordered_json selection;
-  if (given.contains("softmax_layers"))
-    if (const auto keep = auto_softmax_layers(given["softmax_layers"], config, options.params_origin)) {
-      LayerSelectionOptions select;
-      select.source = options.source;
-      select.recipe = recipe.name;
-      select.params = given;
-      select.params_origin = options.params_origin;
-      const auto ranking = rank_layers(select);
-      given["softmax_layers"] = most_sensitive(ranking, *keep);
-      selection = {{"keep", *keep}, {"ranking", nlohmann::ordered_json::array()}};
-      for (const auto& r : ranking) selection["ranking"].push_back({{"layer", r.layer}, {"mean_kl", r.mean_kl}});
-    }
-  result.params = resolve_recipe_params(recipe, given, config, options.params_origin);
+  result.params = resolve_conversion(options, recipe, config, selection);
 
   // Checks the source as loading would (every tensor, every shape) before anything is written.
   const auto source = CheckpointWeights::open(options.source);
@@ -168,7 +257,6 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   std::filesystem::create_directories(out);
   // A forced rewrite makes the directory incomplete first: config.json goes last.
   std::filesystem::remove(out / "config.json");
-
   // The source files' own hashes (recorded in config.json) on another thread while this one hashes and
   // writes the tensors: reading through the page cache, they hold no memory of the process's.
   auto shard_hashes = std::async(std::launch::async, [&source] {
@@ -176,77 +264,15 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
     for (const auto& shard : source.shards()) hashes.push_back(sha256_file(shard.path()));
     return hashes;
   });
-  // The copies stream from the source's mapping to the output in its dtype, one tensor resident at a time:
-  // each tensor's pages are released once hashed and again once written (mapped pages count in the
-  // process's RSS until dropped), so peak memory is the largest tensor plus the recipe's new ones.
-  NamedTensors tensors;
-  nlohmann::ordered_json copied;  // name -> sha256 of its bytes: verify's L0 checks the copies against these
-  for (const auto& shard : source.shards()) {
-    for (const auto& name : shard.names()) {  // the source's own order, which sharding follows
-      auto view = shard.tensor(name);  // a view of the mapping: no copy
-      copied[name] = sha256_hex(view.data_ptr(), view.nbytes());
-      shard.release(name);
-      tensors.emplace_back(name, std::move(view));
-    }
-  }
-  for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    if (!is_softmax_layer(result.params, i)) {
-      ++result.converted_layers;
-      for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params})) {
-        auto value = t.init();
-        result.new_parameters += value.numel();
-        tensors.emplace_back(names::recipe_tensor(i, t.name), std::move(value));
-      }
-    }
-  }
-  std::uint64_t written = 0, total = 0;
-  for (const auto& [name, tensor] : tensors) total += static_cast<std::uint64_t>(tensor.nbytes());
-  write_checkpoint(out, tensors,
-                   {{"format", "pt"}, {"linearize_format_version", std::to_string(kLinearizeFormatVersion)},
-                    {"recipe", recipe.name}, {kCopiedTensorsMetadataKey, copied.dump()}},
-                   options.max_shard_bytes, [&](const std::string& name, std::uint64_t bytes) {
-                     if (source.contains(name)) source.release(name);
-                     written += bytes;
-                     if (options.progress) options.progress(written, total);
-                   });
-
-  for (const auto& name : passthrough_files()) {
-    const auto from = options.source / name;
-    if (!std::filesystem::exists(from)) continue;
-    std::ifstream in(from, std::ios::binary);
-    write_file_atomic(out / name, std::string(std::istreambuf_iterator<char>(in), {}));
-  }
-
-  nlohmann::ordered_json hf_hashes;
-  for (const auto& file : hf_files()) {
-    write_file_atomic(out / file.name, std::string(file.text));
-    hf_hashes[std::string(file.name)] = sha256_hex(file.text.data(), file.text.size());
-  }
+  write_weights(options, source, recipe, config, result);
+  const auto hf_hashes = write_side_files(options);
 
   nlohmann::ordered_json files;
   const auto hashes = shard_hashes.get();
   for (std::size_t i = 0; i < source.shards().size(); ++i)
     files[std::filesystem::path(source.shards()[i].path()).filename().string()] = hashes[i];
   files["config.json"] = sha256_file(options.source / "config.json");
-  auto doc = nlohmann::ordered_json::parse(std::ifstream(options.source / "config.json"));
-  doc["architectures"] = {linearized_architecture_name(recipe.name)};
-  doc["model_type"] = kExportModelType;
-  doc["auto_map"] = {{"AutoConfig", "configuration_linearize.LinearizeConfig"},
-                     {"AutoModelForCausalLM", "modeling_linearize.LinearizeForCausalLM"}};
-  doc["linearize"] = {{"format_version", kLinearizeFormatVersion},
-                      {"tool_version", LINEARIZE_VERSION},
-                      {"recipe", recipe.name},
-                      {"params", result.params},
-                      {"softmax_layers", result.params["softmax_layers"]},
-                      {"source",
-                       {{"architecture", config.architecture},
-                        {"model_type", config.model_type},
-                        {"path", options.source.string()},
-                        {"sha256", files}}},
-                      {kHfFilesKey, hf_hashes}};
-  if (!selection.is_null()) doc["linearize"]["layer_selection"] = selection;
-  if (recipe.describe) doc["linearize"]["program"] = recipe.describe(config, result.params);
-  write_file_atomic(out / "config.json", doc.dump(2) + "\n");
+  write_file_atomic(out / "config.json", export_config(options, recipe, config, result, files, hf_hashes, selection).dump(2) + "\n");
   return result;
 }
 

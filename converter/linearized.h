@@ -1,4 +1,4 @@
-// Converted models: writing one from a source checkpoint and a recipe (the directory of DESIGN section 5),
+// Converted models: writing one from a source checkpoint and a recipe (the directory of docs/formats.md#export-directory),
 // and loading any model directory, source or converted, into the one decoder.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Every tensor and capture name, built and parsed here only (DESIGN section 2): the Hugging Face names of a
+// Every tensor and capture name, built and parsed here only (docs/architecture.md#names): the Hugging Face names of a
 // decoder checkpoint, the recipes' tensors under a layer's self_attn, PEFT's LoRA factors, and the names
 // the forward gives its intermediates (CaptureFn). A typo elsewhere is then a compile error, not a
 // tensor that silently is not found.

@@ -133,11 +133,8 @@ nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& gra
   return {{"model", model}, {"search", search}};
 }
 
-}  // namespace
-
-OnnxExportResult export_onnx(const OnnxExportOptions& options) {
-  const auto config_path = options.model / "config.json";
-  const auto config = load_model_config(config_path);
+// The opset the export writes, checked against what the options ask of it.
+std::int64_t export_opset(const OnnxExportOptions& options) {
   const auto opset = options.opset.value_or(options.linear_attention_operator ? kLinearAttentionOpset : kOnnxDefaultOpset);
   if (opset < 18) throw InputError("command line", "--opset", "must be 18 or later (got " + std::to_string(opset) + ")");
   if (options.linear_attention_operator && opset < kLinearAttentionOpset)
@@ -145,17 +142,32 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
   if (std::filesystem::exists(options.model / kPeftAdapterDir))
     throw InputError((options.model / kPeftAdapterDir).string(), "adapter",
                      "export-onnx takes merged weights; distill with --merge (or merge the adapter) first");
-  std::optional<RecipeOfModel> recipe;
-  std::vector<bool> converted(static_cast<std::size_t>(config.num_hidden_layers), false);
-  if (!config.linearize.is_null()) {
-    recipe = recipe_of(config);
-    for (const auto layer : converted_layers(config)) {
-      converted[static_cast<std::size_t>(layer)] = true;
-      if (!recipe->recipe->emit_onnx)
-        throw InputError(config_path.string(), "linearize.recipe",
-                         "layer " + std::to_string(layer) + ": mixer '" + recipe->recipe->name + "' has no ONNX form yet");
-    }
+  return opset;
+}
+
+// A converted model's recipe (none for a plain checkpoint), and which layers it converted.
+std::optional<RecipeOfModel> converted_recipe(const ModelConfig& config, const std::filesystem::path& config_path,
+                                              std::vector<bool>& converted) {
+  converted.assign(static_cast<std::size_t>(config.num_hidden_layers), false);
+  if (config.linearize.is_null()) return std::nullopt;
+  auto recipe = recipe_of(config);
+  for (const auto layer : converted_layers(config)) {
+    converted[static_cast<std::size_t>(layer)] = true;
+    if (!recipe.recipe->emit_onnx)
+      throw InputError(config_path.string(), "linearize.recipe",
+                       "layer " + std::to_string(layer) + ": mixer '" + recipe.recipe->name + "' has no ONNX form yet");
   }
+  return recipe;
+}
+
+}  // namespace
+
+OnnxExportResult export_onnx(const OnnxExportOptions& options) {
+  const auto config_path = options.model / "config.json";
+  const auto config = load_model_config(config_path);
+  const auto opset = export_opset(options);
+  std::vector<bool> converted;
+  const auto recipe = converted_recipe(config, config_path, converted);
   const auto checkpoint = CheckpointWeights::open(options.model);
   onnx_model::Model model(opset, LINEARIZE_VERSION);
   OnnxModelContext context(model, config, checkpoint, options.fp16);

@@ -1,4 +1,4 @@
-// export-onnx (DESIGN sections 1 job 5, 5, 6 L6): a model directory, source or converted, as one ONNX graph for
+// export-onnx (docs/formats.md#onnx-graph, docs/verification.md#l6-onnx): a model directory, source or converted, as one ONNX graph for
 // prefill and decode. Inputs: input_ids [batch, sequence] (sequence > 1 prefills with the chunked form,
 // 1 is a decode step), attention_mask [batch, total_sequence], position_ids [batch, sequence], and per layer
 // its state: past_key_values.{i}.key/.value for softmax layers (the whole cache; sliding layers mask it) and

@@ -429,7 +429,7 @@ OnnxLinearAttention onnx_delta_rule(OnnxOps& ops, const std::string& q, const st
     const auto cum = b.op("CumSum", {chunk[4], b.scalar_i64(3)});  // [B, Hkv, 1, C, 1]
     const auto cum_last = b.slice(cum, 3, -1, std::numeric_limits<std::int64_t>::max());
     const auto decay = b.exp(b.op("Where", {causal, b.sub(cum, transposed(b, cum)), b.f32(kMinusInfinity)}));
-    // The WY form (research/kernels.md 1.1): T = (I + L)^-1 with L = strictly-lower(diag(beta) K K^T o decay),
+    // The WY form (docs/recipes.md#three-forms): T = (I + L)^-1 with L = strictly-lower(diag(beta) K K^T o decay),
     // by forward substitution as fla and transformers' torch_chunk_gated_delta_rule: row i of A = -L becomes
     // row_i + row_i A once rows < i are done (row_i is zero from column i on, so only those rows count);
     // T = A + I. (The closed form (I - L)(I + L^2)(I + L^4)... needs no loop but cancels in fp32: keys that

@@ -3,7 +3,7 @@
 // o_proj) in the graph, and the forms the recipes share, written with standard operators only:
 //   chunked linear attention   a Scan over chunks of C tokens carrying the state [B, Hkv, K, V] (and the
 //                              normaliser's [B, Hkv, K]); inside a chunk the masked quadratic form, every
-//                              exponent b_t - b_s <= 0 (research/kernels.md 1.1), so nothing overflows;
+//                              exponent b_t - b_s <= 0 (docs/recipes.md#gates-in-log-space), so nothing overflows;
 //   window attention           softmax over the cached window keys and the call's, with a mask of
 //                              relative positions (no absolute position needed).
 // Layout inside mixers: heads first, [B, H, S, D]; `S` is dynamic (S > 1 prefill, S = 1 decode).

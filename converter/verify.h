@@ -1,4 +1,4 @@
-// The verification contract (DESIGN section 6): structure (L0), the three forms agree (L1), the export
+// The verification contract (docs/verification.md): structure (L0), the three forms agree (L1), the export
 // reproduces the logits it recorded (L2), exactness where the conversion must be exact (L3), agreement
 // with the source (L4), and where the directory holds model.onnx its graph's structure (L6: checker, shape
 // inference, weights byte-identical). One row per check, never a warning: a failed check fails the report.

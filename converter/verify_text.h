@@ -1,4 +1,4 @@
-// The real text verify runs on when no --text is given (DESIGN section 6, L4): a few KB of prose, code,
+// The real text verify runs on when no --text is given (docs/verification.md#prompts): a few KB of prose, code,
 // numbers and non-English prose, compiled into the binary so an export verifies anywhere.
 #pragma once
 

@@ -312,6 +312,32 @@ void all_reduce_step(const ProcessGroup& group, const NamedTensors& params, doub
   for (std::size_t i = 0; i < layer_values.size(); ++i) layer_values[i] = summed[2 + static_cast<std::int64_t>(i)].item<double>();
 }
 
+// One optimiser step's micro-batches: each one's loss (under the device's autocast) backward, scaled by
+// 1 / grad_accum; returns the step's mean loss and layer values and the tokens it read.
+struct AccumulatedLoss {
+  double loss = 0;
+  std::vector<double> layer_values;
+  std::int64_t tokens = 0;
+};
+AccumulatedLoss accumulate_gradients(const StagePlan& plan, const TrainingContext& ctx, std::int64_t step) {
+  const auto& optim = *plan.optim;
+  const auto accum = static_cast<double>(optim.grad_accum);
+  AccumulatedLoss total;
+  for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
+    StageLoss r;
+    {
+      const AutocastScope autocast(uses_autocast(ctx.config.device), ctx.device.type());
+      r = plan.loss((step - plan.first_step - 1) * optim.grad_accum + micro);
+    }
+    (r.loss / accum).backward();
+    total.loss += r.loss.item<double>() / accum;
+    total.layer_values.resize(r.layer_values.size());
+    for (std::size_t i = 0; i < r.layer_values.size(); ++i) total.layer_values[i] += r.layer_values[i] / accum;
+    total.tokens += r.tokens;
+  }
+  return total;
+}
+
 // Runs `plan` from global step `result.step` to the end of its stage (or a stop), resuming the optimiser
 // and schedule from `resumed` when it was saved inside this stage. Returns false when stopped.
 bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResult& result) {
@@ -351,21 +377,8 @@ bool train_stage(const StagePlan& plan, const TrainingContext& ctx, DistillResul
       plan.params.front().second.view({-1}).narrow(0, 0, 1).fill_(std::numeric_limits<double>::quiet_NaN());
     }
     optimizer.zero_grad();
-    double loss = 0;
-    std::vector<double> layer_values;
-    const auto accum = static_cast<double>(optim.grad_accum);
-    for (std::int64_t micro = 0; micro < optim.grad_accum; ++micro) {
-      StageLoss r;
-      {
-        const AutocastScope autocast(uses_autocast(ctx.config.device), ctx.device.type());
-        r = plan.loss((step - plan.first_step - 1) * optim.grad_accum + micro);
-      }
-      (r.loss / accum).backward();
-      loss += r.loss.item<double>() / accum;
-      layer_values.resize(r.layer_values.size());
-      for (std::size_t i = 0; i < r.layer_values.size(); ++i) layer_values[i] += r.layer_values[i] / accum;
-      tokens += r.tokens;
-    }
+    auto [loss, layer_values, step_tokens] = accumulate_gradients(plan, ctx, step);
+    tokens += step_tokens;
     bool stop = plan.checkpoints && ctx.stop.requested();
     if (!plan.checkpoints && ctx.stop.requested() && !stop_deferred) {
       spdlog::warn("stop requested: block-parallel stage 1 checkpoints and stops once every rank has trained its block");
@@ -443,50 +456,58 @@ std::int64_t stage1_steps(const Stage1Config& stage1, std::size_t layers) {
   return stage1.optim.steps * (stage1.mode == Stage1Mode::kLayerwise ? static_cast<std::int64_t>(layers) : 1);
 }
 
-// Stage 1, joint or layer-wise, from result.step; false when stopped.
-bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const std::vector<std::int64_t>& layers,
-                  DistillResult& result) {
+// Stage 1's validation: every layer's loss into `record`; a layer-wise plan's schedule watches its own layer's
+// (`layer_index`), a joint one the mean.
+std::optional<double> validate_stage1(const TrainingContext& ctx, nlohmann::json& record, std::optional<std::size_t> layer_index) {
+  if (ctx.validation.empty()) return std::nullopt;
+  const auto v = validation_transfer_loss(ctx.student, ctx.source, ctx.validation, ctx.config.stage1);
+  record["val_loss"] = v.loss;
+  record["val_layer_loss"] = v.layer_loss;
+  return layer_index ? v.layer_loss[*layer_index] : v.loss;
+}
+
+// Joint stage 1: every converted layer's transfer loss on the same batches, one optimiser.
+bool train_stage1_joint(const TrainingContext& ctx, const NamedTensors& params, const std::vector<std::int64_t>& layers,
+                        DistillResult& result) {
   const auto& stage1 = ctx.config.stage1;
-  const auto& validation = ctx.validation;
-  // Validation records every layer's loss; a layer-wise plan's schedule watches its own layer's.
-  auto validate_layers = [&](nlohmann::json& record, std::optional<std::size_t> layer_index) {
-    if (validation.empty()) return std::optional<double>{};
-    const auto v = validation_transfer_loss(ctx.student, ctx.source, validation, stage1);
-    record["val_loss"] = v.loss;
-    record["val_layer_loss"] = v.layer_loss;
-    return std::optional<double>{layer_index ? v.layer_loss[*layer_index] : v.loss};
+  StagePlan plan;
+  plan.name = "stage1";
+  plan.optim = &stage1.optim;
+  plan.params = plan.saved = params;
+  plan.layers = layers;
+  plan.data_parallel = ctx.group != nullptr;
+  plan.loss = [&](std::int64_t) {
+    const auto batch = ctx.data.next_batch().input_ids.to(ctx.device);
+    const auto ids = rank_rows(batch, ctx.group);
+    auto r = attention_transfer_loss(ctx.student, ctx.source, ids, stage1.factor, stage1.loss);
+    // The loss is a mean over the rows' positions, all rows the same length: a rank's share of the
+    // global batch's mean is its mean times its fraction of the rows.
+    const double share = static_cast<double>(ids.size(0)) / static_cast<double>(batch.size(0));
+    for (auto& v : r.layer_loss) v *= share;
+    return StageLoss{r.loss * share, std::move(r.layer_loss), batch.numel()};
   };
-  if (stage1.mode != Stage1Mode::kLayerwise) {
-    StagePlan plan;
-    plan.name = "stage1";
-    plan.optim = &stage1.optim;
-    plan.params = plan.saved = params;
-    plan.layers = layers;
-    plan.data_parallel = ctx.group != nullptr;
-    plan.loss = [&](std::int64_t) {
-      const auto batch = ctx.data.next_batch().input_ids.to(ctx.device);
-      const auto ids = rank_rows(batch, ctx.group);
-      auto r = attention_transfer_loss(ctx.student, ctx.source, ids, stage1.factor, stage1.loss);
-      // The loss is a mean over the rows' positions, all rows the same length: a rank's share of the
-      // global batch's mean is its mean times its fraction of the rows.
-      const double share = static_cast<double>(ids.size(0)) / static_cast<double>(batch.size(0));
-      for (auto& v : r.layer_loss) v *= share;
-      return StageLoss{r.loss * share, std::move(r.layer_loss), batch.numel()};
-    };
-    plan.validate = [&](nlohmann::json& record) { return validate_layers(record, std::nullopt); };
-    return train_stage(plan, ctx, result);
-  }
-  // Block-wise (docs/distillation.md#stage-1-attention-transfer): the teacher's input and output of every converted layer, for every
-  // sequence stage 1 trains on, cached once in HDF5; each layer then trains alone from its rows. With
-  // several ranks (block-parallel, as LoLCATs trains a 405B model block by block): rank r owns the
-  // contiguous block of layers [r n/W, (r+1) n/W), caches only those (its shard of the cache, under its rank
-  // directory) and trains them; the trained tensors then go from each owner to every rank.
-  const int world = ctx.group ? ctx.group->world_size() : 1, rank = ctx.group ? ctx.group->rank() : 0;
-  const auto owner = [&](std::size_t j) { return static_cast<int>(j * static_cast<std::size_t>(world) / layers.size()); };
+  plan.validate = [&ctx](nlohmann::json& record) { return validate_stage1(ctx, record, std::nullopt); };
+  return train_stage(plan, ctx, result);
+}
+
+// Block-wise stage 1's owner of converted layer j: with W ranks (block-parallel, as LoLCATs trains a 405B model
+// block by block), rank r owns the contiguous block of layers [r n/W, (r+1) n/W).
+int stage1_owner(const TrainingContext& ctx, std::size_t j, std::size_t layers) {
+  const int world = ctx.group ? ctx.group->world_size() : 1;
+  return static_cast<int>(j * static_cast<std::size_t>(world) / layers);
+}
+
+// The teacher's input and output of every layer this rank owns, for every sequence stage 1 trains on, cached
+// once in HDF5 (this rank's shard of the cache, under its rank directory); none when every owned layer is
+// trained already (a resumed run). Opened into `cache` (an HDF5 reader does not move).
+void open_stage1_cache(const TrainingContext& ctx, const std::vector<std::int64_t>& layers, const DistillResult& result,
+                       std::optional<LayerCache>& cache) {
+  const auto& stage1 = ctx.config.stage1;
+  const int rank = ctx.group ? ctx.group->rank() : 0;
   std::vector<std::int64_t> owned;
   bool needs_cache = false;  // this rank still has a layer to train (a resumed run may have trained them all)
   for (std::size_t j = 0; j < layers.size(); ++j)
-    if (owner(j) == rank) {
+    if (stage1_owner(ctx, j, layers.size()) == rank) {
       owned.push_back(layers[j]);
       needs_cache = needs_cache || result.step < static_cast<std::int64_t>(j + 1) * stage1.optim.steps;
     }
@@ -509,14 +530,50 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
       spdlog::info("cached the inputs of {} layers for {} sequences in {}", owned.size(), rows, cache_path.string());
     }
   }
-  std::optional<LayerCache> cache;
   if (needs_cache) cache.emplace(cache_path, owned, ctx.source.config().hidden_size);
-  const std::int64_t batch = ctx.config.data.batch_size;
-  if (cache && cache->rows() != micro_batches * batch)
+  const std::int64_t rows = micro_batches * ctx.config.data.batch_size;
+  if (cache && cache->rows() != rows)
     throw InputError(cache_path.string(), "rows", "holds " + std::to_string(cache->rows()) + " sequences, the run trains on " +
-                                                      std::to_string(micro_batches * batch) + ": remove the file");
+                                                      std::to_string(rows) + ": remove the file");
+}
+
+// Block-parallel stage 1's end: each layer's trained tensors go from its owner to every rank, then one checkpoint
+// of the whole stage; false when a stop was asked for during the stage (each rank trains alone, no step
+// checkpoints), which is honoured here.
+bool gather_stage1(const TrainingContext& ctx, const NamedTensors& params, const std::vector<std::int64_t>& layers,
+                   DistillResult& result) {
   for (std::size_t j = 0; j < layers.size(); ++j) {
-    if (owner(j) != rank) continue;
+    std::vector<at::Tensor> tensors;
+    for (const auto& [name, tensor] : params)
+      if (names::layer_of(name) == layers[j]) tensors.push_back(tensor);
+    ctx.group->broadcast(tensors, stage1_owner(ctx, j, layers.size()), kLongWait);
+  }
+  result.step = stage1_steps(ctx.config.stage1, layers.size());
+  if (ctx.root()) {  // every layer trained: the per-layer validation the report's stage-1 chart ends with
+    nlohmann::json record{{"stage", "stage1"}, {"step", result.step}};
+    validate_stage1(ctx, record, std::nullopt);
+    ctx.metrics.append(record);
+  }
+  result.checkpoint = save_checkpoint(ctx, result.step, params, OptimizerState{}, nlohmann::json::object());
+  if (ctx.group->all_reduce_sum(ctx.stop.requested() ? 1.0 : 0.0) > 0) {
+    result.stopped = true;
+    return false;
+  }
+  return true;
+}
+
+// Stage 1, joint or layer-wise, from result.step; false when stopped. Layer-wise
+// (docs/distillation.md#stage-1-attention-transfer): each layer trains alone from its cached rows.
+bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const std::vector<std::int64_t>& layers,
+                  DistillResult& result) {
+  const auto& stage1 = ctx.config.stage1;
+  if (stage1.mode != Stage1Mode::kLayerwise) return train_stage1_joint(ctx, params, layers, result);
+  std::optional<LayerCache> cache;
+  open_stage1_cache(ctx, layers, result, cache);
+  const std::int64_t batch = ctx.config.data.batch_size;
+  const int rank = ctx.group ? ctx.group->rank() : 0;
+  for (std::size_t j = 0; j < layers.size(); ++j) {
+    if (stage1_owner(ctx, j, layers.size()) != rank) continue;
     StagePlan plan;
     plan.name = "stage1.layer" + std::to_string(layers[j]);
     plan.optim = &stage1.optim;
@@ -532,33 +589,13 @@ bool train_stage1(const TrainingContext& ctx, const NamedTensors& params, const 
                                        stage1.factor, stage1.loss);
       return StageLoss{r.loss, std::move(r.layer_loss), batch * cache->seq_len()};
     };
-    plan.validate = [&, j](nlohmann::json& record) { return validate_layers(record, j); };
+    plan.validate = [&ctx, j](nlohmann::json& record) { return validate_stage1(ctx, record, j); };
     // A rank's first layer starts past the other ranks' layers (one process: where the previous one ended,
     // or a resume inside this one left off).
     result.step = std::max(result.step, plan.first_step);
     if (!train_stage(plan, ctx, result)) return false;
   }
-  if (!ctx.group) return true;
-  // The ranks meet: each layer's trained tensors from its owner, then one checkpoint of the whole stage.
-  for (std::size_t j = 0; j < layers.size(); ++j) {
-    std::vector<at::Tensor> tensors;
-    for (const auto& [name, tensor] : params)
-      if (names::layer_of(name) == layers[j]) tensors.push_back(tensor);
-    ctx.group->broadcast(tensors, owner(j), kLongWait);
-  }
-  result.step = stage1_steps(stage1, layers.size());
-  if (ctx.root()) {  // every layer trained: the per-layer validation the report's stage-1 chart ends with
-    nlohmann::json record{{"stage", "stage1"}, {"step", result.step}};
-    validate_layers(record, std::nullopt);
-    ctx.metrics.append(record);
-  }
-  result.checkpoint = save_checkpoint(ctx, result.step, params, OptimizerState{}, nlohmann::json::object());
-  // A stop asked for during the stage (each rank trains alone, no step checkpoints) is honoured here.
-  if (ctx.group->all_reduce_sum(ctx.stop.requested() ? 1.0 : 0.0) > 0) {
-    result.stopped = true;
-    return false;
-  }
-  return true;
+  return !ctx.group || gather_stage1(ctx, params, layers, result);
 }
 
 // Stage 2: LoRA on the configured projections of the frozen student, from global step `first_step`;
@@ -628,6 +665,39 @@ bool train_stage2(const TrainingContext& ctx, const NamedTensors& stage1_params,
   return finished;
 }
 
+// A multi-process job's process group (none for one process), the global batch checked to split over its ranks.
+std::unique_ptr<ProcessGroup> join_job(const RunConfig& config, const std::optional<ProcessPlace>& place) {
+  if (!place) return nullptr;
+  if (config.data.batch_size % place->world_size != 0)
+    throw InputError(kConfigSource, "data.batch_size",
+                     std::to_string(config.data.batch_size) + " rows do not split over " + std::to_string(place->world_size) +
+                         " ranks (the global batch is divided among them)");
+  auto group = ProcessGroup::connect(*place, std::chrono::seconds(config.device.timeout_s), config.device.type == DeviceType::kCuda);
+  spdlog::info("rank {} of {} joined the job at {}:{}", place->rank, place->world_size, place->master_addr, place->master_port);
+  return group;
+}
+
+// A resumed run takes its checkpoint's trainables, data position, generators and step; a new one seeds the
+// generators and starts its metrics afresh.
+void start_or_resume(const RunConfig& config, const std::optional<Resumed>& resumed, const NamedTensors& stage1_params,
+                     const ProcessGroup* group, const fs::path& work_dir, TokenDataset& data, DistillResult& result) {
+  if (!resumed) {
+    // LoRA's dropout draws from the global generators: each rank its own masks for its own rows.
+    at::manual_seed(config.seed + static_cast<std::uint64_t>(group ? group->rank() : 0));
+    fs::remove(work_dir / "metrics.jsonl");
+    return;
+  }
+  copy_trainables(stage1_params, select(resumed->state.trainables, stage1_params), resumed->from);
+  data.restore(DataPosition::from_json(resumed->state.data_position, resumed->from));
+  restore_rng(resumed->state.rng);
+  result.step = resumed->state.step;
+  // Rank 0 saved its generators; the other ranks draw their own dropout masks from a stream of their own
+  // (a multi-rank run with dropout resumes onto new masks, not bitwise).
+  if (group && group->rank() > 0)
+    at::manual_seed(config.seed + 1'000'003ULL * static_cast<std::uint64_t>(result.step) + static_cast<std::uint64_t>(group->rank()));
+  spdlog::info("resuming from {} (step {})", resumed->from, result.step);
+}
+
 }  // namespace
 
 DistillResult run_distill(const DistillOptions& options) {
@@ -639,16 +709,7 @@ DistillResult run_distill(const DistillOptions& options) {
   const auto place = process_place_from_environment();
   const fs::path work_dir = place && place->rank > 0 ? out / ("rank" + std::to_string(place->rank)) : out;
   const DirectoryLock lock(work_dir);
-  if (place && config.data.batch_size % place->world_size != 0)
-    throw InputError(kConfigSource, "data.batch_size",
-                     std::to_string(config.data.batch_size) + " rows do not split over " + std::to_string(place->world_size) +
-                         " ranks (the global batch is divided among them)");
-  std::unique_ptr<ProcessGroup> group;
-  if (place) {
-    group = ProcessGroup::connect(*place, std::chrono::seconds(config.device.timeout_s),
-                                  config.device.type == DeviceType::kCuda);
-    spdlog::info("rank {} of {} joined the job at {}:{}", place->rank, place->world_size, place->master_addr, place->master_port);
-  }
+  const auto group = join_job(config, place);
   const bool root = !group || group->rank() == 0;
   CheckpointManager checkpoints(config.checkpoint.dir.empty() ? out / "checkpoints" : fs::path(config.checkpoint.dir),
                                 config.checkpoint.keep);
@@ -683,21 +744,7 @@ DistillResult run_distill(const DistillOptions& options) {
     result.before = evaluate_quality(student, source, validation);
     if (stage1.enabled) result.initial_transfer_loss = validation_transfer_loss(student, source, validation, stage1).loss;
   }
-  if (resumed) {
-    copy_trainables(stage1_params, select(resumed->state.trainables, stage1_params), resumed->from);
-    data.restore(DataPosition::from_json(resumed->state.data_position, resumed->from));
-    restore_rng(resumed->state.rng);
-    result.step = resumed->state.step;
-    // Rank 0 saved its generators; the other ranks draw their own dropout masks from a stream of their own
-    // (a multi-rank run with dropout resumes onto new masks, not bitwise).
-    if (group && group->rank() > 0)
-      at::manual_seed(config.seed + 1'000'003ULL * static_cast<std::uint64_t>(result.step) + static_cast<std::uint64_t>(group->rank()));
-    spdlog::info("resuming from {} (step {})", resumed->from, result.step);
-  } else {
-    // LoRA's dropout draws from the global generators: each rank its own masks for its own rows.
-    at::manual_seed(config.seed + static_cast<std::uint64_t>(group ? group->rank() : 0));
-    fs::remove(work_dir / "metrics.jsonl");
-  }
+  start_or_resume(config, resumed, stage1_params, group.get(), work_dir, data, result);
   MetricsLog metrics(work_dir / "metrics.jsonl", resumed ? std::optional<std::int64_t>(result.step) : std::nullopt);
   StopFlag stop;
   const TrainingContext ctx{config, options, student, source, data, validation, checkpoints, metrics, stop, load.device,

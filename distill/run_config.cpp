@@ -1,6 +1,7 @@
 #include "distill/run_config.h"
 
 #include "converter/recipes/recipe.h"
+#include "formats/nearest_name.h"
 
 #include <algorithm>
 #include <charconv>

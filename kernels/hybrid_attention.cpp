@@ -69,7 +69,7 @@ LinearAttentionOptions linear_options(const HybridAttentionOptions& opt) {
   LinearAttentionOptions lo;
   lo.form = opt.form;
   lo.chunk_size = opt.chunk_size;
-  lo.scale = 1.0;  // both hybrids use phi_q.phi_k unscaled (research/linearization.md 1, 2)
+  lo.scale = 1.0;  // both hybrids use phi_q.phi_k unscaled (docs/recipes.md#liger-gla, docs/recipes.md#lolcats)
   return lo;
 }
 

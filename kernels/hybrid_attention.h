@@ -1,5 +1,5 @@
 // Sliding-window softmax attention + linear attention in one token mixer, the intra-layer hybrids of
-// Liger and LoLCATs (research/linearization.md 1 and 2). Query n sees the keys n - window < j <= n through
+// Liger and LoLCATs (docs/recipes.md#liger-gla and docs/recipes.md#lolcats). Query n sees the keys n - window < j <= n through
 // exact softmax (scores s_nj = scale q_n.k_j, scale the source's, D^-1/2 by default, every exponent s_nj - c_n <= 0, c_n the row max), and the
 // linear branch covers
 //   Liger  : every key j <= n with GLA; o_n = 0.5 num_n / den_n + 0.5 o_lin_n (two separate normalisers),
@@ -8,7 +8,7 @@
 //            y_n = (f num_n + sum_{j <= n-window} phi_q(q_n).phi_k(k_j) v_j)
 //                / (f den_n + sum_{j <= n-window} phi_q(q_n).phi_k(k_j)),   f = sigmoid(w_h) per head,
 // with num_n = sum_{window} exp(s_nj - c_n) v_j, den_n = sum_{window} exp(s_nj - c_n).
-// Three forms compute the same function (DESIGN section 4): parallel (the quadratic masked formula, the
+// Three forms compute the same function (docs/recipes.md#three-forms): parallel (the quadratic masked formula, the
 // oracle), chunked (windowed query blocks of C rows and the linear kernel's chunked form: prefill and
 // training) and recurrent (token by token: decode). The state is the linear state plus the KV cache of the
 // last `window` keys, so decode sees exactly the window prefill sees.

@@ -1,5 +1,5 @@
 // The architecture registry: every supported family, keyed by config.json `architectures[0]` (and aliases).
-// Registration is explicit: register_all() lists the families once (DESIGN section 2, Registries).
+// Registration is explicit: register_all() lists the families once (docs/architecture.md#registries).
 #pragma once
 
 #include <string>

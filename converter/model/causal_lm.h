@@ -106,7 +106,7 @@ class CausalLM {
   // The model this one was converted from, sharing every tensor (no copy): each layer's source attention
   // (TokenMixer::source_attention) and MLP without adapters, the same norms, embeddings and head. Equal
   // to loading the source checkpoint, whose tensors a conversion copies bit for bit (verify L0), so distill
-  // holds one model, not a student and a teacher (DESIGN section 5: never two copies).
+  // holds one model, not a student and a teacher (docs/architecture.md#one-model-pluggable-token-mixers: never two copies).
   CausalLM source_model() const;
 
   // forward() in two parts, for a loss computed a slice of positions at a time: the final norm's output

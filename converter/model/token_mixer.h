@@ -1,5 +1,5 @@
 // The token mixer of a decoder block: softmax attention for source models, a recipe's linear or hybrid
-// mixer for converted ones. The decoder never knows which (DESIGN section 2, "One model, pluggable mixers").
+// mixer for converted ones. The decoder never knows which (docs/architecture.md#one-model-pluggable-token-mixers).
 #pragma once
 
 #include <cstdint>
@@ -55,7 +55,7 @@ class TokenMixer {
   // The mixer as attention weights, for a stateless forward of x [B, T, hidden] from position 0:
   // [B, H, T, T] (fp32 or wider) with forward(x)_i = W_O sum_j a_ij v_j (v per query head) and each
   // row a distribution over the keys j <= i. Hedgehog's attention distillation compares these
-  // (research/linearization.md 3). Undefined for mixers whose output is no such mix (gated or unnormalised
+  // (docs/recipes.md#hedgehog). Undefined for mixers whose output is no such mix (gated or unnormalised
   // states: liger-gla, supra). O(T^2) memory per head: for training-length sequences, not long prompts.
   virtual at::Tensor attention_weights(const at::Tensor& /*x*/) const { return {}; }
 

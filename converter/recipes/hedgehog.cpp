@@ -1,4 +1,4 @@
-// Hedgehog (research/linearization.md 3; Zhang et al. 2024): pure normalised linear attention with the
+// Hedgehog (Zhang et al. 2024, arXiv 2402.04347; docs/recipes.md#hedgehog): pure normalised linear attention with the
 // Hedgehog map per query head, phi(x) = [softmax(xW), softmax(-xW)] on RoPE'd q and k (as LoLCATs feeds
 // its maps), W truncated-identity at conversion:
 //   o_n = sum_{j<=n} phi(q_n).phi(k_j) v_j / sum_{j<=n} phi(q_n).phi(k_j).

@@ -1,4 +1,4 @@
-// Liger-GLA (research/linearization.md 1; OpenSparseLLMs/Linearization): no new parameters. Per layer,
+// Liger-GLA (arXiv 2503.01496, OpenSparseLLMs/Linearization; docs/recipes.md#liger-gla): no new parameters. Per layer,
 //   gate   log a_t = logsigmoid(pool(W_K x_t)) / 16, per key channel (the pool is an identity when its
 //          output size equals the key width, as in every shipped config);
 //   linear o_lin = GLA(softmax_d(q), softmax_d(k), v), scale 1, no denominator, no RoPE;

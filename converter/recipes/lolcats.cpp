@@ -1,4 +1,4 @@
-// LoLCATs (research/linearization.md 2; HazyResearch/lolcats, the `sw` window): per layer and query head,
+// LoLCATs (arXiv 2410.10254, docs/recipes.md#lolcats; HazyResearch/lolcats, the `sw` window): per layer and query head,
 // Hedgehog maps phi_q, phi_k ([softmax(xW), softmax(-xW)], W in R^{d x f}, truncated-identity init) on
 // RoPE'd q, k, and a sliding window of 64 keys sharing one normaliser with the linear part:
 //   y_n = (g_h sum_{W(n)} exp(s_nj - c_n) v_j + sum_{j <= n - 64} phi_q(q_n).phi_k(k_j) v_j)

@@ -40,8 +40,7 @@ struct Mamba2Program {
     o.capture(names::MixerCapture::o_lin, ssd);
     // y = (SSD + D x) * silu(z), the gated RMSNorm over all heads, then W_O.
     const auto y = o.mul(o.merge_heads(o.add(o.fp32(ssd), o.mul(o.head_param(kSkip), xs))), o.silu(o.linear(xf, kGateWeight)));
-    const auto normed = o.mul(o.rms_normalize(y, o.number("norm_eps")), o.param(kOutputNormWeight));
-    return o.project_output(o.split_heads(normed, d));
+    return recipes::normed_output(o, y, o.number("norm_eps"), kOutputNormWeight);
   }
 };
 

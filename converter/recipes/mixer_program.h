@@ -1,4 +1,4 @@
-// A recipe's layer written once (docs/recipes.md, "Mixer programs"): each recipe states its mixer as one
+// A recipe's layer written once (docs/recipes.md#mixer-programs): each recipe states its mixer as one
 // function template over a backend of primitives,
 //
 //   struct SomeProgram {
@@ -40,6 +40,14 @@
 #include "converter/recipes/torch_mixer_ops.h"
 
 namespace linearize::recipes {
+
+// A program fragment: y (per token, H D wide) through an RMSNorm with the layer's `weight`, back into heads, then
+// W_O (mamba2's gated norm after its gate, transnormer's NormAttention).
+template <class Ops>
+typename Ops::Value normed_output(Ops& o, const typename Ops::Value& y, double eps, const std::string& weight) {
+  const auto normed = o.mul(o.rms_normalize(y, eps), o.param(weight));
+  return o.project_output(o.split_heads(normed, o.head_dim()));
+}
 
 // A Recipe whose make_mixer and emit_onnx both run Program (its name, summary, params, new_tensors and
 // check_source already set in `r`).

@@ -18,6 +18,12 @@
 
 namespace linearize::recipes {
 
+// The program a record computes, as one expression (each value spelled out as the op, attributes and inputs that
+// make it), independent of the order the compiler evaluated a primitive's arguments in, which numbers the values
+// and orders the ops: two records are the same program when their expressions are equal. Throws
+// nlohmann::json::exception on a record that is not one.
+std::string program_expression(const nlohmann::json& record);
+
 class ProgramRecorder {
  public:
   using Value = std::int64_t;  // 0: none (an absent decay); the layer's input x is 1

@@ -20,7 +20,7 @@ struct HeadsOf {
   std::int64_t count = 0;
 };
 
-// How a linear recurrence's decay is given (docs/recipes.md, "Three forms"): none (plain linear attention),
+// How a linear recurrence's decay is given (docs/recipes.md#three-forms): none (plain linear attention),
 // one log decay per head and token ([.., H, .., 1], simple GLA / SSD), one per key channel ([.., H, .., K],
 // GLA), or a fixed log decay per head (`fixed`, RetNet / SUPRA's gamma_h).
 enum class Decay { none, per_head, per_channel, fixed };

@@ -1,5 +1,5 @@
 // A linearization recipe: its parameters, the tensors it adds to each converted layer, and how it builds
-// that layer's token mixer from the source attention (DESIGN section 3). One file per recipe defines one
+// that layer's token mixer from the source attention (docs/architecture.md#recipes). One file per recipe defines one
 // Recipe; registry.cpp lists them (one line each).
 #pragma once
 
@@ -90,9 +90,5 @@ std::vector<std::int64_t> softmax_layers(const RecipeParams& params);
 
 // "liger-gla" -> "LinearizeLigerGlaForCausalLM"
 std::string linearized_architecture_name(const std::string& recipe);
-
-// Levenshtein distance, and the closest of `candidates` to `name` by it (for "did you mean" in errors).
-std::size_t edit_distance(const std::string& a, const std::string& b);
-std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
 
 }  // namespace linearize

@@ -1,4 +1,4 @@
-// SUPRA (research/linearization.md 5; Mercat et al. 2024, TRI-ML/linear_open_lm): phi(x) = RoPE(ReLU(xW + b))
+// SUPRA (Mercat et al. 2024, arXiv 2405.06640, TRI-ML/linear_open_lm; docs/recipes.md#supra): phi(x) = RoPE(ReLU(xW + b))
 // with one dense map over all heads for queries and one for keys, a fixed decay per head
 // gamma_h = exp(-slope_h) from the ALiBi slopes, no denominator, k scaled by 1/sqrt(d), and a GroupNorm
 // per head (no affine) before W_O:  S_t = gamma S_{t-1} + phi(k_t) v_t^T,  o_t = GroupNorm(phi(q_t) S_t).

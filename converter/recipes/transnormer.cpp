@@ -25,8 +25,7 @@ struct TransNormerProgram {
     const recipes::Recurrence state{o.kv_heads(), d, d, o.heads() / o.kv_heads()};
     const auto lin = o.linear_attention(phi(o.fp32(o.rope(h.q))), phi(o.fp32(o.rope(h.k))), h.v, {}, state);
     o.capture(names::MixerCapture::o_lin, lin);
-    const auto normed = o.mul(o.rms_normalize(o.merge_heads(o.fp32(lin)), o.number("norm_eps")), o.param(names::kOutputNormWeight));
-    return o.project_output(o.split_heads(normed, d));
+    return recipes::normed_output(o, o.merge_heads(o.fp32(lin)), o.number("norm_eps"), names::kOutputNormWeight);
   }
 };
 

@@ -24,8 +24,8 @@ static_assert(kSampleMaxTokens <= 512, "kFp64FormsTolerance's margin is for sums
 constexpr std::int64_t kOffEdgeCut = 37;
 // The model-level decode row runs what `generate` does: a chunked prefill of the longest sampled prompt,
 // then its last kDriftDecodeTokens tokens one step at a time (every step evicts from a full window cache
-// once the prefill is longer than the window). A model step reads every weight once (~40 ms for a 135M
-// fp32 model on this machine: memory-bound), so the row is kept to one chunk of steps; decoding from
+// once the prefill is longer than the window). A model step reads every weight once (memory-bound;
+// verify's cost: scripts/bench.sh verify), so the row is kept to one chunk of steps; decoding from
 // scratch is the per-layer fp64 row's.
 constexpr std::int64_t kDriftDecodeTokens = 64;
 

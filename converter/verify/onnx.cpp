@@ -1,4 +1,4 @@
-// L6 (DESIGN section 6) where the directory holds model.onnx: ONNX's full checker and strict shape inference in
+// L6 (docs/verification.md#l6-onnx) where the directory holds model.onnx: ONNX's full checker and strict shape inference in
 // C++, every weight of the graph byte-identical to model.safetensors (so the graph cannot carry other weights
 // than the ones L0-L2 checked), and the graph built from this config's recipe and parameters. Parity in
 // onnxruntime is scripts/check_onnx_export.py (no onnxruntime C headers here; README).

@@ -28,7 +28,7 @@ inline constexpr std::int64_t kSampleMaxTokens = 512;
 inline constexpr std::int64_t kSampleTokenBudget = 640;
 Prompts l1_sample(const Prompts& prompts);
 
-// The per-layer token-by-token runs (one call per token and layer: ~1 ms each on a 135M model on 2 cores)
+// The per-layer token-by-token runs (one call per token and layer, each a full pass over the layer's state)
 // take the longest sampled prompts first, until kDecodeTokenBudget tokens (the last one cut short): the
 // built-in set's longest prompt (2 max(W, C) + C + 1 = 193 tokens at the default window and chunk, the
 // window cache evicting twice) whole.

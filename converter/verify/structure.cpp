@@ -2,11 +2,13 @@
 // the files releases each tensor's pages once read, so reading two models' files side by side does not make
 // them both resident.
 #include <cstring>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
 #include "converter/linearized.h"
 #include "converter/model/weights.h"
+#include "converter/recipes/program_recorder.h"
 #include "converter/verify/check.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -78,6 +80,32 @@ void check_source_bytes(const CheckpointWeights& weights, const std::filesystem:
                       (merged.empty() ? "" : " (" + std::to_string(merged.size()) + " with LoRA merged left out)")));
 }
 
+// The recipe's program as convert recorded it (config.json linearize.program), which the transformers files
+// interpret, against the program the recipe states now for this config and parameters: an edited or stale
+// record would run another mixer there than here. Compared as expressions, so a binary whose compiler
+// evaluates a primitive's arguments in another order (numbering the values otherwise) agrees.
+bool same_program(const nlohmann::json& recorded, const nlohmann::json& expected) {
+  try {
+    return recorded.at("kind") == expected.at("kind") && recorded.at("tensors") == expected.at("tensors") &&
+           recipes::program_expression(recorded) == recipes::program_expression(expected);
+  } catch (const nlohmann::json::exception&) {
+    return false;  // not a program record
+  } catch (const std::out_of_range&) {
+    return false;  // an input no op makes
+  }
+}
+
+void check_program(const ModelConfig& config, ReportBuilder& r) {
+  const auto recipe = recipe_of(config);
+  if (!recipe.recipe->describe) return;  // a recipe without a program (a test's) records none
+  const auto& lin = config.linearize;
+  const bool recorded = lin.contains("program");
+  const bool same = recorded && same_program(lin["program"], recipe.recipe->describe(config, recipe.params));
+  r.add("mixer program matches the recipe's", same ? 0 : 1, "==", 0,
+        !recorded ? "config.json has no linearize.program"
+                  : same ? recipe.recipe->name : "the recorded program differs from " + recipe.recipe->name + "'s");
+}
+
 // Missing or misshapen tensors stop verify: nothing after L0 could load the model.
 void check_structure(VerifyContext& c) {
   const auto& dir = c.options.model;
@@ -96,6 +124,7 @@ void check_structure(VerifyContext& c) {
   if (lin.is_null()) return;  // a plain checkpoint copied nothing
   check_copied_hashes(weights, c.report);
   if (lin.contains(kHfFilesKey)) check_hf_files(dir, lin[kHfFilesKey], c.report);
+  check_program(c.config, c.report);
   if (c.options.source) check_source_bytes(weights, *c.options.source, c.config, c.report);
 }
 

@@ -175,6 +175,14 @@ INSTANTIATE_TEST_SUITE_P(
         Corruption{"SwappedRecipeParameter", "lolcats",
                    [](const auto& d) { edit_config(d, [](auto& j) { j["linearize"]["params"]["window"] = 32; }); },
                    1, "reload reproduces the recorded logits"},
+        Corruption{"EditedProgram", "liger-gla",
+                   [](const auto& d) {
+                     edit_config(d, [](auto& j) {
+                       for (auto& op : j["linearize"]["program"]["ops"])
+                         if (op.contains("divisor")) op["divisor"] = 8.0;  // the gate normaliser the modeling file would run
+                     });
+                   },
+                   1, "mixer program matches the recipe's"},
         Corruption{"MissingTensor", "hedgehog",
                    [](const auto& d) {
                      NamedTensors kept;

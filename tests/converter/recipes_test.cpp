@@ -8,6 +8,7 @@
 
 #include "converter/linearized.h"
 #include "converter/names.h"
+#include "converter/recipes/program_recorder.h"
 #include "converter/recipes/torch_mixer_ops.h"
 #include "converter/verify.h"
 #include "formats/error.h"
@@ -227,6 +228,38 @@ TEST(Recipes, LinearLayersDecodeInTheirOwnState) {
     // The same state as one call over the 8 tokens: fp32 sums in another order (u = 6e-8 over a few terms,
     // ~1e-6 relative); a skipped or doubled update in place would be off by whole k v^T terms, order 1.
     EXPECT_LE(relative_error(linear_of(*state).kv, linear_of(*whole).kv), 1e-5);
+  }
+}
+
+// A recorded program is compared as the expression it computes: renumbering its values and reordering its ops (what
+// another compiler's order of evaluating a primitive's arguments does) keeps it; any changed attribute or
+// input, or a cycle, does not.
+TEST(Recipes, RecordedProgramsCompareAsTheExpressionsTheyCompute) {
+  const auto config = load_model_config(test::fixtures_dir() / "tiny-llama" / "config.json");
+  for (const auto& recipe : registered_recipes()) {
+    if (!recipe.describe) continue;
+    SCOPED_TRACE(recipe.name);
+    const auto record = recipe.describe(config, resolve_recipe_params(recipe, nlohmann::json::object(), config, "test"));
+    const auto renumber = [](nlohmann::json& id) {
+      if (id.get<std::int64_t>() > 1) id = 1000 - id.get<std::int64_t>();  // 0 (none) and 1 (x) keep their meaning
+    };
+    auto shuffled = record;
+    for (auto& op : shuffled["ops"]) {
+      for (auto& in : op["in"]) renumber(in);
+      if (op["out"].is_array())
+        for (auto& out : op["out"]) renumber(out);
+      else
+        renumber(op["out"]);
+    }
+    renumber(shuffled["output"]);
+    std::reverse(shuffled["ops"].begin(), shuffled["ops"].end());
+    EXPECT_EQ(recipes::program_expression(shuffled), recipes::program_expression(record));
+    auto edited = record;
+    edited["ops"].back()["in"][0] = 1;  // o_proj of x itself
+    EXPECT_NE(recipes::program_expression(edited), recipes::program_expression(record));
+    auto cyclic = record;
+    cyclic["ops"].front()["in"][0] = cyclic["ops"].front()["out"].is_array() ? cyclic["ops"].front()["out"][0] : cyclic["ops"].front()["out"];
+    EXPECT_THROW(recipes::program_expression(cyclic), std::out_of_range);
   }
 }
 
