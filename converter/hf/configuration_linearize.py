@@ -20,10 +20,6 @@ class LinearizeConfig(PreTrainedConfig):
         return self.linearize["recipe"]
 
     @property
-    def recipe_params(self):
-        return self.linearize["params"]
-
-    @property
     def softmax_layers(self):
         return set(self.linearize.get("softmax_layers", []))
 

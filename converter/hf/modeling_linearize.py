@@ -371,9 +371,6 @@ class ProgramRun:
     def add(self, op, a, b):
         return a + b
 
-    def sub(self, op, a, b):
-        return a - b
-
     def mul(self, op, a, b):
         return a * b
 
@@ -416,8 +413,7 @@ class ProgramRun:
         """Linearize kernels/delta_rule.h on transformers' own kernels (Qwen3-Next's torch forms), which take one head
         count: kv heads are repeated per query head and the state is [B, H, K, V]; they scale q by K^-1/2."""
         r, H = op["recurrence"], q.shape[2]
-        g = self.log_decay(r, decay)
-        g = g[..., 0] if g is not None else beta.new_zeros(beta.shape[:-1])  # DeltaNet: no decay
+        g = zero_where_padded(decay[..., 0], self.valid)  # one log decay per head and token, as beta
         args = (wide(q) * r["scale"] * q.shape[-1] ** 0.5, repeat_heads(zero_where_padded(wide(k), self.valid), H),
                 repeat_heads(wide(v), H), repeat_heads(g, H),
                 repeat_heads(zero_where_padded(beta[..., 0], self.valid), H))

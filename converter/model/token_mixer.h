@@ -55,8 +55,9 @@ class TokenMixer {
   // The mixer as attention weights, for a stateless forward of x [B, T, hidden] from position 0:
   // [B, H, T, T] (fp32 or wider) with forward(x)_i = W_O sum_j a_ij v_j (v per query head) and each
   // row a distribution over the keys j <= i. Hedgehog's attention distillation compares these
-  // (docs/recipes.md#hedgehog). Undefined for mixers whose output is no such mix (gated or unnormalised
-  // states: liger-gla, supra). O(T^2) memory per head: for training-length sequences, not long prompts.
+  // (docs/recipes.md#hedgehog). Defined by the programs whose output is such a mix (hedgehog, lolcats and
+  // the softmax mixer); undefined for the others (gated states, or no normaliser: liger-gla, supra,
+  // gated-deltanet, mamba2, transnormer). O(T^2) memory per head: for training-length sequences only.
   virtual at::Tensor attention_weights(const at::Tensor& /*x*/) const { return {}; }
 
   // The source layer's softmax attention this mixer was made from (itself for a softmax mixer): its

@@ -31,8 +31,7 @@ struct GatedDeltaNetProgram {
     const auto xf = o.fp32(x);
     const auto beta = o.sigmoid(o.per_head(xf, kBetaWeight, kBetaBias));
     const auto log_decay = o.mul(o.neg(o.exp(o.head_param(kDecayLogScale))), o.softplus(o.per_head(xf, kDecayWeight, kDecayBias)));
-    recipes::Recurrence state{o.kv_heads(), o.head_dim(), o.head_dim(), o.heads() / o.kv_heads()};
-    state.decay = recipes::Decay::per_head;
+    const recipes::Recurrence state{o.kv_heads(), o.head_dim(), o.head_dim(), o.heads() / o.kv_heads()};
     const auto out = o.delta_rule(unit(h.q), unit(h.k), h.v, beta, log_decay, state);
     o.capture(names::MixerCapture::o_lin, out);
     return o.project_output(out);

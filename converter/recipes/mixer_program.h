@@ -21,7 +21,7 @@
 //                                                   fp32); heads <-> [.., H D] per token
 //   linear(v, w[, b]), per_head(x, w, b), head_param(w)   a recipe tensor as a projection, as one value per
 //                                                   head and token ([.., H, .., 1]), as a per-head factor
-//   hedgehog(v, w), softmax_d, silu, sigmoid, softplus, log_sigmoid, relu, exp, neg, add, sub, mul, div
+//   hedgehog(v, w), softmax_d, silu, sigmoid, softplus, log_sigmoid, relu, exp, neg, add, mul, div
 //   l2_normalize, rms_normalize, layer_normalize    over the last axis, no weight
 //   linear_attention, delta_rule, short_conv        the recurrences (state carried between calls; a padded
 //   liger_hybrid, lolcats_hybrid                    token neither writes nor decays: the token mask is

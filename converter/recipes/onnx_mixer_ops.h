@@ -50,7 +50,6 @@ class OnnxMixerOps {
   Value exp(const Value& v) { return o_.exp(v); }
   Value neg(const Value& v) { return o_.neg(v); }
   Value add(const Value& a, const Value& b) { return o_.add(a, b); }
-  Value sub(const Value& a, const Value& b) { return o_.sub(a, b); }
   Value mul(const Value& a, const Value& b) { return o_.mul(a, b); }
   Value div(const Value& a, double b) { return o_.div(a, o_.f32(static_cast<float>(b))); }
   Value l2_normalize(const Value& v, double eps);

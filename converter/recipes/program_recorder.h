@@ -65,7 +65,6 @@ class ProgramRecorder {
   Value exp(Value v) { return unary("exp", v); }
   Value neg(Value v) { return unary("neg", v); }
   Value add(Value a, Value b) { return op("add", {a, b}); }
-  Value sub(Value a, Value b) { return op("sub", {a, b}); }
   Value mul(Value a, Value b) { return op("mul", {a, b}); }
   Value div(Value a, double b) { return op("div", {a}, {{"divisor", b}}); }
   Value l2_normalize(Value v, double eps) { return op("l2_normalize", {v}, {{"eps", eps}}); }

@@ -119,7 +119,7 @@ at::Tensor TorchMixerOps::delta_rule(const at::Tensor& q, const at::Tensor& k, c
   in.k = k;
   in.v = v;
   in.beta = beta.squeeze(-1);
-  if (r.decay == Decay::per_head) in.log_decay = decay.squeeze(-1);
+  in.log_decay = decay.squeeze(-1);
   kernels::LinearAttentionOptions options;
   options.form = form();
   options.scale = r.scale;

@@ -112,7 +112,6 @@ class TorchMixerOps {
   static Value exp(const Value& v) { return at::exp(v); }
   static Value neg(const Value& v) { return -v; }
   static Value add(const Value& a, const Value& b) { return a + b; }
-  static Value sub(const Value& a, const Value& b) { return a - b; }
   static Value mul(const Value& a, const Value& b) { return a * b; }
   static Value div(const Value& a, double b) { return a / b; }
   static Value l2_normalize(const Value& v, double eps);     // v / sqrt(sum v^2 + eps)
@@ -120,6 +119,7 @@ class TorchMixerOps {
   static Value layer_normalize(const Value& v, double eps);  // (v - mean) / sqrt(var + eps), no affine
 
   Value linear_attention(const Value& q, const Value& k, const Value& v, const Value& decay, const Recurrence& r);
+  // Gated DeltaNet's rule: beta and the log decay one value per head and token ([B, T, Hkv, 1]).
   Value delta_rule(const Value& q, const Value& k, const Value& v, const Value& beta, const Value& decay, const Recurrence& r);
   // One causal depthwise conv (+ SiLU) over the channels of `heads` concatenated per token, in fp32 at least;
   // returns them split back into heads of the same counts.

@@ -202,7 +202,7 @@ TEST(Recipes, DecodeStateIsConstantInContextLength) {
 // tensor per token), and ends in the state one call over all the tokens leaves.
 TEST(Recipes, LinearLayersDecodeInTheirOwnState) {
   test::TempDir dir;
-  for (const std::string recipe : {"supra", "mamba2"}) {
+  for (const std::string recipe : {"supra", "mamba2", "hedgehog", "transnormer"}) {
     SCOPED_TRACE(recipe);
     const auto model = load_model(convert(dir, "tiny-llama", recipe));
     const auto& mixer = *model.layers()[0].mixer;
