@@ -168,6 +168,47 @@ std::string bar_chart_svg(const BarChart& chart) {
   return svg + legend(names) + "</svg>\n";
 }
 
+std::string heatmap_svg(const HeatMap& map) {
+  const double columns = static_cast<double>(std::max<std::size_t>(1, map.columns.size()));
+  const double rows = static_cast<double>(std::max<std::size_t>(1, map.rows.size()));
+  const double cell_w = kPlotWidth / columns, cell_h = kPlotHeight / rows;
+  std::string svg = svg_open(map.title);
+  for (std::size_t r = 0; r < map.values.size() && r < map.rows.size(); ++r) {
+    const double y = kTop + cell_h * static_cast<double>(r);
+    for (std::size_t c = 0; c < map.values[r].size() && c < map.columns.size(); ++c) {
+      const double v = map.values[r][c], x = kLeft + cell_w * static_cast<double>(c);
+      if (!std::isfinite(v)) continue;
+      const int shade = static_cast<int>(std::lround(255 * (1 - std::clamp(v, 0.0, 1.0))));  // 1: dark blue, 0: white
+      svg += "<rect x=\"" + format("%.1f", x) + "\" y=\"" + format("%.1f", y) + "\" width=\"" + format("%.1f", cell_w) + "\" height=\"" +
+             format("%.1f", cell_h) + "\" fill=\"rgb(" + std::to_string(shade) + "," + std::to_string(shade) + ",255)\" stroke=\"#fff\"/>" +
+             "<text x=\"" + format("%.1f", x + cell_w / 2) + "\" y=\"" + format("%.1f", y + cell_h / 2 + 4) + "\" text-anchor=\"middle\" font-size=\"11\" fill=\"" +
+             (v > 0.5 ? "#fff" : "#000") + "\">" + format("%.2f", v) + "</text>\n";
+    }
+  }
+  for (std::size_t c = 0; c < map.columns.size(); ++c)
+    svg += "<text x=\"" + format("%.1f", kLeft + cell_w * (static_cast<double>(c) + 0.5)) + "\" y=\"" + format("%.1f", kTop + kPlotHeight + 16) +
+           "\" text-anchor=\"middle\" font-size=\"11\">" + escape_markup(map.columns[c]) + "</text>\n";
+  for (std::size_t r = 0; r < map.rows.size(); ++r)
+    svg += "<text x=\"" + format("%.1f", kLeft - 6) + "\" y=\"" + format("%.1f", kTop + cell_h * (static_cast<double>(r) + 0.5) + 4) +
+           "\" text-anchor=\"end\" font-size=\"11\">" + escape_markup(map.rows[r]) + "</text>\n";
+  svg += "<text x=\"" + format("%.1f", kLeft + kPlotWidth / 2) + "\" y=\"" + format("%.1f", kHeight - 6) + "\" text-anchor=\"middle\" font-size=\"12\">" +
+         escape_markup(map.x_label) + "</text>\n<text transform=\"translate(14," + format("%.1f", kTop + kPlotHeight / 2) +
+         ") rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">" + escape_markup(map.y_label) + "</text>\n";
+  return svg + "</svg>\n";
+}
+
+std::string table_html(const Table& table) {
+  std::string html = "<h2>" + escape_markup(table.title) + "</h2>\n<table>\n<tr>";
+  for (const auto& h : table.header) html += "<th>" + escape_markup(h) + "</th>";
+  html += "</tr>\n";
+  for (const auto& row : table.rows) {
+    html += "<tr>";
+    for (const auto& cell : row) html += "<td>" + escape_markup(cell) + "</td>";
+    html += "</tr>\n";
+  }
+  return html + "</table>\n";
+}
+
 }  // namespace
 
 MetricsLog::MetricsLog(std::filesystem::path path, std::optional<std::int64_t> resume_step) : path_(std::move(path)) {
@@ -242,7 +283,7 @@ void ProgressReporter::finish() {
 
 std::string render_report_html(const Report& report) {
   std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>" + escape_markup(report.title) +
-                     "</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;text-align:left}</style>\n</head>\n<body>\n<h1>" +
+                     "</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;text-align:left;vertical-align:top}</style>\n</head>\n<body>\n<h1>" +
                      escape_markup(report.title) + "</h1>\n";
   if (!report.summary.empty()) {
     html += "<table>\n";
@@ -251,6 +292,8 @@ std::string render_report_html(const Report& report) {
   }
   for (const auto& chart : report.curves) html += "<figure>\n" + line_chart_svg(chart) + "</figure>\n";
   for (const auto& chart : report.bars) html += "<figure>\n" + bar_chart_svg(chart) + "</figure>\n";
+  for (const auto& map : report.heatmaps) html += "<figure>\n" + heatmap_svg(map) + "</figure>\n";
+  for (const auto& table : report.tables) html += table_html(table);
   return html + "</body>\n</html>\n";
 }
 

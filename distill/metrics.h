@@ -79,11 +79,27 @@ struct BarChart {
   std::vector<std::pair<std::string, std::vector<double>>> bars;  // per series: a value per label
 };
 
+// A grid of fractions in [0, 1] (passkey accuracy by length and depth): each cell shaded from white (0) to
+// dark (1) and labelled with its value; NaN cells are left blank.
+struct HeatMap {
+  std::string title, x_label, y_label;
+  std::vector<std::string> columns, rows;
+  std::vector<std::vector<double>> values;  // [row][column]
+};
+
+struct Table {
+  std::string title;
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+};
+
 struct Report {
   std::string title;
   std::vector<std::pair<std::string, std::string>> summary;  // a key / value table
   std::vector<LineChart> curves;
   std::vector<BarChart> bars;
+  std::vector<HeatMap> heatmaps;
+  std::vector<Table> tables;
 };
 
 std::string render_report_html(const Report& report);

@@ -62,7 +62,16 @@ double window_scale(std::optional<double> scale, int64_t head_dim) {
 WindowSoftmaxParts window_branch(const at::Tensor& q, const WindowKeys& keys, const HybridAttentionOptions& opt) {
   const int64_t T = q.size(1);
   const int64_t block = opt.form == MixerForm::parallel ? T : opt.form == MixerForm::chunked ? opt.chunk_size : 1;
-  return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, window_scale(opt.scale, q.size(3)), block);
+  TORCH_CHECK(!opt.key_valid.defined() || keys.cached == 0, "hybrid attention: a padded batch runs stateless");
+  return window_softmax_parts(q, keys.k, keys.v, keys.cached, 0, opt.window, window_scale(opt.scale, q.size(3)), block,
+                              opt.key_valid);
+}
+
+// phi [B, n, Hf, F] of the first n keys, zero where those keys are padding (key_valid [B, >= n]; undefined: none).
+at::Tensor without_padded_features(const at::Tensor& phi, const at::Tensor& key_valid) {
+  if (!key_valid.defined()) return phi;
+  const auto valid = key_valid.narrow(1, 0, phi.size(1)).to(at::kBool).view({phi.size(0), phi.size(1), 1, 1});
+  return at::where(valid, phi, at::zeros({}, phi.options()));
 }
 
 LinearAttentionOptions linear_options(const HybridAttentionOptions& opt) {
@@ -84,10 +93,11 @@ at::Tensor values_with_ones(const at::Tensor& v, int64_t feature_heads) {
 // (relative position n + i, n keys cached) reads S0 and every key j <= n + i - window of the cache and
 // the call. Returns them and the state after the call.
 std::pair<at::Tensor, LinearState> lolcats_linear_parallel(const LolcatsAttentionInputs& in, const WindowKeys& keys,
-                                                           const LinearState& initial, int64_t window) {
+                                                           const LinearState& initial, int64_t window,
+                                                           const at::Tensor& key_valid) {
   const auto compute = compute_type(in.q);
   const int64_t T = in.q.size(1), Hq = in.q.size(2), S = keys.k.size(1);
-  const auto phi_k = in.phi_k(keys.k.to(compute));  // [B, S, Hf, F]
+  const auto phi_k = without_padded_features(in.phi_k(keys.k.to(compute)), key_valid);  // [B, S, Hf, F]
   const int64_t Hf = phi_k.size(2), F = phi_k.size(3);
   TORCH_CHECK(Hf >= 1 && Hq % Hf == 0, "lolcats_attention: phi_k must give Hq or Hkv feature heads");
   const auto v1 = values_with_ones(keys.v.to(compute), Hf);  // [B, S, Hf, V + 1]
@@ -291,13 +301,13 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const 
   at::Tensor lin;
   HybridAttentionOutput out;
   if (opt.form == MixerForm::parallel) {
-    std::tie(lin, out.state.linear) = lolcats_linear_parallel(in, keys, initial.linear, opt.window);
+    std::tie(lin, out.state.linear) = lolcats_linear_parallel(in, keys, initial.linear, opt.window, opt.key_valid);
   } else {
     // Key j enters the state as query j + window arrives: query i reads the key at relative position
     // n + i - window, i.e. the first `count` keys of the window's key sequence after `pad` queries that
     // come before any key has left (zero features for those, not phi(0)).
     const int64_t pad = std::clamp<int64_t>(opt.window - keys.cached, 0, T), count = T - pad;
-    const auto phi_k = in.phi_k(keys.k.narrow(1, 0, count).to(compute));
+    const auto phi_k = without_padded_features(in.phi_k(keys.k.narrow(1, 0, count).to(compute)), opt.key_valid);
     const auto v1 = values_with_ones(keys.v.narrow(1, 0, count).to(compute), phi_k.size(2));
     const auto pad_zeros = [pad](const at::Tensor& x) {
       if (pad == 0) return x;

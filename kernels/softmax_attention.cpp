@@ -28,7 +28,14 @@ at::Tensor causal_window_mask(std::int64_t queries, std::int64_t keys, const Sof
   const auto kpos = at::arange(options.key_start, options.key_start + keys, idx).unsqueeze(0);
   auto mask = kpos.le(qpos);
   if (options.window) mask = mask.logical_and(kpos.gt(qpos - *options.window));
-  return mask;
+  return options.key_valid.defined() ? without_padded_keys(mask, qpos, kpos, options.key_valid) : mask;
+}
+
+at::Tensor without_padded_keys(const at::Tensor& visible, const at::Tensor& query_positions, const at::Tensor& key_positions,
+                               const at::Tensor& key_valid) {
+  TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(1) == key_positions.size(-1), "key_valid must be [B, S]");
+  const auto valid = key_valid.to(at::kBool).view({key_valid.size(0), 1, 1, key_valid.size(1)});
+  return visible.logical_and(valid).logical_or(key_positions.eq(query_positions));
 }
 
 at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -38,16 +45,17 @@ at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at:
   const std::int64_t T = q.size(2), S = k.size(2);
   const double scale = options.scale > 0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   // One new token whose keys end with it (decode): the visible keys are a suffix, the fused decode loop's.
-  if (T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
+  const bool padded = options.key_valid.defined();
+  if (!padded && T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
     const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;
     const auto parts = decode_attention_parts(q.select(2, 0), k.narrow(2, first, S - first), v.narrow(2, first, S - first), scale);
     return (parts.numerator / parts.denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
   }
   // Plain causal (queries and keys aligned from position 0, no window) lets SDPA pick its fused kernels;
   // note that SDPA's is_causal aligns the mask top-left, which is right only when T == S.
-  const bool plain_causal = !options.window && T == S && options.query_start == options.key_start;
+  const bool plain_causal = !padded && !options.window && T == S && options.query_start == options.key_start;
   // One new token that sees every cached key (decode without a window) needs no mask at all.
-  const bool sees_all = T == 1 && !options.window && options.key_start + S == options.query_start + 1;
+  const bool sees_all = !padded && T == 1 && !options.window && options.key_start + S == options.query_start + 1;
   std::optional<at::Tensor> mask;
   if (!plain_causal && !sees_all) mask = causal_window_mask(T, S, options, q.device());
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)

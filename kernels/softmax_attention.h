@@ -14,6 +14,9 @@ struct SoftmaxAttentionOptions {
   std::int64_t query_start = 0;        // absolute position of the first query
   std::int64_t key_start = 0;          // absolute position of the first key (> 0 when a window cache was trimmed)
   std::optional<std::int64_t> window;  // key j is visible to query i iff i - window < j <= i (Mistral, Qwen2)
+  // A padded batch: [B, S] bool, false for padding. No query sees a padded key; a padded query sees itself
+  // alone (its row stays finite, so no NaN reaches a real row through a zero weight). Undefined: none.
+  at::Tensor key_valid{};
 };
 
 // q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (query head h reads kv head h / (H/Hkv)).
@@ -23,8 +26,14 @@ struct SoftmaxAttentionOptions {
 at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const SoftmaxAttentionOptions& options);
 
-// The boolean [T, S] visibility mask softmax_attention applies (true = attend), for tests and verify.
+// The boolean [T, S] visibility mask softmax_attention applies (true = attend), for tests and verify;
+// [B, 1, T, S] with options.key_valid.
 at::Tensor causal_window_mask(std::int64_t queries, std::int64_t keys, const SoftmaxAttentionOptions& options,
                               const at::Device& device);
+
+// `visible` ([..., T, S] for queries and keys at these positions) without the padded keys, each query
+// seeing itself: [B, 1, T, S] (key_valid [B, S]). The one rule for padding in every window and softmax kernel.
+at::Tensor without_padded_keys(const at::Tensor& visible, const at::Tensor& query_positions, const at::Tensor& key_positions,
+                               const at::Tensor& key_valid);
 
 }  // namespace linearize::kernels

@@ -1,6 +1,7 @@
 #include "kernels/window_attention.h"
 
 #include "kernels/decode_attention.h"
+#include "kernels/softmax_attention.h"
 
 #include <algorithm>
 #include <limits>
@@ -10,7 +11,7 @@ namespace linearize::kernels {
 
 WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         std::int64_t query_start, std::int64_t key_start, std::int64_t window,
-                                        double scale, std::int64_t block) {
+                                        double scale, std::int64_t block, const at::Tensor& key_valid) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "window_softmax_parts: q, k, v must be [B, T, H, D]");
   const std::int64_t B = q.size(0), T = q.size(1), S = k.size(1), H = q.size(2), Hkv = k.size(2);
   TORCH_CHECK(Hkv >= 1 && H % Hkv == 0 && v.size(2) == Hkv, "window_softmax_parts: query heads must be a multiple of kv heads");
@@ -28,7 +29,8 @@ WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k
     const std::int64_t first_key = std::max(key_start, query_start + t0 - window + 1);  // positions
     const std::int64_t last_key = query_start + t1 - 1;
     const std::int64_t s0 = first_key - key_start, len = last_key - first_key + 1;
-    if (bt == 1 && decode_attention_applies(q.select(1, t0), kh, vh)) {  // decode: the fused loop, every key visible
+    const bool padded = key_valid.defined();
+    if (bt == 1 && !padded && decode_attention_applies(q.select(1, t0), kh, vh)) {  // decode: the fused loop, every key visible
       const auto parts = decode_attention_parts(q.select(1, t0), kh.narrow(2, s0, len), vh.narrow(2, s0, len), scale);
       numerators.push_back(parts.numerator.view({B, Hkv, G, 1, V}));
       denominators.push_back(parts.denominator.view({B, Hkv, G, 1}));
@@ -38,10 +40,11 @@ WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k
     // The G query heads of a kv head as G * bt rows against that kv head's keys.
     const auto qb = qh.narrow(3, t0, bt).reshape({B, Hkv, G * bt, D});
     auto scores = (at::matmul(qb, kb.transpose(-1, -2)) * scale).view({B, Hkv, G, bt, len});
-    if (bt > 1) {  // one query (decode) sees every key of its range: no mask to build
+    if (bt > 1 || padded) {  // one query (decode) sees every key of its range: no mask to build
       const auto qpos = at::arange(query_start + t0, query_start + t1, opts).unsqueeze(1);
       const auto kpos = at::arange(first_key, last_key + 1, opts).unsqueeze(0);
-      const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - window));
+      auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - window));
+      if (padded) visible = without_padded_keys(visible, qpos, kpos, key_valid.narrow(1, s0, len)).unsqueeze(1);  // [B, 1, 1, bt, len]
       scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
     }
     const auto row_max = std::get<0>(scores.max(-1, /*keepdim=*/true));  // c_n, as LoLCATs computes it

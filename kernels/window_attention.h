@@ -20,9 +20,10 @@ struct WindowSoftmaxParts {
 
 // q: [B, T, H, D] at positions query_start..; k: [B, S, Hkv, D], v: [B, S, Hkv, V] at positions
 // key_start.. and ending with the queries (key_start + S == query_start + T). H a multiple of Hkv.
-// scale: multiplies q.k (pass 1/sqrt(D) for standard attention). Differentiable.
+// scale: multiplies q.k (pass 1/sqrt(D) for standard attention). key_valid: a padded batch's [B, S] bool
+// (false: padding), as kernels/softmax_attention.h's without_padded_keys treats it. Differentiable.
 WindowSoftmaxParts window_softmax_parts(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         std::int64_t query_start, std::int64_t key_start, std::int64_t window,
-                                        double scale, std::int64_t block);
+                                        double scale, std::int64_t block, const at::Tensor& key_valid = {});
 
 }  // namespace linearize::kernels

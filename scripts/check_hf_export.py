@@ -9,7 +9,8 @@ attached through PEFT when present, as `linearize` attaches it) and checks, on p
   logits        vs `linearize forward` for prompts of 1, 63, 64, 65, window-1, window+1 and 600 tokens;
   prefill+decode  prefill of a prompt == prefill of its first part + token-by-token decode of the rest;
   greedy        128 greedy tokens of model.generate == `linearize generate`'s;
-  padded batch  a left-padded batch of three prompts == each prompt alone (logits and greedy tokens);
+  padded batch  a left-padded batch of three prompts == each prompt alone (logits and greedy tokens), and its
+                logits == `linearize forward --batch-ids`'s (the C++ reference's padded batch);
   beam search   num_beams=3 with the cache == without it (the cache reordered per beam);
   decode memory the converted layers' state is the same size after 64 more decode steps.
 Tolerances: logits within 1e-4 x max|logit|. Both sides run fp32 on the same CPU; what differs is the order of
@@ -55,6 +56,24 @@ def relative_error(ours, reference):
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
 
+def padded_prompts(tokens):
+    """The padded-batch rows' prompts: 65, 20 and 1 token of the text."""
+    return [tokens[5:70], tokens[100:120], tokens[200:201]]
+
+
+def left_padded(prompts):
+    """ids and attention_mask (lists of rows) of the prompts left-padded with id 0, as transformers pads to generate."""
+    width = max(map(len, prompts))
+    return ([[0] * (width - len(p)) + p for p in prompts], [[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+
+def padded_batch_vs_linearize(batched, mask, reference):
+    """The largest relative error over the real tokens of a padded batch's logits against `linearize forward
+    --batch-ids`'s (the C++ reference's padded batch), both [B, T, vocab]."""
+    real = torch.as_tensor(mask).bool()
+    return relative_error(torch.as_tensor(batched)[real], reference[real])
+
+
 def text_tokens(model_dir, count):
     """`count` token ids of real text (the bundled corpus) encoded with the export's tokenizer.json."""
     from tokenizers import Tokenizer
@@ -89,6 +108,18 @@ class Linearize:
         if key not in self.cache:
             ids_line, _, text = self._run("generate", ids, ["--max-new-tokens", str(tokens), "--no-stop-at-eos"]).partition("\n")
             self.cache[key] = [int(t) for t in ids_line.split()], text[:-1] if text else None  # the text may hold newlines
+        return self.cache[key]
+
+    def batch_logits(self, prompts):
+        """`linearize forward --batch-ids` on the prompts left-padded (the C++ reference's padded batch): [B, T, vocab]."""
+        key = ("batch", tuple(map(tuple, prompts)))
+        if key not in self.cache:
+            from safetensors.torch import load_file
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "logits.safetensors")
+                subprocess.run([self.binary, "--log-level", "warn", "forward", "--model", self.model_dir, "--out", out,
+                                "--batch-ids", ";".join(",".join(map(str, p)) for p in prompts)], check=True, capture_output=True)
+                self.cache[key] = load_file(out)["logits"]
         return self.cache[key]
 
     def _run(self, command, ids, extra):
@@ -157,13 +188,13 @@ def check(model_dir, binary, report, model=None, linearize=None):
             report.add("greedy text == linearize generate's text", int(text != their_text), 0, text == their_text,
                        repr(text[:40]) if text == their_text else f"{text[:40]!r} vs {their_text[:40]!r}")
 
-        prompts = [tokens[5:70], tokens[100:120], tokens[200:201]]
-        width = max(map(len, prompts))
-        batch = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        prompts = padded_prompts(tokens)
+        batch, mask = (torch.tensor(a) for a in left_padded(prompts))
         batched = model(batch, attention_mask=mask).logits
-        err = max(relative_error(batched[i, width - len(p):], model(torch.tensor([p])).logits[0]) for i, p in enumerate(prompts))
+        err = max(relative_error(batched[i, mask.shape[1] - len(p):], model(torch.tensor([p])).logits[0]) for i, p in enumerate(prompts))
         report.add("left-padded batch of 3 == each alone (logits)", err, TOLERANCE, err <= TOLERANCE)
+        err = padded_batch_vs_linearize(batched, mask, linearize.batch_logits(prompts))
+        report.add("left-padded batch of 3 vs linearize forward's", err, TOLERANCE, err <= TOLERANCE)
         batched_tokens = generate(model, batch, 16, attention_mask=mask)
         alone = [generate(model, torch.tensor([p]), 16)[0] for p in prompts]
         differ = sum(int(not torch.equal(batched_tokens[i], alone[i])) for i in range(len(prompts)))

@@ -14,7 +14,8 @@ model.safetensors) run in C++. On prompts cut from real text, from empty states:
                 that position, and onnxruntime's greedy token == linearize's at every step;
   state size    every recurrent present.* has the same shape after the 64 steps, window caches hold <= window keys;
   padded batch  a left-padded batch of three prompts (attention_mask 0 on the pads, positions counting real
-                tokens) == each prompt alone, over the prefill and 8 greedy decode steps.
+                tokens) == each prompt alone, over the prefill and 8 greedy decode steps; its prefill's logits ==
+                `linearize forward --batch-ids`'s (the C++ reference's padded batch).
 Tolerance: logits within 1e-4 x max|logit| (the issue's and L5's bound: both sides fp32 on one CPU, only the
 order of sums differs, ~1e-6 relative measured; a wrong gate, window or normaliser moves logits by 1e-2 to 1).
 A graph exported with --dtype fp16 (its metadata says) rounds every matrix and every product's input to fp16:
@@ -31,7 +32,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_hf_export import TOLERANCE, Linearize, Report, text_tokens  # noqa: E402
+from check_hf_export import (TOLERANCE, Linearize, Report, left_padded, padded_batch_vs_linearize, padded_prompts,  # noqa: E402
+                             text_tokens)
 
 DECODE_PROMPT, DECODE_STEPS = 137, 64
 PADDED_STEPS = 8
@@ -153,8 +155,10 @@ def check(model_dir, onnx_path, binary, report, linearize=None):
                      if k.startswith("past_key_values.") and int(k.split(".")[1]) in converted_layers(config)]
     if window_caches:
         report.add("window caches: keys held after the decode", max(window_caches), window, max(window_caches) <= window)
-    err = padded_batch_error(model, [tokens[5:70], tokens[100:120], tokens[200:201]], PADDED_STEPS)
+    err, prefill, mask = padded_batch_error(model, padded_prompts(tokens), PADDED_STEPS)
     report.add(f"left-padded batch of 3 == each alone (prefill + {PADDED_STEPS} steps)", err, TOLERANCE, err <= TOLERANCE)
+    err = padded_batch_vs_linearize(prefill, mask, linearize.batch_logits(padded_prompts(tokens)))
+    report.add("left-padded batch of 3 (prefill) vs linearize forward's", err, TOLERANCE, err <= TOLERANCE)
     return report
 
 
@@ -183,12 +187,13 @@ def converted_layers(config):
 
 def padded_batch_error(model, prompts, steps):
     """The largest relative logits error of a left-padded batch (attention_mask 0 on the pads, positions counting
-    the real tokens only) against each prompt alone, over the prefill and `steps` greedy decode steps."""
-    width = max(map(len, prompts))
-    ids = np.array([[0] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+    the real tokens only) against each prompt alone, over the prefill and `steps` greedy decode steps; and the
+    prefill's logits and mask."""
+    ids, mask = (np.array(a, dtype=np.int64) for a in left_padded(prompts))
+    width = ids.shape[1]
     positions = np.maximum(mask.cumsum(-1) - 1, 0)
     logits, states = model.run_batch(ids, mask, positions, model.empty_states(len(prompts)))
+    first_logits, first_mask = logits, mask
     batched = [[logits[i, width - len(p):]] for i, p in enumerate(prompts)]
     tokens = logits[:, -1].argmax(-1)
     for _ in range(steps):
@@ -203,7 +208,7 @@ def padded_batch_error(model, prompts, steps):
         ours = np.concatenate(batched[i])
         prefill, steps_alone, _, _ = model.decode(p, greedy_steps=steps)
         err = max(err, relative_error(ours, np.concatenate([prefill, steps_alone])))
-    return err
+    return err, first_logits, first_mask
 
 
 def compare_graphs(model_dir, first, second, report, label):

@@ -135,8 +135,17 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
 }
 
 at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                         kernels::MixerForm form, bool last_only, bool hidden_only) const {
+                         kernels::MixerForm form, bool last_only, bool hidden_only, const at::Tensor& attention_mask) const {
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
+  // A padded batch: which tokens are real, and each row's positions counting its real tokens (transformers'
+  // cumsum - 1; a padding's own position is irrelevant, every real token ignores it).
+  at::Tensor token_mask, positions;
+  if (attention_mask.defined()) {
+    TORCH_CHECK(state == nullptr, "CausalLM: a padded batch (attention_mask) runs stateless");
+    TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "CausalLM: attention_mask must be [B, T] like ids");
+    token_mask = attention_mask.to(embed_.device()).to(at::kBool);
+    positions = (token_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+  }
   const auto& block = config_.block;
   // By value: checkpointed blocks call it again in the backward, after run() has returned.
   const auto norm = [this](const at::Tensor& x, const at::Tensor& weight) {
@@ -149,7 +158,7 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   if (block.embedding_scale != 1.0) h = h * at::scalar_tensor(block.embedding_scale, embed_.options());
   if (capture) capture(names::kEmbedCapture, h);
   // One block on its input x, from position `start` (state: the layer's, or null).
-  const auto run_block = [this, norm, start, form](std::size_t i, const at::Tensor& x, MixerState* layer_state,
+  const auto run_block = [this, norm, start, form, token_mask, positions](std::size_t i, const at::Tensor& x, MixerState* layer_state,
                                                    const CaptureFn& listen) {
     const auto layer_index = static_cast<std::int64_t>(i);
     // The block's primitives (converter/model/block_program.h) on this layer's tensors.
@@ -173,7 +182,7 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
       at::Tensor mixer(const at::Tensor& v) const { return layer.mixer->forward(v, start, state, call); }
       at::Tensor mlp(const at::Tensor& v) const { return layer.mlp.forward(v); }
       static at::Tensor add(const at::Tensor& a, const at::Tensor& b) { return a + b; }
-    } ops{layers_[i], norm, MixerCall{listen, names::mixer_scope(layer_index), form}, start, layer_state};
+    } ops{layers_[i], norm, MixerCall{listen, names::mixer_scope(layer_index), form, token_mask, positions}, start, layer_state};
     auto v = block_program(ops, config_.block, x);
     if (listen) {
       listen(names::capture(layer_index, names::Capture::attn_in), v.attn_in);
@@ -210,8 +219,9 @@ at::Tensor CausalLM::logits_of(const at::Tensor& hidden) const {
   return cap ? at::tanh(logits / *cap) * *cap : logits;
 }
 
-at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, kernels::MixerForm form) const {
-  return run(ids, 0, nullptr, capture, form, /*last_only=*/false);
+at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, kernels::MixerForm form,
+                             const at::Tensor& attention_mask) const {
+  return run(ids, 0, nullptr, capture, form, /*last_only=*/false, /*hidden_only=*/false, attention_mask);
 }
 
 CausalLM CausalLM::source_model() const {

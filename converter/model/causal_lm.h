@@ -100,8 +100,10 @@ class CausalLM {
                        const MixerOverrides* overrides);
 
   // Stateless forward. ids: int64 [B, T] -> logits [B, T, vocab]. `form`: how linear mixers compute.
+  // attention_mask [B, T] (1 token, 0 padding; Hugging Face's): a padded batch, each row at its own positions
+  // (counting its tokens from 0), whose rows' logits equal each row's alone (docs/architecture.md#padded-batches).
   at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {},
-                     kernels::MixerForm form = kernels::MixerForm::chunked) const;
+                     kernels::MixerForm form = kernels::MixerForm::chunked, const at::Tensor& attention_mask = {}) const;
 
   // The model this one was converted from, sharing every tensor (no copy): each layer's source attention
   // (TokenMixer::source_attention) and MLP without adapters, the same norms, embeddings and head. Equal
@@ -135,7 +137,7 @@ class CausalLM {
   // and lm_head on the last position alone (all a decoder continuing the sequence needs); `hidden_only`
   // stops before lm_head.
   at::Tensor run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                 kernels::MixerForm form, bool last_only, bool hidden_only = false) const;
+                 kernels::MixerForm form, bool last_only, bool hidden_only = false, const at::Tensor& attention_mask = {}) const;
 
   ModelConfig config_;
   LoadOptions options_;

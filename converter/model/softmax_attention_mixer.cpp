@@ -110,8 +110,15 @@ at::Tensor SoftmaxAttentionMixer::project_output(const at::Tensor& heads) const 
 }
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const {
-  const auto positions = at::arange(start, start + length, like.options().dtype(at::kLong));
-  const std::int64_t seq_len = start + length;
+  return cos_sin(at::arange(start, start + length, like.options().dtype(at::kLong)), start + length, like);
+}
+
+kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const at::Tensor& positions, const at::Tensor& like) const {
+  auto cs = cos_sin(positions, positions.max().item<std::int64_t>() + 1, like);
+  return {cs.cos.unsqueeze(1), cs.sin.unsqueeze(1)};  // [B, 1, T, rot]: one row per sequence, heads first
+}
+
+kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const at::Tensor& positions, std::int64_t seq_len, const at::Tensor& like) const {
   // Dynamic NTK RoPE follows transformers' dynamic_rope_update: frequencies for the longest position seen.
   if (rope_.type == RopeType::Dynamic && seq_len > shape_.max_position_embeddings)
     return kernels::rope_cos_sin(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings, seq_len),
@@ -119,16 +126,20 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
   return kernels::rope_cos_sin(freqs_, positions, like.scalar_type());
 }
 
-ProjectedHeads SoftmaxAttentionMixer::rotated_heads(const at::Tensor& x, std::int64_t start) const {
+kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const MixerCall& call, std::int64_t start, const at::Tensor& like) const {
+  return call.positions.defined() ? cos_sin(call.positions.to(like.device()), like) : cos_sin(start, like.size(1), like);
+}
+
+ProjectedHeads SoftmaxAttentionMixer::rotated_heads(const at::Tensor& x, const kernels::RopeCosSin& cs) const {
   const auto heads = project_heads(x);  // [B, T, H, D] -> [B, H, T, D] for attention
-  const auto cs = cos_sin(start, x.size(1), x);
   return {kernels::apply_rope(heads.q.transpose(1, 2), cs), kernels::apply_rope(heads.k.transpose(1, 2), cs),
           heads.v.transpose(1, 2)};
 }
 
 at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t start, MixerState* state,
                                           const MixerCall& call) const {
-  auto [q, k, v] = rotated_heads(x, start);
+  TORCH_CHECK(!call.token_mask.defined() || state == nullptr, "softmax attention: a padded batch runs stateless");
+  auto [q, k, v] = rotated_heads(x, cos_sin(call, start, x));
   if (call.capture) {
     call.capture(names::capture(call.scope, names::MixerCapture::q), q);
     call.capture(names::capture(call.scope, names::MixerCapture::k), k);
@@ -140,6 +151,7 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   options.key_start = start;
   options.window = shape_.window;
   options.scale = shape_.effective_scale();
+  if (call.token_mask.defined()) options.key_valid = call.token_mask;
   auto* cache = static_cast<KvCache*>(state);
   if (cache) {
     if (cache->length == 0) cache->key_start = start;
@@ -157,7 +169,7 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
 at::Tensor SoftmaxAttentionMixer::attention_weights(const at::Tensor& x) const {
   const std::int64_t T = x.size(1);
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto heads = rotated_heads(x, 0);
+  const auto heads = rotated_heads(x, cos_sin(0, T, x));
   const auto k = heads.k.to(compute).repeat_interleave(shape_.heads / shape_.kv_heads, 1);
   const auto scores = at::matmul(heads.q.to(compute), k.transpose(-1, -2)) * shape_.effective_scale();
   kernels::SoftmaxAttentionOptions options;

@@ -60,12 +60,18 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   const AttentionProjections& projections() const { return proj_; }
   const SoftmaxAttentionShape& shape() const { return shape_; }
   const RopeConfig& rope() const { return rope_; }
-  // RoPE cos/sin for positions start .. start+length-1 in like's dtype and device (dynamic RoPE included).
+  // RoPE cos/sin for positions start .. start+length-1 in like's dtype and device (dynamic RoPE included):
+  // [T, rotary_dim]; for a padded call's per-row positions [B, T], [B, 1, T, rotary_dim] (heads first).
   kernels::RopeCosSin cos_sin(std::int64_t start, std::int64_t length, const at::Tensor& like) const;
+  kernels::RopeCosSin cos_sin(const at::Tensor& positions, const at::Tensor& like) const;
+  // A call's: its per-row positions where it has them (MixerCall::positions), else start..
+  kernels::RopeCosSin cos_sin(const MixerCall& call, std::int64_t start, const at::Tensor& like) const;
 
  private:
-  // q, k (RoPE'd at positions start..) and v of x, heads first: [B, H, T, D], [B, Hkv, T, D] x 2.
-  ProjectedHeads rotated_heads(const at::Tensor& x, std::int64_t start) const;
+  // cos/sin at `positions` ([T] or [B, T]), seq_len the longest sequence they imply (for dynamic RoPE).
+  kernels::RopeCosSin cos_sin(const at::Tensor& positions, std::int64_t seq_len, const at::Tensor& like) const;
+  // q, k (RoPE'd with cs) and v of x, heads first: [B, H, T, D], [B, Hkv, T, D] x 2.
+  ProjectedHeads rotated_heads(const at::Tensor& x, const kernels::RopeCosSin& cs) const;
 
   AttentionProjections proj_;
   at::Tensor qkv_, qkv_bias_;  // fused; proj_.q/k/v (and biases) are row slices of these

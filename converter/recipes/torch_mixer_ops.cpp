@@ -55,8 +55,17 @@ Heads<at::Tensor> TorchMixerOps::project_heads(const at::Tensor& x) const {
 }
 
 at::Tensor TorchMixerOps::rope(const at::Tensor& heads) {
-  if (!cos_sin_) cos_sin_ = source().cos_sin(start_, x_.size(1), x_);
+  if (!cos_sin_) cos_sin_ = call_ ? source().cos_sin(*call_, start_, x_) : source().cos_sin(start_, x_.size(1), x_);
   return kernels::apply_rope(heads.transpose(1, 2), *cos_sin_).transpose(1, 2);
+}
+
+at::Tensor TorchMixerOps::zero_padded(const at::Tensor& v) const {
+  const auto mask = token_mask();
+  if (!mask.defined()) return v;
+  TORCH_CHECK(state_ == nullptr, "a padded batch runs stateless");
+  auto shape = mask.sizes().vec();  // [B, T, 1, ...] against v's [B, T, ...]
+  shape.resize(static_cast<std::size_t>(v.dim()), 1);
+  return at::where(mask.to(at::kBool).view(shape), v, at::zeros({}, v.options()));
 }
 
 at::Tensor TorchMixerOps::linear(const at::Tensor& v, const std::string& weight, const std::string& bias) const {
@@ -94,13 +103,19 @@ at::Tensor TorchMixerOps::layer_normalize(const at::Tensor& v, double eps) {
 at::Tensor TorchMixerOps::linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& decay, const Recurrence& r) {
   kernels::LinearAttentionInputs in;
+  // A padded token writes nothing (its key 0, and so its share of the normaliser) and keeps the state (log decay 0).
   in.q = q;
-  in.k = k;
+  in.k = zero_padded(k);
   in.v = v;
   switch (r.decay) {
-    case Decay::per_head: in.log_decay = decay.squeeze(-1); break;
-    case Decay::per_channel: in.log_decay = decay; break;
-    case Decay::fixed: in.log_gamma = layer_.constant(r.fixed_log_decay); break;
+    case Decay::per_head: in.log_decay = zero_padded(decay.squeeze(-1)); break;
+    case Decay::per_channel: in.log_decay = zero_padded(decay); break;
+    case Decay::fixed:
+      if (token_mask().defined())  // per token then: the fixed decay where a token is, none where padding is
+        in.log_decay = zero_padded(layer_.constant(r.fixed_log_decay).view({1, 1, -1}).expand({k.size(0), k.size(1), -1}));
+      else
+        in.log_gamma = layer_.constant(r.fixed_log_decay);
+      break;
     case Decay::none: break;
   }
   kernels::LinearAttentionOptions options;
@@ -118,8 +133,8 @@ at::Tensor TorchMixerOps::delta_rule(const at::Tensor& q, const at::Tensor& k, c
   in.q = q;
   in.k = k;
   in.v = v;
-  in.beta = beta.squeeze(-1);
-  in.log_decay = decay.squeeze(-1);
+  in.beta = zero_padded(beta.squeeze(-1));  // a padded token writes nothing (beta 0) and keeps the state (log decay 0)
+  in.log_decay = zero_padded(decay.squeeze(-1));
   kernels::LinearAttentionOptions options;
   options.form = form();
   options.scale = r.scale;
@@ -133,7 +148,8 @@ std::vector<at::Tensor> TorchMixerOps::short_conv(const std::vector<HeadsOf<at::
   const std::int64_t B = x_.size(0), T = x_.size(1);
   std::vector<at::Tensor> flat;
   for (const auto& h : heads) flat.push_back(h.heads.reshape({B, T, -1}));
-  auto conv = kernels::short_conv(at_least_fp32(at::cat(flat, -1)), layer_.tensor(weight), layer_.tensor(bias),
+  // A padded token's inputs are 0, as the positions before a first token are.
+  auto conv = kernels::short_conv(zero_padded(at_least_fp32(at::cat(flat, -1))), layer_.tensor(weight), layer_.tensor(bias),
                                   state_ ? state_->conv : at::Tensor());
   if (state_) state_->conv = std::move(conv.state);
   std::vector<at::Tensor> out;
@@ -147,7 +163,8 @@ std::vector<at::Tensor> TorchMixerOps::short_conv(const std::vector<HeadsOf<at::
 }
 
 at::Tensor TorchMixerOps::liger_hybrid(const LigerParts<at::Tensor>& p, std::int64_t window) {
-  const kernels::LigerAttentionInputs in{p.q, p.k, p.v, p.phi_q, p.phi_k, p.log_decay};
+  // The GLA half's padding is in its inputs; the window half's in HybridAttentionOptions::key_valid.
+  const kernels::LigerAttentionInputs in{p.q, p.k, p.v, p.phi_q, zero_padded(p.phi_k), zero_padded(p.log_decay)};
   return hybrid(kernels::liger_attention, kernels::liger_decode_step, in, window);
 }
 

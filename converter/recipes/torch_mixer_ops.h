@@ -140,6 +140,11 @@ class TorchMixerOps {
  private:
   const SoftmaxAttentionMixer& source() const { return layer_.source(); }
   kernels::MixerForm form() const;
+  // The call's token mask (MixerCall::token_mask), undefined when it has none.
+  at::Tensor token_mask() const { return call_ ? call_->token_mask : at::Tensor(); }
+  // v [B, T, ...] with the padded tokens' rows 0 (a where, not a product: such a row may hold inf); v itself
+  // when the call has no padding. A recurrence's writes and log decays through it make padding a no-op.
+  at::Tensor zero_padded(const at::Tensor& v) const;
   // A window hybrid's call: the fused decode step where it applies (it returns an undefined tensor where it
   // does not), else `kernel` in the call's form from the carried state.
   template <class Kernel, class DecodeStep, class Inputs>
@@ -148,6 +153,7 @@ class TorchMixerOps {
     options.form = form();
     options.window = window;
     options.scale = source().shape().effective_scale();
+    options.key_valid = token_mask();
     at::Tensor y;
     if (state_ && options.form == kernels::MixerForm::recurrent) y = decode_step(in, state_->hybrid, window, options.scale);
     if (!y.defined()) {
