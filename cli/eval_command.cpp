@@ -10,11 +10,15 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "converter/linearized.h"
+#include "converter/model_config.h"
 #include "distill/eval.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
@@ -31,16 +35,31 @@ std::string read_text(const std::filesystem::path& file) {
 }
 
 void print_table(const EvalResult& r) {
-  std::printf("%-12s %8s %10s %10s %8s %8s\n", "positions", "tokens", "model ppl", "source", "ratio", "KL");
-  for (const auto& b : r.buckets)
-    std::printf("%-12s %8lld %10.3f %10.3f %8.3f %8.4f\n", (std::to_string(b.begin) + "-" + std::to_string(b.end)).c_str(),
-                static_cast<long long>(b.tokens), std::exp(b.model_nll), std::exp(b.source_nll), std::exp(b.model_nll - b.source_nll), b.kl);
-  std::printf("\n%-8s %-8s %14s %14s\n", "length", "depth", "model found", "source found");
-  for (const auto& c : r.passkey)
-    std::printf("%-8lld %-8.2f %10lld/%-3lld %10lld/%-3lld\n", static_cast<long long>(c.length), c.depth, static_cast<long long>(c.model_found),
-                static_cast<long long>(c.trials), static_cast<long long>(r.has_source ? c.source_found : 0), static_cast<long long>(c.trials));
-  if (r.has_source) std::printf("\ngeneration agreement with the source: %.3f\n", r.generation_agreement);
+  std::printf("%-12s %8s %10s", "positions", "tokens", "model ppl");
+  if (r.has_source) std::printf(" %10s %8s %8s", "source", "ratio", "KL");
+  std::printf("\n");
+  for (const auto& b : r.buckets) {
+    std::printf("%-12s %8lld %10.3f", (std::to_string(b.begin) + "-" + std::to_string(b.end)).c_str(), static_cast<long long>(b.tokens),
+                std::exp(b.model_nll));
+    if (r.has_source) std::printf(" %10.3f %8.3f %8.4f", std::exp(b.source_nll), std::exp(b.model_nll - b.source_nll), b.kl);
+    std::printf("\n");
+  }
+  std::printf("\n%-8s %-8s %12s%s\n", "length", "depth", "model found", r.has_source ? "  source found" : "");
+  for (const auto& c : r.passkey) {
+    std::printf("%-8lld %-8.2f %8lld/%-3lld", static_cast<long long>(c.length), c.depth, static_cast<long long>(c.model_found),
+                static_cast<long long>(c.trials));
+    if (r.has_source) std::printf(" %10lld/%-3lld", static_cast<long long>(c.source_found), static_cast<long long>(c.trials));
+    std::printf("\n");
+  }
+  if (std::isfinite(r.generation_agreement)) std::printf("\ngeneration agreement with the source: %.3f\n", r.generation_agreement);
   std::fflush(stdout);
+}
+
+// --lengths and --depths name each value once (the passkey grid has one row and column per value).
+template <class T>
+void require_distinct(std::vector<T> values, const std::string& flag) {
+  std::sort(values.begin(), values.end());
+  if (std::adjacent_find(values.begin(), values.end()) != values.end()) throw InputError("command line", flag, "repeats a value");
 }
 
 }  // namespace
@@ -67,21 +86,34 @@ void add_eval_command(CLI::App& app) {
   add_device_options(*cmd, opts->model);
   cmd->callback([opts] {
     const std::filesystem::path dir(opts->model.dir);
+    require_distinct(opts->eval.lengths, "--lengths");
+    require_distinct(opts->eval.depths, "--depths");
     // Lengths past what the models were trained for measure RoPE extrapolation, not the conversion: refused.
-    auto context = load_model_config(dir / "config.json").max_position_embeddings;
-    if (!opts->source.empty())
-      context = std::min(context, load_model_config(std::filesystem::path(opts->source) / "config.json").max_position_embeddings);
+    const auto config = load_model_config(dir / "config.json");
+    auto context = config.max_position_embeddings;
+    if (!opts->source.empty()) {
+      const auto source_config = std::filesystem::path(opts->source) / "config.json";
+      const auto source = load_model_config(source_config);
+      if (source.vocab_size != config.vocab_size)
+        throw InputError(source_config.string(), "vocab_size", std::to_string(source.vocab_size) + " differs from the model's " +
+                                                                   std::to_string(config.vocab_size) + ": not its source");
+      context = std::min(context, source.max_position_embeddings);
+    }
     for (const auto length : opts->eval.lengths)
       if (length > context)
         throw InputError("command line", "--lengths", std::to_string(length) + " is beyond max_position_embeddings (" + std::to_string(context) + ")");
-    if (!std::filesystem::exists(dir / "tokenizer.json")) throw InputError((dir / "tokenizer.json").string(), "tokenizer.json", "is missing: eval tokenizes with the model's own tokenizer");
+    if (!std::filesystem::exists(dir / "tokenizer.json"))
+      throw InputError((dir / "tokenizer.json").string(), "tokenizer.json", "is missing: eval tokenizes with the model's own tokenizer");
     const auto tokenizer = Tokenizer::from_dir(dir);
     try {  // the shortest length must hold a passkey prompt
       passkey_prompt(tokenizer, *std::min_element(opts->eval.lengths.begin(), opts->eval.lengths.end()), 0.0, "00000");
-    } catch (const std::invalid_argument& e) {
+    } catch (const std::length_error& e) {
       throw InputError("command line", "--lengths", e.what());
     }
     const auto text_ids = tokenizer.encode(read_text(opts->text), /*add_special_tokens=*/false);
+    if (static_cast<std::int64_t>(text_ids.size()) < eval_text_tokens_needed(opts->eval))
+      throw InputError(opts->text, "--text", "has " + std::to_string(text_ids.size()) + " tokens; the longest window and a generation prompt need " +
+                                                 std::to_string(eval_text_tokens_needed(opts->eval)));
     const auto model = load_model(opts->model);
     std::optional<CausalLM> source;
     if (!opts->source.empty()) source = load_model(opts->source, load_options(opts->model));
@@ -89,8 +121,8 @@ void add_eval_command(CLI::App& app) {
     EvalResult result;
     try {
       result = evaluate_model(model, source ? &*source : nullptr, tokenizer, text_ids, opts->eval, &progress);
-    } catch (const std::invalid_argument& e) {  // the text is shorter than the longest window
-      throw InputError(opts->text, "--text", e.what());
+    } catch (const std::length_error& e) {  // a key that tokenizes longer than "00000" did
+      throw InputError("command line", "--lengths", e.what());
     }
     print_table(result);
     if (!opts->json.empty()) write_file_atomic(opts->json, eval_json(result, opts->eval).dump(2) + "\n");

@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "converter/next_token.h"
+#include "converter/verify/check.h"
 
 namespace linearize {
 namespace {
@@ -29,16 +30,21 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 void append(std::vector<std::int64_t>& to, const std::vector<std::int64_t>& from) { to.insert(to.end(), from.begin(), from.end()); }
 
-// Greedy continuation of `prompt` by `n` tokens through prefill and step, never stopping early.
-std::vector<std::int64_t> greedy(const CausalLM& model, const std::vector<std::int64_t>& prompt, std::int64_t n) {
-  auto state = model.new_state();
-  auto next = model.prefill(at::tensor(prompt, at::kLong).unsqueeze(0), state).argmax(-1);
-  std::vector<std::int64_t> out;
-  while (true) {
-    out.push_back(next.item<std::int64_t>());
-    if (static_cast<std::int64_t>(out.size()) == n) return out;
-    next = model.step(next, state).argmax(-1);
-  }
+using checks::greedy;
+using Prompts = checks::Prompts;
+
+// What the tokenizer puts before a text: its BOS where it adds one (a suffix such as EOS is left out: it would
+// end every window and prompt).
+std::vector<std::int64_t> text_prefix(const Tokenizer& tokenizer) {
+  const auto ids = tokenizer.encode("", /*add_special_tokens=*/true);
+  const auto bos = tokenizer.bos_id();
+  return !ids.empty() && bos && ids.front() == *bos ? std::vector<std::int64_t>{*bos} : std::vector<std::int64_t>{};
+}
+
+// ids the tokenizer covers, decoded (a model whose embedding rows outnumber its tokenizer's may pick the others).
+std::string decode_known(const Tokenizer& tokenizer, std::vector<std::int64_t> ids) {
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](std::int64_t id) { return id >= tokenizer.vocab_size(); }), ids.end());
+  return tokenizer.decode(ids);
 }
 
 // Sums per bucket, divided into means at the end.
@@ -86,23 +92,36 @@ void score_window(const CausalLM& model, const CausalLM* source, const at::Tenso
   }
 }
 
-std::vector<PositionBucket> perplexity_by_position(const CausalLM& model, const CausalLM* source, const std::vector<std::int64_t>& prefix,
-                                                   const std::vector<std::int64_t>& text_ids, const EvalOptions& options,
-                                                   ProgressReporter* progress, std::int64_t& step) {
-  BucketSums sums(bucket_edges(*std::max_element(options.lengths.begin(), options.lengths.end())));
-  std::int64_t tokens = 0;
-  for (const auto length : options.lengths) {
-    const std::int64_t body = length - static_cast<std::int64_t>(prefix.size());
-    const auto room = static_cast<std::int64_t>(text_ids.size()) - body;
-    for (std::int64_t w = 0; w < options.windows_per_length; ++w) {
-      // Windows spread evenly over the text, each after the tokenizer's own prefix (BOS where it adds one).
-      const std::int64_t offset = options.windows_per_length > 1 ? room * w / (options.windows_per_length - 1) : 0;
-      auto window = prefix;
-      window.insert(window.end(), text_ids.begin() + offset, text_ids.begin() + offset + body);
-      score_window(model, source, at::tensor(window, at::kLong).unsqueeze(0), sums);
-      tokens += length;
-      if (progress) progress->update(++step, sums.model_nll[0] / std::max<std::int64_t>(1, sums.count[0]), tokens);
+// Windows of every length spread evenly over the whole text, lengths interleaved (no window a prefix of
+// another, which would count the same predictions twice), each body after the tokenizer's own prefix.
+std::vector<TextWindow> text_windows(std::int64_t text_tokens, std::int64_t prefix, const EvalOptions& options) {
+  const auto lengths = static_cast<std::int64_t>(options.lengths.size());
+  const std::int64_t count = lengths * options.windows_per_length;
+  std::vector<TextWindow> windows;
+  for (std::int64_t w = 0; w < options.windows_per_length; ++w) {
+    for (std::int64_t l = 0; l < lengths; ++l) {
+      const auto length = options.lengths[static_cast<std::size_t>(l)];
+      const std::int64_t room = text_tokens - (length - prefix), k = w * lengths + l;
+      windows.push_back({length, count > 1 ? room * k / (count - 1) : 0});
     }
+  }
+  return windows;
+}
+
+std::vector<PositionBucket> perplexity_by_position(const CausalLM& model, const CausalLM* source, const std::vector<std::int64_t>& prefix,
+                                                   const std::vector<std::int64_t>& text_ids, const std::vector<TextWindow>& windows,
+                                                   ProgressReporter* progress, std::int64_t& step) {
+  std::int64_t longest = 0;
+  for (const auto& w : windows) longest = std::max(longest, w.length);
+  BucketSums sums(bucket_edges(longest));
+  std::int64_t tokens = 0;
+  for (const auto& w : windows) {
+    auto window = prefix;
+    const auto body = text_ids.begin() + w.offset;
+    window.insert(window.end(), body, body + (w.length - static_cast<std::int64_t>(prefix.size())));
+    score_window(model, source, at::tensor(window, at::kLong).unsqueeze(0), sums);
+    tokens += w.length;
+    if (progress) progress->update(++step, sums.model_nll[0] / static_cast<double>(std::max<std::int64_t>(1, sums.count[0])), tokens);
   }
   std::vector<PositionBucket> buckets;
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -114,7 +133,7 @@ std::vector<PositionBucket> perplexity_by_position(const CausalLM& model, const 
   return buckets;
 }
 
-std::string padded_key(std::mt19937_64& rng) { return std::to_string(std::uniform_int_distribution<int>(10000, 99999)(rng)); }
+std::string random_key(std::mt19937_64& rng) { return std::to_string(std::uniform_int_distribution<int>(10000, 99999)(rng)); }
 
 std::string format_double(double v, int digits = 4) {
   if (!std::isfinite(v)) return "-";
@@ -127,18 +146,20 @@ std::string format_double(double v, int digits = 4) {
 
 std::vector<std::int64_t> bucket_edges(std::int64_t longest) {
   std::vector<std::int64_t> edges{0};
-  for (std::int64_t next = 64; edges.back() < longest; next = next < 1024 ? next * 4 : next * 2) edges.push_back(next);
+  const std::int64_t last = longest - 2;  // the last position with a next token
+  for (std::int64_t next = 64; edges.back() <= last; next = next < 1024 ? next * 4 : next * 2) edges.push_back(next);
   return edges;
 }
 
 PasskeyPrompt passkey_prompt(const Tokenizer& tokenizer, std::int64_t length, double depth, const std::string& key) {
-  const auto head = tokenizer.encode(kInstruction);
+  auto head = text_prefix(tokenizer);
+  append(head, tokenizer.encode(kInstruction, /*add_special_tokens=*/false));
   const auto filler = tokenizer.encode(kFiller, /*add_special_tokens=*/false);
   const auto needle = tokenizer.encode(" The pass key is " + key + ". Remember it. " + key + " is the pass key.", false);
   const auto question = tokenizer.encode(kQuestion, false);
   const auto fixed = static_cast<std::int64_t>(head.size() + needle.size() + question.size());
   if (length < fixed + static_cast<std::int64_t>(filler.size()))
-    throw std::invalid_argument("a passkey prompt needs at least " + std::to_string(fixed + static_cast<std::int64_t>(filler.size())) +
+    throw std::length_error("a passkey prompt needs at least " + std::to_string(fixed + static_cast<std::int64_t>(filler.size())) +
                                 " tokens, not " + std::to_string(length));
   const std::int64_t body = length - fixed, sentence = static_cast<std::int64_t>(filler.size());
   std::vector<std::int64_t> fill;
@@ -162,25 +183,30 @@ std::string first_key(const std::string& text) {
   return end - begin == 5 ? std::string(begin, end) : std::string();
 }
 
+std::int64_t eval_text_tokens_needed(const EvalOptions& options) {
+  return *std::max_element(options.lengths.begin(), options.lengths.end()) + options.generation_prompt_tokens;
+}
+
 EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const Tokenizer& tokenizer,
                           const std::vector<std::int64_t>& text_ids, const EvalOptions& options, ProgressReporter* progress) {
+  if (options.lengths.empty()) throw std::invalid_argument("no lengths to evaluate at");
   at::NoGradGuard no_grad;
-  const auto longest = *std::max_element(options.lengths.begin(), options.lengths.end());
-  const auto prefix = tokenizer.encode("", /*add_special_tokens=*/true);  // what the tokenizer puts first (BOS or nothing)
-  if (static_cast<std::int64_t>(text_ids.size()) < longest + options.generation_prompt_tokens)
-    throw std::invalid_argument("the text has " + std::to_string(text_ids.size()) + " tokens; the " + std::to_string(longest) +
-                                "-token windows need at least " + std::to_string(longest + options.generation_prompt_tokens));
+  const auto prefix = text_prefix(tokenizer);
+  const auto needed = eval_text_tokens_needed(options);
+  if (static_cast<std::int64_t>(text_ids.size()) < needed)
+    throw std::invalid_argument("the text has " + std::to_string(text_ids.size()) + " tokens; the windows and prompts need " +
+                                std::to_string(needed));
   EvalResult result;
   result.has_source = source != nullptr;
   const std::int64_t models = source ? 2 : 1;
+  result.windows = text_windows(static_cast<std::int64_t>(text_ids.size()), static_cast<std::int64_t>(prefix.size()), options);
   const auto cells = static_cast<std::int64_t>(options.lengths.size() * options.depths.size());
   std::int64_t step = 0;
   if (progress)
-    progress->start("eval", 0, static_cast<std::int64_t>(options.lengths.size()) * options.windows_per_length +
-                                   cells * options.passkey_trials + options.generation_prompts);
+    progress->start("eval", 0, static_cast<std::int64_t>(result.windows.size()) + cells * options.passkey_trials + options.generation_prompts);
 
   auto started = std::chrono::steady_clock::now();
-  result.buckets = perplexity_by_position(model, source, prefix, text_ids, options, progress, step);
+  result.buckets = perplexity_by_position(model, source, prefix, text_ids, result.windows, progress, step);
   result.perplexity_seconds = seconds_since(started);
 
   started = std::chrono::steady_clock::now();
@@ -190,9 +216,9 @@ EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const T
     for (const auto depth : options.depths) {
       PasskeyCell cell{length, depth, options.passkey_trials, 0, 0};
       for (std::int64_t t = 0; t < options.passkey_trials; ++t) {
-        const auto key = padded_key(rng);
-        const auto prompt = passkey_prompt(tokenizer, length, depth, key);
-        const auto answer = [&](const CausalLM& m) { return first_key(tokenizer.decode(greedy(m, prompt.ids, kAnswerTokens))) == key; };
+        const auto key = random_key(rng);
+        const Prompts prompt{passkey_prompt(tokenizer, length, depth, key).ids};
+        const auto answer = [&](const CausalLM& m) { return first_key(decode_known(tokenizer, greedy(m, prompt, kAnswerTokens)[0])) == key; };
         const bool model_found = answer(model);
         cell.model_found += model_found;
         if (source) cell.source_found += answer(*source);
@@ -205,32 +231,34 @@ EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const T
   }
   result.passkey_seconds = seconds_since(started);
 
+  // Generation prompts, equally long, from the text's end backwards, continued in one batch per model.
   started = std::chrono::steady_clock::now();
   const auto room = static_cast<std::int64_t>(text_ids.size()) - options.generation_prompt_tokens;
-  double agreed = 0;
+  Prompts prompts;
   for (std::int64_t g = 0; g < options.generation_prompts; ++g) {
-    // Prompts from the text's end backwards (the perplexity windows start at its beginning).
-    const std::int64_t offset = room - room * g / std::max<std::int64_t>(1, options.generation_prompts);
-    auto prompt = prefix;
-    prompt.insert(prompt.end(), text_ids.begin() + offset, text_ids.begin() + offset + options.generation_prompt_tokens);
-    const auto ours = greedy(model, prompt, options.generation_tokens);
+    const auto begin = text_ids.begin() + (room - room * g / options.generation_prompts);
+    prompts.push_back(prefix);
+    prompts.back().insert(prompts.back().end(), begin, begin + options.generation_prompt_tokens);
+  }
+  const auto ours = greedy(model, prompts, options.generation_tokens);
+  const auto theirs = source ? greedy(*source, prompts, options.generation_tokens) : Prompts();
+  double agreed = 0;
+  for (std::size_t g = 0; g < prompts.size(); ++g) {
     GenerationSample sample;
-    sample.agreed = options.generation_tokens;
     if (source) {
-      const auto theirs = greedy(*source, prompt, options.generation_tokens);
-      sample.agreed = std::mismatch(ours.begin(), ours.end(), theirs.begin()).first - ours.begin();
-      sample.source_text = tokenizer.decode(theirs);
+      sample.agreed = std::mismatch(ours[g].begin(), ours[g].end(), theirs[g].begin()).first - ours[g].begin();
+      agreed += static_cast<double>(sample.agreed) / static_cast<double>(options.generation_tokens);
     }
-    agreed += static_cast<double>(sample.agreed) / static_cast<double>(options.generation_tokens);
-    if (g < options.samples_shown) {
-      sample.prompt = tokenizer.decode(std::vector<std::int64_t>(prompt.begin() + static_cast<std::ptrdiff_t>(prefix.size()), prompt.end()));
-      sample.model_text = tokenizer.decode(ours);
+    if (static_cast<std::int64_t>(g) < options.samples_shown) {
+      sample.prompt = decode_known(tokenizer, std::vector<std::int64_t>(prompts[g].begin() + static_cast<std::ptrdiff_t>(prefix.size()), prompts[g].end()));
+      sample.model_text = decode_known(tokenizer, ours[g]);
+      if (source) sample.source_text = decode_known(tokenizer, theirs[g]);
       result.samples.push_back(std::move(sample));
     }
     tokens += (options.generation_prompt_tokens + options.generation_tokens) * models;
-    if (progress) progress->update(++step, 1.0 - agreed / static_cast<double>(g + 1), tokens);
+    if (progress) progress->update(++step, 0.0, tokens);
   }
-  result.generation_agreement = options.generation_prompts > 0 ? agreed / static_cast<double>(options.generation_prompts) : 1.0;
+  result.generation_agreement = source && !prompts.empty() ? agreed / static_cast<double>(prompts.size()) : std::numeric_limits<double>::quiet_NaN();
   result.generation_seconds = seconds_since(started);
   if (progress) progress->finish();
   return result;
@@ -238,7 +266,8 @@ EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const T
 
 nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options) {
   using nlohmann::json;
-  json buckets = json::array(), passkey = json::array(), by_length = json::array(), samples = json::array();
+  json windows = json::array(), buckets = json::array(), passkey = json::array(), by_length = json::array(), samples = json::array();
+  for (const auto& w : result.windows) windows.push_back({{"length", w.length}, {"offset", w.offset}});
   for (const auto& b : result.buckets) {
     json row{{"begin", b.begin}, {"end", b.end}, {"tokens", b.tokens}, {"model_perplexity", std::exp(b.model_nll)}};
     if (result.has_source) {
@@ -269,12 +298,13 @@ nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options) {
     samples.push_back(sample);
   }
   json out{{"has_source", result.has_source},
+           {"windows", windows},
            {"perplexity_by_position", buckets},
            {"passkey", passkey},
            {"passkey_by_length", by_length},
            {"generation", {{"prompts", options.generation_prompts}, {"tokens", options.generation_tokens}, {"samples", samples}}},
            {"seconds", {{"perplexity", result.perplexity_seconds}, {"passkey", result.passkey_seconds}, {"generation", result.generation_seconds}}}};
-  if (result.has_source) out["generation"]["agreement"] = result.generation_agreement;
+  if (std::isfinite(result.generation_agreement)) out["generation"]["agreement"] = result.generation_agreement;
   return out;
 }
 
@@ -282,7 +312,7 @@ Report eval_report(const EvalResult& result, const std::string& title) {
   Report report;
   report.title = title;
   report.summary.emplace_back("compared with", result.has_source ? "the source model" : "nothing (the model alone)");
-  if (result.has_source) report.summary.emplace_back("generation agreement", format_double(result.generation_agreement, 3));
+  if (std::isfinite(result.generation_agreement)) report.summary.emplace_back("generation agreement", format_double(result.generation_agreement, 3));
   report.summary.emplace_back("wall time", format_double(result.perplexity_seconds + result.passkey_seconds + result.generation_seconds, 4) + " s");
 
   LineChart perplexity{"Perplexity by position", "position (bucket midpoint)", "perplexity", true, {{"model", {}}}};

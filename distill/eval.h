@@ -52,16 +52,22 @@ struct GenerationSample {
   std::int64_t agreed = 0;  // tokens before the first divergence
 };
 
+struct TextWindow {
+  std::int64_t length = 0, offset = 0;  // tokens, and where in the text its body starts
+};
+
 struct EvalResult {
   bool has_source = false;
+  std::vector<TextWindow> windows;  // the perplexity windows, in the order scored
   std::vector<PositionBucket> buckets;
   std::vector<PasskeyCell> passkey;
-  double generation_agreement = 0;  // mean agreed / generation_tokens (1 without a source)
+  double generation_agreement = 0;  // mean agreed / generation_tokens; NaN without a source or prompts
   std::vector<GenerationSample> samples;
   double perplexity_seconds = 0, passkey_seconds = 0, generation_seconds = 0;
 };
 
-// The bucket edges 0, 64, 256, 1K, 2K, 4K, 8K, ... up to the first edge >= longest.
+// The bucket edges 0, 64, 256, 1K, 2K, 4K, 8K, ... up to the first edge past the last predicting position of a
+// `longest`-token window (longest - 2).
 std::vector<std::int64_t> bucket_edges(std::int64_t longest);
 
 // A passkey prompt of exactly `length` tokens: an instruction, filler sentences with the needle ("The pass key
@@ -70,16 +76,20 @@ struct PasskeyPrompt {
   std::vector<std::int64_t> ids;
   std::int64_t needle_at = 0;  // the needle's first token
 };
-// Throws std::invalid_argument when `length` cannot hold the instruction, needle and question.
+// Throws std::length_error when `length` cannot hold the instruction, needle, question and one filler sentence.
 PasskeyPrompt passkey_prompt(const Tokenizer& tokenizer, std::int64_t length, double depth, const std::string& key);
 
-// The first run of exactly five digits in `text`, or "" (the answer's key).
+// The answer's key: the first number in `text` when it has five digits, else "".
 std::string first_key(const std::string& text);
 
 // `model` against `source` (null: the model alone, the source-only baseline row) on text_ids, the held-out text
-// encoded by the model's tokenizer; it must hold max(lengths) + 1 tokens (std::invalid_argument otherwise).
+// encoded by the model's tokenizer without special tokens. It must hold the longest window and a generation
+// prompt (eval_text_tokens_needed; std::invalid_argument otherwise); lengths too short for a passkey prompt throw
+// std::length_error. The windows are spread over the whole text, no two of the same span.
 EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const Tokenizer& tokenizer,
                           const std::vector<std::int64_t>& text_ids, const EvalOptions& options, ProgressReporter* progress);
+
+std::int64_t eval_text_tokens_needed(const EvalOptions& options);
 
 nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options);
 // The HTML report's charts and tables: perplexity and KL by position, the passkey grids, the generations.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu_loops.h"
+#include "kernels/softmax_attention.h"
 #include "kernels/window_attention.h"
 
 namespace linearize::kernels {
@@ -67,13 +68,6 @@ WindowSoftmaxParts window_branch(const at::Tensor& q, const WindowKeys& keys, co
                               opt.key_valid);
 }
 
-// phi [B, n, Hf, F] of the first n keys, zero where those keys are padding (key_valid [B, >= n]; undefined: none).
-at::Tensor without_padded_features(const at::Tensor& phi, const at::Tensor& key_valid) {
-  if (!key_valid.defined()) return phi;
-  const auto valid = key_valid.narrow(1, 0, phi.size(1)).to(at::kBool).view({phi.size(0), phi.size(1), 1, 1});
-  return at::where(valid, phi, at::zeros({}, phi.options()));
-}
-
 LinearAttentionOptions linear_options(const HybridAttentionOptions& opt) {
   LinearAttentionOptions lo;
   lo.form = opt.form;
@@ -97,7 +91,7 @@ std::pair<at::Tensor, LinearState> lolcats_linear_parallel(const LolcatsAttentio
                                                            const at::Tensor& key_valid) {
   const auto compute = compute_type(in.q);
   const int64_t T = in.q.size(1), Hq = in.q.size(2), S = keys.k.size(1);
-  const auto phi_k = without_padded_features(in.phi_k(keys.k.to(compute)), key_valid);  // [B, S, Hf, F]
+  const auto phi_k = zero_padded_tokens(in.phi_k(keys.k.to(compute)), key_valid);  // [B, S, Hf, F]
   const int64_t Hf = phi_k.size(2), F = phi_k.size(3);
   TORCH_CHECK(Hf >= 1 && Hq % Hf == 0, "lolcats_attention: phi_k must give Hq or Hkv feature heads");
   const auto v1 = values_with_ones(keys.v.to(compute), Hf);  // [B, S, Hf, V + 1]
@@ -282,7 +276,10 @@ HybridAttentionOutput liger_attention(const LigerAttentionInputs& in, const Hybr
                                       const HybridAttentionOptions& opt) {
   const auto keys = window_keys(in.q, in.k, in.v, initial, opt);
   const auto win = window_branch(in.q, keys, opt);
-  auto lin = linear_attention({in.phi_q, in.phi_k, in.v, in.log_decay, {}}, initial.linear, linear_options(opt));
+  // A padded key writes nothing into the GLA state (left padding comes before every token, while the state is
+  // still zero, so its decay changes nothing).
+  auto lin = linear_attention({in.phi_q, zero_padded_tokens(in.phi_k, opt.key_valid), in.v, in.log_decay, {}}, initial.linear,
+                              linear_options(opt));
   const auto o = 0.5 * (win.numerator / win.denominator.unsqueeze(-1)) + 0.5 * lin.o.to(compute_type(in.q));
   HybridAttentionOutput out{o.to(in.q.scalar_type()), {std::move(lin.state), {}, {}}};
   keep_last_keys(keys, opt.window, out.state);
@@ -307,7 +304,7 @@ HybridAttentionOutput lolcats_attention(const LolcatsAttentionInputs& in, const 
     // n + i - window, i.e. the first `count` keys of the window's key sequence after `pad` queries that
     // come before any key has left (zero features for those, not phi(0)).
     const int64_t pad = std::clamp<int64_t>(opt.window - keys.cached, 0, T), count = T - pad;
-    const auto phi_k = without_padded_features(in.phi_k(keys.k.narrow(1, 0, count).to(compute)), opt.key_valid);
+    const auto phi_k = zero_padded_tokens(in.phi_k(keys.k.narrow(1, 0, count).to(compute)), opt.key_valid);
     const auto v1 = values_with_ones(keys.v.narrow(1, 0, count).to(compute), phi_k.size(2));
     const auto pad_zeros = [pad](const at::Tensor& x) {
       if (pad == 0) return x;

@@ -44,9 +44,9 @@ struct HybridAttentionOptions {
   int64_t chunk_size = 64;      // chunked form: query block of the window branch and chunk of the linear one
   // Of q.k in the window branch: the source attention's (Gemma 3's query_pre_attn_scalar^-1/2); unset: D^-1/2.
   std::optional<double> scale = std::nullopt;
-  // A stateless call over a padded batch: [B, T] bool, false for padding. The window branch skips padded keys
-  // (kernels/softmax_attention.h's without_padded_keys) and LoLCATs' linear part zeroes their features; Liger's
-  // caller zeroes its phi_k and gates (they are its inputs). Undefined: no padding.
+  // A stateless call over a left-padded batch: [B, T] bool, false for padding. The window branch skips padded
+  // keys (kernels/softmax_attention.h's without_padded_keys) and the linear part takes no padded key's features.
+  // Undefined: no padding.
   at::Tensor key_valid{};
 };
 

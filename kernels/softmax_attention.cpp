@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <torch/version.h>
 
@@ -36,6 +37,13 @@ at::Tensor without_padded_keys(const at::Tensor& visible, const at::Tensor& quer
   TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(1) == key_positions.size(-1), "key_valid must be [B, S]");
   const auto valid = key_valid.to(at::kBool).view({key_valid.size(0), 1, 1, key_valid.size(1)});
   return visible.logical_and(valid).logical_or(key_positions.eq(query_positions));
+}
+
+at::Tensor zero_padded_tokens(const at::Tensor& x, const at::Tensor& token_valid) {
+  if (!token_valid.defined()) return x;
+  std::vector<std::int64_t> shape(static_cast<std::size_t>(x.dim()), 1);
+  shape[0] = x.size(0), shape[1] = x.size(1);
+  return at::where(token_valid.narrow(1, 0, x.size(1)).to(at::kBool).view(shape), x, at::zeros({}, x.options()));
 }
 
 at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

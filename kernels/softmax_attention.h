@@ -36,4 +36,8 @@ at::Tensor causal_window_mask(std::int64_t queries, std::int64_t keys, const Sof
 at::Tensor without_padded_keys(const at::Tensor& visible, const at::Tensor& query_positions, const at::Tensor& key_positions,
                                const at::Tensor& key_valid);
 
+// x [B, n, ...] with the rows of padded tokens 0 (token_valid [B, >= n] bool, its first n columns read); x itself
+// when token_valid is undefined. What a padded token writes into a recurrent state goes through it.
+at::Tensor zero_padded_tokens(const at::Tensor& x, const at::Tensor& token_valid);
+
 }  // namespace linearize::kernels

@@ -115,11 +115,16 @@ def main():
     parser.add_argument("--out", default=os.path.expanduser("~/.cache/linearize/smollm2-135m-instruct"))
     parser.add_argument("--binary", default=os.path.join(REPO, "build", "cli", "linearize"))
     parser.add_argument("--no-check", action="store_true", help="only write the directory")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="exit 77 (ctest's skip) unless DIR is already complete: check it, never download")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started, out = time.monotonic(), os.path.abspath(args.out)
     try:
         if not os.path.isfile(os.path.join(out, MARKER)):
+            if args.cached_only:
+                print(f"{out}: not fetched (scripts/fetch_real_model.py makes it); skipped")
+                return 77
             if os.path.exists(out) and os.listdir(out):
                 raise InputError(f"{out}: exists but was not written by this script (no {MARKER}); remove it or pick --out")
             fetch(out)

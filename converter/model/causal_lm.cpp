@@ -144,6 +144,10 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
     TORCH_CHECK(state == nullptr, "CausalLM: a padded batch (attention_mask) runs stateless");
     TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "CausalLM: attention_mask must be [B, T] like ids");
     token_mask = attention_mask.to(embed_.device()).to(at::kBool);
+    // Left padding only: a row's tokens are contiguous at its end, so index distances are token distances (the
+    // windows, the conv taps and the LoLCATs shift count columns).
+    TORCH_CHECK(ids.size(1) < 2 || token_mask.narrow(1, 1, ids.size(1) - 1).ge(token_mask.narrow(1, 0, ids.size(1) - 1)).all().item<bool>(),
+                "CausalLM: attention_mask must be left padding (0s, then 1s, in every row)");
     positions = (token_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
   }
   const auto& block = config_.block;

@@ -100,8 +100,9 @@ class CausalLM {
                        const MixerOverrides* overrides);
 
   // Stateless forward. ids: int64 [B, T] -> logits [B, T, vocab]. `form`: how linear mixers compute.
-  // attention_mask [B, T] (1 token, 0 padding; Hugging Face's): a padded batch, each row at its own positions
-  // (counting its tokens from 0), whose rows' logits equal each row's alone (docs/architecture.md#padded-batches).
+  // attention_mask [B, T] (1 token, 0 padding; Hugging Face's), left padding only: a padded batch, each row at
+  // its own positions (counting its tokens from 0), whose rows' logits equal each row's alone
+  // (docs/architecture.md#padded-batches).
   at::Tensor forward(const at::Tensor& ids, const CaptureFn& capture = {},
                      kernels::MixerForm form = kernels::MixerForm::chunked, const at::Tensor& attention_mask = {}) const;
 

@@ -114,7 +114,9 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
 }
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const at::Tensor& positions, const at::Tensor& like) const {
-  auto cs = cos_sin(positions, positions.max().item<std::int64_t>() + 1, like);
+  // The longest sequence only matters to dynamic RoPE: no device sync otherwise.
+  const std::int64_t seq_len = rope_.type == RopeType::Dynamic ? positions.max().item<std::int64_t>() + 1 : 0;
+  auto cs = cos_sin(positions, seq_len, like);
   return {cs.cos.unsqueeze(1), cs.sin.unsqueeze(1)};  // [B, 1, T, rot]: one row per sequence, heads first
 }
 

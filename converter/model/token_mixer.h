@@ -35,9 +35,9 @@ struct MixerCall {
   const CaptureFn& capture;
   std::string scope;  // "layers.{i}.mixer"
   kernels::MixerForm form = kernels::MixerForm::chunked;
-  // A padded batch (a stateless call only; docs/architecture.md#padded-batches): token_mask [B, T] bool, false
-  // on padding, and positions [B, T] int64, each row's own (a left-padded row's first token at 0). A padded
-  // token is a no-op for every real one: no query sees it, and it neither writes nor decays a state.
+  // A left-padded batch (a stateless call only; docs/architecture.md#padded-batches): token_mask [B, T] bool,
+  // false on padding, and positions [B, T] int64, each row's own (its first token at 0). A padded token is a
+  // no-op for every real one: no query sees it, and it writes nothing into a state.
   // Undefined: no padding, positions start.. for every row.
   at::Tensor token_mask{}, positions{};
 };

@@ -4,6 +4,7 @@
 #include "kernels/feature_maps.h"
 #include "kernels/rope.h"
 #include "kernels/short_conv.h"
+#include "kernels/softmax_attention.h"
 
 namespace linearize::recipes {
 
@@ -60,12 +61,8 @@ at::Tensor TorchMixerOps::rope(const at::Tensor& heads) {
 }
 
 at::Tensor TorchMixerOps::zero_padded(const at::Tensor& v) const {
-  const auto mask = token_mask();
-  if (!mask.defined()) return v;
-  TORCH_CHECK(state_ == nullptr, "a padded batch runs stateless");
-  auto shape = mask.sizes().vec();  // [B, T, 1, ...] against v's [B, T, ...]
-  shape.resize(static_cast<std::size_t>(v.dim()), 1);
-  return at::where(mask.to(at::kBool).view(shape), v, at::zeros({}, v.options()));
+  TORCH_CHECK(!token_mask().defined() || state_ == nullptr, "a padded batch runs stateless");
+  return kernels::zero_padded_tokens(v, token_mask());
 }
 
 at::Tensor TorchMixerOps::linear(const at::Tensor& v, const std::string& weight, const std::string& bias) const {
@@ -103,19 +100,13 @@ at::Tensor TorchMixerOps::layer_normalize(const at::Tensor& v, double eps) {
 at::Tensor TorchMixerOps::linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& decay, const Recurrence& r) {
   kernels::LinearAttentionInputs in;
-  // A padded token writes nothing (its key 0, and so its share of the normaliser) and keeps the state (log decay 0).
   in.q = q;
-  in.k = zero_padded(k);
+  in.k = zero_padded(k);  // a padded token writes nothing, nor into the normaliser's key sum
   in.v = v;
   switch (r.decay) {
-    case Decay::per_head: in.log_decay = zero_padded(decay.squeeze(-1)); break;
-    case Decay::per_channel: in.log_decay = zero_padded(decay); break;
-    case Decay::fixed:
-      if (token_mask().defined())  // per token then: the fixed decay where a token is, none where padding is
-        in.log_decay = zero_padded(layer_.constant(r.fixed_log_decay).view({1, 1, -1}).expand({k.size(0), k.size(1), -1}));
-      else
-        in.log_gamma = layer_.constant(r.fixed_log_decay);
-      break;
+    case Decay::per_head: in.log_decay = decay.squeeze(-1); break;
+    case Decay::per_channel: in.log_decay = decay; break;
+    case Decay::fixed: in.log_gamma = layer_.constant(r.fixed_log_decay); break;
     case Decay::none: break;
   }
   kernels::LinearAttentionOptions options;
@@ -133,8 +124,8 @@ at::Tensor TorchMixerOps::delta_rule(const at::Tensor& q, const at::Tensor& k, c
   in.q = q;
   in.k = k;
   in.v = v;
-  in.beta = zero_padded(beta.squeeze(-1));  // a padded token writes nothing (beta 0) and keeps the state (log decay 0)
-  in.log_decay = zero_padded(decay.squeeze(-1));
+  in.beta = zero_padded(beta.squeeze(-1));  // a padded token writes nothing
+  in.log_decay = decay.squeeze(-1);
   kernels::LinearAttentionOptions options;
   options.form = form();
   options.scale = r.scale;
@@ -163,8 +154,7 @@ std::vector<at::Tensor> TorchMixerOps::short_conv(const std::vector<HeadsOf<at::
 }
 
 at::Tensor TorchMixerOps::liger_hybrid(const LigerParts<at::Tensor>& p, std::int64_t window) {
-  // The GLA half's padding is in its inputs; the window half's in HybridAttentionOptions::key_valid.
-  const kernels::LigerAttentionInputs in{p.q, p.k, p.v, p.phi_q, zero_padded(p.phi_k), zero_padded(p.log_decay)};
+  const kernels::LigerAttentionInputs in{p.q, p.k, p.v, p.phi_q, p.phi_k, p.log_decay};
   return hybrid(kernels::liger_attention, kernels::liger_decode_step, in, window);
 }
 

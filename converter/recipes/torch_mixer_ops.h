@@ -142,8 +142,8 @@ class TorchMixerOps {
   kernels::MixerForm form() const;
   // The call's token mask (MixerCall::token_mask), undefined when it has none.
   at::Tensor token_mask() const { return call_ ? call_->token_mask : at::Tensor(); }
-  // v [B, T, ...] with the padded tokens' rows 0 (a where, not a product: such a row may hold inf); v itself
-  // when the call has no padding. A recurrence's writes and log decays through it make padding a no-op.
+  // v [B, T, ...] with the padded tokens' rows 0 (v itself without padding). What a recurrence writes goes
+  // through it; decays need not (left padding comes before every token, while a state is still zero).
   at::Tensor zero_padded(const at::Tensor& v) const;
   // A window hybrid's call: the fused decode step where it applies (it returns an undefined tensor where it
   // does not), else `kernel` in the call's form from the carried state.

@@ -125,7 +125,75 @@ INSTANTIATE_TEST_SUITE_P(
                       {"--prompt-ids", "1,2"}, "config.json", "num_key_value_heads", {"does not divide"}},
         ModelBadInput{"TokenIdOutsideTheVocabulary", [](const auto&) {}, {"--prompt-ids", "1,768"}, "command line",
                       "--prompt-ids", {"768"}},
-        ModelBadInput{"TokenIdNotANumber", [](const auto&) {}, {"--prompt-ids", "1,x"}, "command line", "--prompt-ids", {}}));
+        ModelBadInput{"TokenIdNotANumber", [](const auto&) {}, {"--prompt-ids", "1,x"}, "command line", "--prompt-ids", {}},
+        ModelBadInput{"BatchIdOutsideTheVocabulary", [](const auto&) {}, {"--batch-ids", "1,2;768"}, "command line", "--batch-ids", {"768"}},
+        ModelBadInput{"BatchWithAnEmptyRow", [](const auto&) {}, {"--batch-ids", "1,2;;3"}, "command line", "--batch-ids", {}}));
+
+// --batch-ids: the left-padded batch, its mask, and each row's logits equal to `forward` of the row alone (the
+// padded-batch tolerance of tests/converter/padded_batch_test.cpp, 1e-4 of the largest logit).
+TEST(ModelCli, ForwardBatchIdsWritesALeftPaddedBatchEqualToEachRowAlone) {
+  test::TempDir dir;
+  const auto model = (test::fixtures_dir() / "tiny-mistral").string();
+  const auto batch = dir / "batch.safetensors";
+  auto r = test::run_linearize({"forward", "--model", model, "--batch-ids", "5,6,7,8,9;10,11", "--out", batch.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto file = SafetensorsFile::open(batch);
+  EXPECT_TRUE(at::equal(file.tensor("input_ids"), at::tensor({5, 6, 7, 8, 9, 0, 0, 0, 10, 11}, at::kLong).view({2, 5})));
+  EXPECT_TRUE(at::equal(file.tensor("attention_mask"), at::tensor({1, 1, 1, 1, 1, 0, 0, 0, 1, 1}, at::kLong).view({2, 5})));
+  const auto logits = file.tensor("logits");
+  const std::vector<std::pair<std::string, std::int64_t>> rows{{"5,6,7,8,9", 5}, {"10,11", 2}};
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto alone_path = dir / ("alone" + std::to_string(i) + ".safetensors");
+    r = test::run_linearize({"forward", "--model", model, "--prompt-ids", rows[i].first, "--out", alone_path.string()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto alone = SafetensorsFile::open(alone_path).tensor("logits");
+    const auto n = rows[i].second;
+    const auto ours = logits[static_cast<std::int64_t>(i)].narrow(0, 5 - n, n);
+    EXPECT_LE((ours - alone).abs().max().item<double>(), 1e-4 * alone.abs().max().item<double>()) << "row " << i;
+  }
+}
+
+// `eval` on a fixture against itself: the report files, and bad input as exit 2 naming the file and field.
+TEST(ModelCli, EvalWritesItsReportsAndRefusesBadInput) {
+  test::TempDir dir;
+  const auto model = (test::fixtures_dir() / "tiny-llama").string();
+  const auto text = (test::fixtures_dir() / "corpus" / "corpus.txt").string();
+  const auto run = [&](const std::vector<std::string>& extra, const std::string& text_file) {
+    std::vector<std::string> args{"eval", "--model", model, "--text", text_file, "--windows", "1", "--passkey-trials", "1",
+                                  "--generation-prompts", "1", "--generation-tokens", "4"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return test::run_linearize(args);
+  };
+  auto r = run({"--source", model, "--lengths", "200", "--depths", "0,1", "--json", (dir / "eval.json").string(), "--html",
+                (dir / "eval.html").string()},
+          text);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto json = nlohmann::json::parse(test::read_file(dir / "eval.json"));
+  EXPECT_EQ(json["perplexity_by_position"][0]["ratio"], 1.0);
+  EXPECT_EQ(json["generation"]["agreement"], 1.0);
+  EXPECT_NE(test::read_file(dir / "eval.html").find("<svg"), std::string::npos);
+
+  const auto expect_bad = [&](const std::vector<std::string>& extra, const std::string& file, const std::string& field,
+                              const std::string& text_file) {
+    const auto bad = run(extra, text_file);
+    EXPECT_EQ(bad.exit_code, 2) << bad.err;
+    EXPECT_EQ(bad.err.find('\n'), bad.err.size() - 1) << "one line: " << bad.err;
+    EXPECT_NE(bad.err.find(file), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find(std::string(": ") + field + ":"), std::string::npos) << bad.err;
+  };
+  expect_bad({"--lengths", "300"}, "command line", "--lengths", text);      // past max_position_embeddings (256)
+  expect_bad({"--lengths", "100"}, "command line", "--lengths", text);      // too short for a passkey prompt
+  expect_bad({"--lengths", "200,200"}, "command line", "--lengths", text);  // repeated
+  const auto short_text = dir / "short.txt";
+  test::write_file(short_text, "A few words.");
+  expect_bad({"--lengths", "200"}, short_text.string(), "--text", short_text.string());
+  const auto other = dir / "other";
+  std::filesystem::copy(test::fixtures_dir() / "tiny-llama", other, std::filesystem::copy_options::recursive);
+  auto config = nlohmann::json::parse(test::read_file(other / "config.json"));
+  config["vocab_size"] = 700;
+  test::write_file(other / "config.json", config.dump());
+  expect_bad({"--lengths", "200", "--source", other.string()}, (other / "config.json").string(), "vocab_size", text);
+}
 
 }  // namespace
 }  // namespace linearize

@@ -20,6 +20,8 @@ TEST(Eval, BucketEdgesGrowFourfoldThenDouble) {
   EXPECT_EQ(bucket_edges(5000), (std::vector<std::int64_t>{0, 64, 256, 1024, 2048, 4096, 8192}));
   EXPECT_EQ(bucket_edges(100), (std::vector<std::int64_t>{0, 64, 256}));
   EXPECT_EQ(bucket_edges(64), (std::vector<std::int64_t>{0, 64}));
+  EXPECT_EQ(bucket_edges(65), (std::vector<std::int64_t>{0, 64})) << "its last prediction is at position 63";
+  EXPECT_EQ(bucket_edges(66), (std::vector<std::int64_t>{0, 64, 256}));
 }
 
 TEST(Eval, TheAnswerIsItsFirstNumberOfFiveDigits) {
@@ -44,9 +46,9 @@ TEST(Eval, PasskeyPromptsHaveTheirLengthAndTheKeyAtItsDepth) {
       EXPECT_NE(text.rfind("What is the pass key? The pass key is"), std::string::npos);
       EXPECT_EQ(text.find("pass key is 31415"), text.rfind("pass key is 31415")) << "one needle";
       // The needle starts within one filler sentence of depth x the filler's span.
-      const auto head = static_cast<std::int64_t>(tokenizer.encode(
+      const auto head = (tokenizer.bos_id() ? 1 : 0) + static_cast<std::int64_t>(tokenizer.encode(
           "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about "
-          "the important information there.").size());
+          "the important information there.", false).size());
       const auto needle = static_cast<std::int64_t>(tokenizer.encode(" The pass key is 31415. Remember it. 31415 is the pass key.", false).size());
       const auto question = static_cast<std::int64_t>(tokenizer.encode(" What is the pass key? The pass key is", false).size());
       const double span = static_cast<double>(length - head - needle - question);
@@ -55,7 +57,7 @@ TEST(Eval, PasskeyPromptsHaveTheirLengthAndTheKeyAtItsDepth) {
       previous = p.needle_at;
     }
   }
-  EXPECT_THROW(passkey_prompt(tokenizer, 40, 0.5, "31415"), std::invalid_argument);
+  EXPECT_THROW(passkey_prompt(tokenizer, 40, 0.5, "31415"), std::length_error);
 }
 
 std::vector<std::int64_t> builtin_text_ids(const Tokenizer& tokenizer) {
@@ -88,20 +90,21 @@ TEST(Eval, PerplexityByPositionEqualsTheFullForward) {
   const auto edges = bucket_edges(300);
   std::vector<double> sum(edges.size() - 1), count(edges.size() - 1);
   const auto prefix = tokenizer.encode("", true);
-  for (const auto length : options.lengths) {
-    const auto body = length - static_cast<std::int64_t>(prefix.size());
-    const auto room = static_cast<std::int64_t>(text.size()) - body;
-    for (std::int64_t w = 0; w < options.windows_per_length; ++w) {
-      auto window = prefix;
-      const auto offset = room * w / (options.windows_per_length - 1);
-      window.insert(window.end(), text.begin() + offset, text.begin() + offset + body);
-      const auto ids = at::tensor(window, at::kLong).unsqueeze(0);
-      const auto lp = at::log_softmax(model.forward(ids)[0].to(at::kDouble), -1);
-      for (std::int64_t p = 0; p + 1 < length; ++p) {
-        const auto b = static_cast<std::size_t>(std::upper_bound(edges.begin(), edges.end(), p) - edges.begin() - 1);
-        sum[b] -= lp[p][window[static_cast<std::size_t>(p + 1)]].item<double>();
-        count[b] += 1;
-      }
+  ASSERT_EQ(result.windows.size(), options.lengths.size() * static_cast<std::size_t>(options.windows_per_length));
+  for (std::size_t i = 0; i < result.windows.size(); ++i) {
+    const auto& w = result.windows[i];
+    const auto body = w.length - static_cast<std::int64_t>(prefix.size());
+    ASSERT_GE(w.offset, 0);
+    ASSERT_LE(w.offset + body, static_cast<std::int64_t>(text.size()));
+    for (std::size_t j = 0; j < i; ++j) EXPECT_NE(result.windows[j].offset, w.offset) << "no window is a prefix of another";
+    auto window = prefix;
+    window.insert(window.end(), text.begin() + w.offset, text.begin() + w.offset + body);
+    const auto ids = at::tensor(window, at::kLong).unsqueeze(0);
+    const auto lp = at::log_softmax(model.forward(ids)[0].to(at::kDouble), -1);
+    for (std::int64_t p = 0; p + 1 < w.length; ++p) {
+      const auto b = static_cast<std::size_t>(std::upper_bound(edges.begin(), edges.end(), p) - edges.begin() - 1);
+      sum[b] -= lp[p][window[static_cast<std::size_t>(p + 1)]].item<double>();
+      count[b] += 1;
     }
   }
   ASSERT_EQ(result.buckets.size(), sum.size());
@@ -114,13 +117,14 @@ TEST(Eval, PerplexityByPositionEqualsTheFullForward) {
   }
   for (const auto& cell : result.passkey) EXPECT_EQ(cell.model_found, cell.source_found);
   EXPECT_EQ(result.generation_agreement, 1.0);
+  EXPECT_EQ(result.samples.size(), 2u);
   const auto json = eval_json(result, options);
   EXPECT_EQ(json["perplexity_by_position"].size(), sum.size());
   EXPECT_EQ(json["passkey_by_length"].size(), options.lengths.size());
 }
 
-// A conversion (no training) against its source: the figures separate the two (KL > 0 past the window in
-// every bucket, a ratio other than 1), and a model alone has no source columns.
+// A conversion (no training) against its source: the figures separate the two (KL > 0 in every bucket, a
+// ratio other than 1), and a model alone has no source columns and no generation agreement.
 TEST(Eval, AConversionDiffersFromItsSourceAndAModelAloneHasNoSource) {
   test::TempDir tmp;
   const auto dir = test::fixtures_dir() / "tiny-llama";
@@ -136,6 +140,8 @@ TEST(Eval, AConversionDiffersFromItsSourceAndAModelAloneHasNoSource) {
   const auto alone = evaluate_model(converted, nullptr, tokenizer, text, small_options(), nullptr);
   EXPECT_FALSE(alone.has_source);
   EXPECT_TRUE(std::isnan(alone.buckets[0].source_nll));
+  EXPECT_TRUE(std::isnan(alone.generation_agreement));
+  EXPECT_FALSE(eval_json(alone, small_options())["generation"].contains("agreement"));
   EXPECT_EQ(alone.buckets[0].model_nll, result.buckets[0].model_nll);
   EXPECT_FALSE(eval_json(alone, small_options())["perplexity_by_position"][0].contains("ratio"));
   const auto html = render_report_html(eval_report(result, "eval"));
