@@ -128,7 +128,7 @@ std::vector<PositionBucket> perplexity_by_position(const CausalLM& model, const 
   for (std::size_t b = 0; b + 1 < sums.edges.size(); ++b) {
     const auto n = static_cast<double>(sums.count[b]);
     buckets.push_back({sums.edges[b], sums.edges[b + 1], sums.count[b], sums.model_nll[b] / n, source ? sums.source_nll[b] / n : nan,
-                       source ? sums.kl[b] / n : nan});
+                       source ? std::max(0.0, sums.kl[b] / n) : nan});  // >= 0 but for rounding
   }
   return buckets;
 }
