@@ -22,7 +22,7 @@ std::vector<nlohmann::json> read_records(const fs::path& path) {
 }  // namespace
 
 void write_report(const fs::path& out, const RunConfig& config, const DistillResult& result,
-                  const std::vector<std::int64_t>& layers) {
+                  const std::vector<std::int64_t>& layers, const EvalResult* eval) {
   Report report;
   report.title = "linearize distill: " + config.recipe.name + " on " + config.model;
   report.summary = {{"model", config.model}, {"recipe", config.recipe.name}, {"steps", std::to_string(result.step)}};
@@ -75,6 +75,13 @@ void write_report(const fs::path& out, const RunConfig& config, const DistillRes
     BarChart bars{"per-layer stage 1 loss (" + loss_name + ", validation)", loss_name, {}, {{"before", first_layers}, {"after", last_layers}}};
     for (const auto layer : layers) bars.labels.push_back("layer " + std::to_string(layer));
     report.bars.push_back(std::move(bars));
+  }
+  if (eval) {  // the trained student's quality by position, passkey grids and generations (linearize eval's charts)
+    auto figures = eval_report(*eval, "");
+    for (auto& [key, value] : figures.summary) report.summary.emplace_back("eval: " + key, std::move(value));
+    for (auto& chart : figures.curves) report.curves.push_back(std::move(chart));
+    report.heatmaps = std::move(figures.heatmaps);
+    report.tables = std::move(figures.tables);
   }
   write_report_html(out / "report.html", report);
 }

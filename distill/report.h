@@ -6,13 +6,14 @@
 #include <filesystem>
 #include <vector>
 
+#include "distill/eval.h"
 #include "distill/run.h"
 
 namespace linearize {
 
 // `layers`: the converted layers stage 1 trained, in the order of metrics.jsonl's val_layer_loss (empty:
-// no per-layer chart).
+// no per-layer chart); `eval`: the trained student's eval (eval.text), whose charts and tables the report gains.
 void write_report(const std::filesystem::path& out, const RunConfig& config, const DistillResult& result,
-                  const std::vector<std::int64_t>& layers);
+                  const std::vector<std::int64_t>& layers, const EvalResult* eval = nullptr);
 
 }  // namespace linearize

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -23,6 +25,7 @@
 #include "distill/checkpoint.h"
 #include "distill/data.h"
 #include "distill/distributed.h"
+#include "distill/eval.h"
 #include "distill/evaluate.h"
 #include "distill/export.h"
 #include "distill/layer_inputs.h"
@@ -31,6 +34,7 @@
 #include "distill/schedule.h"
 #include "distill/stage2_loss.h"
 #include "distill/stop_flag.h"
+#include "formats/atomic_file.h"
 #include "distill/teacher_cache.h"
 #include "formats/directory_lock.h"
 #include "formats/error.h"
@@ -700,6 +704,42 @@ void start_or_resume(const RunConfig& config, const std::optional<Resumed>& resu
 
 }  // namespace
 
+// The end-of-run eval's text, tokenized and checked before any training (a bad eval.text or length fails at
+// once, not after the run).
+struct EvalInput {
+  Tokenizer tokenizer;
+  std::vector<std::int64_t> text_ids;
+  EvalOptions options;
+};
+
+std::optional<EvalInput> prepare_eval(const RunConfig& config, const ModelConfig& source) {
+  if (config.eval.text.empty()) return std::nullopt;
+  for (const auto length : config.eval.lengths)
+    if (length > source.max_position_embeddings)
+      throw InputError(kConfigSource, "eval.lengths", std::to_string(length) + " is beyond the source's max_position_embeddings (" +
+                                                          std::to_string(source.max_position_embeddings) + ")");
+  std::ifstream in(config.eval.text, std::ios::binary);
+  if (!in) throw InputError(config.eval.text, "eval.text", "cannot be read");
+  std::stringstream text;
+  text << in.rdbuf();
+  EvalInput eval{Tokenizer::from_dir(config.model), {}, {}};  // the source's, which the export ships
+  eval.options.lengths = config.eval.lengths;
+  eval.text_ids = eval.tokenizer.encode(text.str(), /*add_special_tokens=*/false);
+  for (const auto id : eval.text_ids)
+    if (id >= source.vocab_size)
+      throw InputError(config.eval.text, "eval.text", "encodes to id " + std::to_string(id) + ", outside the model's vocabulary of " +
+                                                          std::to_string(source.vocab_size));
+  if (static_cast<std::int64_t>(eval.text_ids.size()) < eval_text_tokens_needed(eval.options))
+    throw InputError(config.eval.text, "eval.text", "has " + std::to_string(eval.text_ids.size()) + " tokens; the eval needs " +
+                                                        std::to_string(eval_text_tokens_needed(eval.options)));
+  try {
+    passkey_prompt(eval.tokenizer, *std::min_element(config.eval.lengths.begin(), config.eval.lengths.end()), 0.0, "00000");
+  } catch (const std::length_error& e) {
+    throw InputError(kConfigSource, "eval.lengths", e.what());
+  }
+  return eval;
+}
+
 DistillResult run_distill(const DistillOptions& options) {
   const RunConfig& config = options.config;
   const fs::path out = config.out, converted = out / "converted";
@@ -726,6 +766,7 @@ DistillResult run_distill(const DistillOptions& options) {
   const CausalLM source = student.source_model();
   check_conversion(student.config(), load_model_config(fs::path(config.model) / "config.json"), config);
   TokenDataset data = make_dataset(config, source.config());
+  const auto eval = root ? prepare_eval(config, source.config()) : std::nullopt;
   const auto validation = data.validation_batches();
 
   // Stage 1's tensors exist (and are exported) whether or not stage 1 trains them.
@@ -766,7 +807,19 @@ DistillResult run_distill(const DistillOptions& options) {
   result.export_dir = out / "model";
   export_model(converted, result.export_dir, stage1_params, adapters, config);
   result.verify = verify_export(result.export_dir, config);
-  write_report(out, config, result, stage1.enabled ? layers : std::vector<std::int64_t>{});
+  const auto report_layers = stage1.enabled ? layers : std::vector<std::int64_t>{};
+  write_report(out, config, result, report_layers);  // written first: an eval that fails leaves the run's report
+  if (eval) {  // the trained student (the export before its dtype cast and any LoRA merge) against its source layers
+    ProgressReporter progress(options.progress, options.progress != nullptr && ProgressReporter::is_tty(options.progress));
+    EvalResult evaluated;
+    try {
+      evaluated = evaluate_model(student, &source, eval->tokenizer, eval->text_ids, eval->options, &progress);
+    } catch (const std::length_error& e) {  // a key that tokenizes longer than the one checked before training
+      throw InputError(kConfigSource, "eval.lengths", e.what());
+    }
+    write_file_atomic(out / "eval.json", eval_json(evaluated, eval->options).dump(2) + "\n");
+    write_report(out, config, result, report_layers, &evaluated);
+  }
   return result;
 }
 

@@ -226,6 +226,8 @@ class Schema {
     optional_real("verify.max_kl", c.verify.max_kl);
     optional_real("verify.min_top1", c.verify.min_top1);
     optional_real("verify.min_gen_agree", c.verify.min_gen_agree);
+    text("eval.text", c.eval.text);
+    integer_list("eval.lengths", c.eval.lengths);
     add("seed", [&v = c.seed](const YAML::Node& node, const std::string& source) {
           const auto i = node.IsScalar() ? parse_int(node.Scalar()) : std::nullopt;
           if (!i || *i < 0) expected(source, "seed", "a non-negative integer", node);
@@ -303,6 +305,23 @@ class Schema {
         [&v](YAML::Emitter& out) {
           out << YAML::Flow << YAML::BeginSeq;
           for (const auto& item : v) emit_string(out, item);
+          out << YAML::EndSeq;
+        });
+  }
+  void integer_list(const std::string& path, std::vector<std::int64_t>& v) {
+    add(path, [&v, path](const YAML::Node& node, const std::string& source) {
+          if (!node.IsSequence()) expected(source, path, "a list of integers", node);
+          std::vector<std::int64_t> items;
+          for (const auto& item : node) {
+            const auto i = item.IsScalar() ? parse_int(item.Scalar()) : std::nullopt;
+            if (!i) expected(source, path + "[" + std::to_string(items.size()) + "]", "an integer", item);
+            items.push_back(*i);
+          }
+          v = std::move(items);
+        },
+        [&v](YAML::Emitter& out) {
+          out << YAML::Flow << YAML::BeginSeq;
+          for (const auto item : v) out << item;
           out << YAML::EndSeq;
         });
   }
@@ -508,6 +527,14 @@ void RunConfig::validate(const std::string& source) const {
   require(source, "device.timeout_s", device.timeout_s, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.every", checkpoint.every, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "checkpoint.keep", checkpoint.keep, [](std::int64_t v) { return v >= 1; }, ">= 1");
+  if (!eval.text.empty()) {
+    require(source, "eval.lengths", eval.lengths.size(), [](std::size_t n) { return n >= 1; }, "at least one length");
+    for (const auto length : eval.lengths) require(source, "eval.lengths", length, [](std::int64_t v) { return v >= 2; }, ">= 2 each");
+    auto sorted = eval.lengths;
+    std::sort(sorted.begin(), sorted.end());
+    require(source, "eval.lengths", sorted, [](const std::vector<std::int64_t>& v) { return std::adjacent_find(v.begin(), v.end()) == v.end(); },
+            "distinct");
+  }
   if (verify.max_kl) require(source, "verify.max_kl", *verify.max_kl, [](double v) { return v >= 0; }, ">= 0");
   if (verify.min_top1) require(source, "verify.min_top1", *verify.min_top1, [](double v) { return v >= 0 && v <= 1; }, "in [0, 1]");
   if (verify.min_gen_agree)

@@ -103,6 +103,13 @@ struct CheckpointConfig {
   std::int64_t keep = 3;             // newest complete checkpoints kept
 };
 
+// The export's `linearize eval` (docs/distillation.md#eval) at the end of the run: <out>/eval.json and its charts
+// in report.html. Off without a text.
+struct EvalConfig {
+  std::string text;                                 // held-out text file; empty: no eval
+  std::vector<std::int64_t> lengths{512, 1024, 2048};  // windows and passkey prompts, <= max_position_embeddings
+};
+
 struct RecipeConfig {
   std::string name;
   nlohmann::json params = nlohmann::json::object();  // free-form, for the recipe registry
@@ -118,6 +125,7 @@ struct RunConfig {
   DeviceConfig device;
   CheckpointConfig checkpoint;
   VerifyThresholds verify;           // the export's verify: verify.max_kl, min_top1, min_gen_agree; the rest verify's defaults
+  EvalConfig eval;
   std::uint64_t seed = 0;
   std::int64_t log_every = 10;       // optimiser steps between metrics records
 

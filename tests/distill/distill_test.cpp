@@ -487,6 +487,28 @@ TEST(DistillCli, MistypedKeyFailsBeforeAnyWorkNamingTheNearestKey) {
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
 }
 
+// eval.text: the export's `linearize eval` against its source at the end of the run, as eval.json and charts in
+// report.html; a length the source cannot take is refused before training, naming eval.lengths.
+TEST(Distill, EvalTextAddsTheExportsEvalToTheReport) {
+  test::TempDir dir;
+  auto config = small_run(dir / "run", 2);
+  config.eval.text = (test::fixtures_dir() / "corpus" / "corpus.txt").string();
+  config.eval.lengths = {200};
+  ASSERT_EQ(run_to_end(cli_args(config, dir / "cfg"), dir / "out"), 0) << test::read_file(dir / "out.err");
+  const auto json = nlohmann::json::parse(test::read_file(dir / "run" / "eval.json"));
+  EXPECT_EQ(json["perplexity_by_position"].size(), 2u);  // 0-64, 64-256
+  EXPECT_GT(json["perplexity_by_position"][1]["kl"].get<double>(), 0.0) << "the trained export differs from its source";
+  const auto report = test::read_file(dir / "run" / "report.html");
+  EXPECT_NE(report.find("Passkey accuracy: model"), std::string::npos);
+  EXPECT_NE(report.find("Perplexity ratio and KL"), std::string::npos);
+
+  config.out = (dir / "too-long").string();
+  config.eval.lengths = {300};
+  ASSERT_EQ(run_to_end(cli_args(config, dir / "cfg2"), dir / "bad"), 2);
+  EXPECT_NE(test::read_file(dir / "bad.err").find("eval.lengths"), std::string::npos) << test::read_file(dir / "bad.err");
+  EXPECT_FALSE(std::filesystem::exists(dir / "too-long" / "metrics.jsonl")) << "refused before training";
+}
+
 TEST(DistillConfigs, EveryShippedRunFileLoads) {
   std::size_t files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(LINEARIZE_CONFIGS)) {

@@ -67,6 +67,9 @@ TEST(RunConfigTest, UnknownKeysNameFileKeyAndNearestKnownKey) {
   EXPECT_EQ(error_of(std::string(kMinimal) + "stag2: {enabled: false}\n"), "run.yaml: stag2: unknown key; did you mean 'stage2'?");
   EXPECT_EQ(error_of(std::string(kMinimal) + "data: {seq_len: 8}\n"), "run.yaml: data: duplicate key");
   EXPECT_EQ(error_of("model: m\ndata: {seqlen: 8}\n"), "run.yaml: data.seqlen: unknown key; did you mean 'data.seq_len'?");
+  EXPECT_EQ(error_of(std::string(kMinimal) + "eval: {text: t.txt, lengths: [512, 512]}\n"), "run.yaml: eval.lengths: must be distinct");
+  EXPECT_EQ(error_of(std::string(kMinimal) + "eval: {text: t.txt, lengths: [512, x]}\n"),
+            "run.yaml: eval.lengths[1]: expected an integer, got 'x'");
 }
 
 TEST(RunConfigTest, MistypedValuesNameKeyAndWhatWasExpected) {
