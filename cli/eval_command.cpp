@@ -6,14 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/model_options.h"
@@ -25,14 +23,6 @@
 
 namespace linearize::cli {
 namespace {
-
-std::string read_text(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw InputError(file.string(), "--text", "cannot be read");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 void print_table(const EvalResult& r) {
   std::printf("%-12s %8s %10s", "positions", "tokens", "model ppl");
@@ -88,7 +78,6 @@ void add_eval_command(CLI::App& app) {
     const std::filesystem::path dir(opts->model.dir);
     require_distinct(opts->eval.lengths, "--lengths");
     require_distinct(opts->eval.depths, "--depths");
-    // Lengths past what the models were trained for measure RoPE extrapolation, not the conversion: refused.
     const auto config = load_model_config(dir / "config.json");
     auto context = config.max_position_embeddings;
     if (!opts->source.empty()) {
@@ -99,21 +88,10 @@ void add_eval_command(CLI::App& app) {
                                                                    std::to_string(config.vocab_size) + ": not its source");
       context = std::min(context, source.max_position_embeddings);
     }
-    for (const auto length : opts->eval.lengths)
-      if (length > context)
-        throw InputError("command line", "--lengths", std::to_string(length) + " is beyond max_position_embeddings (" + std::to_string(context) + ")");
     if (!std::filesystem::exists(dir / "tokenizer.json"))
       throw InputError((dir / "tokenizer.json").string(), "tokenizer.json", "is missing: eval tokenizes with the model's own tokenizer");
     const auto tokenizer = Tokenizer::from_dir(dir);
-    try {  // the shortest length must hold a passkey prompt
-      passkey_prompt(tokenizer, *std::min_element(opts->eval.lengths.begin(), opts->eval.lengths.end()), 0.0, "00000");
-    } catch (const std::length_error& e) {
-      throw InputError("command line", "--lengths", e.what());
-    }
-    const auto text_ids = tokenizer.encode(read_text(opts->text), /*add_special_tokens=*/false);
-    if (static_cast<std::int64_t>(text_ids.size()) < eval_text_tokens_needed(opts->eval))
-      throw InputError(opts->text, "--text", "has " + std::to_string(text_ids.size()) + " tokens; the longest window and a generation prompt need " +
-                                                 std::to_string(eval_text_tokens_needed(opts->eval)));
+    const auto text_ids = eval_text_ids(tokenizer, opts->text, opts->eval, context, config.vocab_size, {"command line", "--lengths", "--text"});
     const auto model = load_model(opts->model);
     std::optional<CausalLM> source;
     if (!opts->source.empty()) source = load_model(opts->source, load_options(opts->model));

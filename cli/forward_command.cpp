@@ -26,10 +26,7 @@ std::pair<at::Tensor, at::Tensor> padded_batch(const ModelOptions& model, const 
   for (std::string row; std::getline(in, row, ';');) {
     prompts.push_back(parse_id_list(row, "--batch-ids"));
     if (prompts.back().empty()) throw InputError("command line", "--batch-ids", "has an empty row (rows are separated by ';')");
-    for (const auto id : prompts.back())
-      if (id >= vocab_size)
-        throw InputError("command line", "--batch-ids", "token id " + std::to_string(id) + " is outside the vocabulary (size " +
-                                                            std::to_string(vocab_size) + ")");
+    check_in_vocabulary(prompts.back(), vocab_size, "--batch-ids");
   }
   if (prompts.empty()) throw InputError("command line", "--batch-ids", "has no rows");
   std::int64_t width = 0;

@@ -47,6 +47,13 @@ CausalLM load_model(const ModelOptions& opts) {
   return model;
 }
 
+void check_in_vocabulary(const std::vector<std::int64_t>& ids, std::int64_t vocab_size, const std::string& flag) {
+  for (const auto id : ids)
+    if (id >= vocab_size)
+      throw InputError("command line", flag, "token id " + std::to_string(id) + " is outside the vocabulary (size " +
+                                                 std::to_string(vocab_size) + ")");
+}
+
 at::Tensor prompt_tensor(const ModelOptions& opts) {
   const std::filesystem::path dir(opts.dir);
   const auto vocab_size = load_model_config(dir / "config.json").vocab_size;
@@ -60,10 +67,7 @@ at::Tensor prompt_tensor(const ModelOptions& opts) {
   } else {
     throw InputError("command line", "--prompt-ids", "give the prompt as --prompt-ids or --prompt");
   }
-  for (const auto id : ids)
-    if (id >= vocab_size)
-      throw InputError("command line", flag, "token id " + std::to_string(id) + " is outside the vocabulary (size " +
-                                                 std::to_string(vocab_size) + ")");
+  check_in_vocabulary(ids, vocab_size, flag);
   if (ids.empty()) throw InputError("command line", flag, "encodes to no tokens");
   return at::tensor(ids, at::kLong).unsqueeze(0);
 }

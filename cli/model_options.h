@@ -31,6 +31,9 @@ LoadOptions load_options(const ModelOptions& opts);
 // Loads the model as asked; --device cuda without a usable GPU is bad input (exit 2), not a crash.
 CausalLM load_model(const ModelOptions& opts);
 
+// Every id below vocab_size, else InputError("command line", flag, ...) naming the first one outside.
+void check_in_vocabulary(const std::vector<std::int64_t>& ids, std::int64_t vocab_size, const std::string& flag);
+
 // --prompt-ids parsed (or --prompt encoded with the model's tokenizer, BOS included) and checked against
 // the vocabulary of the model's config.json, before any weights are loaded: int64 [1, T].
 at::Tensor prompt_tensor(const ModelOptions& opts);

@@ -4,13 +4,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <cmath>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 
 #include "converter/next_token.h"
 #include "converter/verify/check.h"
+#include "formats/error.h"
 
 namespace linearize {
 namespace {
@@ -262,6 +265,33 @@ EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const T
   result.generation_seconds = seconds_since(started);
   if (progress) progress->finish();
   return result;
+}
+
+std::vector<std::int64_t> eval_text_ids(const Tokenizer& tokenizer, const std::string& text_file, const EvalOptions& options,
+                                        std::int64_t max_positions, std::int64_t vocab_size, const EvalInputNames& names) {
+  // Lengths past what the models were trained for measure RoPE extrapolation, not the conversion: refused.
+  for (const auto length : options.lengths)
+    if (length > max_positions)
+      throw InputError(names.source, names.lengths, std::to_string(length) + " is beyond max_position_embeddings (" +
+                                                        std::to_string(max_positions) + ")");
+  try {  // the shortest length must hold a passkey prompt
+    passkey_prompt(tokenizer, *std::min_element(options.lengths.begin(), options.lengths.end()), 0.0, "00000");
+  } catch (const std::length_error& e) {
+    throw InputError(names.source, names.lengths, e.what());
+  }
+  std::ifstream in(text_file, std::ios::binary);
+  if (!in) throw InputError(text_file, names.text, "cannot be read");
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto ids = tokenizer.encode(text.str(), /*add_special_tokens=*/false);
+  for (const auto id : ids)
+    if (id >= vocab_size)
+      throw InputError(text_file, names.text, "encodes to id " + std::to_string(id) + ", outside the model's vocabulary of " +
+                                                  std::to_string(vocab_size));
+  if (static_cast<std::int64_t>(ids.size()) < eval_text_tokens_needed(options))
+    throw InputError(text_file, names.text, "has " + std::to_string(ids.size()) + " tokens; the longest window and a generation prompt need " +
+                                                std::to_string(eval_text_tokens_needed(options)));
+  return ids;
 }
 
 nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options) {

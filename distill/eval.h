@@ -91,6 +91,17 @@ EvalResult evaluate_model(const CausalLM& model, const CausalLM* source, const T
 
 std::int64_t eval_text_tokens_needed(const EvalOptions& options);
 
+// Where an eval's inputs were given, for its errors: `linearize eval`'s flags or a run file's keys.
+struct EvalInputNames {
+  std::string source, lengths, text;  // e.g. "command line", "--lengths", "--text"
+};
+
+// The held-out text file tokenized (no special tokens) and checked with options.lengths before any model loads:
+// every length within max_positions, the shortest holding a passkey prompt, the text long enough
+// (eval_text_tokens_needed) and every id below vocab_size. Bad input is an InputError naming names' field.
+std::vector<std::int64_t> eval_text_ids(const Tokenizer& tokenizer, const std::string& text_file, const EvalOptions& options,
+                                        std::int64_t max_positions, std::int64_t vocab_size, const EvalInputNames& names);
+
 nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options);
 // The HTML report's charts and tables: perplexity and KL by position, the passkey grids, the generations.
 Report eval_report(const EvalResult& result, const std::string& title);

@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -714,29 +712,10 @@ struct EvalInput {
 
 std::optional<EvalInput> prepare_eval(const RunConfig& config, const ModelConfig& source) {
   if (config.eval.text.empty()) return std::nullopt;
-  for (const auto length : config.eval.lengths)
-    if (length > source.max_position_embeddings)
-      throw InputError(kConfigSource, "eval.lengths", std::to_string(length) + " is beyond the source's max_position_embeddings (" +
-                                                          std::to_string(source.max_position_embeddings) + ")");
-  std::ifstream in(config.eval.text, std::ios::binary);
-  if (!in) throw InputError(config.eval.text, "eval.text", "cannot be read");
-  std::stringstream text;
-  text << in.rdbuf();
   EvalInput eval{Tokenizer::from_dir(config.model), {}, {}};  // the source's, which the export ships
   eval.options.lengths = config.eval.lengths;
-  eval.text_ids = eval.tokenizer.encode(text.str(), /*add_special_tokens=*/false);
-  for (const auto id : eval.text_ids)
-    if (id >= source.vocab_size)
-      throw InputError(config.eval.text, "eval.text", "encodes to id " + std::to_string(id) + ", outside the model's vocabulary of " +
-                                                          std::to_string(source.vocab_size));
-  if (static_cast<std::int64_t>(eval.text_ids.size()) < eval_text_tokens_needed(eval.options))
-    throw InputError(config.eval.text, "eval.text", "has " + std::to_string(eval.text_ids.size()) + " tokens; the eval needs " +
-                                                        std::to_string(eval_text_tokens_needed(eval.options)));
-  try {
-    passkey_prompt(eval.tokenizer, *std::min_element(config.eval.lengths.begin(), config.eval.lengths.end()), 0.0, "00000");
-  } catch (const std::length_error& e) {
-    throw InputError(kConfigSource, "eval.lengths", e.what());
-  }
+  eval.text_ids = eval_text_ids(eval.tokenizer, config.eval.text, eval.options, source.max_position_embeddings, source.vocab_size,
+                                {kConfigSource, "eval.lengths", "eval.text"});
   return eval;
 }
 
