@@ -24,6 +24,7 @@ void add_select_layers_command(CLI::App& app);
 void add_verify_command(CLI::App& app);
 void add_distill_command(CLI::App& app);
 void add_export_onnx_command(CLI::App& app);
+void add_export_native_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 
 }  // namespace linearize::cli

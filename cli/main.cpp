@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   linearize::cli::add_verify_command(app);
   linearize::cli::add_distill_command(app);
   linearize::cli::add_export_onnx_command(app);
+  linearize::cli::add_export_native_command(app);
   linearize::cli::add_eval_command(app);
 
   try {

@@ -55,6 +55,14 @@ const std::vector<std::string>& passthrough_files() {
   return files;
 }
 
+void copy_passthrough_files(const std::filesystem::path& from, const std::filesystem::path& to) {
+  for (const auto& name : passthrough_files()) {
+    if (!std::filesystem::exists(from / name)) continue;
+    std::ifstream in(from / name, std::ios::binary);
+    write_file_atomic(to / name, std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+}
+
 std::vector<TensorSpec> expected_tensors(const ModelConfig& config) {
   auto specs = decoder_tensors(*config.family, config);
   if (!config.linearize.is_null()) {
@@ -187,12 +195,7 @@ void write_weights(const ConvertOptions& options, const CheckpointWeights& sourc
 
 // The tokenizer files as they are, and the transformers files with their sha256 (for config.json).
 nlohmann::ordered_json write_side_files(const ConvertOptions& options) {
-  for (const auto& name : passthrough_files()) {
-    const auto from = options.source / name;
-    if (!std::filesystem::exists(from)) continue;
-    std::ifstream in(from, std::ios::binary);
-    write_file_atomic(options.out / name, std::string(std::istreambuf_iterator<char>(in), {}));
-  }
+  copy_passthrough_files(options.source, options.out);
   nlohmann::ordered_json hf_hashes;
   for (const auto& file : hf_files()) {
     write_file_atomic(options.out / file.name, std::string(file.text));

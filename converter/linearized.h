@@ -73,5 +73,7 @@ inline constexpr const char* kExportModelType = "linearize";
 
 // The files of a Hugging Face directory copied into a conversion unchanged when present.
 const std::vector<std::string>& passthrough_files();
+// Copies those present in `from` into `to`.
+void copy_passthrough_files(const std::filesystem::path& from, const std::filesystem::path& to);
 
 }  // namespace linearize

@@ -62,6 +62,10 @@ std::string bias(std::int64_t layer, LayerModule module) { return module_path(la
 
 std::string recipe_tensor(std::int64_t layer, const std::string& name) { return layer_prefix(layer) + "self_attn." + name; }
 
+std::string qwen3_5_linear_attn(std::int64_t layer, const std::string& part) {
+  return layer_prefix(layer) + "linear_attn." + part;
+}
+
 std::string weight_of(const std::string& module_path) { return module_path + ".weight"; }
 
 std::optional<ModulePath> parse_module_path(const std::string& path) {

@@ -62,6 +62,18 @@ inline constexpr const char* kConvWeight = "conv1d.weight";
 inline constexpr const char* kConvBias = "conv1d.bias";
 inline constexpr const char* kOutputNormWeight = "norm.weight";
 
+// Qwen3.5's Gated DeltaNet layer (export-native --layout qwen3_5): model.layers.{i}.linear_attn.<part>.
+std::string qwen3_5_linear_attn(std::int64_t layer, const std::string& part);
+inline constexpr const char* kQwen35InProjQkv = "in_proj_qkv.weight";
+inline constexpr const char* kQwen35InProjZ = "in_proj_z.weight";
+inline constexpr const char* kQwen35InProjB = "in_proj_b.weight";
+inline constexpr const char* kQwen35InProjA = "in_proj_a.weight";
+inline constexpr const char* kQwen35Conv = "conv1d.weight";
+inline constexpr const char* kQwen35DtBias = "dt_bias";
+inline constexpr const char* kQwen35ALog = "A_log";
+inline constexpr const char* kQwen35Norm = "norm.weight";
+inline constexpr const char* kQwen35OutProj = "out_proj.weight";
+
 // A module path's weight (what a LoRA merge replaces): <path>.weight. (The LoRA factors' names are PEFT's
 // file format: formats/peft_adapter.h.)
 std::string weight_of(const std::string& module_path);

@@ -151,21 +151,30 @@ std::vector<std::int64_t> OnnxLayer::recipe_tensor_shape(const std::string& name
   return context_.checkpoint.entry(names::recipe_tensor(layer_, name)).shape;
 }
 
+OnnxLayer::Heads OnnxLayer::project_weights(const std::string& x) { return project(x, /*with_bias=*/false); }
+
 OnnxLayer::Heads OnnxLayer::project_heads(const std::string& x) {
   using names::LayerModule;
-  auto& o = ops();
+  auto h = project(x, /*with_bias=*/true);
   const auto& c = config();
-  const auto heads = [&](LayerModule module, std::int64_t count) {
-    const auto y = o.linear(x, weight(module), bias(module));
-    return o.transpose(o.reshape(y, {0, 0, count, c.head_dim}), {0, 2, 1, 3});  // [B, count, S, D]
-  };
-  Heads h{heads(LayerModule::q_proj, c.num_attention_heads), heads(LayerModule::k_proj, c.num_key_value_heads),
-          heads(LayerModule::v_proj, c.num_key_value_heads)};
   if (c.block.qk_norm) {
+    auto& o = ops();
     h.q = o.rms_norm(h.q, weight(LayerModule::q_norm), c.rms_norm_eps, c.block.norm);
     h.k = o.rms_norm(h.k, weight(LayerModule::k_norm), c.rms_norm_eps, c.block.norm);
   }
   return h;
+}
+
+OnnxLayer::Heads OnnxLayer::project(const std::string& x, bool with_bias) {
+  using names::LayerModule;
+  auto& o = ops();
+  const auto& c = config();
+  const auto heads = [&](LayerModule module, std::int64_t count) {
+    const auto y = o.linear(x, weight(module), with_bias ? bias(module) : std::string());
+    return o.transpose(o.reshape(y, {0, 0, count, c.head_dim}), {0, 2, 1, 3});  // [B, count, S, D]
+  };
+  return {heads(LayerModule::q_proj, c.num_attention_heads), heads(LayerModule::k_proj, c.num_key_value_heads),
+          heads(LayerModule::v_proj, c.num_key_value_heads)};
 }
 
 std::string OnnxLayer::rope(const std::string& heads) {

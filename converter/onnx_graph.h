@@ -171,6 +171,8 @@ class OnnxLayer {
     std::string q, k, v;
   };
   Heads project_heads(const std::string& x);
+  // q, k, v through the weights alone: no biases, no q/k norm (SoftmaxAttentionMixer::project_weights).
+  Heads project_weights(const std::string& x);
   std::string rope(const std::string& heads);
   std::string project_output(const std::string& heads);
   // [B, Hkv, S, D] -> [B, H, S, D]: query head h reads kv head h / G (recipes whose maps are per query head).
@@ -198,6 +200,8 @@ class OnnxLayer {
   WindowBranch window_branch(const std::string& q, const std::string& k, const std::string& v, std::int64_t window);
 
  private:
+  Heads project(const std::string& x, bool with_bias);
+
   OnnxModelContext& context_;
   std::int64_t layer_;
   const RecipeParams& params_;

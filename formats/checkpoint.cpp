@@ -110,10 +110,16 @@ bool is_weights_file(const std::string& file_name) {
 void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata, std::uint64_t max_shard_bytes,
                       const WrittenFn& written) {
-  std::vector<NamedTensors> shards(1);
+  write_checkpoint(dir, deferred(tensors), metadata, max_shard_bytes, written);
+}
+
+void write_checkpoint(const std::filesystem::path& dir, const DeferredTensors& tensors,
+                      const std::map<std::string, std::string>& metadata, std::uint64_t max_shard_bytes,
+                      const WrittenFn& written) {
+  std::vector<DeferredTensors> shards(1);
   std::uint64_t shard_bytes = 0, total = 0;
   for (const auto& entry : tensors) {
-    const auto bytes = static_cast<std::uint64_t>(entry.second.nbytes());
+    const auto bytes = entry.nbytes();
     if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -137,7 +143,7 @@ void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tens
     char file[64];
     std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
     write_safetensors(dir / file, shards[k], metadata, written);
-    for (const auto& [name, tensor] : shards[k]) weight_map[name] = file;
+    for (const auto& t : shards[k]) weight_map[t.name] = file;
   }
   const nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   write_file_atomic(dir / kShardIndexFile, index.dump(2) + "\n");

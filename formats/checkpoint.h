@@ -59,5 +59,9 @@ inline constexpr std::uint64_t kDefaultMaxShardBytes = 5'000'000'000;
 void write_checkpoint(const std::filesystem::path& dir, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata,
                       std::uint64_t max_shard_bytes = kDefaultMaxShardBytes, const WrittenFn& written = {});
+// The same for tensors computed as they are written (DeferredTensor).
+void write_checkpoint(const std::filesystem::path& dir, const DeferredTensors& tensors,
+                      const std::map<std::string, std::string>& metadata,
+                      std::uint64_t max_shard_bytes = kDefaultMaxShardBytes, const WrittenFn& written = {});
 
 }  // namespace linearize

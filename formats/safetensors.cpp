@@ -85,26 +85,45 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   return at::from_blob(const_cast<std::uint8_t*>(data), entry->shape, [keep_alive](void*) {}, options);
 }
 
+std::uint64_t DeferredTensor::nbytes() const {
+  std::uint64_t n = c10::elementSize(dtype);
+  for (const auto d : shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
+DeferredTensors deferred(const NamedTensors& tensors) {
+  DeferredTensors out;
+  out.reserve(tensors.size());
+  for (const auto& [name, t] : tensors)
+    out.push_back({name, t.scalar_type(), std::vector<std::int64_t>(t.sizes().begin(), t.sizes().end()), [t] { return t; }});
+  return out;
+}
+
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata, const WrittenFn& written) {
+  write_safetensors(path, deferred(tensors), metadata, written);
+}
+
+void write_safetensors(const std::filesystem::path& path, const DeferredTensors& tensors,
                        const std::map<std::string, std::string>& metadata, const WrittenFn& written) {
   std::vector<std::size_t> order(tensors.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    const auto sa = tensors[a].second.element_size(), sb = tensors[b].second.element_size();
-    return sa != sb ? sa > sb : tensors[a].first < tensors[b].first;
+    const auto sa = c10::elementSize(tensors[a].dtype), sb = c10::elementSize(tensors[b].dtype);
+    return sa != sb ? sa > sb : tensors[a].name < tensors[b].name;
   });
 
   std::vector<TensorEntry> entries;
   entries.reserve(tensors.size());
   std::uint64_t offset = 0;
   for (std::size_t i : order) {
-    const auto& [name, t] = tensors[i];
+    const auto& t = tensors[i];
     TensorEntry e;
-    e.name = name;
-    e.dtype = from_scalar_type(t.scalar_type());
-    e.shape.assign(t.sizes().begin(), t.sizes().end());
+    e.name = t.name;
+    e.dtype = from_scalar_type(t.dtype);
+    e.shape = t.shape;
     e.begin = offset;
-    e.end = offset + static_cast<std::uint64_t>(t.nbytes());
+    e.end = offset + t.nbytes();
     offset = e.end;
     entries.push_back(std::move(e));
   }
@@ -118,9 +137,12 @@ void write_safetensors(const std::filesystem::path& path, const NamedTensors& te
   out.write(serialize_safetensors_header(entries, metadata));
   for (std::size_t i : order) {
     // One tensor at a time on the CPU, so writing never holds a second copy of the whole model.
-    const at::Tensor cpu = tensors[i].second.to(at::kCPU).contiguous();
+    const at::Tensor cpu = tensors[i].value().to(at::kCPU).contiguous();
+    if (cpu.scalar_type() != tensors[i].dtype || static_cast<std::uint64_t>(cpu.nbytes()) != tensors[i].nbytes() ||
+        !std::equal(cpu.sizes().begin(), cpu.sizes().end(), tensors[i].shape.begin(), tensors[i].shape.end()))
+      throw std::logic_error("write_safetensors: '" + tensors[i].name + "' is not the dtype and shape it declared");
     out.write(cpu.data_ptr(), static_cast<std::size_t>(cpu.nbytes()));
-    if (written) written(tensors[i].first, static_cast<std::uint64_t>(cpu.nbytes()));
+    if (written) written(tensors[i].name, static_cast<std::uint64_t>(cpu.nbytes()));
   }
   out.commit();
 }

@@ -59,4 +59,19 @@ using WrittenFn = std::function<void(const std::string& name, std::uint64_t byte
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {}, const WrittenFn& written = {});
 
+// A tensor computed only when its bytes are due (its dtype and shape declared for the header), so a writer of
+// derived tensors holds one of them at a time, not all of them (export-native's fused and repeated rows).
+struct DeferredTensor {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<std::int64_t> shape;
+  std::function<at::Tensor()> value;  // called once, as the file reaches it; must match dtype and shape
+
+  std::uint64_t nbytes() const;
+};
+using DeferredTensors = std::vector<DeferredTensor>;
+DeferredTensors deferred(const NamedTensors& tensors);  // each tensor handed back as it is
+void write_safetensors(const std::filesystem::path& path, const DeferredTensors& tensors,
+                       const std::map<std::string, std::string>& metadata = {}, const WrittenFn& written = {});
+
 }  // namespace linearize

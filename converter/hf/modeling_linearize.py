@@ -248,6 +248,14 @@ class LinearizedAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
+    def project_weights(self, x):
+        """q, k, v through the weights alone (a PEFT adapter's delta included): no biases, no q/k norm."""
+        B, T, _ = x.shape
+        def heads(proj):
+            y = proj(x)
+            return (y if proj.bias is None else y - proj.bias).view(B, T, -1, self.head_dim)
+        return heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 linearize_padding_mask=None, **kwargs):
         B, T, _ = hidden_states.shape
@@ -310,6 +318,9 @@ class ProgramRun:
     # Shapes and layouts.
     def project_heads(self, op, x):
         return self.layer.project(x)
+
+    def project_weights(self, op, x):
+        return self.layer.project_weights(x)
 
     def rope(self, op, v):
         return rope(v, self.cos, self.sin)
@@ -430,7 +441,8 @@ class ProgramRun:
         last K-1 inputs. A padded token feeds zeros, as the positions before the first token do."""
         flat = [h.reshape(self.B, self.T, -1) for h in heads]
         channels = zero_where_padded(wide(torch.cat(flat, -1)), self.valid)
-        weight, bias = self.tensor(op["weight"]).to(channels.dtype), self.tensor(op["bias"]).to(channels.dtype)
+        weight = self.tensor(op["weight"]).to(channels.dtype)
+        bias = self.tensor(op["bias"]).to(channels.dtype) if op["bias"] else None
         taps = weight.shape[1]
         cache = self.cache
         past = cache.conv if cache is not None and cache.conv is not None else channels.new_zeros(self.B, taps - 1, channels.shape[-1])

@@ -82,9 +82,9 @@ SoftmaxAttentionMixer SoftmaxAttentionMixer::without_adapters() const {
   return copy;
 }
 
-ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
+ProjectedHeads SoftmaxAttentionMixer::split_projection(const at::Tensor& x, const at::Tensor& bias) const {
   const auto B = x.size(0), T = x.size(1), D = shape_.head_dim;
-  const auto qkv = kernels::linear_projection(x, qkv_, qkv_bias_);
+  const auto qkv = kernels::linear_projection(x, qkv_, bias);
   const auto q_width = shape_.heads * D, kv_width = shape_.kv_heads * D;
   auto q = qkv.narrow(-1, 0, q_width), k = qkv.narrow(-1, q_width, kv_width), v = qkv.narrow(-1, q_width + kv_width, kv_width);
   if (adapters_) {
@@ -92,7 +92,11 @@ ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
     k = adapters_->apply(Projection::k, x, k);
     v = adapters_->apply(Projection::v, x, v);
   }
-  ProjectedHeads heads{q.view({B, T, shape_.heads, D}), k.view({B, T, shape_.kv_heads, D}), v.view({B, T, shape_.kv_heads, D})};
+  return {q.view({B, T, shape_.heads, D}), k.view({B, T, shape_.kv_heads, D}), v.view({B, T, shape_.kv_heads, D})};
+}
+
+ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
+  auto heads = split_projection(x, qkv_bias_);
   if (proj_.q_norm.defined()) {
     const auto norm = shape_.qk_norm_style == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus : kernels::rms_norm;
     heads.q = norm(heads.q, proj_.q_norm, shape_.qk_norm_eps);
@@ -100,6 +104,8 @@ ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
   }
   return heads;
 }
+
+ProjectedHeads SoftmaxAttentionMixer::project_weights(const at::Tensor& x) const { return split_projection(x, at::Tensor()); }
 
 double SoftmaxAttentionShape::effective_scale() const { return scale > 0 ? scale : 1.0 / std::sqrt(double(head_dim)); }
 

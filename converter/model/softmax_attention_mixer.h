@@ -54,6 +54,9 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   // separate q/k/v of projections() are views of it), split into heads; not rotated. Adapters on
   // q/k/v_proj add their deltas.
   ProjectedHeads project_heads(const at::Tensor& x) const;
+  // q, k, v through the weights alone (adapters included): no biases, no q/k norm. The layouts a recipe becomes
+  // exactly (Qwen3.5's Gated DeltaNet, docs/recipes.md#gated-deltanet) have neither.
+  ProjectedHeads project_weights(const at::Tensor& x) const;
   // [B, T, H, D] -> o_proj (and its adapter) -> [B, T, hidden]
   at::Tensor project_output(const at::Tensor& heads) const;
 
@@ -72,6 +75,8 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   kernels::RopeCosSin cos_sin(const at::Tensor& positions, std::int64_t seq_len, const at::Tensor& like) const;
   // q, k (RoPE'd with cs) and v of x, heads first: [B, H, T, D], [B, Hkv, T, D] x 2.
   ProjectedHeads rotated_heads(const at::Tensor& x, const kernels::RopeCosSin& cs) const;
+  // The fused q/k/v GEMM (+ bias when given), adapters added, split into heads.
+  ProjectedHeads split_projection(const at::Tensor& x, const at::Tensor& bias) const;
 
   AttentionProjections proj_;
   at::Tensor qkv_, qkv_bias_;  // fused; proj_.q/k/v (and biases) are row slices of these

@@ -9,10 +9,6 @@
 // Conversion starts the conv as the identity tap (the last tap 1), dt = dt_init, A spread over [1, 16] across
 // heads (Mamba's range), D = 1, the norm 1, W_dt = 0 and W_z ~ N(0, 0.02^2) seeded by the layer (Mamba's
 // in_proj init: the gate must start nonzero for gradients to reach the rest). Stage 1 trains all of them.
-#include <ATen/CPUGeneratorImpl.h>
-
-#include <cmath>
-
 #include "converter/recipes/mixer_parts.h"
 #include "converter/recipes/mixer_program.h"
 
@@ -57,22 +53,14 @@ Recipe mamba2_recipe() {
     const auto& c = ctx.config;
     const std::int64_t H = c.num_attention_heads, d = c.head_dim, hidden = c.hidden_size;
     const std::int64_t channels = 2 * c.num_key_value_heads * d + H * d, K = ctx.params.at("conv_kernel").get<std::int64_t>();
-    const double dt = ctx.params.at("dt_init").get<double>(), dt_bias = dt + std::log(-std::expm1(-dt));  // softplus^-1
-    const auto seed = static_cast<std::uint64_t>(ctx.layer) + 0x6d616d6261ULL;
+    const double dt_bias = recipes::softplus_inverse(ctx.params.at("dt_init").get<double>());
     return std::vector<NewTensor>{
-        {kGateWeight, {H * d, hidden}, [H, d, hidden, seed] {
-           auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-           return at::normal(0.0, 0.02, {H * d, hidden}, gen, at::TensorOptions().dtype(at::kFloat));
-         }},
+        recipes::gate_projection(ctx, H * d, 0x6d616d6261ULL),
         recipes::filled(kDtWeight, {H, hidden}, 0.0),
         recipes::filled(kDtBias, {H}, dt_bias),
         {kDecayLogScale, {H}, [H] { return at::log(H > 1 ? at::linspace(1.0, 16.0, H, at::kFloat) : at::ones({1}, at::kFloat)); }},
         recipes::filled(kSkip, {H}, 1.0),
-        {kConvWeight, {channels, K}, [channels, K] {
-           auto w = at::zeros({channels, K}, at::kFloat);
-           w.select(1, K - 1).fill_(1.0);
-           return w;
-         }},
+        recipes::identity_conv(kConvWeight, channels, K),
         recipes::filled(kConvBias, {channels}, 0.0),
         recipes::filled(kOutputNormWeight, {H * d}, 1.0)};
   };

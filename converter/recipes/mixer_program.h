@@ -16,6 +16,7 @@
 // backend's own layout, which a program never sees):
 //   params(), heads(), kv_heads(), head_dim()       the recipe's resolved parameters and the layer's shape
 //   project_heads(x) -> {q, k, v}                   the source attention's projections (q/k norms included)
+//   project_weights(x) -> {q, k, v}                 the same through the weights alone (no biases, no q/k norm)
 //   rope, repeat_kv, fp32, merge_heads, split_heads RoPE at the call's positions; kv heads to query heads;
 //                                                   at least fp32 (bf16 models compute maps and gates in
 //                                                   fp32); heads <-> [.., H D] per token

@@ -9,12 +9,17 @@ Heads<std::string> OnnxMixerOps::project_heads(const std::string& x) {
   return {std::move(h.q), std::move(h.k), std::move(h.v)};
 }
 
+Heads<std::string> OnnxMixerOps::project_weights(const std::string& x) {
+  auto h = layer_.project_weights(x);
+  return {std::move(h.q), std::move(h.k), std::move(h.v)};
+}
+
 std::string OnnxMixerOps::linear(const std::string& v, const std::string& weight, const std::string& bias) {
   return o_.linear(v, layer_.recipe_tensor(weight), bias.empty() ? std::string() : layer_.recipe_tensor(bias));
 }
 
 std::string OnnxMixerOps::per_head(const std::string& x, const std::string& weight, const std::string& bias) {
-  return layer_.per_head(x, layer_.recipe_tensor(weight), layer_.recipe_tensor(bias));
+  return layer_.per_head(x, layer_.recipe_tensor(weight), bias.empty() ? std::string() : layer_.recipe_tensor(bias));
 }
 
 std::string OnnxMixerOps::l2_normalize(const std::string& v, double eps) {
@@ -83,9 +88,9 @@ std::vector<std::string> OnnxMixerOps::short_conv(const std::vector<HeadsOf<std:
   // the zeros before a first token), then SiLU.
   const auto conv_state = layer_.state("conv", {"batch", K - 1, channels});
   const auto inputs = o_.concat({conv_state, o_.mul(o_.concat(flat, -1), o_.squeeze(layer_.token_mask(), {1}))}, 1);
-  const auto conv = o_.op("Conv", {o_.transpose(inputs, {0, 2, 1}), o_.reshape(layer_.recipe_tensor(weight), {channels, 1, K}),
-                                   layer_.recipe_tensor(bias)},
-                          {{"group", channels}});
+  std::vector<std::string> conv_inputs{o_.transpose(inputs, {0, 2, 1}), o_.reshape(layer_.recipe_tensor(weight), {channels, 1, K})};
+  if (!bias.empty()) conv_inputs.push_back(layer_.recipe_tensor(bias));
+  const auto conv = o_.op("Conv", conv_inputs, {{"group", channels}});
   const auto y = silu(o_.transpose(conv, {0, 2, 1}));  // [B, S, channels]
   layer_.set_state("conv", o_.slice(inputs, 1, o_.sub(o_.dim(inputs, 1), o_.i64({K - 1})), o_.i64({std::numeric_limits<std::int64_t>::max()})),
                    {"batch", K - 1, channels});

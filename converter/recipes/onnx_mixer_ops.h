@@ -29,6 +29,7 @@ class OnnxMixerOps {
   std::int64_t head_dim() const { return layer_.config().head_dim; }
 
   Heads<Value> project_heads(const Value& x);
+  Heads<Value> project_weights(const Value& x);
   Value rope(const Value& heads) { return layer_.rope(heads); }
   Value repeat_kv(const Value& heads) { return layer_.repeat_kv(heads); }
   static Value fp32(const Value& v) { return v; }  // the graph computes in fp32 throughout

@@ -14,9 +14,9 @@ ProgramRecorder::Value ProgramRecorder::op(const char* name, const std::vector<V
   return last_;
 }
 
-Heads<ProgramRecorder::Value> ProgramRecorder::project_heads(Value x) {
+Heads<ProgramRecorder::Value> ProgramRecorder::projection(const char* name, Value x) {
   const Value q = last_ + 1, k = last_ + 2, v = last_ + 3;
-  ops_.push_back({{"op", "project_heads"}, {"in", {x}}, {"out", {q, k, v}}});
+  ops_.push_back({{"op", name}, {"in", {x}}, {"out", {q, k, v}}});
   last_ = v;
   return {q, k, v};
 }

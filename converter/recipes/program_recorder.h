@@ -41,7 +41,8 @@ class ProgramRecorder {
   std::int64_t kv_heads() const { return config_.num_key_value_heads; }
   std::int64_t head_dim() const { return config_.head_dim; }
 
-  Heads<Value> project_heads(Value x);
+  Heads<Value> project_heads(Value x) { return projection("project_heads", x); }
+  Heads<Value> project_weights(Value x) { return projection("project_weights", x); }
   Value rope(Value v) { return unary("rope", v); }
   Value repeat_kv(Value v) { return unary("repeat_kv", v); }
   Value fp32(Value v) { return unary("fp32", v); }
@@ -100,6 +101,7 @@ class ProgramRecorder {
 
  private:
   static nlohmann::json to_json(const Recurrence& r);
+  Heads<Value> projection(const char* name, Value x);
   Value unary(const char* name, Value v) { return op(name, {v}); }
   Value op(const char* name, const std::vector<Value>& in, const nlohmann::json& attributes = nlohmann::json::object());
 

@@ -30,6 +30,9 @@ struct RecipeParam {
   bool positive = false;  // a number that must be > 0 (validated with the others)
   bool below_one = false;  // a number that must be < 1 (with positive: a fraction in (0, 1))
   RecipeParamRole role = RecipeParamRole::none;
+  // Optional: the value a null default takes, from the source (gated-deltanet's norm_eps is its rms_norm_eps);
+  // a value given must have that value's type.
+  std::function<nlohmann::json(const ModelConfig&)> derive{};
 };
 
 // Every declared parameter with its value, validated (resolve_recipe_params).

@@ -85,8 +85,8 @@ RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& g
       throw InputError(file, key, "unknown parameter of recipe " + recipe.name + " (did you mean '" +
                                       nearest_name(key, names) + "'?)");
     const auto& decl = declared[static_cast<std::size_t>(it - names.begin())];
-    if (!same_type(value, decl.default_value))
-      throw InputError(file, key, "expected a value like " + decl.default_value.dump() + ", got " + value.dump());
+    const auto like = decl.derive ? decl.derive(config) : decl.default_value;
+    if (!same_type(value, like)) throw InputError(file, key, "expected a value like " + like.dump() + ", got " + value.dump());
     resolved[key] = value;
   }
   // softmax_layers: distinct layer indices of this model.
@@ -101,6 +101,8 @@ RecipeParams resolve_recipe_params(const Recipe& recipe, const nlohmann::json& g
   if (std::adjacent_find(layers.begin(), layers.end()) != layers.end())
     throw InputError(file, "softmax_layers", "lists a layer twice");
   resolved["softmax_layers"] = layers;
+  for (const auto& p : declared)
+    if (p.derive && resolved[p.name].is_null()) resolved[p.name] = p.derive(config);
   for (const auto& p : declared)
     if (p.positive && resolved[p.name].is_number() && resolved[p.name].get<double>() <= 0)
       throw InputError(file, p.name, "must be positive, got " + resolved[p.name].dump());

@@ -55,6 +55,11 @@ Heads<at::Tensor> TorchMixerOps::project_heads(const at::Tensor& x) const {
   return {std::move(h.q), std::move(h.k), std::move(h.v)};
 }
 
+Heads<at::Tensor> TorchMixerOps::project_weights(const at::Tensor& x) const {
+  auto h = source().project_weights(x);
+  return {std::move(h.q), std::move(h.k), std::move(h.v)};
+}
+
 at::Tensor TorchMixerOps::rope(const at::Tensor& heads) {
   if (!cos_sin_) cos_sin_ = call_ ? source().cos_sin(*call_, start_, x_) : source().cos_sin(start_, x_.size(1), x_);
   return kernels::apply_rope(heads.transpose(1, 2), *cos_sin_).transpose(1, 2);
@@ -140,8 +145,8 @@ std::vector<at::Tensor> TorchMixerOps::short_conv(const std::vector<HeadsOf<at::
   std::vector<at::Tensor> flat;
   for (const auto& h : heads) flat.push_back(h.heads.reshape({B, T, -1}));
   // A padded token's inputs are 0, as the positions before a first token are.
-  auto conv = kernels::short_conv(zero_padded(at_least_fp32(at::cat(flat, -1))), layer_.tensor(weight), layer_.tensor(bias),
-                                  state_ ? state_->conv : at::Tensor());
+  auto conv = kernels::short_conv(zero_padded(at_least_fp32(at::cat(flat, -1))), layer_.tensor(weight),
+                                  bias.empty() ? at::Tensor() : layer_.tensor(bias), state_ ? state_->conv : at::Tensor());
   if (state_) state_->conv = std::move(conv.state);
   std::vector<at::Tensor> out;
   std::int64_t offset = 0;

@@ -90,6 +90,7 @@ class TorchMixerOps {
   double attention_scale() const { return source().shape().effective_scale(); }  // the source's, of q.k
 
   Heads<Value> project_heads(const Value& x) const;
+  Heads<Value> project_weights(const Value& x) const;
   Value rope(const Value& heads);
   Value repeat_kv(const Value& heads) const { return repeat_heads(heads, this->heads()); }
   static Value fp32(const Value& v) { return at_least_fp32(v); }

@@ -294,26 +294,48 @@ TEST(Recipes, ParametersAreValidatedWithTheNearestKnownKey) {
   EXPECT_EQ(resolved["window_factor_init"], -2.1972);  // the LoLCATs default (g = 0.1)
   EXPECT_EQ(linearized_architecture_name("liger-gla"), "LinearizeLigerGlaForCausalLM");
   const auto& gdn = find_recipe("gated-deltanet", "cli", "--recipe");
-  EXPECT_NE(error_of([&] { resolve_recipe_params(gdn, {{"beta_init", 1.0}}, config, "cli"); }).find("cli: beta_init: must be below 1"),
+  EXPECT_NE(error_of([&] { resolve_recipe_params(gdn, {{"decay_init", 1.0}}, config, "cli"); }).find("cli: decay_init: must be below 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { resolve_recipe_params(gdn, {{"norm_eps", "small"}}, config, "cli"); }).find("cli: norm_eps: expected a value like"),
             std::string::npos);
 }
 
-// gated-deltanet starts where its parameters say: beta = sigmoid(b_beta) = beta_init and the decay
-// a = exp(-exp(A_log) softplus(dt_bias)) = 1 - decay_init for every token (the projections start at 0).
-TEST(Recipes, GatedDeltaNetStartsAtItsInitialBetaAndDecay) {
-  const auto config = load_model_config(test::fixtures_dir() / "tiny-qwen2" / "config.json");
+// gated-deltanet starts as Qwen3.5's layer with the identity conv: beta = sigmoid(0) = 1/2, the decay
+// a = exp(-exp(A_log) softplus(dt_bias)) = 1 - decay_init for every token (its projections start at 0), the gated
+// norm's weight 1 with the source's epsilon, and a small seeded gate projection (nonzero: gradients must reach the
+// rest through silu(z)), the same on every conversion but different between layers.
+TEST(Recipes, GatedDeltaNetStartsFromTheIdentityConvAndItsInitialDecay) {
+  auto config = load_model_config(test::fixtures_dir() / "tiny-qwen2" / "config.json");
+  config.rms_norm_eps = 3e-6;
   const auto& gdn = find_recipe("gated-deltanet", "cli", "--recipe");
-  const auto params = resolve_recipe_params(gdn, {{"beta_init", 0.25}, {"decay_init", 0.01}}, config, "cli");
-  std::map<std::string, at::Tensor> t;
-  for (const auto& nt : gdn.new_tensors(LayerContext{config, 0, params})) t[nt.name] = nt.init().to(at::kDouble);
-  ASSERT_EQ(t.at("beta_proj.weight").sizes(), (std::vector<std::int64_t>{config.num_key_value_heads, config.hidden_size}));
+  const auto params = resolve_recipe_params(gdn, {{"decay_init", 0.01}}, config, "cli");
+  EXPECT_EQ(params.at("norm_eps").get<double>(), 3e-6);  // derived from the source
+  EXPECT_EQ(resolve_recipe_params(gdn, {{"norm_eps", 1e-5}}, config, "cli").at("norm_eps").get<double>(), 1e-5);
+  const auto tensors = [&](std::int64_t layer) {
+    std::map<std::string, at::Tensor> t;
+    for (const auto& nt : gdn.new_tensors(LayerContext{config, layer, params})) t[nt.name] = nt.init().to(at::kDouble);
+    return t;
+  };
+  const auto t = tensors(0);
+  const std::int64_t H = config.num_attention_heads, Hkv = config.num_key_value_heads, d = config.head_dim;
+  const auto conv = t.at("conv1d.weight");
+  ASSERT_EQ(conv.sizes(), (std::vector<std::int64_t>{(H + 2 * Hkv) * d, 4}));
+  EXPECT_TRUE(at::equal(conv.select(1, 3), at::ones({conv.size(0)}, at::kDouble)));
+  EXPECT_EQ(conv.narrow(1, 0, 3).abs().max().item<double>(), 0.0);
+  ASSERT_EQ(t.at("beta_proj.weight").sizes(), (std::vector<std::int64_t>{Hkv, config.hidden_size}));
+  EXPECT_EQ(t.count("beta_proj.bias"), 0u);  // Qwen3.5's in_proj_b has no bias
   EXPECT_EQ(t.at("beta_proj.weight").abs().max().item<double>(), 0.0);
   EXPECT_EQ(t.at("decay_proj.weight").abs().max().item<double>(), 0.0);
-  // fp32 storage of the biases: relative 1e-6 (a few ulps through log/softplus).
-  EXPECT_NEAR(at::sigmoid(t.at("beta_proj.bias")).max().item<double>(), 0.25, 1e-6);
+  // fp32 storage of dt_bias: relative 1e-6 (a few ulps through log/softplus).
   const auto a = at::exp(-at::exp(t.at("A_log")) * at::softplus(t.at("decay_proj.bias")));
   EXPECT_NEAR(a.min().item<double>(), 0.99, 1e-6);
   EXPECT_NEAR(a.max().item<double>(), 0.99, 1e-6);
+  EXPECT_TRUE(at::equal(t.at("norm.weight"), at::ones({d}, at::kDouble)));
+  const auto z = t.at("z_proj.weight");
+  ASSERT_EQ(z.sizes(), (std::vector<std::int64_t>{H * d, config.hidden_size}));
+  EXPECT_NEAR(z.std().item<double>(), 0.02, 0.004);  // the sample std of >= 1e3 draws of N(0, 0.02^2)
+  EXPECT_TRUE(at::equal(z, tensors(0).at("z_proj.weight")));
+  EXPECT_FALSE(at::equal(z, tensors(1).at("z_proj.weight")));
 }
 
 // Mamba-in-the-Llama's start: the conv is the identity tap, dt = dt_init, A spans Mamba's [1, 16] over the

@@ -1,0 +1,324 @@
+#include "converter/native_export.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/linearized.h"
+#include "converter/model/lora.h"
+#include "converter/model_config.h"
+#include "converter/names.h"
+#include "formats/atomic_file.h"
+#include "formats/error.h"
+
+namespace linearize {
+namespace {
+
+using names::LayerModule;
+
+// What a layout is given: the conversion's config, its weights (mapped; read as the file reaches them) and its
+// recipe's parameters.
+struct Conversion {
+  const ModelConfig& config;
+  const CheckpointWeights& weights;
+  const RecipeParams& params;
+  std::vector<bool> converted;  // per layer: the recipe's mixer (else kept softmax attention)
+};
+
+// What a layout writes: its tensors (computed as they are written) and config.json.
+struct NativePlan {
+  DeferredTensors tensors;
+  nlohmann::ordered_json config;
+};
+
+struct NativeLayout {
+  std::string name;
+  std::string recipe;  // the recipe whose layers it holds
+  std::vector<NativeInexact> (*check)(const Conversion&);
+  NativePlan (*plan)(const Conversion&);
+};
+
+// A tensor of the conversion as stored (a view of its mapping).
+DeferredTensor copied(const Conversion& c, const std::string& from, const std::string& to) {
+  const auto view = c.weights.tensor(from);
+  return {to, view.scalar_type(), view.sizes().vec(), [&weights = c.weights, from] { return weights.tensor(from); }};
+}
+
+// A tensor computed from the conversion's `inputs` when the file reaches it; their mapped pages are dropped after
+// (they count in the process's RSS until released), so memory holds one layer's inputs at a time.
+DeferredTensor computed(const Conversion& c, std::string to, at::ScalarType dtype, std::vector<std::int64_t> shape,
+                        std::vector<std::string> inputs, std::function<at::Tensor()> value) {
+  return {std::move(to), dtype, std::move(shape), [&weights = c.weights, inputs = std::move(inputs), value = std::move(value)] {
+            auto t = value();
+            for (const auto& name : inputs) weights.release(name);
+            return t;
+          }};
+}
+
+// A (1 + w) RMSNorm's weight w - 1 in fp32, from the source's norm (w itself when it already is (1 + w)).
+DeferredTensor one_plus_norm(const Conversion& c, const std::string& from, const std::string& to) {
+  const double offset = c.config.block.norm == NormStyle::OnePlusWeight ? 0.0 : 1.0;
+  const auto shape = c.weights.tensor(from).sizes().vec();
+  return computed(c, to, at::kFloat, shape, {from}, [&weights = c.weights, from, offset] { return weights.tensor(from).to(at::kFloat) - offset; });
+}
+
+// Rows (or entries) grouped per kv head, each head's block repeated for the `groups` query heads that read it
+// (query head h reads kv head h / groups): [Hkv * n, ...] -> [Hkv * groups * n, ...].
+at::Tensor repeat_per_head(const at::Tensor& t, std::int64_t kv_heads, std::int64_t groups) {
+  auto shape = t.sizes().vec();
+  shape[0] *= groups;
+  return t.reshape({kv_heads, 1, -1}).expand({kv_heads, groups, t.numel() / kv_heads}).reshape(shape);
+}
+
+// Qwen3.5 ----------------------------------------------------------------------------------------------------
+
+std::string recipe_name(std::int64_t layer, const char* name) { return names::recipe_tensor(layer, name); }
+
+std::vector<NativeInexact> qwen3_5_check(const Conversion& c) {
+  const auto& cfg = c.config;
+  std::vector<NativeInexact> out;
+  const auto add = [&](std::string field, std::optional<std::int64_t> layer, std::string reason) {
+    out.push_back({std::move(field), layer, std::move(reason)});
+  };
+  if (cfg.block.sandwich_norms)
+    add("pre_feedforward_layernorm", {}, "sandwich norms (Gemma): Qwen3.5's block has one norm before the mixer and one before the MLP");
+  if (cfg.block.embedding_scale != 1.0) add("embed_tokens", {}, "the source scales its embeddings; Qwen3.5 does not");
+  if (cfg.block.final_logit_softcap) add("final_logit_softcapping", {}, "Qwen3.5 does not soft-cap its logits");
+  if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
+    add("hidden_act", {}, "'" + cfg.hidden_act + "': Qwen3.5's MLP and conv use silu (llama.cpp hard-codes it)");
+  if (cfg.mlp_bias) add("mlp_bias", {}, "Qwen3.5's MLP has no biases");
+  if (std::abs(c.params.at("norm_eps").get<double>() - cfg.rms_norm_eps) > 0)
+    add("linearize.params.norm_eps", {}, "the gated norm's epsilon differs from rms_norm_eps; Qwen3.5 uses one for every norm");
+  const auto has = [&](std::int64_t i, LayerModule m) { return c.weights.contains(names::bias(i, m)); };
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    if (c.converted[static_cast<std::size_t>(i)]) {
+      if (has(i, LayerModule::o_proj)) add(names::module_in_layer(LayerModule::o_proj) + ".bias", i, "Qwen3.5's out_proj has no bias");
+      continue;
+    }
+    if (!cfg.block.qk_norm)
+      add(names::module_in_layer(LayerModule::q_norm), i,
+          "a kept softmax layer without per-head q/k RMSNorms: Qwen3.5's attention always has them (convert a Qwen3 "
+          "source, or keep no softmax layers)");
+    if (cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding)
+      add("sliding_window", i, "a sliding-window layer; Qwen3.5's attention is full");
+    for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
+      if (has(i, m)) add(names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's qwen35 graph has none)");
+    if (cfg.block.attention_scale && std::abs(*cfg.block.attention_scale * std::sqrt(double(cfg.head_dim)) - 1) > 1e-12)
+      add("query_pre_attn_scalar", i, "an attention scale other than head_dim^-1/2");
+    if (cfg.rope_for(i).type != RopeType::Default) add("rope_scaling", i, "Qwen3.5's export writes default RoPE only");
+  }
+  return out;
+}
+
+// The gated-deltanet layer as Qwen3.5's linear_attn: k, v, beta and the decay repeated from the kv heads to the
+// query heads; the conv's channels [q | k | v] likewise.
+void qwen3_5_linear_layer(const Conversion& c, std::int64_t i, DeferredTensors& out) {
+  const auto& cfg = c.config;
+  const std::int64_t H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, G = cfg.kv_groups(), d = cfg.head_dim;
+  const std::int64_t hidden = cfg.hidden_size, K = c.params.at("conv_kernel").get<std::int64_t>();
+  const auto& w = c.weights;
+  const auto to = [i](const char* part) { return names::qwen3_5_linear_attn(i, part); };
+  const auto q = names::weight(i, LayerModule::q_proj), k = names::weight(i, LayerModule::k_proj), v = names::weight(i, LayerModule::v_proj);
+  out.push_back(computed(c, to(names::kQwen35InProjQkv), w.tensor(q).scalar_type(), {3 * H * d, hidden}, {q, k, v}, [&w, q, k, v, Hkv, G] {
+    return at::cat({w.tensor(q), repeat_per_head(w.tensor(k), Hkv, G), repeat_per_head(w.tensor(v), Hkv, G)});
+  }));
+  const auto conv = recipe_name(i, names::kConvWeight);
+  out.push_back(computed(c, to(names::kQwen35Conv), at::kFloat, {3 * H * d, 1, K}, {conv}, [&w, conv, H, Hkv, G, d] {
+    const auto t = w.tensor(conv).to(at::kFloat);
+    return at::cat({t.narrow(0, 0, H * d), repeat_per_head(t.narrow(0, H * d, Hkv * d), Hkv, G),
+                    repeat_per_head(t.narrow(0, (H + Hkv) * d, Hkv * d), Hkv, G)})
+        .unsqueeze(1);
+  }));
+  const auto repeated = [&](const char* from, const char* part) {
+    const auto name = recipe_name(i, from);
+    auto shape = w.tensor(name).sizes().vec();
+    shape[0] *= G;
+    out.push_back(computed(c, to(part), at::kFloat, shape, {name}, [&w, name, Hkv, G] { return repeat_per_head(w.tensor(name).to(at::kFloat), Hkv, G); }));
+  };
+  out.push_back(copied(c, recipe_name(i, names::kGateWeight), to(names::kQwen35InProjZ)));
+  repeated(names::kBetaWeight, names::kQwen35InProjB);
+  repeated(names::kDecayWeight, names::kQwen35InProjA);
+  repeated(names::kDecayBias, names::kQwen35DtBias);
+  repeated(names::kDecayLogScale, names::kQwen35ALog);
+  out.push_back(copied(c, recipe_name(i, names::kOutputNormWeight), to(names::kQwen35Norm)));
+  out.push_back(copied(c, names::weight(i, LayerModule::o_proj), to(names::kQwen35OutProj)));
+}
+
+// A kept softmax layer as Qwen3.5's gated attention: q_proj emits [q_h | gate_h] per head, the gate rows 0 so
+// sigmoid(gate) = 1/2, which o_proj x 2 undoes (a power of two: exact in any float format).
+void qwen3_5_attention_layer(const Conversion& c, std::int64_t i, DeferredTensors& out) {
+  const auto& cfg = c.config;
+  const std::int64_t H = cfg.num_attention_heads, d = cfg.head_dim, hidden = cfg.hidden_size;
+  const auto& w = c.weights;
+  const auto q = names::weight(i, LayerModule::q_proj), o = names::weight(i, LayerModule::o_proj);
+  out.push_back(computed(c, q, w.tensor(q).scalar_type(), {2 * H * d, hidden}, {q}, [&w, q, H, d] {
+    const auto rows = w.tensor(q).reshape({H, d, -1});
+    return at::cat({rows, at::zeros_like(rows)}, 1).reshape({2 * H * d, -1});
+  }));
+  for (const auto m : {LayerModule::k_proj, LayerModule::v_proj}) out.push_back(copied(c, names::weight(i, m), names::weight(i, m)));
+  out.push_back(computed(c, o, w.tensor(o).scalar_type(), w.tensor(o).sizes().vec(), {o}, [&w, o] { return w.tensor(o) * 2; }));
+  if (cfg.block.qk_norm) {
+    for (const auto m : {LayerModule::q_norm, LayerModule::k_norm}) out.push_back(one_plus_norm(c, names::weight(i, m), names::weight(i, m)));
+  } else {  // inexact (allowed): Qwen3.5 normalises anyway; weight 1
+    for (const auto m : {LayerModule::q_norm, LayerModule::k_norm})
+      out.push_back(computed(c, names::weight(i, m), at::kFloat, {d}, {}, [d] { return at::zeros({d}, at::kFloat); }));
+  }
+}
+
+// rope_parameters: default RoPE at the source's theta; the multimodal sections (all equal for text, which makes
+// them plain RoPE) split the rotary half-dimension as Qwen3.5 does.
+nlohmann::ordered_json qwen3_5_rope(const ModelConfig& cfg) {
+  const auto& rope = cfg.rope;
+  const auto half = static_cast<std::int64_t>(std::llround(cfg.head_dim * rope.partial_rotary_factor)) / 2;
+  return {{"rope_type", "default"},
+          {"rope_theta", rope.theta},
+          {"partial_rotary_factor", rope.partial_rotary_factor},
+          {"mrope_section", {(half + 2) / 3, (half + 1) / 3, half / 3}},
+          {"mrope_interleaved", true}};
+}
+
+NativePlan qwen3_5_plan(const Conversion& c) {
+  const auto& cfg = c.config;
+  NativePlan plan;
+  auto& t = plan.tensors;
+  t.push_back(copied(c, names::kEmbedTokens, names::kEmbedTokens));
+  nlohmann::ordered_json layer_types = nlohmann::ordered_json::array();
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    const bool linear = c.converted[static_cast<std::size_t>(i)];
+    layer_types.push_back(linear ? "linear_attention" : "full_attention");
+    for (const auto m : {LayerModule::input_layernorm, LayerModule::post_attention_layernorm})
+      t.push_back(one_plus_norm(c, names::weight(i, m), names::weight(i, m)));
+    if (linear)
+      qwen3_5_linear_layer(c, i, t);
+    else
+      qwen3_5_attention_layer(c, i, t);
+    for (const auto m : {LayerModule::gate_proj, LayerModule::up_proj, LayerModule::down_proj})
+      t.push_back(copied(c, names::weight(i, m), names::weight(i, m)));
+  }
+  t.push_back(one_plus_norm(c, names::kFinalNorm, names::kFinalNorm));
+  if (!cfg.tie_word_embeddings) t.push_back(copied(c, names::kLmHead, names::kLmHead));
+
+  const std::int64_t H = cfg.num_attention_heads;
+  auto& j = plan.config;
+  j = {{"architectures", {"Qwen3_5ForCausalLM"}},
+       {"model_type", "qwen3_5_text"},
+       {"vocab_size", cfg.vocab_size},
+       {"hidden_size", cfg.hidden_size},
+       {"intermediate_size", cfg.intermediate_size},
+       {"num_hidden_layers", cfg.num_hidden_layers},
+       {"num_attention_heads", H},
+       {"num_key_value_heads", cfg.num_key_value_heads},
+       {"head_dim", cfg.head_dim},
+       {"hidden_act", "silu"},
+       {"max_position_embeddings", cfg.max_position_embeddings},
+       {"rms_norm_eps", cfg.rms_norm_eps},
+       {"tie_word_embeddings", cfg.tie_word_embeddings},
+       {"attention_bias", false},
+       {"attention_dropout", 0.0},
+       {"rope_parameters", qwen3_5_rope(cfg)},
+       {"linear_conv_kernel_dim", c.params.at("conv_kernel").get<std::int64_t>()},
+       {"linear_key_head_dim", cfg.head_dim},
+       {"linear_value_head_dim", cfg.head_dim},
+       {"linear_num_key_heads", H},
+       {"linear_num_value_heads", H},
+       {"layer_types", layer_types},
+       {"use_cache", true}};
+  return plan;
+}
+
+const std::vector<NativeLayout>& layouts() {
+  static const std::vector<NativeLayout> all{{"qwen3_5", "gated-deltanet", qwen3_5_check, qwen3_5_plan}};
+  return all;
+}
+
+const NativeLayout& find_layout(const std::string& name) {
+  for (const auto& l : layouts())
+    if (l.name == name) return l;
+  std::string known;
+  for (const auto& l : layouts()) known += (known.empty() ? "" : ", ") + l.name;
+  throw InputError("command line", "--layout", "unknown layout '" + name + "' (known: " + known + ")");
+}
+
+// The conversion's own keys the layout keeps: token ids and dtype.
+void copy_token_keys(const std::filesystem::path& config_json, nlohmann::ordered_json& out) {
+  const auto doc = nlohmann::ordered_json::parse(std::ifstream(config_json));
+  for (const auto* key : {"bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype"})
+    if (doc.contains(key) && !doc[key].is_null()) out[key] = doc[key];
+}
+
+}  // namespace
+
+const std::vector<std::string>& native_layouts() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& l : layouts()) n.push_back(l.name);
+    return n;
+  }();
+  return names;
+}
+
+std::string NativeInexact::line() const {
+  return (layer ? "layer " + std::to_string(*layer) + ": " : std::string()) + field + ": " + reason;
+}
+
+NativeExportResult export_native(const NativeExportOptions& options) {
+  const auto& layout = find_layout(options.layout);
+  const auto config_json = options.model / "config.json";
+  const auto config = load_model_config(config_json);
+  if (config.linearize.is_null())
+    throw InputError(config_json.string(), "linearize",
+                     "not a conversion; export-native writes converted models (convert with --recipe " + layout.recipe + ")");
+  const auto recipe = recipe_of(config);
+  if (recipe.recipe->name != layout.recipe)
+    throw InputError(config_json.string(), "linearize.recipe",
+                     "layout " + layout.name + " holds " + layout.recipe + " conversions; this is " + recipe.recipe->name);
+  if (std::filesystem::exists(options.model / kPeftAdapterDir))
+    throw InputError((options.model / kPeftAdapterDir).string(), "adapter",
+                     "export-native takes merged weights; distill with merge: true (or merge the adapter) first");
+  if (std::filesystem::exists(options.out) && !options.force)
+    throw InputError(options.out.string(), "--out", "exists (pass --force to overwrite it)");
+
+  const auto weights = CheckpointWeights::open(options.model);
+  Conversion c{config, weights, recipe.params, std::vector<bool>(static_cast<std::size_t>(config.num_hidden_layers), false)};
+  for (const auto i : converted_layers(config)) c.converted[static_cast<std::size_t>(i)] = true;
+
+  NativeExportResult result;
+  result.inexact = layout.check(c);
+  if (!result.inexact.empty() && !options.allow_inexact) {
+    const auto& first = result.inexact.front();
+    const auto more = result.inexact.size() > 1 ? " (and " + std::to_string(result.inexact.size() - 1) + " more)" : std::string();
+    throw InputError(config_json.string(), first.field,
+                     (first.layer ? "layer " + std::to_string(*first.layer) + ": " : std::string()) + first.reason +
+                         "; layout " + layout.name + " cannot hold it exactly (--allow-inexact writes it anyway)" + more);
+  }
+  auto plan = layout.plan(c);
+  for (const bool linear : c.converted) ++(linear ? result.linear_layers : result.attention_layers);
+  result.state_growth = config.kv_groups();
+  copy_token_keys(config_json, plan.config);
+  plan.config["linearize"] = {{"layout", layout.name},
+                              {"recipe", layout.recipe},
+                              {"conversion", std::filesystem::absolute(options.model).string()},
+                              {"tool_version", LINEARIZE_VERSION},
+                              {"state_growth", result.state_growth},
+                              {"inexact", nlohmann::ordered_json::array()}};
+  for (const auto& x : result.inexact) plan.config["linearize"]["inexact"].push_back(x.line());
+
+  std::filesystem::create_directories(options.out);
+  std::filesystem::remove(options.out / "config.json");  // the directory is complete only once it is written
+  std::uint64_t total = 0;
+  for (const auto& t : plan.tensors) total += t.nbytes();
+  write_checkpoint(options.out, plan.tensors, {{"format", "pt"}}, options.max_shard_bytes,
+                   [&](const std::string& name, std::uint64_t bytes) {
+                     if (weights.contains(name)) weights.release(name);
+                     result.bytes += bytes;
+                     if (options.progress) options.progress(result.bytes, total);
+                   });
+  copy_passthrough_files(options.model, options.out);
+  write_file_atomic(options.out / "config.json", plan.config.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace linearize
