@@ -21,11 +21,17 @@ as the largest difference between its logits of three prompts alone and in a lef
 computations in another order), and the tolerance is max(1e-4, 2 x floor): two implementations each that far
 from the exact values are at most twice it apart (a floor above 1e-2 fails: then nothing can be compared). bf16 is reported (KL and top-1 of the
 runtime's bf16 against its fp32), not bounded: what bf16 costs depends on the model.
+llama.cpp (llama-cpp-python, built by scripts/setup.sh; its vendored convert_hf_to_gguf.py makes the GGUFs):
+  logits of an f32 GGUF (f32 KV cache) vs `linearize forward` for the same prompts, its floor being one prompt
+  evaluated in one batch against batches of 16; 32 greedy tokens through its recurrent decode == `linearize
+  generate`'s; a bf16 GGUF's KL and top-1 against the f32 one reported. Not run on a model without an attention
+  layer: the llama.cpp that llama-cpp-python 0.3.36 vendors aborts on one (GGML_ASSERT(buffer) in its KV cache).
 Prints one row per check; exit 0 if every check passes, 1 if one fails, 2 on bad input.
 """
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import torch
@@ -118,14 +124,104 @@ def check_transformers(conversion, native, linearize, report):
     return report
 
 
-RUNTIMES = {"transformers": check_transformers}
+LLAMA_CPP_DIR = os.environ.get("LLAMA_CPP_DIR", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", ".deps", "llama-cpp", "llama_cpp_python-0.3.36", "vendor", "llama.cpp"))
+LLAMA_GREEDY_TOKENS = 32
+
+
+def to_gguf(native, outtype, out):
+    """NATIVE through llama.cpp's own converter (the one llama-cpp-python vendors) to a GGUF of `outtype` (no
+    multi-token-prediction head: a conversion has none)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([LLAMA_CPP_DIR, os.path.join(LLAMA_CPP_DIR, "gguf-py")])}
+    # Its converter names the tokenizer's pre-tokenizer by hashing its output on a test text and refuses one it does
+    # not know (the fixtures' own BPE): then "default" is written. The rows compare token ids, never text.
+    run_converter = (
+        "import sys, runpy; from conversion import base\n"
+        "known = base.TextModel.get_vocab_base_pre\n"
+        "def pre(self, tokenizer):\n"
+        "    try:\n        return known(self, tokenizer)\n"
+        "    except NotImplementedError:\n        return 'default'\n"
+        "base.TextModel.get_vocab_base_pre = pre\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", run_converter, os.path.join(LLAMA_CPP_DIR, "convert_hf_to_gguf.py"), native,
+                           "--outfile", out, "--outtype", outtype, "--no-mtp"], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py {outtype} failed: {done.stderr[-2000:]}")
+    return out
+
+
+def llama_logits(gguf, ids, batch, extra=8):
+    """llama.cpp's logits of every position of `ids`, evaluated in batches of `batch` tokens (f32 KV cache), and its
+    Llama (room for `extra` more tokens)."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=gguf, n_ctx=len(ids) + extra, n_batch=batch, n_ubatch=batch, logits_all=True,
+                n_threads=2, type_k=0, type_v=0, verbose=False)  # type 0: GGML_TYPE_F32
+    llm.eval(ids)
+    return torch.from_numpy(llm.scores[:len(ids)].copy()), llm
+
+
+def llama_greedy(llm, prompt, tokens):
+    import numpy as np
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(tokens):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def check_llama_cpp(conversion, native, linearize, report):
+    """llama.cpp through llama-cpp-python: an f32 GGUF's logits within the tolerance (its own floor: one prompt
+    evaluated in one batch and in batches of 16, equal computations in another order) and its greedy tokens
+    identical; a bf16 GGUF's KL and top-1 against the f32 one reported."""
+    import tempfile
+    tokens = text_tokens(native, 600 + 3 * 64)
+    with open(os.path.join(native, "config.json")) as f:
+        config = json.load(f)
+    context = config["max_position_embeddings"]
+    if "full_attention" not in config["layer_types"]:
+        print(f"{report.level}  llama.cpp: not run (no attention layer: llama-cpp-python 0.3.36's llama.cpp aborts with "
+              "GGML_ASSERT(buffer) in llama_kv_cache::set_input_k_idxs on a model without one)", flush=True)
+        return report
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = to_gguf(native, "f32", os.path.join(tmp, "model-f32.gguf"))
+        ids = tokens[:min(200, context)]
+        whole, _ = llama_logits(f32, ids, 512)
+        floor = relative_error(llama_logits(f32, ids, 16)[0], whole)
+        tolerance = max(TOLERANCE, 2 * floor)
+        report.add("llama.cpp f32: its own floor (one batch vs batches of 16)", floor, MAX_FLOOR, floor <= MAX_FLOOR,
+                   f"tolerance of the rows below {tolerance:.3g}")
+        for n in sorted({min(n, context) for n in LENGTHS}):
+            prompt = tokens[n % 64: n % 64 + n]
+            err = relative_error(llama_logits(f32, prompt, 512)[0], linearize.logits(prompt))
+            report.add(f"llama.cpp f32: logits {n} tokens vs linearize forward", err, tolerance, err <= tolerance)
+        prompt = tokens[:65]
+        _, llm = llama_logits(f32, prompt, 512, extra=LLAMA_GREEDY_TOKENS + 8)
+        ours = llama_greedy(llm, prompt, LLAMA_GREEDY_TOKENS)
+        theirs, _ = linearize.generate(prompt, LLAMA_GREEDY_TOKENS)
+        same, detail = first_difference(ours, theirs)
+        report.add(f"llama.cpp f32: greedy {LLAMA_GREEDY_TOKENS} tokens == linearize generate", LLAMA_GREEDY_TOKENS - same, 0,
+                   same == LLAMA_GREEDY_TOKENS, detail)
+        bf16 = to_gguf(native, "bf16", os.path.join(tmp, "model-bf16.gguf"))
+        p32 = llama_logits(f32, prompt, 512)[0].double().log_softmax(-1)
+        p16 = llama_logits(bf16, prompt, 512)[0].double().log_softmax(-1)
+        finite = bool(torch.isfinite(p16).all())
+        kl = (p32.exp() * (p32 - p16)).sum(-1).mean().item()
+        top1 = (p32.argmax(-1) == p16.argmax(-1)).double().mean().item()
+        report.add("llama.cpp bf16: logits non-finite", int(not finite), 0, finite, f"KL(f32 || bf16) {kl:.3g}, top-1 agreement {top1:.3f}")
+    return report
+
+
+RUNTIMES = {"transformers": check_transformers, "llama.cpp": check_llama_cpp}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conversion", required=True, help="the conversion export-native read")
     parser.add_argument("--native", required=True, help="the directory export-native wrote")
-    parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="transformers")
+    parser.add_argument("--runtime", choices=sorted(RUNTIMES), action="append", help="default: transformers")
     parser.add_argument("--linearize", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "cli", "linearize"))
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -138,7 +234,9 @@ def main():
             print(f"error: {args.native}/config.json: linearize: missing (not written by export-native)", file=sys.stderr)
             return 2
     report = Report("native")
-    RUNTIMES[args.runtime](args.conversion, args.native, Linearize(args.linearize, args.conversion), report)
+    linearize = Linearize(args.linearize, args.conversion)
+    for runtime in args.runtime or ["transformers"]:
+        RUNTIMES[runtime](args.conversion, args.native, linearize, report)
     return report.finish(args.json)
 
 

@@ -67,4 +67,28 @@ if [ ! -f "$GLOO_PREFIX/usr/include/gloo/context.h" ]; then
   (cd "$GLOO_PREFIX" && { apt-get download libgloo-dev >/dev/null 2>&1 || { $SUDO apt-get update -qq && apt-get download libgloo-dev >/dev/null; }; })
   dpkg -x "$GLOO_PREFIX"/libgloo-dev_*.deb "$GLOO_PREFIX"
 fi
+# llama.cpp for export-native's parity rows (ctest label `runtimes`): the llama-cpp-python sdist built for this
+# CPU into a wheel cached in .deps (about 6 minutes on 2 cores, once), installed into the venv; the llama.cpp it
+# vendors stays unpacked beside it for its own convert_hf_to_gguf.py and gguf-py.
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  # its sdist on PyPI
+LLAMA_CPP_DEPS=.deps/llama-cpp
+if [ ! -f "$LLAMA_CPP_DEPS/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
+  echo "setup: fetching llama-cpp-python $LLAMA_CPP_VERSION's sdist into $LLAMA_CPP_DEPS"
+  mkdir -p "$LLAMA_CPP_DEPS"
+  .venv/bin/python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$LLAMA_CPP_DEPS"
+  echo "$LLAMA_CPP_SHA256  $LLAMA_CPP_DEPS/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" | sha256sum --check --quiet
+  tar -xzf "$LLAMA_CPP_DEPS/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$LLAMA_CPP_DEPS"
+fi
+if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  wheel=$(ls "$LLAMA_CPP_DEPS"/wheels/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION for this CPU (minutes, once; cached in $LLAMA_CPP_DEPS/wheels)"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      .venv/bin/python -m pip wheel -q --no-deps "$LLAMA_CPP_DEPS/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -w "$LLAMA_CPP_DEPS/wheels" \
+      >"$LLAMA_CPP_DEPS/build.log" 2>&1 || { tail -20 "$LLAMA_CPP_DEPS/build.log"; exit 1; }
+    wheel=$(ls "$LLAMA_CPP_DEPS"/wheels/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
+  fi
+  .venv/bin/python -m pip install -q --no-deps "$wheel" diskcache==5.6.3
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), onnx $ONNX_VERSION)"

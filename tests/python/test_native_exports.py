@@ -2,7 +2,8 @@
 architectures serving runtimes implement, and each runtime computes what `linearize` computes on the conversion
 (scripts/check_native_export.py). Driven by ctest (label `runtimes`) with LINEARIZE_BINARY and LINEARIZE_FIXTURES.
 
-qwen3_5, through transformers' own Qwen3_5ForCausalLM: gated-deltanet conversions of every fixture family
+qwen3_5, through transformers' own Qwen3_5ForCausalLM and through llama.cpp (its own convert_hf_to_gguf.py to an
+f32 and a bf16 GGUF, run by llama-cpp-python, which scripts/setup.sh builds): gated-deltanet conversions of every fixture family
 Qwen3.5 can hold (pure, and for Qwen3 a hybrid with `softmax_layers: auto:1`), with the recipe tensors moved off
 their conversion values first (the identity conv, beta = 1/2 and the zero projections would hide a wrong tap
 order, row repeat or projection: a trained model has none of them); a planted change in the written checkpoint
@@ -59,8 +60,11 @@ def export_native(conversion, out, *extra):
 
 
 def parity(conversion, native, label):
+    """transformers' and llama.cpp's rows (scripts/check_native_export.py)."""
     report = check_hf_export.Report(f"{label:<18}")
-    check_native_export.check_transformers(conversion, native, check_hf_export.Linearize(BINARY, conversion), report)
+    linearize = check_hf_export.Linearize(BINARY, conversion)
+    for runtime in check_native_export.RUNTIMES.values():
+        runtime(conversion, native, linearize, report)
     return report
 
 
