@@ -16,7 +16,8 @@ void add_export_native_command(CLI::App& app) {
                                  "Write a conversion as a plain checkpoint of an architecture serving runtimes implement (vLLM, "
                                  "llama.cpp, transformers without remote code)");
   cmd->add_option("--model", opts->model, "The conversion's directory")->required();
-  cmd->add_option("--layout", opts->layout, "qwen3_5 (Qwen3_5ForCausalLM: gated-deltanet conversions)")
+  cmd->add_option("--layout", opts->layout,
+                  "qwen3_5 (Qwen3_5ForCausalLM: gated-deltanet conversions) or granitehybrid (GraniteMoeHybridForCausalLM: mamba2)")
       ->required()
       ->check(CLI::IsMember(native_layouts()));
   cmd->add_option("--out", opts->out, "Output directory")->required();
@@ -32,8 +33,7 @@ void add_export_native_command(CLI::App& app) {
                  opts->layout, result.linear_layers, result.attention_layers, result.bytes / 1e6,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     if (result.state_growth > 1)
-      spdlog::info("the layout's recurrent state is {}x the conversion's (its q and k share one head count: kv heads repeated)",
-                   result.state_growth);
+      spdlog::info("the layout's recurrent state is {}x the conversion's (kv heads repeated, or inert heads added)", result.state_growth);
   });
 }
 

@@ -175,7 +175,8 @@ void write_weights(const ConvertOptions& options, const CheckpointWeights& sourc
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
     if (is_softmax_layer(result.params, i)) continue;
     ++result.converted_layers;
-    for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params})) {
+    const auto source_tensor = [&source](const std::string& name) { return source.contains(name) ? source.tensor(name) : at::Tensor(); };
+    for (const auto& t : recipe.new_tensors(LayerContext{config, i, result.params, source_tensor})) {
       auto value = t.init();
       result.new_parameters += value.numel();
       tensors.emplace_back(names::recipe_tensor(i, t.name), std::move(value));

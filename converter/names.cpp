@@ -66,6 +66,12 @@ std::string qwen3_5_linear_attn(std::int64_t layer, const std::string& part) {
   return layer_prefix(layer) + "linear_attn." + part;
 }
 
+std::string granite_mamba(std::int64_t layer, const std::string& part) { return layer_prefix(layer) + "mamba." + part; }
+
+std::string granite_shared_mlp(std::int64_t layer, const std::string& part) {
+  return layer_prefix(layer) + "shared_mlp." + part;
+}
+
 std::string weight_of(const std::string& module_path) { return module_path + ".weight"; }
 
 std::optional<ModulePath> parse_module_path(const std::string& path) {

@@ -74,6 +74,21 @@ inline constexpr const char* kQwen35ALog = "A_log";
 inline constexpr const char* kQwen35Norm = "norm.weight";
 inline constexpr const char* kQwen35OutProj = "out_proj.weight";
 
+// GraniteMoeHybrid's layout (export-native --layout granitehybrid): its Mamba-2 mixer, model.layers.{i}.mamba.<part>,
+// and its dense MLP, model.layers.{i}.shared_mlp.<part>.
+std::string granite_mamba(std::int64_t layer, const std::string& part);
+std::string granite_shared_mlp(std::int64_t layer, const std::string& part);
+inline constexpr const char* kGraniteInProj = "in_proj.weight";
+inline constexpr const char* kGraniteConvWeight = "conv1d.weight";
+inline constexpr const char* kGraniteConvBias = "conv1d.bias";
+inline constexpr const char* kGraniteDtBias = "dt_bias";
+inline constexpr const char* kGraniteALog = "A_log";
+inline constexpr const char* kGraniteSkip = "D";
+inline constexpr const char* kGraniteNorm = "norm.weight";
+inline constexpr const char* kGraniteOutProj = "out_proj.weight";
+inline constexpr const char* kGraniteMlpIn = "input_linear.weight";
+inline constexpr const char* kGraniteMlpOut = "output_linear.weight";
+
 // A module path's weight (what a LoRA merge replaces): <path>.weight. (The LoRA factors' names are PEFT's
 // file format: formats/peft_adapter.h.)
 std::string weight_of(const std::string& module_path);

@@ -39,6 +39,7 @@ struct NativeLayout {
   std::string recipe;  // the recipe whose layers it holds
   std::vector<NativeInexact> (*check)(const Conversion&);
   NativePlan (*plan)(const Conversion&);
+  std::int64_t (*state_growth)(const ModelConfig&);  // the layout's recurrent state over the conversion's
 };
 
 // A tensor of the conversion as stored (a view of its mapping).
@@ -229,8 +230,174 @@ NativePlan qwen3_5_plan(const Conversion& c) {
   return plan;
 }
 
+// GraniteMoeHybrid without experts ---------------------------------------------------------------------------
+
+// Mamba heads in the layout: llama.cpp's granitehybrid asserts d_inner = 2 x hidden, so the H converted heads are
+// followed by inert ones (every row feeding them 0, out_proj's columns 0: x = 0 keeps their state 0, and their
+// gated, normalised output is 0).
+std::int64_t granite_mamba_heads(const ModelConfig& cfg) { return 2 * cfg.hidden_size / cfg.head_dim; }
+
+std::vector<NativeInexact> granite_check(const Conversion& c) {
+  const auto& cfg = c.config;
+  std::vector<NativeInexact> out;
+  const auto add = [&](std::string field, std::optional<std::int64_t> layer, std::string reason) {
+    out.push_back({std::move(field), layer, std::move(reason)});
+  };
+  if (cfg.block.sandwich_norms)
+    add("pre_feedforward_layernorm", {}, "sandwich norms (Gemma): Granite's block has one norm before the mixer and one before the MLP");
+  if (cfg.block.norm != NormStyle::Weight) add("rms_norm", {}, "(1 + w) norms; Granite's are w");
+  if (cfg.block.final_logit_softcap) add("final_logit_softcapping", {}, "Granite does not soft-cap its logits");
+  if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
+    add("hidden_act", {}, "'" + cfg.hidden_act + "': llama.cpp's granitehybrid supports silu only");
+  if (cfg.mlp_bias) add("mlp_bias", {}, "Granite's shared MLP has no biases");
+  if (std::abs(c.params.at("norm_eps").get<double>() - cfg.rms_norm_eps) > 0)
+    add("linearize.params.norm_eps", {}, "the gated norm's epsilon differs from rms_norm_eps; Granite uses one for every norm");
+  if ((2 * cfg.hidden_size) % cfg.head_dim != 0 || cfg.num_attention_heads > granite_mamba_heads(cfg))
+    add("head_dim", {}, "llama.cpp's granitehybrid needs d_inner = 2 x hidden_size as whole heads of head_dim, at least the query heads");
+  const auto has = [&](std::int64_t i, LayerModule m) { return c.weights.contains(names::bias(i, m)); };
+  bool kept = false;
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    if (c.converted[static_cast<std::size_t>(i)]) {
+      if (has(i, LayerModule::o_proj)) add(names::module_in_layer(LayerModule::o_proj) + ".bias", i, "Granite's out_proj has no bias");
+      continue;
+    }
+    kept = true;
+    if (cfg.block.qk_norm)
+      add(names::module_in_layer(LayerModule::q_norm), i, "a kept softmax layer with q/k RMSNorms: Granite's attention has none");
+    if (cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding)
+      add("sliding_window", i, "a sliding-window layer; Granite's attention is full");
+    for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
+      if (has(i, m)) add(names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's granitehybrid graph has none)");
+    if (cfg.rope_for(i).type != RopeType::Default || cfg.rope_for(i).partial_rotary_factor != 1.0)
+      add("rope_scaling", i, "Granite's attention takes default RoPE over the whole head only");
+  }
+  if (kept && cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size)
+    add("head_dim", {}, "vLLM's Granite attention assumes head_dim = hidden_size / num_attention_heads");
+  return out;
+}
+
+// `t` [rows, ...] followed by zero rows up to `total`.
+at::Tensor zero_padded_rows(const at::Tensor& t, std::int64_t total) {
+  auto shape = t.sizes().vec();
+  shape[0] = total - t.size(0);
+  return at::cat({t, at::zeros(shape, t.options())});
+}
+
+// The mamba2 layer as Granite's mixer: in_proj = [z | x | B | C | dt] (x and B repeated from the kv heads, each
+// head its own group of B and C), the conv's [x | B | C] channels likewise, everything padded with inert heads.
+void granite_mamba_layer(const Conversion& c, std::int64_t i, DeferredTensors& out) {
+  const auto& cfg = c.config;
+  const std::int64_t H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, G = cfg.kv_groups(), d = cfg.head_dim;
+  const std::int64_t Hm = granite_mamba_heads(cfg), inner = Hm * d, hidden = cfg.hidden_size;
+  const std::int64_t K = c.params.at("conv_kernel").get<std::int64_t>();
+  const auto& w = c.weights;
+  const auto to = [i](const char* part) { return names::granite_mamba(i, part); };
+  const auto recipe = [i](const char* name) { return recipe_name(i, name); };
+  const auto q = names::weight(i, LayerModule::q_proj), k = names::weight(i, LayerModule::k_proj), v = names::weight(i, LayerModule::v_proj);
+  const auto z = recipe(names::kGateWeight), dt = recipe(names::kDtWeight);
+  const auto f32 = [&w](const std::string& name) { return w.tensor(name).to(at::kFloat); };
+  out.push_back(computed(c, to(names::kGraniteInProj), at::kFloat, {4 * inner + Hm, hidden}, {z, v, k, q, dt}, [=] {
+    return at::cat({zero_padded_rows(f32(z), inner), zero_padded_rows(repeat_per_head(f32(v), Hkv, G), inner),
+                    zero_padded_rows(repeat_per_head(f32(k), Hkv, G), inner), zero_padded_rows(f32(q), inner),
+                    zero_padded_rows(f32(dt), Hm)});
+  }));
+  // The conversion's conv channels are [x (Hkv d) | B (Hkv d) | C (H d)].
+  const auto channels = [=](const at::Tensor& t) {
+    return at::cat({zero_padded_rows(repeat_per_head(t.narrow(0, 0, Hkv * d), Hkv, G), inner),
+                    zero_padded_rows(repeat_per_head(t.narrow(0, Hkv * d, Hkv * d), Hkv, G), inner),
+                    zero_padded_rows(t.narrow(0, 2 * Hkv * d, H * d), inner)});
+  };
+  const auto conv = recipe(names::kConvWeight), conv_bias = recipe(names::kConvBias);
+  out.push_back(computed(c, to(names::kGraniteConvWeight), at::kFloat, {3 * inner, 1, K}, {conv}, [=] { return channels(f32(conv)).unsqueeze(1); }));
+  out.push_back(computed(c, to(names::kGraniteConvBias), at::kFloat, {3 * inner}, {conv_bias}, [=] { return channels(f32(conv_bias)); }));
+  const auto per_head = [&](const char* from, const char* part) {
+    const auto name = recipe(from);
+    out.push_back(computed(c, to(part), at::kFloat, {Hm}, {name}, [=] { return zero_padded_rows(f32(name), Hm); }));
+  };
+  per_head(names::kDtBias, names::kGraniteDtBias);
+  per_head(names::kDecayLogScale, names::kGraniteALog);
+  per_head(names::kSkip, names::kGraniteSkip);
+  const auto norm = recipe(names::kOutputNormWeight), o = names::weight(i, LayerModule::o_proj);
+  out.push_back(computed(c, to(names::kGraniteNorm), at::kFloat, {inner}, {norm}, [=] { return zero_padded_rows(f32(norm), inner); }));
+  out.push_back(computed(c, to(names::kGraniteOutProj), at::kFloat, {hidden, inner}, {o}, [=] {
+    return zero_padded_rows(f32(o).t(), inner).t();
+  }));
+}
+
+NativePlan granite_plan(const Conversion& c) {
+  const auto& cfg = c.config;
+  NativePlan plan;
+  auto& t = plan.tensors;
+  t.push_back(copied(c, names::kEmbedTokens, names::kEmbedTokens));
+  nlohmann::ordered_json layer_types = nlohmann::ordered_json::array();
+  bool any_attention = false;
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    const bool mamba = c.converted[static_cast<std::size_t>(i)];
+    any_attention |= !mamba;
+    layer_types.push_back(mamba ? "mamba" : "attention");
+    for (const auto m : {LayerModule::input_layernorm, LayerModule::post_attention_layernorm})
+      t.push_back(copied(c, names::weight(i, m), names::weight(i, m)));
+    if (mamba) {
+      granite_mamba_layer(c, i, t);
+    } else {
+      for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
+        t.push_back(copied(c, names::weight(i, m), names::weight(i, m)));
+    }
+    const auto gate = names::weight(i, LayerModule::gate_proj), up = names::weight(i, LayerModule::up_proj);
+    const auto& w = c.weights;
+    t.push_back(computed(c, names::granite_shared_mlp(i, names::kGraniteMlpIn), w.tensor(gate).scalar_type(),
+                         {2 * cfg.intermediate_size, cfg.hidden_size}, {gate, up}, [&w, gate, up] { return at::cat({w.tensor(gate), w.tensor(up)}); }));
+    t.push_back(copied(c, names::weight(i, LayerModule::down_proj), names::granite_shared_mlp(i, names::kGraniteMlpOut)));
+  }
+  t.push_back(copied(c, names::kFinalNorm, names::kFinalNorm));
+  if (!cfg.tie_word_embeddings) t.push_back(copied(c, names::kLmHead, names::kLmHead));
+
+  const std::int64_t Hm = granite_mamba_heads(cfg);
+  // llama.cpp's converter keeps RoPE in a hybrid only when the architectures name Bamba too (runtimes load the first).
+  nlohmann::ordered_json architectures = {"GraniteMoeHybridForCausalLM"};
+  if (any_attention) architectures.push_back("BambaForCausalLM");
+  plan.config = {{"architectures", architectures},
+                 {"model_type", "granitemoehybrid"},
+                 {"vocab_size", cfg.vocab_size},
+                 {"hidden_size", cfg.hidden_size},
+                 {"intermediate_size", cfg.intermediate_size},
+                 {"shared_intermediate_size", cfg.intermediate_size},
+                 {"num_local_experts", 0},
+                 {"num_experts_per_tok", 0},
+                 {"num_hidden_layers", cfg.num_hidden_layers},
+                 {"num_attention_heads", cfg.num_attention_heads},
+                 {"num_key_value_heads", cfg.num_key_value_heads},
+                 {"hidden_act", "silu"},
+                 {"max_position_embeddings", cfg.max_position_embeddings},
+                 {"rms_norm_eps", cfg.rms_norm_eps},
+                 {"tie_word_embeddings", cfg.tie_word_embeddings},
+                 {"attention_bias", false},
+                 {"attention_dropout", 0.0},
+                 {"attention_multiplier", cfg.block.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))},
+                 {"embedding_multiplier", cfg.block.embedding_scale},
+                 {"residual_multiplier", 1.0},
+                 {"logits_scaling", 1.0},
+                 {"position_embedding_type", "rope"},
+                 {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", cfg.rope.theta}}},
+                 {"mamba_n_heads", Hm},
+                 {"mamba_d_head", cfg.head_dim},
+                 {"mamba_n_groups", Hm},
+                 {"mamba_d_state", cfg.head_dim},
+                 {"mamba_d_conv", c.params.at("conv_kernel").get<std::int64_t>()},
+                 {"mamba_expand", 2},
+                 {"mamba_chunk_size", 64},
+                 {"mamba_conv_bias", true},
+                 {"mamba_proj_bias", false},
+                 {"layer_types", layer_types},
+                 {"use_cache", true}};
+  return plan;
+}
+
 const std::vector<NativeLayout>& layouts() {
-  static const std::vector<NativeLayout> all{{"qwen3_5", "gated-deltanet", qwen3_5_check, qwen3_5_plan}};
+  static const std::vector<NativeLayout> all{{"qwen3_5", "gated-deltanet", qwen3_5_check, qwen3_5_plan, [](const ModelConfig& c) { return c.kv_groups(); }},
+                                             {"granitehybrid", "mamba2", granite_check, granite_plan,
+                                              // its inert heads: 2 hidden / head_dim heads of [d, d] for H
+                                              [](const ModelConfig& c) { return granite_mamba_heads(c) / c.num_attention_heads; }}};
   return all;
 }
 
@@ -296,7 +463,7 @@ NativeExportResult export_native(const NativeExportOptions& options) {
   }
   auto plan = layout.plan(c);
   for (const bool linear : c.converted) ++(linear ? result.linear_layers : result.attention_layers);
-  result.state_growth = config.kv_groups();
+  result.state_growth = layout.state_growth(config);
   copy_token_keys(config_json, plan.config);
   plan.config["linearize"] = {{"layout", layout.name},
                               {"recipe", layout.recipe},

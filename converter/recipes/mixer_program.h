@@ -43,7 +43,7 @@
 namespace linearize::recipes {
 
 // A program fragment: y (per token, H D wide) through an RMSNorm with the layer's `weight`, back into heads, then
-// W_O (mamba2's gated norm after its gate, transnormer's NormAttention).
+// W_O (transnormer's NormAttention).
 template <class Ops>
 typename Ops::Value normed_output(Ops& o, const typename Ops::Value& y, double eps, const std::string& weight) {
   const auto normed = o.mul(o.rms_normalize(y, eps), o.param(weight));

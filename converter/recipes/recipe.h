@@ -51,6 +51,9 @@ struct LayerContext {
   const ModelConfig& config;
   std::int64_t layer;
   const RecipeParams& params;
+  // The source checkpoint's tensor by name, undefined when absent (set by convert only: a recipe that moves a
+  // source tensor into one of its own, mamba2's biases into its conv bias, reads it here).
+  std::function<at::Tensor(const std::string&)> source_tensor{};
 };
 
 using LayerTensors = std::map<std::string, at::Tensor>;  // new tensors by NewTensor::name

@@ -338,16 +338,21 @@ TEST(Recipes, GatedDeltaNetStartsFromTheIdentityConvAndItsInitialDecay) {
   EXPECT_FALSE(at::equal(z, tensors(1).at("z_proj.weight")));
 }
 
-// Mamba-in-the-Llama's start: the conv is the identity tap, dt = dt_init, A spans Mamba's [1, 16] over the
-// heads, D = 1, the gate's projection is small and nonzero (gradients must reach the rest), and it is the same
-// on every conversion (seeded by the layer) but differs between layers.
+// Mamba-in-the-Llama's start: the conv is the identity tap with the source's v, k, q biases as its bias (the
+// Granite mixer's in_proj has none), dt = dt_init, A spans Mamba's [1, 16] over the heads, D = 1, the norm's
+// epsilon is the source's, the gate's projection is small and nonzero (gradients must reach the rest), and it is
+// the same on every conversion (seeded by the layer) but differs between layers.
 TEST(Recipes, Mamba2StartsFromTheIdentityConvAndItsInitialDt) {
   const auto config = load_model_config(test::fixtures_dir() / "tiny-qwen2" / "config.json");
   const auto& mamba2 = find_recipe("mamba2", "cli", "--recipe");
   const auto params = resolve_recipe_params(mamba2, {{"dt_init", 0.02}}, config, "cli");
+  EXPECT_EQ(params.at("norm_eps").get<double>(), config.rms_norm_eps);
+  const auto source = CheckpointWeights::open(test::fixtures_dir() / "tiny-qwen2");
+  const auto source_tensor = [&](const std::string& name) { return source.contains(name) ? source.tensor(name) : at::Tensor(); };
   const auto tensors = [&](std::int64_t layer) {
     std::map<std::string, at::Tensor> t;
-    for (const auto& nt : mamba2.new_tensors(LayerContext{config, layer, params})) t[nt.name] = nt.init().to(at::kDouble);
+    for (const auto& nt : mamba2.new_tensors(LayerContext{config, layer, params, source_tensor}))
+      t[nt.name] = nt.init().to(at::kDouble);
     return t;
   };
   const auto t = tensors(0);
@@ -356,6 +361,10 @@ TEST(Recipes, Mamba2StartsFromTheIdentityConvAndItsInitialDt) {
   ASSERT_EQ(conv.sizes(), (std::vector<std::int64_t>{2 * config.num_key_value_heads * d + H * d, 4}));
   EXPECT_TRUE(at::equal(conv.select(1, 3), at::ones({conv.size(0)}, at::kDouble)));
   EXPECT_EQ(conv.narrow(1, 0, 3).abs().max().item<double>(), 0.0);
+  const auto bias = [&](names::LayerModule m) { return source.tensor(names::bias(0, m)).to(at::kDouble); };
+  ASSERT_GT(bias(names::LayerModule::k_proj).abs().max().item<double>(), 0.0);  // Qwen2 has q/k/v biases
+  EXPECT_TRUE(at::equal(t.at("conv1d.bias"), at::cat({bias(names::LayerModule::v_proj), bias(names::LayerModule::k_proj),
+                                                       bias(names::LayerModule::q_proj)})));
   EXPECT_NEAR(at::softplus(t.at("dt_bias")).max().item<double>(), 0.02, 1e-7);  // fp32 storage through softplus^-1
   EXPECT_NEAR(at::exp(t.at("A_log")).min().item<double>(), 1.0, 1e-6);
   EXPECT_NEAR(at::exp(t.at("A_log")).max().item<double>(), 16.0, 1e-5);

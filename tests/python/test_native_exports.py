@@ -2,13 +2,19 @@
 architectures serving runtimes implement, and each runtime computes what `linearize` computes on the conversion
 (scripts/check_native_export.py). Driven by ctest (label `runtimes`) with LINEARIZE_BINARY and LINEARIZE_FIXTURES.
 
-qwen3_5, through transformers' own Qwen3_5ForCausalLM and through llama.cpp (its own convert_hf_to_gguf.py to an
-f32 and a bf16 GGUF, run by llama-cpp-python, which scripts/setup.sh builds): gated-deltanet conversions of every fixture family
-Qwen3.5 can hold (pure, and for Qwen3 a hybrid with `softmax_layers: auto:1`), with the recipe tensors moved off
-their conversion values first (the identity conv, beta = 1/2 and the zero projections would hide a wrong tap
-order, row repeat or projection: a trained model has none of them); a planted change in the written checkpoint
-(a conv tap, the gate's sign, a norm stored as w instead of w - 1) fails the logits rows; what Qwen3.5 cannot hold
-is refused by name (exit 2, nothing written) and `--allow-inexact` writes it anyway.
+Each case converts a fixture, moves the recipe tensors off their conversion values (an identity conv, beta = 1/2
+and zero projections would hide a wrong tap order, row repeat or projection: a trained model has none of them),
+exports it and runs the parity rows of the runtimes that can load it:
+  qwen3_5 (gated-deltanet): pure conversions of tiny-llama, tiny-mistral, tiny-qwen2, tiny-qwen3 and deep-llama in
+    transformers; a Qwen3 hybrid (`auto:1`) in transformers and llama.cpp; a Llama and a Qwen3 with head_dim 64
+    (made here with transformers' own classes: vLLM's CPU Gated DeltaNet kernel takes head dims 64 and 128 only),
+    pure and hybrid, in vLLM too.
+  granitehybrid (mamba2): pure tiny-mistral and tiny-qwen2 (Qwen2's q/k/v biases moved into the conv bias) and a
+    Llama with head_dim 32 (vLLM's CPU attention takes no 16 or 24), pure and hybrid, in vLLM, the hybrid in
+    llama.cpp (which aborts on a model with no attention layer; transformers' class normalises over all of d_inner).
+A planted change in a written checkpoint (a conv tap, the gate's sign, a norm stored as w instead of w - 1) fails
+the logits rows of transformers and llama.cpp; what a layout cannot hold is refused by name (exit 2, nothing
+written) and `--allow-inexact` writes it anyway.
 """
 import os
 import shutil
@@ -32,11 +38,39 @@ def run(*args):
     return subprocess.run([BINARY, "--log-level", "warn", *args], capture_output=True, text=True, env=ENV)
 
 
-def convert(family, out, params=()):
+def source_dir(family, tmp):
+    """A fixture directory, or one made here with transformers' own classes (`llama-d64`: a Llama of head_dim 64)."""
+    if not family.endswith(("-d32", "-d64")):
+        return os.path.join(FIXTURES, family)
+    out = os.path.join(tmp, family)
+    if os.path.isdir(out):
+        return out
+    import transformers
+    kind, d = family.rsplit("-d", 1)
+    d = int(d)
+    config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[kind]
+    torch.manual_seed(d)
+    config = config_class(vocab_size=768, hidden_size=4 * d if d < 64 else 2 * d, intermediate_size=256, num_hidden_layers=3,
+                          num_attention_heads=4 if d < 64 else 2, num_key_value_heads=2 if d < 64 else 1, head_dim=d,
+                          max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    model = model_class(config)
+    with torch.no_grad():  # norms off 1, as a trained model's are
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(FIXTURES, "tiny-llama", name), out)
+    return out
+
+
+def convert(source, recipe, out, params=()):
     sets = [a for p in params for a in ("--set", p)]
-    done = run("convert", "--model", os.path.join(FIXTURES, family), "--recipe", "gated-deltanet", "--out", out, *sets)
+    done = run("convert", "--model", source, "--recipe", recipe, "--out", out, *sets)
     if done.returncode != 0:
-        raise RuntimeError(f"convert {family} failed ({done.returncode}): {done.stderr}")
+        raise RuntimeError(f"convert {source} failed ({done.returncode}): {done.stderr}")
     return out
 
 
@@ -45,8 +79,9 @@ def as_if_trained(conversion, seed):
     path = os.path.join(conversion, "model.safetensors")
     tensors = load_file(path)
     g = torch.Generator().manual_seed(seed)
-    scales = {"conv1d.weight": 0.5, "beta_proj.weight": 0.2, "decay_proj.weight": 0.2, "decay_proj.bias": 0.5,
-              "A_log": 0.5, "z_proj.weight": 0.2, "norm.weight": 0.2}
+    scales = {"conv1d.weight": 0.5, "conv1d.bias": 0.2, "beta_proj.weight": 0.2, "decay_proj.weight": 0.2,
+              "decay_proj.bias": 0.5, "A_log": 0.5, "z_proj.weight": 0.2, "norm.weight": 0.2, "dt_proj.weight": 0.2,
+              "dt_bias": 0.5, "D": 0.5}
     for name in sorted(tensors):
         part = name.split("self_attn.")[-1]
         if part in scales:
@@ -55,16 +90,16 @@ def as_if_trained(conversion, seed):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-def export_native(conversion, out, *extra):
-    return run("export-native", "--model", conversion, "--layout", "qwen3_5", "--out", out, *extra)
+def export_native(conversion, out, *extra, layout="qwen3_5"):
+    return run("export-native", "--model", conversion, "--layout", layout, "--out", out, *extra)
 
 
-def parity(conversion, native, label):
-    """transformers' and llama.cpp's rows (scripts/check_native_export.py)."""
-    report = check_hf_export.Report(f"{label:<18}")
+def parity(conversion, native, label, runtimes=("transformers", "llama.cpp")):
+    """The runtimes' rows (scripts/check_native_export.py)."""
+    report = check_hf_export.Report(f"{label:<22}")
     linearize = check_hf_export.Linearize(BINARY, conversion)
-    for runtime in check_native_export.RUNTIMES.values():
-        runtime(conversion, native, linearize, report)
+    for runtime in runtimes:
+        check_native_export.RUNTIMES[runtime](conversion, native, linearize, report)
     return report
 
 
@@ -96,21 +131,29 @@ def norm_as_weight(t):
 
 def main():
     failures = []
+    everywhere = ("transformers", "llama.cpp", "vllm")
+    cases = [("qwen3_5", "gated-deltanet", family, [], ("transformers",))
+             for family in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "deep-llama")]
+    cases += [("qwen3_5", "gated-deltanet", "tiny-qwen3", ["softmax_layers=auto:1"], ("transformers", "llama.cpp")),
+              ("qwen3_5", "gated-deltanet", "llama-d64", [], everywhere),
+              ("qwen3_5", "gated-deltanet", "qwen3-d64", ["softmax_layers=auto:1"], everywhere),
+              ("granitehybrid", "mamba2", "tiny-mistral", [], ("vllm",)),
+              ("granitehybrid", "mamba2", "tiny-qwen2", [], ("vllm",)),
+              ("granitehybrid", "mamba2", "llama-d32", [], ("vllm",)),
+              ("granitehybrid", "mamba2", "llama-d32", ["softmax_layers=[1]"], ("llama.cpp", "vllm"))]
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [(family, []) for family in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "deep-llama")]
-        cases.append(("tiny-qwen3", ["softmax_layers=auto:1"]))
-        for i, (family, params) in enumerate(cases):
-            label = family + (" hybrid" if params else "")
-            conversion = convert(family, os.path.join(tmp, f"c{i}"), params)
+        for i, (layout, recipe, family, params, runtimes) in enumerate(cases):
+            label = f"{layout} {family}" + (" hybrid" if params else "")
+            conversion = convert(source_dir(family, tmp), recipe, os.path.join(tmp, f"c{i}"), params)
             as_if_trained(conversion, seed=i)
             native = os.path.join(tmp, f"n{i}")
-            done = export_native(conversion, native)
+            done = export_native(conversion, native, layout=layout)
             if done.returncode != 0:
                 failures.append(f"{label}: export-native exit {done.returncode}: {done.stderr.strip()}")
                 continue
-            if not parity(conversion, native, label).passed:
+            if not parity(conversion, native, label, runtimes).passed:
                 failures.append(f"{label}: a parity row failed")
-            if i == 5:  # the hybrid: each planted change fails its logits rows
+            if i == 5:  # the Qwen3 hybrid: each planted change fails its logits rows
                 for name, change in (("conv tap", flip_conv_tap), ("gate sign", negate_gate), ("norm w - 1", norm_as_weight)):
                     planted = plant(native, change)
                     report = parity(conversion, planted, f"planted {name}")
@@ -120,15 +163,19 @@ def main():
                     shutil.rmtree(planted)
 
         # Refusals: one line naming the file, the field and the layer; nothing written.
-        refusals = [("tiny-llama", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
-                    ("tiny-gemma3", [], "pre_feedforward_layernorm:"),
-                    ("tiny-qwen3", ["norm_eps=1e-5"], "linearize.params.norm_eps:")]
-        for j, (family, params, expected) in enumerate(refusals):
-            conversion = convert(family, os.path.join(tmp, f"r{j}"), params)
+        refusals = [("qwen3_5", "tiny-llama", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
+                    ("qwen3_5", "tiny-gemma3", [], "pre_feedforward_layernorm:"),
+                    ("qwen3_5", "tiny-qwen3", ["norm_eps=1e-5"], "linearize.params.norm_eps:"),
+                    ("granitehybrid", "tiny-llama", [], "head_dim: llama.cpp's granitehybrid needs d_inner = 2 x hidden_size"),
+                    ("granitehybrid", "tiny-qwen2", ["softmax_layers=[1]"], "self_attn.q_proj.bias: layer 1:"),
+                    ("granitehybrid", "tiny-mistral", ["softmax_layers=[0]"], "sliding_window: layer 0:")]
+        recipes = {"qwen3_5": "gated-deltanet", "granitehybrid": "mamba2"}
+        for j, (layout, family, params, expected) in enumerate(refusals):
+            conversion = convert(os.path.join(FIXTURES, family), recipes[layout], os.path.join(tmp, f"r{j}"), params)
             out = os.path.join(tmp, f"rn{j}")
-            done = export_native(conversion, out)
+            done = export_native(conversion, out, layout=layout)
             line = done.stderr.strip()
-            print(f"refusal {family} {params}: exit {done.returncode}: {line}")
+            print(f"refusal {layout} {family} {params}: exit {done.returncode}: {line}")
             if done.returncode != 2 or expected not in line or "config.json" not in line or os.path.exists(out):
                 failures.append(f"refusal {family} {params}: expected exit 2 naming {expected!r}, got {done.returncode}: {line}")
         allowed = export_native(os.path.join(tmp, "r0"), os.path.join(tmp, "allowed"), "--allow-inexact")
