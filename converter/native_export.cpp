@@ -78,38 +78,51 @@ at::Tensor repeat_per_head(const at::Tensor& t, std::int64_t kv_heads, std::int6
 
 std::string recipe_name(std::int64_t layer, const char* name) { return names::recipe_tensor(layer, name); }
 
-std::vector<NativeInexact> qwen3_5_check(const Conversion& c) {
+// What neither layout holds (`name` names the layout in the reasons): a block other than norm -> mixer -> norm ->
+// SwiGLU MLP, a gated norm whose epsilon is not rms_norm_eps, an o_proj bias on a converted layer, and on a kept
+// softmax layer a sliding window, biases (llama.cpp's graphs have none) or RoPE scaling.
+void add(std::vector<NativeInexact>& out, std::string field, std::optional<std::int64_t> layer, std::string reason) {
+  out.push_back({std::move(field), layer, std::move(reason)});
+}
+
+std::vector<NativeInexact> shared_checks(const Conversion& c, const std::string& name) {
   const auto& cfg = c.config;
   std::vector<NativeInexact> out;
-  const auto add = [&](std::string field, std::optional<std::int64_t> layer, std::string reason) {
-    out.push_back({std::move(field), layer, std::move(reason)});
-  };
   if (cfg.block.sandwich_norms)
-    add("pre_feedforward_layernorm", {}, "sandwich norms (Gemma): Qwen3.5's block has one norm before the mixer and one before the MLP");
-  if (cfg.block.embedding_scale != 1.0) add("embed_tokens", {}, "the source scales its embeddings; Qwen3.5 does not");
-  if (cfg.block.final_logit_softcap) add("final_logit_softcapping", {}, "Qwen3.5 does not soft-cap its logits");
+    add(out, "pre_feedforward_layernorm", {}, "sandwich norms (Gemma): " + name + "'s block has one norm before the mixer and one before the MLP");
+  if (cfg.block.final_logit_softcap) add(out, "final_logit_softcapping", {}, name + " does not soft-cap its logits");
   if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
-    add("hidden_act", {}, "'" + cfg.hidden_act + "': Qwen3.5's MLP and conv use silu (llama.cpp hard-codes it)");
-  if (cfg.mlp_bias) add("mlp_bias", {}, "Qwen3.5's MLP has no biases");
+    add(out, "hidden_act", {}, "'" + cfg.hidden_act + "': " + name + "'s MLP and conv use silu (llama.cpp hard-codes it)");
+  if (cfg.mlp_bias) add(out, "mlp_bias", {}, name + "'s MLP has no biases");
   if (std::abs(c.params.at("norm_eps").get<double>() - cfg.rms_norm_eps) > 0)
-    add("linearize.params.norm_eps", {}, "the gated norm's epsilon differs from rms_norm_eps; Qwen3.5 uses one for every norm");
+    add(out, "linearize.params.norm_eps", {}, "the gated norm's epsilon differs from rms_norm_eps; " + name + " uses one for every norm");
   const auto has = [&](std::int64_t i, LayerModule m) { return c.weights.contains(names::bias(i, m)); };
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
     if (c.converted[static_cast<std::size_t>(i)]) {
-      if (has(i, LayerModule::o_proj)) add(names::module_in_layer(LayerModule::o_proj) + ".bias", i, "Qwen3.5's out_proj has no bias");
+      if (has(i, LayerModule::o_proj)) add(out, names::module_in_layer(LayerModule::o_proj) + ".bias", i, name + "'s out_proj has no bias");
       continue;
     }
+    if (cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding)
+      add(out, "sliding_window", i, "a sliding-window layer; " + name + "'s attention is full");
+    for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
+      if (has(i, m)) add(out, names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's graph has none)");
+    if (cfg.rope_for(i).type != RopeType::Default) add(out, "rope_scaling", i, name + "'s export writes default RoPE only");
+  }
+  return out;
+}
+
+std::vector<NativeInexact> qwen3_5_check(const Conversion& c) {
+  const auto& cfg = c.config;
+  auto out = shared_checks(c, "Qwen3.5");
+  if (cfg.block.embedding_scale != 1.0) add(out, "embed_tokens", {}, "the source scales its embeddings; Qwen3.5 does not");
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    if (c.converted[static_cast<std::size_t>(i)]) continue;
     if (!cfg.block.qk_norm)
-      add(names::module_in_layer(LayerModule::q_norm), i,
+      add(out, names::module_in_layer(LayerModule::q_norm), i,
           "a kept softmax layer without per-head q/k RMSNorms: Qwen3.5's attention always has them (convert a Qwen3 "
           "source, or keep no softmax layers)");
-    if (cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding)
-      add("sliding_window", i, "a sliding-window layer; Qwen3.5's attention is full");
-    for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
-      if (has(i, m)) add(names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's qwen35 graph has none)");
     if (cfg.block.attention_scale && std::abs(*cfg.block.attention_scale * std::sqrt(double(cfg.head_dim)) - 1) > 1e-12)
-      add("query_pre_attn_scalar", i, "an attention scale other than head_dim^-1/2");
-    if (cfg.rope_for(i).type != RopeType::Default) add("rope_scaling", i, "Qwen3.5's export writes default RoPE only");
+      add(out, "query_pre_attn_scalar", i, "an attention scale other than head_dim^-1/2");
   }
   return out;
 }
@@ -239,40 +252,20 @@ std::int64_t granite_mamba_heads(const ModelConfig& cfg) { return 2 * cfg.hidden
 
 std::vector<NativeInexact> granite_check(const Conversion& c) {
   const auto& cfg = c.config;
-  std::vector<NativeInexact> out;
-  const auto add = [&](std::string field, std::optional<std::int64_t> layer, std::string reason) {
-    out.push_back({std::move(field), layer, std::move(reason)});
-  };
-  if (cfg.block.sandwich_norms)
-    add("pre_feedforward_layernorm", {}, "sandwich norms (Gemma): Granite's block has one norm before the mixer and one before the MLP");
-  if (cfg.block.norm != NormStyle::Weight) add("rms_norm", {}, "(1 + w) norms; Granite's are w");
-  if (cfg.block.final_logit_softcap) add("final_logit_softcapping", {}, "Granite does not soft-cap its logits");
-  if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
-    add("hidden_act", {}, "'" + cfg.hidden_act + "': llama.cpp's granitehybrid supports silu only");
-  if (cfg.mlp_bias) add("mlp_bias", {}, "Granite's shared MLP has no biases");
-  if (std::abs(c.params.at("norm_eps").get<double>() - cfg.rms_norm_eps) > 0)
-    add("linearize.params.norm_eps", {}, "the gated norm's epsilon differs from rms_norm_eps; Granite uses one for every norm");
+  auto out = shared_checks(c, "Granite");
+  if (cfg.block.norm != NormStyle::Weight) add(out, "rms_norm", {}, "(1 + w) norms; Granite's are w");
   if ((2 * cfg.hidden_size) % cfg.head_dim != 0 || cfg.num_attention_heads > granite_mamba_heads(cfg))
-    add("head_dim", {}, "llama.cpp's granitehybrid needs d_inner = 2 x hidden_size as whole heads of head_dim, at least the query heads");
-  const auto has = [&](std::int64_t i, LayerModule m) { return c.weights.contains(names::bias(i, m)); };
+    add(out, "head_dim", {}, "llama.cpp's granitehybrid needs d_inner = 2 x hidden_size as whole heads of head_dim, at least the query heads");
   bool kept = false;
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    if (c.converted[static_cast<std::size_t>(i)]) {
-      if (has(i, LayerModule::o_proj)) add(names::module_in_layer(LayerModule::o_proj) + ".bias", i, "Granite's out_proj has no bias");
-      continue;
-    }
+    if (c.converted[static_cast<std::size_t>(i)]) continue;
     kept = true;
     if (cfg.block.qk_norm)
-      add(names::module_in_layer(LayerModule::q_norm), i, "a kept softmax layer with q/k RMSNorms: Granite's attention has none");
-    if (cfg.layer_types[static_cast<std::size_t>(i)] == AttentionKind::Sliding)
-      add("sliding_window", i, "a sliding-window layer; Granite's attention is full");
-    for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
-      if (has(i, m)) add(names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's granitehybrid graph has none)");
-    if (cfg.rope_for(i).type != RopeType::Default || cfg.rope_for(i).partial_rotary_factor != 1.0)
-      add("rope_scaling", i, "Granite's attention takes default RoPE over the whole head only");
+      add(out, names::module_in_layer(LayerModule::q_norm), i, "a kept softmax layer with q/k RMSNorms: Granite's attention has none");
+    if (cfg.rope_for(i).partial_rotary_factor != 1.0) add(out, "partial_rotary_factor", i, "Granite's attention rotates the whole head");
   }
   if (kept && cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size)
-    add("head_dim", {}, "vLLM's Granite attention assumes head_dim = hidden_size / num_attention_heads");
+    add(out, "head_dim", {}, "vLLM's Granite attention assumes head_dim = hidden_size / num_attention_heads");
   return out;
 }
 

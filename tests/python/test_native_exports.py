@@ -163,7 +163,7 @@ def main():
                     shutil.rmtree(planted)
 
         # Refusals: one line naming the file, the field and the layer; nothing written.
-        refusals = [("qwen3_5", "tiny-llama", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
+        refusals = [("qwen3_5", "llama-d64", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
                     ("qwen3_5", "tiny-gemma3", [], "pre_feedforward_layernorm:"),
                     ("qwen3_5", "tiny-qwen3", ["norm_eps=1e-5"], "linearize.params.norm_eps:"),
                     ("granitehybrid", "tiny-llama", [], "head_dim: llama.cpp's granitehybrid needs d_inner = 2 x hidden_size"),
@@ -171,7 +171,7 @@ def main():
                     ("granitehybrid", "tiny-mistral", ["softmax_layers=[0]"], "sliding_window: layer 0:")]
         recipes = {"qwen3_5": "gated-deltanet", "granitehybrid": "mamba2"}
         for j, (layout, family, params, expected) in enumerate(refusals):
-            conversion = convert(os.path.join(FIXTURES, family), recipes[layout], os.path.join(tmp, f"r{j}"), params)
+            conversion = convert(source_dir(family, tmp), recipes[layout], os.path.join(tmp, f"r{j}"), params)
             out = os.path.join(tmp, f"rn{j}")
             done = export_native(conversion, out, layout=layout)
             line = done.stderr.strip()
