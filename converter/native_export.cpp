@@ -182,6 +182,23 @@ void qwen3_5_attention_layer(const Conversion& c, std::int64_t i, DeferredTensor
   }
 }
 
+// The config.json keys every layout writes alike: the decoder's sizes, SwiGLU with silu, no attention biases.
+nlohmann::ordered_json decoder_config(const ModelConfig& cfg) {
+  return {{"vocab_size", cfg.vocab_size},
+          {"hidden_size", cfg.hidden_size},
+          {"intermediate_size", cfg.intermediate_size},
+          {"num_hidden_layers", cfg.num_hidden_layers},
+          {"num_attention_heads", cfg.num_attention_heads},
+          {"num_key_value_heads", cfg.num_key_value_heads},
+          {"hidden_act", "silu"},
+          {"max_position_embeddings", cfg.max_position_embeddings},
+          {"rms_norm_eps", cfg.rms_norm_eps},
+          {"tie_word_embeddings", cfg.tie_word_embeddings},
+          {"attention_bias", false},
+          {"attention_dropout", 0.0},
+          {"use_cache", true}};
+}
+
 // rope_parameters: default RoPE at the source's theta; the multimodal sections (all equal for text, which makes
 // them plain RoPE) split the rotary half-dimension as Qwen3.5 does.
 nlohmann::ordered_json qwen3_5_rope(const ModelConfig& cfg) {
@@ -217,29 +234,16 @@ NativePlan qwen3_5_plan(const Conversion& c) {
 
   const std::int64_t H = cfg.num_attention_heads;
   auto& j = plan.config;
-  j = {{"architectures", {"Qwen3_5ForCausalLM"}},
-       {"model_type", "qwen3_5_text"},
-       {"vocab_size", cfg.vocab_size},
-       {"hidden_size", cfg.hidden_size},
-       {"intermediate_size", cfg.intermediate_size},
-       {"num_hidden_layers", cfg.num_hidden_layers},
-       {"num_attention_heads", H},
-       {"num_key_value_heads", cfg.num_key_value_heads},
-       {"head_dim", cfg.head_dim},
-       {"hidden_act", "silu"},
-       {"max_position_embeddings", cfg.max_position_embeddings},
-       {"rms_norm_eps", cfg.rms_norm_eps},
-       {"tie_word_embeddings", cfg.tie_word_embeddings},
-       {"attention_bias", false},
-       {"attention_dropout", 0.0},
+  j = {{"architectures", {"Qwen3_5ForCausalLM"}}, {"model_type", "qwen3_5_text"}};
+  j.update(decoder_config(cfg));
+  j.update({{"head_dim", cfg.head_dim},
        {"rope_parameters", qwen3_5_rope(cfg)},
        {"linear_conv_kernel_dim", c.params.at("conv_kernel").get<std::int64_t>()},
        {"linear_key_head_dim", cfg.head_dim},
        {"linear_value_head_dim", cfg.head_dim},
        {"linear_num_key_heads", H},
        {"linear_num_value_heads", H},
-       {"layer_types", layer_types},
-       {"use_cache", true}};
+       {"layer_types", layer_types}});
   return plan;
 }
 
@@ -349,40 +353,27 @@ NativePlan granite_plan(const Conversion& c) {
   // llama.cpp's converter keeps RoPE in a hybrid only when the architectures name Bamba too (runtimes load the first).
   nlohmann::ordered_json architectures = {"GraniteMoeHybridForCausalLM"};
   if (any_attention) architectures.push_back("BambaForCausalLM");
-  plan.config = {{"architectures", architectures},
-                 {"model_type", "granitemoehybrid"},
-                 {"vocab_size", cfg.vocab_size},
-                 {"hidden_size", cfg.hidden_size},
-                 {"intermediate_size", cfg.intermediate_size},
-                 {"shared_intermediate_size", cfg.intermediate_size},
-                 {"num_local_experts", 0},
-                 {"num_experts_per_tok", 0},
-                 {"num_hidden_layers", cfg.num_hidden_layers},
-                 {"num_attention_heads", cfg.num_attention_heads},
-                 {"num_key_value_heads", cfg.num_key_value_heads},
-                 {"hidden_act", "silu"},
-                 {"max_position_embeddings", cfg.max_position_embeddings},
-                 {"rms_norm_eps", cfg.rms_norm_eps},
-                 {"tie_word_embeddings", cfg.tie_word_embeddings},
-                 {"attention_bias", false},
-                 {"attention_dropout", 0.0},
-                 {"attention_multiplier", cfg.block.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))},
-                 {"embedding_multiplier", cfg.block.embedding_scale},
-                 {"residual_multiplier", 1.0},
-                 {"logits_scaling", 1.0},
-                 {"position_embedding_type", "rope"},
-                 {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", cfg.rope.theta}}},
-                 {"mamba_n_heads", Hm},
-                 {"mamba_d_head", cfg.head_dim},
-                 {"mamba_n_groups", Hm},
-                 {"mamba_d_state", cfg.head_dim},
-                 {"mamba_d_conv", c.params.at("conv_kernel").get<std::int64_t>()},
-                 {"mamba_expand", 2},
-                 {"mamba_chunk_size", 64},
-                 {"mamba_conv_bias", true},
-                 {"mamba_proj_bias", false},
-                 {"layer_types", layer_types},
-                 {"use_cache", true}};
+  plan.config = {{"architectures", architectures}, {"model_type", "granitemoehybrid"}};
+  plan.config.update(decoder_config(cfg));
+  plan.config.update({{"shared_intermediate_size", cfg.intermediate_size},
+                      {"num_local_experts", 0},
+                      {"num_experts_per_tok", 0},
+                      {"attention_multiplier", cfg.block.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))},
+                      {"embedding_multiplier", cfg.block.embedding_scale},
+                      {"residual_multiplier", 1.0},
+                      {"logits_scaling", 1.0},
+                      {"position_embedding_type", "rope"},
+                      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", cfg.rope.theta}}},
+                      {"mamba_n_heads", Hm},
+                      {"mamba_d_head", cfg.head_dim},
+                      {"mamba_n_groups", Hm},
+                      {"mamba_d_state", cfg.head_dim},
+                      {"mamba_d_conv", c.params.at("conv_kernel").get<std::int64_t>()},
+                      {"mamba_expand", 2},
+                      {"mamba_chunk_size", 64},
+                      {"mamba_conv_bias", true},
+                      {"mamba_proj_bias", false},
+                      {"layer_types", layer_types}});
   return plan;
 }
 
