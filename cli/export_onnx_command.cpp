@@ -52,6 +52,7 @@ void add_export_onnx_command(CLI::App& app) {
                         result.check.shape_inference);
     spdlog::info("onnx checker (full) and strict shape inference: pass (opset {})", result.check.opset);
     if (!result.genai_config.empty()) spdlog::info("wrote {} (onnxruntime-genai)", result.genai_config.string());
+    else spdlog::info("no genai_config.json: {}", result.genai_unsupported);
   });
 }
 

@@ -1,9 +1,10 @@
 #include "converter/onnx_export.h"
 
-#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
+#include <set>
 
 #include "converter/linearized.h"
 #include "converter/model/block_program.h"
@@ -99,24 +100,58 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
   return o.linear(o.mul(act, up), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
 }
 
-// onnxruntime-genai's genai_config.json (its config reference), for a graph whose every layer is softmax attention
-// with a KV cache: its schema names only key/value caches, so a graph with recurrent states has none.
-nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& graph_file) {
+// What onnxruntime-genai (0.18) carries between calls, finding each by its input name: a layer's key/value
+// cache (past_key_values.{i}.key/.value, grown by concatenation) and a recurrent layer's two fixed-shape states
+// past.{i}.conv and past.{i}.recurrent, which it binds as a pair (a recurrent input without its conv is an
+// error there). Any other state has no description: the reason, naming the layer, or nothing when the graph fits.
+std::optional<std::string> genai_unsupported_state(const std::vector<std::string>& inputs) {
+  std::map<std::int64_t, std::set<std::string>> states;  // layer -> its past.{i}.<kind> kinds
+  std::set<std::int64_t> caches;
+  for (const auto& name : inputs) {
+    const bool state = name.rfind("past.", 0) == 0, cache = name.rfind("past_key_values.", 0) == 0;
+    if (!state && !cache) continue;
+    const auto rest = name.substr(name.find('.') + 1);
+    const auto layer = std::stoll(rest.substr(0, rest.find('.')));
+    if (state) states[layer].insert(rest.substr(rest.find('.') + 1));
+    if (cache) caches.insert(layer);
+  }
+  for (const auto& [layer, kinds] : states) {
+    std::string listed;
+    for (const auto& k : kinds) listed += (listed.empty() ? "" : ", ") + k;
+    if (kinds != std::set<std::string>{"conv", "recurrent"})
+      return "layer " + std::to_string(layer) + " carries past." + std::to_string(layer) + ".{" + listed +
+             "}; onnxruntime-genai carries a recurrent layer's conv and recurrent state as one pair";
+    if (caches.count(layer))
+      return "layer " + std::to_string(layer) + " carries a window cache beside its recurrent state";
+  }
+  return std::nullopt;
+}
+
+// onnxruntime-genai's genai_config.json (its config reference and its model builder's output), for a graph whose
+// states it can carry (genai_unsupported_state).
+nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& graph_file, bool converted) {
   nlohmann::ordered_json model;
   if (c.bos_token_id) model["bos_token_id"] = *c.bos_token_id;
   model["context_length"] = c.max_position_embeddings;
+  nlohmann::ordered_json inputs = {{"input_ids", "input_ids"},
+                                   {"attention_mask", "attention_mask"},
+                                   {"position_ids", "position_ids"},
+                                   {"past_key_names", "past_key_values.%d.key"},
+                                   {"past_value_names", "past_key_values.%d.value"}};
+  nlohmann::ordered_json outputs = {{"logits", "logits"}, {"present_key_names", "present.%d.key"}, {"present_value_names", "present.%d.value"}};
+  if (converted) {
+    inputs["past_conv_names"] = "past.%d.conv";
+    inputs["past_recurrent_names"] = "past.%d.recurrent";
+    outputs["present_conv_names"] = "present.%d.conv";
+    outputs["present_recurrent_names"] = "present.%d.recurrent";
+  }
   model["decoder"] = {
       {"session_options", {{"log_id", "onnxruntime-genai"}, {"provider_options", nlohmann::json::array()}}},
       {"filename", graph_file},
       {"head_size", c.head_dim},
       {"hidden_size", c.hidden_size},
-      {"inputs",
-       {{"input_ids", "input_ids"},
-        {"attention_mask", "attention_mask"},
-        {"position_ids", "position_ids"},
-        {"past_key_names", "past_key_values.%d.key"},
-        {"past_value_names", "past_key_values.%d.value"}}},
-      {"outputs", {{"logits", "logits"}, {"present_key_names", "present.%d.key"}, {"present_value_names", "present.%d.value"}}},
+      {"inputs", inputs},
+      {"outputs", outputs},
       {"num_attention_heads", c.num_attention_heads},
       {"num_hidden_layers", c.num_hidden_layers},
       {"num_key_value_heads", c.num_key_value_heads}};
@@ -124,7 +159,9 @@ nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& gra
     model["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::ordered_json(c.eos_token_ids.front()) : nlohmann::ordered_json(c.eos_token_ids);
     model["pad_token_id"] = c.eos_token_ids.front();
   }
-  model["type"] = c.model_type;
+  // A conversion's model_type ("linearize") is no type genai knows; "decoder" is its generic decoder-only one
+  // (the graph is ours either way: the type picks no family-specific inputs).
+  model["type"] = converted ? "decoder" : c.model_type;
   model["vocab_size"] = c.vocab_size;
   // present = concat(past, new): the caches are not shared buffers of a fixed length.
   nlohmann::ordered_json search = {{"do_sample", false}, {"max_length", c.max_position_embeddings}, {"min_length", 0},
@@ -230,9 +267,11 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
     if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
     return result;
   }
-  if (std::none_of(converted.begin(), converted.end(), [](bool c) { return c; })) {
+  if (const auto unsupported = genai_unsupported_state(graph.input_names())) {
+    result.genai_unsupported = *unsupported;
+  } else {
     result.genai_config = result.path.parent_path() / "genai_config.json";
-    write_file_atomic(result.genai_config, genai_config(config, result.path.filename().string()).dump(4) + "\n");
+    write_file_atomic(result.genai_config, genai_config(config, result.path.filename().string(), recipe.has_value()).dump(4) + "\n");
   }
   return result;
 }

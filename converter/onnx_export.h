@@ -4,8 +4,8 @@
 // its state: past_key_values.{i}.key/.value for softmax layers (the whole cache; sliding layers mask it) and
 // window hybrids (their last `window` keys), past.{i}.<kind> fp32 for recurrent states
 // (past.{i}.recurrent [batch, Hkv, K, V], ...). Outputs: logits [batch, sequence, vocab] and present.* of
-// the same shapes (onnxruntime-genai's names; its genai_config.json is written where the schema fits: no
-// recurrent states). Standard operators at opset `opset`; weights are
+// the same shapes (onnxruntime-genai's names; its genai_config.json is written where genai can carry every
+// state: key/value caches and conv + recurrent pairs). Standard operators at opset `opset`; weights are
 // initializers holding the checkpoint's bytes under their safetensors names.
 #pragma once
 
@@ -44,9 +44,11 @@ struct OnnxExportResult {
   std::filesystem::path path;
   onnx_model::SaveResult saved;
   std::int64_t nodes = 0;  // of the main graph
-  // onnxruntime-genai's config, written beside the graph when every layer is softmax attention (its schema
-  // knows key/value caches only); empty otherwise.
+  // onnxruntime-genai's config, written beside the graph when genai can carry every state (key/value caches,
+  // and recurrent layers with exactly a conv and a recurrent state: gated-deltanet, mamba2); otherwise empty,
+  // and genai_unsupported says why, naming the first layer it cannot carry.
   std::filesystem::path genai_config;
+  std::string genai_unsupported;
   // ONNX's full checker and strict shape inference on the written file. A graph that fails them is removed
   // (with its data file) and no genai config is written: nothing invalid is left as if it were an export.
   onnx_model::CheckResult check;

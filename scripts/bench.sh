@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
-SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks distill_memory verify hf_export onnx_export convert)
+SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks distill_memory verify hf_export onnx_export native convert)
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench convert_rss linearize)
 
 scripts/setup.sh
@@ -323,6 +323,20 @@ section_onnx_export() {
     --source "$LINEARIZE_BENCH_DIR/llama-135m" --recipes lolcats,gated-deltanet --work "$LINEARIZE_BENCH_DIR/onnx_export" \
     --tokens 256 --out "$json" | tee "$BENCH_OUT/onnx_export.txt"
   mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "onnx_export (135M shape):"; sed 's/^/  /' "$BENCH_OUT/onnx_export.txt")
+}
+
+# A conversion in the runtimes people serve with, against its source in the same runtime (bench/native_bench.py):
+# decode tokens/s after 256 / 4K / 16K tokens of context and peak RSS, fresh processes, all threads, in llama.cpp
+# (bf16 and Q8_0 GGUFs), vLLM (fp32) and `linearize generate`; mamba2 with layers 10 and 20 kept, as granitehybrid,
+# on the random SmolLM2-135M-shaped model. LINEARIZE_BENCH_NATIVE_LENGTHS overrides the lengths.
+section_native() {
+  echo "== native: decode tokens/s and memory of a granitehybrid conversion vs its source in llama.cpp, vLLM, linearize"
+  "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
+  local json=$BENCH_OUT/native.json
+  "$PY" bench/native_bench.py --linearize "$BUILD_DIR/cli/linearize" --source "$LINEARIZE_BENCH_DIR/llama-135m" \
+    --work "$LINEARIZE_BENCH_DIR/native" --lengths "${LINEARIZE_BENCH_NATIVE_LENGTHS:-256,4096,16384}" --out "$json" \
+    | tee "$BENCH_OUT/native.txt"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "native (granitehybrid conversion vs source, 135M shape):"; sed 's/^/  /' "$BENCH_OUT/native.txt")
 }
 
 # Training steps of both LoLCATs stages against the same steps in plain PyTorch (bench/distill_pytorch.py:

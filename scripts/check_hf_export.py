@@ -29,6 +29,7 @@ import tempfile
 import torch
 
 TOLERANCE = 1e-4  # x max|logit|, see the module docstring
+MAX_FLOOR = 1e-2  # a runtime whose equal computations differ by more than 1% of the logits compares nothing
 GREEDY_TOKENS = 128
 SPLIT_PROMPT, SPLIT_AT = 200, 137  # crosses chunk (64) and window (64) edges on both sides of the split
 
@@ -57,14 +58,33 @@ def relative_error(ours, reference):
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
 
-def narrow_dtype_row(report, name, wide, narrow, label="bf16"):
-    """A narrow dtype's logits [T, vocab] against the fp32 ones: finite enforced; KL(fp32 || narrow) and top-1
-    agreement reported, not bounded (what the dtype costs is the model's)."""
+def narrow_dtype_row(report, name, wide, narrow, label="bf16", reference="fp32"):
+    """A narrow dtype's logits [T, vocab] against the fp32 ones (or any two models'): finite enforced;
+    KL(reference || narrow) and top-1 agreement reported, not bounded (what the dtype costs is the model's)."""
     p32, p16 = wide.double().log_softmax(-1), narrow.double().log_softmax(-1)
     finite = bool(torch.isfinite(p16).all())
     kl = (p32.exp() * (p32 - p16)).sum(-1).mean().item()
     top1 = (p32.argmax(-1) == p16.argmax(-1)).double().mean().item()
-    report.add(name, int(not finite), 0, finite, f"KL(fp32 || {label}) {kl:.3g}, top-1 agreement {top1:.3f}")
+    report.add(name, int(not finite), 0, finite, f"KL({reference} || {label}) {kl:.3g}, top-1 agreement {top1:.3f}")
+
+
+def first_difference(ours, theirs):
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return same, ("identical" if same == len(ours) == len(theirs) else f"first difference at token {same}")
+
+
+def greedy_row(report, name, runtime_tokens, prompt, linearize, tolerance):
+    """Greedy tokens identical to `linearize generate`'s, or parting only at a tie: where they first differ, the
+    reference's logits (fed the common prefix) put the two tokens within 2 x tolerance x max|logit| of each other,
+    a gap the two implementations' rounding can reverse (random fixtures have such ties)."""
+    theirs = linearize.generate(prompt, len(runtime_tokens))[0]
+    same, detail = first_difference(runtime_tokens, theirs)
+    gap = 0.0
+    if same < len(runtime_tokens):
+        logits = linearize.logits(prompt + runtime_tokens[:same])[-1].double()
+        gap = ((logits[theirs[same]] - logits[runtime_tokens[same]]).abs() / logits.abs().max()).item()
+        detail += f" (the reference's logits of the two {gap:.2g} x max|logit| apart{': a tie' if gap <= 2 * tolerance else ''})"
+    report.add(name, gap, 2 * tolerance, gap <= 2 * tolerance, detail)
 
 
 def padded_prompts(tokens):
@@ -83,6 +103,14 @@ def padded_batch_vs_linearize(batched, mask, reference):
     --batch-ids`'s (the C++ reference's padded batch), both [B, T, vocab]."""
     real = torch.as_tensor(mask).bool()
     return relative_error(torch.as_tensor(batched)[real], reference[real])
+
+
+def linearize_floor(linearize, prompts):
+    """`linearize`'s own floor: the largest relative difference between its logits of the prompts in a left-padded
+    batch (`forward --batch-ids`) and each alone, the same computations in another order."""
+    _, mask = left_padded(prompts)
+    batched, width = linearize.batch_logits(prompts), len(mask[0])
+    return max(relative_error(batched[i, width - len(p):], linearize.logits(p)) for i, p in enumerate(prompts))
 
 
 def text_tokens(model_dir, count):

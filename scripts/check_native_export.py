@@ -43,13 +43,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_hf_export import (TOLERANCE, Linearize, Report, generate, left_padded, narrow_dtype_row,  # noqa: E402
-                             padded_batch_vs_linearize, padded_prompts, relative_error, text_tokens)
+from check_hf_export import (MAX_FLOOR, TOLERANCE, Linearize, Report, generate, greedy_row, left_padded,  # noqa: E402
+                             narrow_dtype_row, padded_batch_vs_linearize, padded_prompts, relative_error, text_tokens)
 
 LENGTHS = (1, 63, 64, 65, 600)
 DECODE_STEPS = 64
 GREEDY_TOKENS = 64
-MAX_FLOOR = 1e-2  # a runtime whose equal computations differ by more than 1% of the logits compares nothing
 
 
 def load_transformers(native, dtype=torch.float32):
@@ -61,34 +60,24 @@ def forward(model, ids, **kwargs):
     return model(ids, use_cache=False, **kwargs).logits
 
 
-def first_difference(ours, theirs):
-    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-    return same, ("identical" if same == len(ours) == len(theirs) else f"first difference at token {same}")
-
-
-def greedy_row(report, name, runtime_tokens, prompt, linearize, tolerance):
-    """Greedy tokens identical to `linearize generate`'s, or parting only at a tie: where they first differ, the
-    reference's logits (fed the common prefix) put the two tokens within 2 x tolerance x max|logit| of each other,
-    a gap the two implementations' rounding can reverse (random fixtures have such ties)."""
-    theirs = linearize.generate(prompt, len(runtime_tokens))[0]
-    same, detail = first_difference(runtime_tokens, theirs)
-    gap = 0.0
-    if same < len(runtime_tokens):
-        logits = linearize.logits(prompt + runtime_tokens[:same])[-1].double()
-        gap = ((logits[theirs[same]] - logits[runtime_tokens[same]]).abs() / logits.abs().max()).item()
-        detail += f" (a tie: the reference's logits {gap:.2g} x max|logit| apart)"
-    report.add(name, gap, 2 * tolerance, gap <= 2 * tolerance, detail)
-
-
 def check_transformers(conversion, native, linearize, report):
     with open(os.path.join(native, "config.json")) as f:
-        if json.load(f)["model_type"] == "granitemoehybrid":
-            print(f"{report.level}  transformers: not run (its GraniteMoeHybrid class normalises the gated output over all of "
-                  "d_inner; the layout's groups, vLLM's and llama.cpp's, normalise each head: another function)", flush=True)
-            return report
+        config = json.load(f)
+    if config["model_type"] == "granitemoehybrid":
+        print(f"{report.level}  transformers: not run (its GraniteMoeHybrid class normalises the gated output over all of "
+              "d_inner; the layout's groups, vLLM's and llama.cpp's, normalise each head: another function)", flush=True)
+        return report
     model = load_transformers(native)
     context = model.config.max_position_embeddings
     tokens = text_tokens(native, 600 + 3 * 64)
+    if config["linearize"].get("inexact"):
+        # Written with --allow-inexact: another function by construction, so its distance is measured, not bounded.
+        ids = tokens[:min(600, context)]
+        with torch.no_grad():
+            narrow_dtype_row(report, f"transformers: inexact export ({len(config['linearize']['inexact'])} listed in linearize.inexact), "
+                             "logits non-finite", linearize.logits(ids), forward(model, torch.tensor([ids]))[0],
+                             label="export", reference="conversion")
+        return report
     with torch.no_grad():
         prompts = padded_prompts(tokens)
         batch, mask = (torch.tensor(a) for a in left_padded(prompts))

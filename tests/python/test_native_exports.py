@@ -12,9 +12,13 @@ exports it and runs the parity rows of the runtimes that can load it:
   granitehybrid (mamba2): pure tiny-mistral and tiny-qwen2 (Qwen2's q/k/v biases moved into the conv bias) and a
     Llama with head_dim 32 (vLLM's CPU attention takes no 16 or 24), pure and hybrid, in vLLM, the hybrid in
     llama.cpp (which aborts on a model with no attention layer; transformers' class normalises over all of d_inner).
+onnxruntime-genai runs the conversion's own `export-onnx` graph (not a native layout: it has no Mamba-2 or Gated
+DeltaNet graph of its own to load) for a pure tiny-llama and the Qwen3 hybrid (gated-deltanet), and the pure
+tiny-mistral and hybrid llama-d32 (mamba2).
 A planted change in a written checkpoint (a conv tap, the gate's sign, a norm stored as w instead of w - 1) fails
-the logits rows of transformers and llama.cpp; what a layout cannot hold is refused by name (exit 2, nothing
-written) and `--allow-inexact` writes it anyway.
+the logits rows of transformers and llama.cpp (Qwen3.5), a conv tap swapped in the Granite hybrid fails llama.cpp's
+and vLLM's, and one swapped in model.onnx fails genai's; what a layout
+cannot hold is refused by name (exit 2, nothing written) and `--allow-inexact` writes it anyway.
 """
 import os
 import shutil
@@ -28,6 +32,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 import check_hf_export  # noqa: E402
 import check_native_export  # noqa: E402
+import check_onnx_export  # noqa: E402
 
 BINARY = os.environ["LINEARIZE_BINARY"]
 FIXTURES = os.environ["LINEARIZE_FIXTURES"]
@@ -95,12 +100,45 @@ def export_native(conversion, out, *extra, layout="qwen3_5"):
 
 
 def parity(conversion, native, label, runtimes=("transformers", "llama.cpp")):
-    """The runtimes' rows (scripts/check_native_export.py)."""
+    """The runtimes' rows (scripts/check_native_export.py); onnxruntime-genai's run on the conversion's own
+    `export-onnx` graph (scripts/check_onnx_export.py), which genai loads with the genai_config.json written beside it."""
     report = check_hf_export.Report(f"{label:<22}")
     linearize = check_hf_export.Linearize(BINARY, conversion)
     for runtime in runtimes:
-        check_native_export.RUNTIMES[runtime](conversion, native, linearize, report)
+        if runtime == GENAI:
+            genai(conversion, linearize, report)
+        else:
+            check_native_export.RUNTIMES[runtime](conversion, native, linearize, report)
     return report
+
+
+GENAI = "onnxruntime-genai"
+
+
+def genai(conversion, linearize, report):
+    graph = os.path.join(conversion, "model.onnx")
+    if not os.path.isfile(graph):
+        done = run("export-onnx", "--model", conversion)
+        if done.returncode != 0 or not check_onnx_export.genai_config_of(graph):
+            report.add("genai: export-onnx wrote genai_config.json", done.returncode, 0, False, done.stderr.strip())
+            return
+    check_onnx_export.check_genai(conversion, graph, linearize, report)
+
+
+def flip_graph_conv_tap(conversion):
+    """A copy of the conversion whose model.onnx has one layer's conv taps swapped (oldest <-> newest)."""
+    import onnx
+    from onnx import numpy_helper
+    planted = conversion + "-planted-onnx"
+    shutil.copytree(conversion, planted)
+    path = os.path.join(planted, "model.onnx")
+    model = onnx.load(path)
+    weight = next(t for t in model.graph.initializer if t.name.endswith("conv1d.weight"))
+    taps = numpy_helper.to_array(weight).copy()
+    taps[:, [0, -1]] = taps[:, [-1, 0]]
+    weight.CopyFrom(numpy_helper.from_array(taps, weight.name))
+    onnx.save(model, path)
+    return planted
 
 
 def plant(native, change):
@@ -115,7 +153,7 @@ def plant(native, change):
 
 
 def flip_conv_tap(t):
-    name = next(n for n in sorted(t) if n.endswith("linear_attn.conv1d.weight"))
+    name = next(n for n in sorted(t) if n.endswith("conv1d.weight"))  # linear_attn. (Qwen3.5) or mamba. (Granite)
     t[name] = t[name].clone()
     t[name][:, 0, [0, -1]] = t[name][:, 0, [-1, 0]]  # the oldest and the newest tap swapped
 
@@ -134,13 +172,14 @@ def main():
     everywhere = ("transformers", "llama.cpp", "vllm")
     cases = [("qwen3_5", "gated-deltanet", family, [], ("transformers",))
              for family in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "deep-llama")]
-    cases += [("qwen3_5", "gated-deltanet", "tiny-qwen3", ["softmax_layers=auto:1"], ("transformers", "llama.cpp")),
+    cases[0] = cases[0][:4] + (("transformers", GENAI),)
+    cases += [("qwen3_5", "gated-deltanet", "tiny-qwen3", ["softmax_layers=auto:1"], ("transformers", "llama.cpp", GENAI)),
               ("qwen3_5", "gated-deltanet", "llama-d64", [], everywhere),
               ("qwen3_5", "gated-deltanet", "qwen3-d64", ["softmax_layers=auto:1"], everywhere),
-              ("granitehybrid", "mamba2", "tiny-mistral", [], ("vllm",)),
+              ("granitehybrid", "mamba2", "tiny-mistral", [], ("vllm", GENAI)),
               ("granitehybrid", "mamba2", "tiny-qwen2", [], ("vllm",)),
               ("granitehybrid", "mamba2", "llama-d32", [], ("vllm",)),
-              ("granitehybrid", "mamba2", "llama-d32", ["softmax_layers=[1]"], ("llama.cpp", "vllm"))]
+              ("granitehybrid", "mamba2", "llama-d32", ["softmax_layers=[1]"], ("llama.cpp", "vllm", GENAI))]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (layout, recipe, family, params, runtimes) in enumerate(cases):
             label = f"{layout} {family}" + (" hybrid" if params else "")
@@ -161,6 +200,19 @@ def main():
                     if any(r["pass"] for r in logits):
                         failures.append(f"planted {name}: a logits row still passes")
                     shutil.rmtree(planted)
+                planted = flip_graph_conv_tap(conversion)  # and in the conversion's graph, genai's rows
+                report = check_hf_export.Report("planted graph conv tap")
+                genai(planted, check_hf_export.Linearize(BINARY, conversion), report)
+                if any(r["pass"] for r in report.rows if "logits" in r["check"]):
+                    failures.append("planted conv tap in model.onnx: genai's logits row still passes")
+                shutil.rmtree(planted)
+            if i == len(cases) - 1:  # the Granite hybrid: a conv tap swapped fails vLLM's and llama.cpp's rows
+                planted = plant(native, flip_conv_tap)
+                report = parity(conversion, planted, "planted conv tap", ("llama.cpp", "vllm"))
+                compared = [r for r in report.rows if ("logits" in r["check"] or "logprobs" in r["check"]) and "bf16" not in r["check"]]
+                if len(compared) < 2 or any(r["pass"] for r in compared):
+                    failures.append("planted conv tap in granitehybrid: a llama.cpp or vLLM row still passes")
+                shutil.rmtree(planted)
 
         # Refusals: one line naming the file, the field and the layer; nothing written.
         refusals = [("qwen3_5", "llama-d64", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
@@ -182,6 +234,11 @@ def main():
         text = open(os.path.join(tmp, "allowed", "config.json")).read() if allowed.returncode == 0 else ""
         if allowed.returncode != 0 or "self_attn.q_norm" not in text:
             failures.append(f"--allow-inexact: exit {allowed.returncode}, config.json lists the inexact layer: {'self_attn.q_norm' in text}")
+        else:  # its rows report the distance instead of claiming parity
+            report = parity(os.path.join(tmp, "r0"), os.path.join(tmp, "allowed"), "inexact", ("transformers",))
+            if [r["check"] for r in report.rows if "inexact export" in r["check"]] != [r["check"] for r in report.rows] or \
+                    not report.passed or "KL(conversion || export)" not in report.rows[0]["detail"]:
+                failures.append(f"--allow-inexact: expected one passing KL row, got {report.rows}")
         wrong = run("export-native", "--model", os.path.join(FIXTURES, "tiny-llama"), "--layout", "qwen3_5", "--out",
                     os.path.join(tmp, "never"))
         if wrong.returncode != 2 or "linearize: not a conversion" not in wrong.stderr:
