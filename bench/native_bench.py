@@ -41,12 +41,26 @@ def prompt(length, vocab):
 
 # Workers: run in a fresh process (`--worker KIND`), print one JSON line "RESULT {...}".
 
-def rss_now():
+def proc_status(field):
+    """A byte count from /proc/self/status: VmRSS (now) or VmHWM (the peak of this process image; getrusage's
+    ru_maxrss would carry the forking parent's over exec)."""
     with open("/proc/self/status") as f:
-        return int(next(l for l in f if l.startswith("VmRSS:")).split()[1]) * 1024
+        return int(next(l for l in f if l.startswith(field + ":")).split()[1]) * 1024
 
 
 def worker_llama_cpp(args):
+    import llama_cpp
+    if args.model.endswith("q8_0.gguf"):
+        # llama.cpp's extra weight buffer types (AMX / repacked) segfault on Q8_0 prefill batches on this CPU
+        # (AVX512 + AMX_INT8; one-token batches run): Q8_0 runs its plain CPU kernels, source and conversion alike.
+        default_params = llama_cpp.llama_model_default_params
+
+        def plain_buffers():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+        llama_cpp.llama_cpp.llama_model_default_params = llama_cpp.llama_model_default_params = plain_buffers
+        sys.modules["llama_cpp.llama"].llama_cpp.llama_model_default_params = plain_buffers
     from llama_cpp import Llama
     ids = prompt(args.length, args.vocab)
     llm = Llama(model_path=args.model, n_ctx=args.length + args.decode + 16, n_batch=512, n_threads=os.cpu_count(),
@@ -57,7 +71,7 @@ def worker_llama_cpp(args):
     for i in range(args.decode):
         llm.eval([ids[i]])
     done = time.perf_counter()
-    return {"prefill_s": prefilled - start, "decode_tokens_per_s": args.decode / (done - prefilled), "rss_after": rss_now()}
+    return {"prefill_s": prefilled - start, "decode_tokens_per_s": args.decode / (done - prefilled), "rss_after": proc_status("VmRSS")}
 
 
 def worker_vllm(args):
@@ -74,7 +88,7 @@ def worker_vllm(args):
     m = llm.generate([TokensPrompt(prompt_token_ids=ids)], params)[0].metrics
     # Engine timestamps: the first token ends the prefill, then `decode` steps to the last.
     return {"prefill_s": m.first_token_ts - m.scheduled_ts, "decode_tokens_per_s": args.decode / (m.last_token_ts - m.first_token_ts),
-            "rss_after": rss_now()}
+            "rss_after": proc_status("VmRSS")}
 
 
 def worker_linearize(args):
@@ -103,9 +117,9 @@ def measure(kind, model, length, args, python=sys.executable):
 def run_worker(args):
     import resource
     result = WORKERS[args.worker](args)
-    # The worker's own peak, and its children's (linearize generate runs as one).
-    result["peak_rss"] = 1024 * max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    # The worker's own peak, or its child's (linearize generate runs as one; forked from this small process).
+    result["peak_rss"] = max(proc_status("VmHWM"), result.get("rss_after", 0),
+                             1024 * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -8,7 +8,7 @@ exports it and runs the parity rows of the runtimes that can load it:
   qwen3_5 (gated-deltanet): pure conversions of tiny-llama, tiny-mistral, tiny-qwen2, tiny-qwen3 and deep-llama in
     transformers; a Qwen3 hybrid (`auto:1`) in transformers and llama.cpp; a Llama and a Qwen3 with head_dim 64
     (made here with transformers' own classes: vLLM's CPU Gated DeltaNet kernel takes head dims 64 and 128 only),
-    pure and hybrid, in vLLM too.
+    pure and hybrid, in vLLM too, and a Mistral and a Qwen2 of head_dim 64, pure, in vLLM.
   granitehybrid (mamba2): pure tiny-mistral and tiny-qwen2 (Qwen2's q/k/v biases moved into the conv bias) and a
     Llama with head_dim 32 (vLLM's CPU attention takes no 16 or 24), pure and hybrid, in vLLM, the hybrid in
     llama.cpp (which aborts on a model with no attention layer; transformers' class normalises over all of d_inner).
@@ -54,6 +54,8 @@ def source_dir(family, tmp):
     kind, d = family.rsplit("-d", 1)
     d = int(d)
     config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                                 "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                                  "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[kind]
     torch.manual_seed(d)
     config = config_class(vocab_size=768, hidden_size=4 * d if d < 64 else 2 * d, intermediate_size=256, num_hidden_layers=3,
@@ -176,6 +178,8 @@ def main():
     cases += [("qwen3_5", "gated-deltanet", "tiny-qwen3", ["softmax_layers=auto:1"], ("transformers", "llama.cpp", GENAI)),
               ("qwen3_5", "gated-deltanet", "llama-d64", [], everywhere),
               ("qwen3_5", "gated-deltanet", "qwen3-d64", ["softmax_layers=auto:1"], everywhere),
+              ("qwen3_5", "gated-deltanet", "mistral-d64", [], ("vllm",)),
+              ("qwen3_5", "gated-deltanet", "qwen2-d64", [], ("vllm",)),
               ("granitehybrid", "mamba2", "tiny-mistral", [], ("vllm", GENAI)),
               ("granitehybrid", "mamba2", "tiny-qwen2", [], ("vllm",)),
               ("granitehybrid", "mamba2", "llama-d32", [], ("vllm",)),
