@@ -260,10 +260,19 @@ DecodeState CausalLM::new_state() const {
 }
 
 at::Tensor CausalLM::prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture) const {
-  // Only the last position's logits are needed to continue: project just that row through lm_head.
-  const auto logits = run(ids, state.position, &state, capture, kernels::MixerForm::chunked, /*last_only=*/true);
-  state.position += ids.size(1);
-  return logits.select(1, 0);
+  // Only the last position's logits are needed to continue: project just that row through lm_head, and only
+  // after the last piece (a mixer program's full-length temporaries, ~60 hidden-size rows per token in a
+  // Mamba-2 layer, made a 16K-token prefill 1 GiB larger than its source's before pieces).
+  const std::int64_t T = ids.size(1), piece = capture || !config_.linearize.is_object() ? T : kPrefillPiece;
+  at::Tensor out;
+  for (std::int64_t first = 0; first < T; first += piece) {
+    const std::int64_t n = std::min(piece, T - first);
+    const bool last = first + n == T;
+    out = run(ids.narrow(1, first, n), state.position, &state, capture, kernels::MixerForm::chunked, /*last_only=*/true,
+              /*hidden_only=*/!last);
+    state.position += n;
+  }
+  return out.select(1, 0);
 }
 
 at::Tensor CausalLM::step(const at::Tensor& ids, DecodeState& state) const {

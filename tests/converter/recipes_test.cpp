@@ -179,6 +179,24 @@ TEST(Recipes, LolcatsWithAWindowCoveringThePromptEqualsTheSource) {
   EXPECT_GT(relative_error(load_model(out).forward(long_ids), source.forward(long_ids)), 1e-3);
 }
 
+TEST(Recipes, ALongPromptPrefilledInPiecesEqualsOneForward) {
+  // Every recipe's state carried from one prefill piece to the next (a lolcats window across the cuts too).
+  test::TempDir dir;
+  const auto T = 2 * CausalLM::kPrefillPiece + 37;
+  const auto ids = ((at::arange(T, at::kLong) * 7919) % 700).unsqueeze(0);
+  const auto expect_pieces_equal_one_forward = [&](const CausalLM& model, const std::string& what) {
+    auto state = model.new_state();
+    const auto pieces = model.prefill(ids, state);
+    EXPECT_EQ(state.position, T) << what;
+    // fp32, the chunked form over other chunk boundaries: the logits' 1e-4 (as L1's split-prompt drift).
+    EXPECT_LE(relative_error(pieces, model.forward(ids).select(1, T - 1)), 1e-4) << what;
+  };
+  for (const auto& recipe : kRecipes) expect_pieces_equal_one_forward(load_model(convert(dir, "tiny-llama", recipe)), recipe);
+  // A kept sliding-window layer's KV cache across the cuts (Mistral's window of 16).
+  expect_pieces_equal_one_forward(load_model(convert(dir, "tiny-mistral", "gated-deltanet", {{"softmax_layers", {0}}})),
+                                  "tiny-mistral gated-deltanet, layer 0 kept");
+}
+
 TEST(Recipes, DecodeStateIsConstantInContextLength) {
   test::TempDir dir;
   for (const auto& recipe : kRecipes) {
