@@ -316,8 +316,10 @@ void granite_mamba_layer(const Conversion& c, std::int64_t i, DeferredTensors& o
   per_head(names::kSkip, names::kGraniteSkip);
   const auto norm = recipe(names::kOutputNormWeight), o = names::weight(i, LayerModule::o_proj);
   out.push_back(computed(c, to(names::kGraniteNorm), at::kFloat, {inner}, {norm}, [=] { return zero_padded_rows(f32(norm), inner); }));
-  out.push_back(computed(c, to(names::kGraniteOutProj), at::kFloat, {hidden, inner}, {o}, [=] {
-    return zero_padded_rows(f32(o).t(), inner).t();
+  // in_proj mixes the fp32 recipe rows (z, dt) with the source's: fp32 keeps both exact. out_proj is o_proj
+  // and zero columns alone: its own dtype.
+  out.push_back(computed(c, to(names::kGraniteOutProj), w.tensor(o).scalar_type(), {hidden, inner}, {o}, [=, &w] {
+    return zero_padded_rows(w.tensor(o).t(), inner).t().contiguous();
   }));
 }
 
