@@ -232,7 +232,8 @@ std::vector<Batch> TokenDataset::validation_batches() const {
   std::vector<std::size_t> order(validation_.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   const Stream stream = pack(order, validation_);
-  const auto sequences = static_cast<std::int64_t>(stream.ids.size()) / options_.seq_len;
+  auto sequences = static_cast<std::int64_t>(stream.ids.size()) / options_.seq_len;
+  if (options_.validation_sequences > 0) sequences = std::min(sequences, options_.validation_sequences);
   std::vector<Batch> batches;
   for (std::int64_t first = 0; first < sequences; first += options_.batch_size) {
     batches.push_back(make_batch(stream, first, std::min(options_.batch_size, sequences - first)));

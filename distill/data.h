@@ -44,6 +44,7 @@ struct DataOptions {
   std::int64_t vocab_size = 0;         // ids must lie in [0, vocab_size)
   std::int64_t eos_id = -1;            // written after every document
   double validation_fraction = 0.0;    // of the documents, chosen by the seed, in [0, 1)
+  std::int64_t validation_sequences = 0;  // validation_batches() serves at most this many sequences (0: all)
   std::uint64_t seed = 0;
 };
 
@@ -73,7 +74,8 @@ class TokenDataset {
 
   // The next training batch; wraps into the next epoch (a new order) when this one runs out.
   Batch next_batch();
-  // Every validation sequence in a fixed order, in batches of at most batch_size; empty without a split.
+  // The validation sequences in a fixed order (the first validation_sequences of them when that is set), in
+  // batches of at most batch_size; empty without a split.
   std::vector<Batch> validation_batches() const;
 
   const DataPosition& position() const { return position_; }

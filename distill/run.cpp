@@ -87,6 +87,7 @@ TokenDataset make_dataset(const RunConfig& config, const ModelConfig& model) {
   options.vocab_size = model.vocab_size;
   options.eos_id = eos;
   options.validation_fraction = config.data.validation_fraction;
+  options.validation_sequences = config.data.validation_sequences;
   options.seed = config.seed;
   return TokenDataset(std::move(documents), options, "data.files");
 }

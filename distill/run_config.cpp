@@ -200,6 +200,7 @@ class Schema {
     integer("data.seq_len", c.data.seq_len);
     integer("data.batch_size", c.data.batch_size);
     real("data.validation_fraction", c.data.validation_fraction);
+    integer("data.validation_sequences", c.data.validation_sequences);
     boolean("stage1.enabled", c.stage1.enabled);
     choice("stage1.loss", c.stage1.loss, kStage1Losses);
     real("stage1.factor", c.stage1.factor);
@@ -505,6 +506,7 @@ void RunConfig::validate(const std::string& source) const {
   require(source, "data.seq_len", data.seq_len, [](std::int64_t v) { return v >= 2; }, ">= 2 (a next-token target needs two tokens)");
   require(source, "data.batch_size", data.batch_size, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "data.validation_fraction", data.validation_fraction, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)");
+  require(source, "data.validation_sequences", data.validation_sequences, [](std::int64_t v) { return v >= 1; }, ">= 1");
   require(source, "stage1.factor", stage1.factor, [](double v) { return v > 0; }, "> 0");
   validate_optimization(source, "stage1", stage1.optim);
   require(source, "stage2.lora.r", stage2.lora.r, [](std::int64_t v) { return v >= 1; }, ">= 1");

@@ -56,6 +56,9 @@ struct DataConfig {
   std::int64_t seq_len = 1024;
   std::int64_t batch_size = 1;       // sequences per micro-batch
   double validation_fraction = 0.05; // of the documents, held out for validation and the final verify
+  // Validation runs the student and the source over these at every log step (and before and after training):
+  // at most this many sequences of the split, the same ones every time, so its cost stays a few forwards.
+  std::int64_t validation_sequences = 16;
 };
 
 struct Stage1Config {

@@ -215,6 +215,14 @@ TEST_F(DataTest, ValidationSplitIsDisjointAndFixed) {
   for (auto d : validation_documents) EXPECT_EQ(training_documents.count(d), 0u) << d;
   TokenDataset again(numbered_documents(40, 3), o, "data");
   EXPECT_TRUE(at::equal(again.validation_batches()[0].input_ids, dataset.validation_batches()[0].input_ids));
+  // A cap keeps the first sequences of the same packing: validation's cost stays fixed on a large split.
+  o.validation_sequences = 3;
+  TokenDataset capped(numbered_documents(40, 3), o, "data");
+  std::vector<std::int64_t> capped_ids;
+  for (const auto& batch : capped.validation_batches()) {
+    for (auto v : flat(batch.input_ids)) capped_ids.push_back(v);
+  }
+  EXPECT_EQ(capped_ids, std::vector<std::int64_t>(validation_ids.begin(), validation_ids.begin() + 3 * 8));
 }
 
 }  // namespace

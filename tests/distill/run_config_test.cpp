@@ -94,6 +94,7 @@ TEST(RunConfigTest, ValidationNamesTheKeyAndTheRule) {
             "run.yaml: stage2.lora.targets: unknown projection 'v_prj'; did you mean 'v_proj'?");
   EXPECT_EQ(error_of(kMinimal, {"stage2.lora.targets=[q_proj, q_proj]"}), "run.yaml: stage2.lora.targets: 'q_proj' is listed twice");
   EXPECT_EQ(error_of(kMinimal, {"data.validation_fraction=1"}), "run.yaml: data.validation_fraction: must be in [0, 1)");
+  EXPECT_EQ(error_of(kMinimal, {"data.validation_sequences=0"}), "run.yaml: data.validation_sequences: must be >= 1");
   EXPECT_EQ(error_of(kMinimal, {"stage2.lora.r=0"}), "run.yaml: stage2.lora.r: must be >= 1");
   EXPECT_EQ(error_of(kMinimal, {"stage1.min_lr=1"}), "run.yaml: stage1.min_lr: must be in [0, lr]");
   EXPECT_EQ(error_of(kMinimal, {"stage2.warmup=1000"}), "run.yaml: stage2.warmup: must be < steps");
