@@ -327,16 +327,17 @@ section_onnx_export() {
 
 # A conversion in the runtimes people serve with, against its source in the same runtime (bench/native_bench.py):
 # decode tokens/s after 256 / 4K / 16K tokens of context and peak RSS, fresh processes, all threads, in llama.cpp
-# (bf16 and Q8_0 GGUFs), vLLM (fp32) and `linearize generate`; mamba2 with layers 10 and 20 kept, as granitehybrid,
-# on the random SmolLM2-135M-shaped model. LINEARIZE_BENCH_NATIVE_LENGTHS overrides the lengths.
+# (bf16 and Q8_0 GGUFs), vLLM and `linearize generate`; layers 10 and 20 kept, mamba2 as granitehybrid (of the random
+# SmolLM2-135M-shaped Llama, vLLM fp32) and gated-deltanet as qwen3_5 (of a Qwen3 of that shape, vLLM bf16).
+# LINEARIZE_BENCH_NATIVE_LENGTHS overrides the lengths.
 section_native() {
-  echo "== native: decode tokens/s and memory of a granitehybrid conversion vs its source in llama.cpp, vLLM, linearize"
+  echo "== native: decode tokens/s and memory of granitehybrid and qwen3_5 conversions vs their sources in llama.cpp, vLLM, linearize"
   "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
   local json=$BENCH_OUT/native.json
   "$PY" bench/native_bench.py --linearize "$BUILD_DIR/cli/linearize" --source "$LINEARIZE_BENCH_DIR/llama-135m" \
     --work "$LINEARIZE_BENCH_DIR/native" --lengths "${LINEARIZE_BENCH_NATIVE_LENGTHS:-256,4096,16384}" --out "$json" \
     | tee "$BENCH_OUT/native.txt"
-  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "native (granitehybrid conversion vs source, 135M shape):"; sed 's/^/  /' "$BENCH_OUT/native.txt")
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(echo "native (conversions vs sources, 135M shape):"; sed 's/^/  /' "$BENCH_OUT/native.txt")
 }
 
 # Training steps of both LoLCATs stages against the same steps in plain PyTorch (bench/distill_pytorch.py:
