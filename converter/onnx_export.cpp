@@ -38,6 +38,7 @@ class SoftmaxLayers {
     auto heads = l.project_heads(x);
     const auto q = l.rope(heads.q), k = l.rope(heads.k);
     const std::string past = "past_key_values." + std::to_string(layer), present = "present." + std::to_string(layer);
+    context_.carried[layer].insert(OnnxModelContext::kKeyValues);
     auto& graph = context_.model.graph();
     const std::vector<Dim> past_shape{"batch", c.num_key_value_heads, "past_sequence", c.head_dim};
     const std::vector<Dim> present_shape{"batch", c.num_key_value_heads, "total_sequence", c.head_dim};
@@ -104,25 +105,14 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
 // cache (past_key_values.{i}.key/.value, grown by concatenation) and a recurrent layer's two fixed-shape states
 // past.{i}.conv and past.{i}.recurrent, which it binds as a pair (a recurrent input without its conv is an
 // error there). Any other state has no description: the reason, naming the layer, or nothing when the graph fits.
-std::optional<std::string> genai_unsupported_state(const std::vector<std::string>& inputs) {
-  std::map<std::int64_t, std::set<std::string>> states;  // layer -> its past.{i}.<kind> kinds
-  std::set<std::int64_t> caches;
-  for (const auto& name : inputs) {
-    const bool state = name.rfind("past.", 0) == 0, cache = name.rfind("past_key_values.", 0) == 0;
-    if (!state && !cache) continue;
-    const auto rest = name.substr(name.find('.') + 1);
-    const auto layer = std::stoll(rest.substr(0, rest.find('.')));
-    if (state) states[layer].insert(rest.substr(rest.find('.') + 1));
-    if (cache) caches.insert(layer);
-  }
-  for (const auto& [layer, kinds] : states) {
+std::optional<std::string> genai_unsupported_state(const std::map<std::int64_t, std::set<std::string>>& carried) {
+  const std::set<std::string> cache{OnnxModelContext::kKeyValues}, recurrent{"conv", "recurrent"};
+  for (const auto& [layer, kinds] : carried) {
+    if (kinds == cache || kinds == recurrent) continue;
     std::string listed;
     for (const auto& k : kinds) listed += (listed.empty() ? "" : ", ") + k;
-    if (kinds != std::set<std::string>{"conv", "recurrent"})
-      return "layer " + std::to_string(layer) + " carries past." + std::to_string(layer) + ".{" + listed +
-             "}; onnxruntime-genai carries a recurrent layer's conv and recurrent state as one pair";
-    if (caches.count(layer))
-      return "layer " + std::to_string(layer) + " carries a window cache beside its recurrent state";
+    return "layer " + std::to_string(layer) + " carries " + listed +
+           "; onnxruntime-genai carries a key/value cache, or a recurrent layer's conv and recurrent state as one pair";
   }
   return std::nullopt;
 }
@@ -267,7 +257,7 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
     if (!result.saved.external_data.empty()) std::filesystem::remove(result.saved.external_data);
     return result;
   }
-  if (const auto unsupported = genai_unsupported_state(graph.input_names())) {
+  if (const auto unsupported = genai_unsupported_state(context.carried)) {
     result.genai_unsupported = *unsupported;
   } else {
     result.genai_config = result.path.parent_path() / "genai_config.json";

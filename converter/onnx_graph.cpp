@@ -224,6 +224,7 @@ std::string OnnxLayer::hedgehog_map(const std::string& heads, const std::string&
 
 std::string OnnxLayer::state(const std::string& kind, const std::vector<Dim>& shape) {
   const auto name = "past." + std::to_string(layer_) + "." + kind;
+  context_.carried[layer_].insert(kind);
   context_.model.graph().input(name, ElementType::f32, shape);
   return name;
 }
@@ -241,6 +242,7 @@ OnnxLayer::WindowBranch OnnxLayer::window_branch(const std::string& q, const std
   const auto& c = config();
   const std::int64_t Hkv = c.num_key_value_heads, G = c.kv_groups(), D = c.head_dim;
   const std::string past = "past_key_values." + std::to_string(layer_), present = "present." + std::to_string(layer_);
+  context_.carried[layer_].insert(OnnxModelContext::kKeyValues);
   for (const char* part : {".key", ".value"})
     graph.input(past + part, ElementType::f32, {"batch", Hkv, "past_window_" + std::to_string(layer_), D});
   WindowBranch w;

@@ -133,6 +133,10 @@ struct OnnxModelContext {
   bool fp16_matrices = false;                  // --dtype fp16: the projections and embeddings stored in fp16
   std::set<std::string> half_matrices;
   bool linear_attention_operator = false;      // recurrences through ONNX's LinearAttention (opset 27)
+  // What each layer carries between calls: the kinds of its past.{i}.<kind> states, and kKeyValues for a
+  // past_key_values.{i} cache (genai_config.json is written only where onnxruntime-genai can carry them all).
+  std::map<std::int64_t, std::set<std::string>> carried;
+  static constexpr const char* kKeyValues = "key/value cache";
 
   // A checkpoint tensor as an initializer (its bytes as stored, named as in model.safetensors), cast to fp32
   // in the graph when stored narrower.

@@ -129,12 +129,6 @@ std::shared_ptr<Graph> Graph::subgraph(const std::string& name) const {
 
 std::size_t Graph::node_count() const { return static_cast<std::size_t>(impl_->proto.node_size()); }
 
-std::vector<std::string> Graph::input_names() const {
-  std::vector<std::string> names;
-  for (const auto& input : impl_->proto.input()) names.push_back(input.name());
-  return names;
-}
-
 const onnx::GraphProto& Graph::proto() const { return impl_->proto; }
 
 // protobuf's output stream onto an AtomicFile.

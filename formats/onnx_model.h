@@ -65,7 +65,6 @@ class Graph {
   std::shared_ptr<Graph> subgraph(const std::string& name) const;
   std::string fresh_name(const std::string& hint) const;
   std::size_t node_count() const;
-  std::vector<std::string> input_names() const;
   const onnx::GraphProto& proto() const;  // for Model and attributes
 
  private:

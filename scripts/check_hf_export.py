@@ -105,14 +105,6 @@ def padded_batch_vs_linearize(batched, mask, reference):
     return relative_error(torch.as_tensor(batched)[real], reference[real])
 
 
-def linearize_floor(linearize, prompts):
-    """`linearize`'s own floor: the largest relative difference between its logits of the prompts in a left-padded
-    batch (`forward --batch-ids`) and each alone, the same computations in another order."""
-    _, mask = left_padded(prompts)
-    batched, width = linearize.batch_logits(prompts), len(mask[0])
-    return max(relative_error(batched[i, width - len(p):], linearize.logits(p)) for i, p in enumerate(prompts))
-
-
 def text_tokens(model_dir, count):
     """`count` token ids of real text (the bundled corpus) encoded with the export's tokenizer.json."""
     from tokenizers import Tokenizer
