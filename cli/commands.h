@@ -26,5 +26,6 @@ void add_distill_command(CLI::App& app);
 void add_export_onnx_command(CLI::App& app);
 void add_export_native_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_recipes_command(CLI::App& app);
 
 }  // namespace linearize::cli

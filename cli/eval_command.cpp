@@ -26,12 +26,12 @@ namespace {
 
 void print_table(const EvalResult& r) {
   std::printf("%-12s %8s %10s", "positions", "tokens", "model ppl");
-  if (r.has_source) std::printf(" %10s %8s %8s", "source", "ratio", "KL");
+  if (r.has_source) std::printf(" %10s %8s %8s %6s", "source", "ratio", "KL", "top-1");
   std::printf("\n");
   for (const auto& b : r.buckets) {
     std::printf("%-12s %8lld %10.3f", (std::to_string(b.begin) + "-" + std::to_string(b.end)).c_str(), static_cast<long long>(b.tokens),
                 std::exp(b.model_nll));
-    if (r.has_source) std::printf(" %10.3f %8.3f %8.4f", std::exp(b.source_nll), std::exp(b.model_nll - b.source_nll), b.kl);
+    if (r.has_source) std::printf(" %10.3f %8.3f %8.4f %6.3f", std::exp(b.source_nll), std::exp(b.model_nll - b.source_nll), b.kl, b.top1);
     std::printf("\n");
   }
   std::printf("\n%-8s %-8s %12s%s\n", "length", "depth", "model found", r.has_source ? "  source found" : "");

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   linearize::cli::add_export_onnx_command(app);
   linearize::cli::add_export_native_command(app);
   linearize::cli::add_eval_command(app);
+  linearize::cli::add_recipes_command(app);
 
   try {
     app.parse(argc, argv);

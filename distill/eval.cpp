@@ -53,18 +53,19 @@ std::string decode_known(const Tokenizer& tokenizer, std::vector<std::int64_t> i
 // Sums per bucket, divided into means at the end.
 struct BucketSums {
   std::vector<std::int64_t> edges;
-  std::vector<double> model_nll, source_nll, kl;
+  std::vector<double> model_nll, source_nll, kl, top1;
   std::vector<std::int64_t> count;
 
   explicit BucketSums(std::vector<std::int64_t> e)
-      : edges(std::move(e)), model_nll(edges.size() - 1), source_nll(edges.size() - 1), kl(edges.size() - 1), count(edges.size() - 1) {}
+      : edges(std::move(e)), model_nll(edges.size() - 1), source_nll(edges.size() - 1), kl(edges.size() - 1), top1(edges.size() - 1),
+        count(edges.size() - 1) {}
   std::size_t bucket(std::int64_t position) const {
     return static_cast<std::size_t>(std::upper_bound(edges.begin(), edges.end(), position) - edges.begin() - 1);
   }
 };
 
-// One window: every position's -log p(next token) under the model (and the source), and KL(source || model),
-// added to its position's bucket.
+// One window: every position's -log p(next token) under the model (and the source), KL(source || model) and
+// whether both pick the same top token, added to its position's bucket.
 void score_window(const CausalLM& model, const CausalLM* source, const at::Tensor& ids, BucketSums& sums) {
   const std::int64_t predictions = ids.size(1) - 1;
   const auto model_hidden = model.hidden_states(ids);
@@ -77,11 +78,12 @@ void score_window(const CausalLM& model, const CausalLM* source, const at::Tenso
     const auto targets = ids[0].narrow(0, s + 1, n).to(model_hidden.device()).unsqueeze(1);
     const auto model_lp = log_probs(model, model_hidden);
     const auto model_nll = (-model_lp.gather(1, targets).squeeze(1)).to(at::kCPU).to(at::kDouble);
-    at::Tensor source_nll, kl;
+    at::Tensor source_nll, kl, same_top;
     if (source) {
       const auto source_lp = log_probs(*source, source_hidden);
       source_nll = (-source_lp.gather(1, targets).squeeze(1)).to(at::kCPU).to(at::kDouble);
       kl = kl_per_row(source_lp.to(at::kDouble), model_lp.to(at::kDouble)).to(at::kCPU);
+      same_top = model_lp.argmax(1).eq(source_lp.argmax(1)).to(at::kCPU).to(at::kDouble);
     }
     for (std::int64_t i = 0; i < n; ++i) {
       const auto b = sums.bucket(s + i);
@@ -89,6 +91,7 @@ void score_window(const CausalLM& model, const CausalLM* source, const at::Tenso
       if (source) {
         sums.source_nll[b] += source_nll[i].item<double>();
         sums.kl[b] += kl[i].item<double>();
+        sums.top1[b] += same_top[i].item<double>();
       }
       ++sums.count[b];
     }
@@ -131,7 +134,7 @@ std::vector<PositionBucket> perplexity_by_position(const CausalLM& model, const 
   for (std::size_t b = 0; b + 1 < sums.edges.size(); ++b) {
     const auto n = static_cast<double>(sums.count[b]);
     buckets.push_back({sums.edges[b], sums.edges[b + 1], sums.count[b], sums.model_nll[b] / n, source ? sums.source_nll[b] / n : nan,
-                       source ? std::max(0.0, sums.kl[b] / n) : nan});  // >= 0 but for rounding
+                       source ? std::max(0.0, sums.kl[b] / n) : nan, source ? sums.top1[b] / n : nan});  // KL >= 0 but for rounding
   }
   return buckets;
 }
@@ -304,6 +307,7 @@ nlohmann::json eval_json(const EvalResult& result, const EvalOptions& options) {
       row["source_perplexity"] = std::exp(b.source_nll);
       row["ratio"] = std::exp(b.model_nll - b.source_nll);
       row["kl"] = b.kl;
+      row["top1"] = b.top1;
     }
     buckets.push_back(row);
   }
@@ -349,7 +353,7 @@ Report eval_report(const EvalResult& result, const std::string& title) {
   LineChart ratio{"Perplexity ratio and KL(source || model) by position", "position (bucket midpoint)", "", false,
                   {{"ratio model / source", {}}, {"KL (nats)", {}}}};
   if (result.has_source) perplexity.series.push_back({"source", {}});
-  Table buckets{"Perplexity by position", {"positions", "predictions", "model", "source", "ratio", "KL"}, {}};
+  Table buckets{"Perplexity by position", {"positions", "predictions", "model", "source", "ratio", "KL", "top-1"}, {}};
   for (const auto& b : result.buckets) {
     const double mid = 0.5 * static_cast<double>(b.begin + b.end);
     perplexity.series[0].points.emplace_back(mid, std::exp(b.model_nll));
@@ -359,7 +363,8 @@ Report eval_report(const EvalResult& result, const std::string& title) {
       ratio.series[1].points.emplace_back(mid, b.kl);
     }
     buckets.rows.push_back({std::to_string(b.begin) + "-" + std::to_string(b.end), std::to_string(b.tokens), format_double(std::exp(b.model_nll)),
-                            format_double(std::exp(b.source_nll)), format_double(std::exp(b.model_nll - b.source_nll)), format_double(b.kl)});
+                            format_double(std::exp(b.source_nll)), format_double(std::exp(b.model_nll - b.source_nll)), format_double(b.kl),
+                            format_double(b.top1)});
   }
   report.curves.push_back(perplexity);
   if (result.has_source) report.curves.push_back(ratio);

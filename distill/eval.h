@@ -39,6 +39,7 @@ struct PositionBucket {
   std::int64_t begin = 0, end = 0;  // predicting positions [begin, end)
   std::int64_t tokens = 0;          // predictions counted
   double model_nll = 0, source_nll = 0, kl = 0;  // means per prediction; the source's NaN without a source
+  double top1 = 0;  // fraction of predictions whose argmax is the source's; NaN without a source
 };
 
 struct PasskeyCell {

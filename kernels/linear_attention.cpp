@@ -274,6 +274,14 @@ ChunkTerms scalar_terms(const at::Tensor& q, const at::Tensor& k, const at::Tens
           at::matmul((A.view({BH, n, G, C, C}) * D.unsqueeze(2)).view({BH, n, G * C, C}), v)};
 }
 
+// self += a @ b (batched) in place. Under autocast a product comes out in its dtype (bf16) while an accumulator keeps
+// fp32, and an in-place op is not autocast: baddbmm_ refuses mixed dtypes, so then the product is formed apart and
+// added (the sum in self's dtype).
+const at::Tensor& add_product_(const at::Tensor& self, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == self.scalar_type() && b.scalar_type() == self.scalar_type()) return self.baddbmm_(a, b);
+  return self.add_(at::bmm(a, b));
+}
+
 // A per-channel gate g [BH,n,C,K]: fla's secondary chunking with sub-chunks of c tokens (gla_chunk_terms.h).
 // Query sub-chunk a's intra-chunk output is its exact diagonal block times its own values plus, for a > 0,
 // (qsub_a keys_a^T) times the values of sub-chunks 0..a-1.
@@ -291,7 +299,7 @@ ChunkTerms channel_terms(const at::Tensor& q, const at::Tensor& k, const at::Ten
   for (int64_t a = 1; a < NC; ++a) {
     const at::Tensor keys = terms.keys.narrow(1, detail::sub_chunk_keys_offset(a, c), a * c);
     const at::Tensor scores = at::bmm(terms.qsub.select(1, a).view({M, G * c, K}), keys.transpose(1, 2));
-    intra.select(1, a).baddbmm_(scores, vrows.narrow(1, 0, a * c));
+    add_product_(intra.select(1, a), scores, vrows.narrow(1, 0, a * c));
   }
   t.intra = intra.view({M, NC, G, c, V}).transpose(1, 2).reshape({BH, n, G * C, V});
   return t;
@@ -356,9 +364,9 @@ CoreResult chunked(const Problem& p, at::Tensor h, const LinearAttentionOptions&
         outs.push_back(as_sequence(at::baddbmm(intras[i], qs[i], h)));
         h = at::baddbmm(decays.empty() ? h : h * decays[i], ks[i].transpose(1, 2), vs[i]);
       } else {
-        o.narrow(1, (first + i) * C, C).view({p.B, C, p.Hkv, p.G, Vp}).copy_(as_sequence(intras[i].baddbmm_(qs[i], h)));
+        o.narrow(1, (first + i) * C, C).view({p.B, C, p.Hkv, p.G, Vp}).copy_(as_sequence(add_product_(intras[i], qs[i], h)));
         if (!decays.empty()) h.mul_(decays[i]);
-        h.baddbmm_(ks[i].transpose(1, 2), vs[i]);
+        add_product_(h, ks[i].transpose(1, 2), vs[i]);
       }
     }
   }

@@ -3,7 +3,7 @@
 # $BUILD_DIR/bench-results) and prints a summary. Speed is never asserted in tests; here each figure is a
 # ratio measured in the same run, printed next to its target.
 #
-#   scripts/bench.sh               # every section
+#   scripts/bench.sh               # every section of SECTIONS (NAMED_ONLY ones run only when named)
 #   scripts/bench.sh kernels       # only the named sections (see SECTIONS)
 #
 # env: BUILD_DIR (default build), BENCH_OUT, LINEARIZE_BENCH_DIR (where synthetic inputs are written and
@@ -18,6 +18,7 @@ BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/bench-results}
 export LINEARIZE_BENCH_DIR=${LINEARIZE_BENCH_DIR:-$BUILD_DIR/bench}
 
 SECTIONS=(safetensors tokenizer decoder kernels context_decode distill distill_ranks distill_memory verify hf_export onnx_export native convert)
+NAMED_ONLY=(quality)  # sections run only when named: hours of CPU
 BENCH_TARGETS=(safetensors_bench safetensors_rss tokenizer_bench decoder_bench kernels_bench context_decode_bench distill_bench convert_rss linearize)
 
 scripts/setup.sh
@@ -520,10 +521,32 @@ PYEOF
 )
 }
 
+# Every recipe, hybrid (auto: half the layers) and pure, distilled on the real SmolLM2-135M-Instruct with
+# configs/quality-cpu.yaml at one fixed budget (20 + 10 steps of 2 x 2048 tokens: 82k + 41k; x 100 on CUDA) and
+# judged by linearize eval on held-out text (bench/quality_bench.py). Named only (NAMED_ONLY): hours on a CPU.
+# Rows already measured with the same settings are kept, so a stopped run resumes; LINEARIZE_BENCH_QUALITY
+# passes more flags (e.g. "--recipes lolcats --modes hybrid", "--dtype bf16").
+section_quality() {
+  local cache=${LINEARIZE_CACHE:-$HOME/.cache/linearize} device=cpu dtype=auto
+  [ "${LINEARIZE_BENCH_CUDA:-0}" = 1 ] && device=cuda
+  # bf16 autocast where the CPU multiplies bf16 in hardware (AMX: 5.8x fp32's matmul rate on the 2-core Xeon,
+  # 1.3x / 1.45x stage 1 / stage 2 tokens/s); auto (fp32) elsewhere.
+  [ $device = cpu ] && grep -qw amx_bf16 /proc/cpuinfo && dtype=bf16
+  echo "== quality: every recipe distilled on SmolLM2-135M-Instruct at one budget, judged by linearize eval ($device)"
+  "$PY" scripts/fetch_real_model.py --out "$cache/smollm2-135m-instruct"
+  "$PY" scripts/fetch_real_text.py --out "$cache/text"
+  # shellcheck disable=SC2086
+  "$PY" bench/quality_bench.py --linearize "$BUILD_DIR/cli/linearize" --model "$cache/smollm2-135m-instruct" \
+    --train "$cache/text/train.jsonl" --eval "$cache/text/eval.txt" --config configs/quality-cpu.yaml \
+    --work "$LINEARIZE_BENCH_DIR/quality" --out "$BENCH_OUT/quality.json" --device "$device" --dtype "$dtype" ${LINEARIZE_BENCH_QUALITY:-} \
+    | tee "$BENCH_OUT/quality.txt"
+  mapfile -t -O "${#SUMMARY[@]}" SUMMARY < <(sed -n '/^quality on/,$p' "$BENCH_OUT/quality.txt")
+}
+
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${SECTIONS[@]}")
 for s in "${selected[@]}"; do
-  declare -F "section_$s" >/dev/null || { echo "bench.sh: no section '$s' (have: ${SECTIONS[*]})" >&2; exit 2; }
+  declare -F "section_$s" >/dev/null || { echo "bench.sh: no section '$s' (have: ${SECTIONS[*]} ${NAMED_ONLY[*]})" >&2; exit 2; }
   "section_$s"
 done
 

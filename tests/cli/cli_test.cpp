@@ -6,6 +6,9 @@
 
 #include <functional>
 
+#include <nlohmann/json.hpp>
+
+#include "converter/recipes/recipe.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
 
@@ -133,6 +136,27 @@ TEST(Cli, UsageErrorsExitTwoAndHelpExitsZero) {
   r = test::run_linearize({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("inspect"), std::string::npos);
+}
+
+// The listing is the registry: every recipe convert accepts, each parameter with its role (the bench reads it).
+TEST(Cli, RecipesListsTheRegistryWithItsParameters) {
+  const auto r = test::run_linearize({"recipes", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto listed = nlohmann::json::parse(r.out);
+  ASSERT_EQ(listed.size(), registered_recipes().size());
+  for (std::size_t i = 0; i < listed.size(); ++i) {
+    const auto& recipe = registered_recipes()[i];
+    EXPECT_EQ(listed[i]["name"], recipe.name);
+    ASSERT_EQ(listed[i]["params"].size(), recipe.params.size()) << recipe.name;
+    for (std::size_t p = 0; p < recipe.params.size(); ++p) {
+      EXPECT_EQ(listed[i]["params"][p]["name"], recipe.params[p].name);
+      EXPECT_EQ(listed[i]["params"][p]["default"], recipe.params[p].default_value);
+      EXPECT_EQ(listed[i]["params"][p]["role"], recipe.params[p].role == RecipeParamRole::window ? "window" : "none");
+    }
+  }
+  const auto text = test::run_linearize({"recipes"});
+  EXPECT_EQ(text.exit_code, 0);
+  EXPECT_NE(text.out.find("lolcats: "), std::string::npos);
 }
 
 TEST(Cli, InspectReadsEveryFixture) {

@@ -3,7 +3,10 @@
 // parameters are validated. The windowed hybrids' decode state stays constant in the context length.
 #include <gtest/gtest.h>
 
+#include <ATen/autocast_mode.h>
+
 #include <algorithm>
+#include <iostream>
 #include <map>
 
 #include "converter/linearized.h"
@@ -195,6 +198,31 @@ TEST(Recipes, ALongPromptPrefilledInPiecesEqualsOneForward) {
   // A kept sliding-window layer's KV cache across the cuts (Mistral's window of 16).
   expect_pieces_equal_one_forward(load_model(convert(dir, "tiny-mistral", "gated-deltanet", {{"softmax_layers", {0}}})),
                                   "tiny-mistral gated-deltanet, layer 0 kept");
+}
+
+// distill's device.dtype bf16 runs the forward under autocast: matmuls in bf16, accumulators and states in fp32.
+// Every recipe's forward must run so (liger-gla's chunked GLA added a bf16 product into an fp32 accumulator in
+// place, which ATen refuses) and stay within bf16 rounding of fp32: each matmul rounds its inputs to 8 mantissa
+// bits (2^-8 relative per product), and tiny-llama chains about a dozen of them to the logits (q/k/v, the mixer's
+// products, o, the MLP's three, lm_head): 12 x 2^-8 = 0.047 if every error added up, so 0.05.
+TEST(Recipes, EveryRecipeRunsUnderBf16AutocastWithinItsRounding) {
+  test::TempDir dir;
+  const auto ids = ((at::arange(200, at::kLong) * 7919) % 700).unsqueeze(0);  // past lolcats' window and 3 chunks
+  for (const auto& recipe : kRecipes) {
+    const auto model = load_model(convert(dir, "tiny-llama", recipe));
+    const auto exact = model.forward(ids);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::Tensor rounded;
+    EXPECT_NO_THROW(rounded = model.forward(ids)) << recipe;
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+    if (!rounded.defined()) continue;
+    const double error = relative_error(rounded, exact);
+    std::cout << recipe << ": bf16 autocast logits vs fp32 " << error << "\n";
+    EXPECT_GT(error, 0.0) << recipe << ": autocast did not act";
+    EXPECT_LT(error, 0.05) << recipe;
+  }
 }
 
 TEST(Recipes, DecodeStateIsConstantInContextLength) {

@@ -114,6 +114,7 @@ TEST(Eval, PerplexityByPositionEqualsTheFullForward) {
     // The model against itself: the same computation twice, so equal to the bit.
     EXPECT_EQ(result.buckets[b].source_nll, result.buckets[b].model_nll);
     EXPECT_EQ(result.buckets[b].kl, 0.0);
+    EXPECT_EQ(result.buckets[b].top1, 1.0);
   }
   for (const auto& cell : result.passkey) EXPECT_EQ(cell.model_found, cell.source_found);
   EXPECT_EQ(result.generation_agreement, 1.0);
@@ -137,9 +138,33 @@ TEST(Eval, AConversionDiffersFromItsSourceAndAModelAloneHasNoSource) {
     EXPECT_GT(b.kl, 1e-4) << b.begin << "-" << b.end;
     EXPECT_NE(b.model_nll, b.source_nll);
   }
+  // Top-1 agreement counted independently from full forwards of both models (argmax of [T, vocab] logits
+  // instead of slices of hidden states): the paths differ by rounding only, which can flip a near tie, so a
+  // bucket may differ by one prediction.
+  const auto edges = bucket_edges(300);
+  std::vector<double> same(edges.size() - 1), count(edges.size() - 1);
+  const auto prefix = tokenizer.encode("", true);
+  for (const auto& w : result.windows) {
+    auto window = prefix;
+    window.insert(window.end(), text.begin() + w.offset, text.begin() + w.offset + w.length - static_cast<std::int64_t>(prefix.size()));
+    const auto ids = at::tensor(window, at::kLong).unsqueeze(0);
+    const auto agree = converted.forward(ids)[0].argmax(-1).eq(source.forward(ids)[0].argmax(-1));
+    for (std::int64_t p = 0; p + 1 < w.length; ++p) {
+      const auto b = static_cast<std::size_t>(std::upper_bound(edges.begin(), edges.end(), p) - edges.begin() - 1);
+      same[b] += agree[p].item<bool>() ? 1 : 0;
+      count[b] += 1;
+    }
+  }
+  double agreed = 0, predictions = 0;
+  for (std::size_t b = 0; b < same.size(); ++b) {
+    EXPECT_NEAR(result.buckets[b].top1, same[b] / count[b], 1.0 / count[b] + 1e-12) << "bucket " << b;
+    agreed += same[b], predictions += count[b];
+  }
+  EXPECT_LT(agreed, predictions) << "an untrained conversion picks another token somewhere";
   const auto alone = evaluate_model(converted, nullptr, tokenizer, text, small_options(), nullptr);
   EXPECT_FALSE(alone.has_source);
   EXPECT_TRUE(std::isnan(alone.buckets[0].source_nll));
+  EXPECT_TRUE(std::isnan(alone.buckets[0].top1));
   EXPECT_TRUE(std::isnan(alone.generation_agreement));
   EXPECT_FALSE(eval_json(alone, small_options())["generation"].contains("agreement"));
   EXPECT_EQ(alone.buckets[0].model_nll, result.buckets[0].model_nll);
