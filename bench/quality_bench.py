@@ -234,7 +234,9 @@ def main():
         for recipe in recipes:
             rows.append(run_row(args, f"{recipe}-{mode}", recipe, mode, declared[recipe], template, model_config["vocab_size"]))
             print("\n".join(table(rows, args.lengths, args.keep)[-1:]), flush=True)
-    budget = rows[-1]["tokens"] if len(rows) > 1 else [0, 0]
+    # The bench's budget, not the last row's (a recipe without stage 1 moves its share into stage 2).
+    budget = [stage_tokens(effective_config(args, [f"stage1.steps={args.stage1_steps}", f"stage2.steps={args.stage2_steps}"]), s)
+              for s in ("stage1", "stage2")]
     with open(args.out, "w") as f:
         json.dump({"model": args.model, "budget_tokens": budget, "device": args.device, "dtype": args.dtype, "rows": rows}, f, indent=1)
     print(f"\nquality on {os.path.basename(os.path.normpath(args.model))}: {budget[0]} + {budget[1]} tokens per row, "
