@@ -18,6 +18,10 @@ stopped.
     quality_bench.py --linearize BIN --model DIR --train FILE --eval FILE --config YAML --work DIR --out F.json
                      [--recipes a,b] [--modes hybrid,pure] [--keep N] [--stage1-steps 20] [--stage2-steps 10]
                      [--device cpu|cuda] [--dtype auto|fp32|bf16] [--lengths 512,1024,2048] [--decode-context 4096]
+                     [--set KEY=VALUE ...]
+
+--set changes the run file for every recipe row (e.g. --set stage2.loss=ce+kl), to measure a lever against the
+bench's rows: give it its own --work (the source's row can be copied there: it does not depend on --set).
 """
 import argparse
 import hashlib
@@ -103,10 +107,14 @@ def fingerprint(settings):
 def run_row(args, name, recipe, mode, declared, template, vocab):
     """One row: distill + eval (or the source's eval alone), then decode speed. Cached in <work>/<name>/row.json."""
     work = os.path.join(args.work, name)
-    settings = {"recipe": recipe, "mode": mode, "keep": args.keep, "steps": [args.stage1_steps, args.stage2_steps],
-                "device": args.device, "dtype": args.dtype, "lengths": args.lengths, "decode_context": args.decode_context,
-                "model": os.path.abspath(args.model), "train": os.path.abspath(args.train), "eval": os.path.abspath(args.eval),
-                "config": template}  # the run file's values: an edited comment keeps the rows
+    # The run file's values (an edited comment keeps the rows) less the softmax layers, which each row sets itself.
+    values = json.loads(json.dumps(template))
+    values["recipe"]["params"].pop("softmax_layers", None)
+    settings = {"recipe": recipe, "device": args.device, "lengths": args.lengths, "decode_context": args.decode_context,
+                "model": os.path.abspath(args.model), "eval": os.path.abspath(args.eval)}
+    if recipe is not None:  # what only a distilled row depends on (the source's row is kept across levers)
+        settings.update({"mode": mode, "keep": args.keep, "steps": [args.stage1_steps, args.stage2_steps], "dtype": args.dtype,
+                         "train": os.path.abspath(args.train), "config": values, "set": args.set})
     row_file = os.path.join(work, "row.json")
     if not args.force and os.path.exists(row_file):
         with open(row_file) as f:
@@ -127,8 +135,7 @@ def run_row(args, name, recipe, mode, declared, template, vocab):
         model, row["tokens"] = args.model, [0, 0]
     else:
         params = {k: v for k, v in template["recipe"]["params"].items() if k in declared}
-        if mode == "hybrid":
-            params["softmax_layers"] = f"auto:{args.keep}"
+        params["softmax_layers"] = f"auto:{args.keep}" if mode == "hybrid" else []
         overrides = [f"model={args.model}", f"out={os.path.join(work, 'run')}", f"data.files=[{args.train}]",
                      f"recipe.name={recipe}", "recipe.params=" + json.dumps(params), f"eval.text={args.eval}",
                      f"eval.lengths=[{lengths}]", f"stage1.steps={args.stage1_steps}", f"stage2.steps={args.stage2_steps}",
@@ -136,12 +143,12 @@ def run_row(args, name, recipe, mode, declared, template, vocab):
                      # distill's own validation runs at every log step and four times for its held-out table: a few
                      # sequences keep that under a minute; the row is judged by the eval, not by them.
                      f"data.validation_sequences={VALIDATION_SEQUENCES}"]
-        done = distill(args, name, work, overrides, row)
+        done = distill(args, name, work, overrides + args.set, row)
         if done.returncode == 2 and NO_STAGE1 in open(os.path.join(work, "distill.log")).read():
             # A recipe without stage-1 tensors (liger-gla: gates pooled from W_K, no new weights) trains LoRA only,
             # over the whole budget; the conversion in run/converted is reused.
             overrides += ["stage1.enabled=false", f"stage2.steps={args.stage1_steps + args.stage2_steps}"]
-            done = distill(args, name, work, overrides, row)
+            done = distill(args, name, work, overrides + args.set, row)
         if done.returncode not in (0, 1):  # 1: the export's verify failed a threshold; the eval still ran
             raise RuntimeError(f"{name}: distill exited {done.returncode} (see {work}/distill.log)")
         row["verify_passed"] = done.returncode == 0
@@ -213,6 +220,8 @@ def main():
     p.add_argument("--lengths", default="512,1024,2048")
     p.add_argument("--decode-context", type=int, default=4096)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a distill --set for every recipe row, after the bench's own (a lever to measure)")
     args = p.parse_args()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     if args.device == "cuda":
@@ -225,8 +234,7 @@ def main():
     registry = linearize_json(args, "recipes", "--json")
     recipes = [r["name"] for r in registry] if args.recipes == "all" else args.recipes.split(",")
     declared = {r["name"]: {q["name"] for q in r["params"]} for r in registry}
-    with open(args.config) as f:
-        template = yaml.safe_load(f)
+    template = effective_config(args, [])  # the run file with its bases, every key present
     os.makedirs(args.work, exist_ok=True)
 
     rows = [run_row(args, "source", None, None, set(), template, model_config["vocab_size"])]

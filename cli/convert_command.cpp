@@ -31,7 +31,7 @@ void add_convert_command(CLI::App& app) {
   cmd->add_option("--model", opts->model, "Source Hugging Face checkpoint directory")->required();
   cmd->add_option("--recipe", opts->recipe, "Recipe: " + recipes)->required();
   cmd->add_option("--out", opts->out, "Output directory")->required();
-  cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0] (or auto:N: the N layers select-layers ranks highest)");
+  cmd->add_option("--set", opts->settings, "Recipe parameter key=value (repeatable), e.g. --set window=32 --set softmax_layers=[0] (or auto:N: the N layers select-layers ranks highest; auto:P%: P % of the layers)");
   cmd->add_flag("--force", opts->force, "Overwrite an existing output directory");
   cmd->add_option("--max-shard-size", opts->max_shard_size,
                   "Above this the weights are written as Hugging Face shards with an index (e.g. 5GB, 500MB; default 5GB)")

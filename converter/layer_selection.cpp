@@ -69,13 +69,21 @@ std::optional<std::int64_t> auto_softmax_layers(const nlohmann::json& value, con
   const auto fail = [&] {
     throw InputError(file, "softmax_layers",
                      "'" + text + "' is neither a list of layers nor auto:N with 0 <= N <= " +
-                         std::to_string(config.num_hidden_layers) + " (the N layers select-layers ranks highest)");
+                         std::to_string(config.num_hidden_layers) +
+                         " (the N layers select-layers ranks highest) nor auto:P% with 0 <= P <= 100");
   };
   if (text.rfind(prefix, 0) != 0) fail();
-  const auto digits = text.substr(prefix.size());
+  auto digits = text.substr(prefix.size());
+  // auto:P% keeps P % of the layers, rounded to the nearest layer (halves up): one run file fits any depth.
+  const bool percent = !digits.empty() && digits.back() == '%';
+  if (percent) digits.pop_back();
   if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
     fail();
   const auto n = std::stoll(digits);
+  if (percent) {
+    if (n > 100) fail();
+    return (n * config.num_hidden_layers + 50) / 100;
+  }
   if (n > config.num_hidden_layers) fail();
   return n;
 }

@@ -42,8 +42,9 @@ std::vector<LayerSensitivity> rank_layers(const LayerSelectionOptions& options);
 // The first `keep` layers of a ranking, ascending: a softmax_layers value.
 std::vector<std::int64_t> most_sensitive(const std::vector<LayerSensitivity>& ranking, std::int64_t keep);
 
-// N of a softmax_layers value "auto:N" (0 <= N <= layers), nullopt for any other JSON value (a list); an
-// "auto:..." that is no such N is InputError(file, "softmax_layers").
+// N of a softmax_layers value "auto:N" (0 <= N <= layers) or "auto:P%" (P % of the layers, to the nearest,
+// halves up), nullopt for any other JSON value (a list); an "auto:..." that is neither is
+// InputError(file, "softmax_layers").
 std::optional<std::int64_t> auto_softmax_layers(const nlohmann::json& value, const ModelConfig& config,
                                                 const std::string& file);
 

@@ -24,11 +24,13 @@ RopeType parse_rope_type(const JsonObject& obj, const std::string& key, const st
   obj.fail(key, "unsupported RoPE type '" + name + "' (supported: default, linear, dynamic, llama3, yarn)");
 }
 
-// One RoPE: the top-level rope_theta / partial_rotary_factor, overridden by `params` where given.
-RopeConfig parse_rope(const JsonObject& root, const std::optional<JsonObject>& params, std::int64_t max_positions) {
+// One RoPE: the top-level rope_theta (else the family's default) / partial_rotary_factor, overridden by `params`
+// where given.
+RopeConfig parse_rope(const JsonObject& root, const std::optional<JsonObject>& params, std::int64_t max_positions,
+                      double default_theta) {
   RopeConfig rope;
   const auto top_theta = root.get_optional_double("rope_theta");
-  rope.theta = top_theta.value_or(10000.0);
+  rope.theta = top_theta.value_or(default_theta);
   rope.partial_rotary_factor = root.get_optional_double("partial_rotary_factor").value_or(1.0);
   if (!params) return rope;
   const JsonObject& p = *params;
@@ -183,11 +185,11 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   std::optional<JsonObject> rope_params = root.get_optional_object("rope_scaling");
   if (!rope_params) rope_params = root.get_optional_object("rope_parameters");
   if (rope_params && rope_params->raw().contains("full_attention")) {
-    cfg.rope = parse_rope(root, rope_params->get_optional_object("full_attention"), cfg.max_position_embeddings);
+    cfg.rope = parse_rope(root, rope_params->get_optional_object("full_attention"), cfg.max_position_embeddings, family.rope_theta);
     if (rope_params->raw().contains("sliding_attention"))
-      cfg.sliding_rope = parse_rope(root, rope_params->get_optional_object("sliding_attention"), cfg.max_position_embeddings);
+      cfg.sliding_rope = parse_rope(root, rope_params->get_optional_object("sliding_attention"), cfg.max_position_embeddings, family.rope_theta);
   } else {
-    cfg.rope = parse_rope(root, rope_params, cfg.max_position_embeddings);
+    cfg.rope = parse_rope(root, rope_params, cfg.max_position_embeddings, family.rope_theta);
   }
   const auto rotary = static_cast<std::int64_t>(std::llround(cfg.head_dim * cfg.rope.partial_rotary_factor));
   if (rotary % 2 != 0) root.fail("head_dim", "rotary dimension " + std::to_string(rotary) + " is odd");

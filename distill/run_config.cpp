@@ -443,23 +443,67 @@ RunConfig::RunConfig() {
   stage1.optim.lr = 1e-2;
 }
 
-RunConfig RunConfig::load(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+namespace {
+
+// The file's text; errors go to (source, field), naming the path unless it is the source itself.
+std::string read_file(const std::filesystem::path& path, const std::string& source, const std::string& field) {
+  const std::string what = path.string() == source ? "" : "'" + path.string() + "' ";
   std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (file == nullptr) throw InputError(path.string(), "(file)", "cannot be read");
+  if (file == nullptr) throw InputError(source, field, what + "cannot be read");
   std::string text;
   char buffer[4096];
   for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, file)) > 0;) text.append(buffer, n);
   const bool failed = std::ferror(file) != 0;
   std::fclose(file);
-  if (failed) throw InputError(path.string(), "(file)", "read error");
-  return parse(text, path.string(), overrides);
+  if (failed) throw InputError(source, field, what + "read error");
+  return text;
+}
+
+// A file's identity for cycle detection: its canonical path where the filesystem gives one, else the path as
+// written (a file that cannot be read is then reported by read_file, naming it).
+std::filesystem::path file_identity(const std::filesystem::path& path) {
+  std::error_code error;
+  auto canonical = std::filesystem::weakly_canonical(path, error);
+  return error ? path.lexically_normal() : canonical;
+}
+
+// Loads one run file's keys into the config; `base: FILE` (relative to this file's folder) is loaded first, so
+// this file's keys replace the base's one key at a time (docs/distillation.md#run-file). `chain` holds the files
+// being loaded, to refuse a cycle.
+void load_run_file(const Schema& schema, const std::string& text, const std::string& source,
+                   std::vector<std::filesystem::path>& chain) {
+  const YAML::Node root = parse_yaml(text, source, "");
+  if (!root.IsMap()) throw InputError(source, "(top level)", "expected a mapping of keys, got " + describe(root));
+  const YAML::Node base = root["base"];
+  if (!base) {
+    schema.load_map(root, "", source);
+    return;
+  }
+  if (!base.IsScalar() || base.Scalar().empty()) expected(source, "base", "a file name", base);
+  if (chain.empty()) chain.push_back(file_identity(source));
+  const auto path = std::filesystem::path(source).parent_path() / base.Scalar();
+  const auto identity = file_identity(path);
+  if (std::find(chain.begin(), chain.end(), identity) != chain.end())
+    throw InputError(source, "base", "'" + path.string() + "' is already being loaded (a cycle of bases)");
+  chain.push_back(identity);
+  load_run_file(schema, read_file(path, source, "base"), path.string(), chain);
+  chain.pop_back();
+  YAML::Node own = YAML::Clone(root);
+  own.remove("base");
+  if (own["base"]) throw InputError(source, "base", "duplicate key");
+  schema.load_map(own, "", source);
+}
+
+}  // namespace
+
+RunConfig RunConfig::load(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+  return parse(read_file(path, path.string(), "(file)"), path.string(), overrides);
 }
 
 RunConfig RunConfig::parse(const std::string& yaml, const std::string& source, const std::vector<std::string>& overrides) {
-  const YAML::Node root = parse_yaml(yaml, source, "");
-  if (!root.IsMap()) throw InputError(source, "(top level)", "expected a mapping of keys, got " + describe(root));
   RunConfig config;
-  Schema(config).load_map(root, "", source);
+  std::vector<std::filesystem::path> chain;
+  load_run_file(Schema(config), yaml, source, chain);
   for (const auto& assignment : overrides) config.set(assignment);
   // Missing required keys are the file's fault unless an override could have set them.
   config.validate(source);

@@ -137,7 +137,7 @@ struct RunConfig {
   // Parses the YAML file, applies `overrides` ("a.b=value", value in YAML syntax, e.g. "[q_proj, v_proj]")
   // in order, and validates. Throws InputError for anything wrong.
   static RunConfig load(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
-  // The same from YAML text; `source` names it in errors.
+  // The same from YAML text; `source` names it in errors and is the path a `base:` is relative to.
   static RunConfig parse(const std::string& yaml, const std::string& source,
                          const std::vector<std::string>& overrides = {});
 

@@ -22,6 +22,7 @@ struct ConfigDefaults {
   std::int64_t max_window_layers = 0;
   std::optional<std::int64_t> head_dim = std::nullopt;  // nullopt: hidden_size / num_attention_heads
   bool tie_word_embeddings = false;
+  double rope_theta = 10000.0;  // where config.json gives none (its config class's default_theta)
 };
 
 // RMSNorm's weight: y = w * x / rms(x) (Llama), or y = (1 + w) * x / rms(x) with the product taken in fp32

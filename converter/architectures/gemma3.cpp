@@ -35,14 +35,21 @@ void read_gemma3_config(const JsonObject& root, const ConfigDefaults& defaults, 
     for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
       cfg.layer_types.push_back((i + 1) % pattern != 0 && cfg.sliding_window ? AttentionKind::Sliding : AttentionKind::Full);
   }
-  // The legacy form: one rope_theta (and rope_scaling) for the full layers, rope_local_base_freq for the
-  // sliding ones, unscaled.
+  // The sliding layers' base is their own parameters' rope_theta, else rope_local_base_freq, else 1e4, never the
+  // top-level rope_theta (Gemma3TextConfig.convert_rope_params_to_dict). The legacy form has one rope_theta (and
+  // rope_scaling) for the full layers and the sliding ones unscaled.
+  const double local_theta = root.get_optional_double("rope_local_base_freq").value_or(10000.0);
+  if (!(local_theta > 0)) root.fail("rope_local_base_freq", "must be positive");
   if (!cfg.sliding_rope) {
     RopeConfig local;
-    local.theta = root.get_optional_double("rope_local_base_freq").value_or(10000.0);
+    local.theta = local_theta;
     local.partial_rotary_factor = cfg.rope.partial_rotary_factor;
-    if (!(local.theta > 0)) root.fail("rope_local_base_freq", "must be positive");
     cfg.sliding_rope = local;
+  } else {
+    auto params = root.get_optional_object("rope_scaling");
+    if (!params) params = root.get_optional_object("rope_parameters");
+    const auto sliding = params->get_optional_object("sliding_attention");
+    if (!sliding || !sliding->has("rope_theta")) cfg.sliding_rope->theta = local_theta;
   }
 }
 
@@ -52,6 +59,7 @@ Architecture gemma3_architecture() {
   ConfigDefaults defaults{4, 131072, 4096, 0};
   defaults.head_dim = 256;
   defaults.tie_word_embeddings = true;
+  defaults.rope_theta = 1e6;  // Gemma3TextConfig.default_theta["global"]: the full layers' base
   Architecture arch{"gemma3_text",
                     {"Gemma3ForCausalLM"},
                     {"hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types", "sliding_window_pattern",

@@ -29,7 +29,8 @@ namespace {
 std::vector<Recipe> register_all() { return {LINEARIZE_RECIPES(LINEARIZE_CALL_RECIPE)}; }
 
 const RecipeParam kSoftmaxLayers{"softmax_layers", nlohmann::json::array(),
-                                 "layers kept as exact source softmax attention (inter-layer hybrid)"};
+                                 "layers kept as exact source softmax attention (inter-layer hybrid); or \"auto:N\" / \"auto:P%\": the N "
+                                 "(P %) layers select-layers ranks highest"};
 
 bool same_type(const nlohmann::json& value, const nlohmann::json& default_value) {
   if (default_value.is_null()) return value.is_null() || value.is_number_integer();  // derived sizes

@@ -90,7 +90,14 @@ TEST(LayerSelection, AutoOtherThanAutoNIsBadInputNamingTheField) {
   EXPECT_EQ(auto_softmax_layers(nlohmann::json::array({0}), config, "run.yaml"), std::nullopt);
   EXPECT_EQ(auto_softmax_layers("auto:2", config, "run.yaml"), 2);
   EXPECT_EQ(auto_softmax_layers("auto:0", config, "run.yaml"), 0);
-  for (const char* bad : {"auto:", "auto:x", "auto:-1", "auto:3", "all", "auto:99999999999"}) {
+  // Percentages of the fixture's 2 layers, to the nearest layer with halves up: 24 % is 0.48 layers, 25 % 0.5.
+  EXPECT_EQ(auto_softmax_layers("auto:100%", config, "run.yaml"), 2);
+  EXPECT_EQ(auto_softmax_layers("auto:50%", config, "run.yaml"), 1);
+  EXPECT_EQ(auto_softmax_layers("auto:25%", config, "run.yaml"), 1);
+  EXPECT_EQ(auto_softmax_layers("auto:24%", config, "run.yaml"), 0);
+  EXPECT_EQ(auto_softmax_layers("auto:0%", config, "run.yaml"), 0);
+  for (const char* bad : {"auto:", "auto:x", "auto:-1", "auto:3", "all", "auto:99999999999", "auto:%", "auto:101%",
+                          "auto:50%%", "auto:5.5%", "auto:%50"}) {
     try {
       auto_softmax_layers(bad, config, "run.yaml");
       ADD_FAILURE() << bad << " was accepted";

@@ -103,6 +103,36 @@ TEST_F(ConfigTest, V5DefaultRopeParameters) {
   EXPECT_DOUBLE_EQ(c.rope.theta, 1000000.0);
 }
 
+// The bases Gemma3TextConfig fills in where config.json omits them (transformers 5.22.2 printed these
+// rope_parameters for the same keys): full layers default_theta["global"] = 1e6, sliding layers
+// rope_local_base_freq else 1e4, never the top-level rope_theta.
+TEST_F(ConfigTest, Gemma3RopeBasesDefaultAsGemma3TextConfigDoes) {
+  struct Case {
+    json keys;
+    double full, sliding;
+  };
+  const json both_untyped = {{"full_attention", {{"rope_type", "default"}}}, {"sliding_attention", {{"rope_type", "default"}}}};
+  const std::vector<Case> cases{
+      {json::object(), 1e6, 1e4},
+      {{{"rope_theta", 5e5}}, 5e5, 1e4},
+      {{{"rope_theta", 5e5}, {"rope_parameters", both_untyped}}, 5e5, 1e4},
+      {{{"rope_theta", 5e5}, {"rope_parameters", both_untyped}, {"rope_local_base_freq", 2e4}}, 5e5, 2e4},
+      {{{"rope_local_base_freq", 2e4}}, 1e6, 2e4},
+      {{{"rope_local_base_freq", 2e4},
+        {"rope_parameters", {{"full_attention", {{"rope_type", "default"}}},
+                             {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 3e4}}}}}},
+       1e6, 3e4},
+  };
+  for (const auto& c : cases) {
+    auto j = base("gemma3_text", "Gemma3ForCausalLM");
+    j.update(c.keys);
+    const auto config = load(j);
+    EXPECT_DOUBLE_EQ(config.rope.theta, c.full) << c.keys;
+    ASSERT_TRUE(config.sliding_rope.has_value()) << c.keys;
+    EXPECT_DOUBLE_EQ(config.sliding_rope->theta, c.sliding) << c.keys;
+  }
+}
+
 TEST_F(ConfigTest, MistralWindowCoversEveryLayerAndKvDefaultIsEight) {
   auto j = base("mistral", "MistralForCausalLM");
   j["num_attention_heads"] = 8;

@@ -28,7 +28,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "converter/layer_selection.h"
 #include "converter/linearized.h"
+#include "converter/model_config.h"
+#include "converter/recipes/recipe.h"
 #include "converter/model/lora.h"
 #include "distill/attention_transfer.h"
 #include "distill/checkpoint.h"
@@ -509,15 +512,25 @@ TEST(Distill, EvalTextAddsTheExportsEvalToTheReport) {
   EXPECT_FALSE(std::filesystem::exists(dir / "too-long" / "metrics.jsonl")) << "refused before training";
 }
 
-TEST(DistillConfigs, EveryShippedRunFileLoads) {
+// Every shipped run file loads (its bases too), names a registered recipe and gives it parameters it declares
+// (auto:N / auto:P% checked against the tiny fixture's 2 layers), so a renamed key or recipe breaks here, not in a
+// user's run.
+TEST(DistillConfigs, EveryShippedRunFileLoadsWithParametersItsRecipeDeclares) {
+  const auto model = load_model_config(test::fixtures_dir() / "tiny-llama" / "config.json");
   std::size_t files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(LINEARIZE_CONFIGS)) {
     if (entry.path().extension() != ".yaml") continue;
     SCOPED_TRACE(entry.path().string());
-    EXPECT_NO_THROW(RunConfig::load(entry.path()));
+    const auto file = entry.path().string();
+    const auto config = RunConfig::load(entry.path());
+    const Recipe& recipe = find_recipe(config.recipe.name, file, "recipe.name");
+    auto params = config.recipe.params;
+    if (params.contains("softmax_layers") && auto_softmax_layers(params["softmax_layers"], model, file))
+      params["softmax_layers"] = nlohmann::json::array();
+    EXPECT_NO_THROW(resolve_recipe_params(recipe, params, model, file));
     ++files;
   }
-  EXPECT_GE(files, 5u);  // distill-example, demo-tiny, lolcats, hedgehog, supra
+  EXPECT_GE(files, 9u);  // distill-example, demo-tiny, quality-cpu and one per recipe
 }
 
 }  // namespace

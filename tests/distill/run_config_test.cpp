@@ -58,6 +58,51 @@ TEST(RunConfigTest, ExampleConfigLoadsAndStatesTheDefaults) {
   EXPECT_EQ(example.dump(), defaults.dump());
 }
 
+TEST(RunConfigTest, BaseFileLoadsFirstAndThisFilesKeysReplaceItsKeysOneByOne) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir / "shared");
+  test::write_file(dir / "shared" / "base.yaml", "model: m\nout: o\nrecipe: {name: lolcats, params: {window: 32}}\n"
+                                                 "data: {files: [a.txt], seq_len: 2048}\nstage2: {loss: kl, lr: 0.0005}\n");
+  test::write_file(dir / "run.yaml", "base: shared/base.yaml\nrecipe: {name: hedgehog, params: {}}\nstage2: {lr: 0.001}\n");
+  const auto c = RunConfig::load(dir / "run.yaml");
+  EXPECT_EQ(c.model, "m");                                   // only in the base
+  EXPECT_EQ(c.data.seq_len, 2048);
+  EXPECT_EQ(c.stage2.loss, Stage2Loss::kKl);                 // the base's, beside ...
+  EXPECT_EQ(c.stage2.optim.lr, 1e-3);                        // ... this file's key of the same section
+  EXPECT_EQ(c.recipe.name, "hedgehog");
+  EXPECT_TRUE(c.recipe.params.empty()) << c.recipe.params;   // params are one key: lolcats' window does not leak
+  // A base of a base, relative to the file that names it.
+  test::write_file(dir / "shared" / "mid.yaml", "base: base.yaml\nseed: 7\n");
+  test::write_file(dir / "run2.yaml", "base: shared/mid.yaml\nlog_every: 3\n");
+  const auto c2 = RunConfig::load(dir / "run2.yaml");
+  EXPECT_EQ(c2.seed, 7u);
+  EXPECT_EQ(c2.log_every, 3);
+  EXPECT_EQ(c2.data.seq_len, 2048);
+}
+
+TEST(RunConfigTest, BaseErrorsNameTheFileTheyAreIn) {
+  test::TempDir dir;
+  const auto error = [&](const std::string& file) {
+    try {
+      RunConfig::load(dir / file);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  test::write_file(dir / "bad-base.yaml", std::string(kMinimal) + "stage1: {lr: fast}\n");
+  test::write_file(dir / "a.yaml", "base: bad-base.yaml\n");
+  EXPECT_EQ(error("a.yaml"), (dir / "bad-base.yaml").string() + ": stage1.lr: expected a finite number, got 'fast'");
+  test::write_file(dir / "b.yaml", "base: missing.yaml\n");
+  EXPECT_EQ(error("b.yaml"), (dir / "b.yaml").string() + ": base: '" + (dir / "missing.yaml").string() + "' cannot be read");
+  test::write_file(dir / "c.yaml", "base: d.yaml\n");
+  test::write_file(dir / "d.yaml", "base: c.yaml\n");
+  EXPECT_EQ(error("c.yaml"),
+            (dir / "d.yaml").string() + ": base: '" + (dir / "c.yaml").string() + "' is already being loaded (a cycle of bases)");
+  test::write_file(dir / "e.yaml", "base: [x.yaml]\n");
+  EXPECT_EQ(error("e.yaml").rfind((dir / "e.yaml").string() + ": base: expected a file name", 0), 0u) << error("e.yaml");
+}
+
 TEST(RunConfigTest, UnknownKeysNameFileKeyAndNearestKnownKey) {
   EXPECT_EQ(error_of(std::string(kMinimal) + "stage2: {lora: {alpah: 32}}\n"),
             "run.yaml: stage2.lora.alpah: unknown key; did you mean 'stage2.lora.alpha'?");
