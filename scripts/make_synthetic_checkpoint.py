@@ -28,6 +28,12 @@ SHAPES = {
     "llama3-8b": {**LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "tie_word_embeddings": False},
     # A 1B-class shape for quicker runs of the same path.
     "llama3.2-1b": {**LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "tie_word_embeddings": True},
+    # Qwen2.5-0.5B's dimensions (494M parameters, 136M of them the tied 151936-row embedding) in the Llama layout
+    # (Qwen2's q/k/v biases are 0.3% of its FLOPs): the 0.5B model whose distillation budget configs/quality-cpu.yaml states.
+    "qwen2.5-0.5b-dims": {**LLAMA3, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                          "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                          "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                          "tie_word_embeddings": True},
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HERE = os.path.dirname(os.path.abspath(__file__))
