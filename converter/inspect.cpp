@@ -85,14 +85,35 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
   if (cfg.sliding_rope) r["sliding_rope"] = rope_json(*cfg.sliding_rope);
   r["attention_window"] = window_json(cfg);
   const auto& b = cfg.block;
-  nlohmann::ordered_json block{{"norm", b.norm == NormStyle::OnePlusWeight ? "rmsnorm (1+w)" : "rmsnorm"},
-                               {"sandwich_norms", b.sandwich_norms},
-                               {"qk_norm", b.qk_norm},
+  const char* norm = b.norm == NormStyle::OnePlusWeight ? "rmsnorm (1+w)" : b.norm == NormStyle::WeightInFp32 ? "rmsnorm (w in fp32)" : "rmsnorm";
+  const char* placement = b.norms == NormPlacement::Pre ? "pre" : b.norms == NormPlacement::Sandwich ? "sandwich" : "post";
+  const char* qk_norm = b.qk_norm == QkNorm::None ? "none" : b.qk_norm == QkNorm::PerHead ? "per_head" : "full_width";
+  nlohmann::ordered_json block{{"norm", norm},
+                               {"norm_placement", placement},
+                               {"qk_norm", qk_norm},
                                {"activation", cfg.hidden_act},
                                {"embedding_scale", b.embedding_scale},
-                               {"attention_scale", b.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))}};
+                               {"attention_scale", b.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))},
+                               {"residual_scale", b.residual_scale},
+                               {"logits_divisor", b.logits_divisor}};
   if (b.final_logit_softcap) block["final_logit_softcap"] = *b.final_logit_softcap;
+  if (!cfg.nope_layers.empty()) {
+    std::vector<std::int64_t> nope;
+    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+      if (cfg.is_nope(i)) nope.push_back(i);
+    block["nope_layers"] = nope;
+  }
   r["block"] = block;
+  if (cfg.moe.experts > 0) {
+    std::vector<std::int64_t> sparse;
+    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+      if (cfg.is_sparse(i)) sparse.push_back(i);
+    r["moe"] = {{"experts", cfg.moe.experts},
+                {"top_k", cfg.moe.top_k},
+                {"expert_intermediate_size", cfg.moe.intermediate_size},
+                {"normalize_top_k", cfg.moe.normalize_top_k},
+                {"sparse_layers", sparse}};
+  }
   r["tie_word_embeddings"] = cfg.tie_word_embeddings;
   r["attention_bias"] = cfg.attention_bias;
   r["mlp_bias"] = cfg.mlp_bias;

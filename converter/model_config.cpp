@@ -106,6 +106,23 @@ void read_qwen_window_layers(const JsonObject& root, const ConfigDefaults& defau
                                                                                 : AttentionKind::Full);
 }
 
+void read_moe(const JsonObject& root, std::int64_t default_experts, std::int64_t default_top_k, const char* width_key,
+              std::int64_t default_width, ModelConfig& cfg) {
+  auto& moe = cfg.moe;
+  // Each MoE config class maps one name onto the other (attribute_map), and saves whichever is its own.
+  const auto experts = root.get_optional_int("num_experts"), local = root.get_optional_int("num_local_experts");
+  const char* experts_key = experts ? "num_experts" : "num_local_experts";
+  if (experts && local && *experts != *local) root.fail("num_local_experts", "differs from num_experts");
+  moe.experts = experts.value_or(local.value_or(default_experts));
+  if (moe.experts <= 0) root.fail(experts_key, "must be positive (a dense model is its dense family)");
+  moe.top_k = root.get_optional_int("num_experts_per_tok").value_or(default_top_k);
+  if (moe.top_k <= 0 || moe.top_k > moe.experts)
+    root.fail("num_experts_per_tok", "must be in 1.." + std::to_string(moe.experts) + " (the experts)");
+  moe.intermediate_size = width_key ? root.get_optional_int(width_key).value_or(default_width) : cfg.intermediate_size;
+  if (moe.intermediate_size <= 0) root.fail(width_key ? width_key : "intermediate_size", "must be positive");
+  moe.sparse_layers.assign(static_cast<std::size_t>(cfg.num_hidden_layers), true);
+}
+
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
   if (!root.has("layer_types")) return false;
   const auto names = root.get_string_list("layer_types");
@@ -122,7 +139,21 @@ bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
   return true;
 }
 
+bool ModelConfig::is_nope(std::int64_t layer) const {
+  return !nope_layers.empty() && nope_layers[static_cast<std::size_t>(layer)];
+}
+
+bool ModelConfig::is_sparse(std::int64_t layer) const {
+  return moe.experts > 0 && moe.sparse_layers[static_cast<std::size_t>(layer)];
+}
+
 const RopeConfig& ModelConfig::rope_for(std::int64_t layer) const {
+  static const RopeConfig kNoRope = [] {
+    RopeConfig none;
+    none.partial_rotary_factor = 0.0;
+    return none;
+  }();
+  if (is_nope(layer)) return kNoRope;
   return sliding_rope && layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? *sliding_rope : rope;
 }
 
@@ -177,7 +208,7 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   }
   cfg.max_position_embeddings =
       positive(root, "max_position_embeddings", root.get_optional_int("max_position_embeddings").value_or(family.max_position_embeddings));
-  cfg.rms_norm_eps = root.get_optional_double("rms_norm_eps").value_or(1e-6);
+  cfg.rms_norm_eps = root.get_optional_double("rms_norm_eps").value_or(family.rms_norm_eps);
   if (!(cfg.rms_norm_eps > 0.0)) root.fail("rms_norm_eps", "must be positive");
   cfg.hidden_act = root.get_optional_string("hidden_act").value_or("silu");
   // `rope_scaling` (legacy) wins over `rope_parameters`, as in transformers' convert_rope_params_to_dict.

@@ -21,6 +21,17 @@ namespace linearize {
 
 enum class AttentionKind { Full, Sliding };
 
+// A routed mixture of SwiGLU experts in place of the dense MLP on some layers (Mixtral, Qwen3-MoE, OLMoE; Shazeer et al.
+// 2017 eqs. 1-3): p = softmax(router x) over the experts in fp32, the top_k of p (renormalised to sum 1 where the family
+// says), y = sum over the chosen e of p_e expert_e(x). The tensors' names are the family's (BlockSpec::expert_names).
+struct MoeConfig {
+  std::int64_t experts = 0;            // 0: every layer's MLP dense
+  std::int64_t top_k = 0;
+  std::int64_t intermediate_size = 0;  // each expert's
+  bool normalize_top_k = false;
+  std::vector<bool> sparse_layers;     // per layer: routed, else the dense MLP of ModelConfig::intermediate_size
+};
+
 struct ModelConfig {
   std::string source;  // the config.json path, for error messages downstream
   const Architecture* family = nullptr;  // the registry entry architectures[0] resolved to
@@ -47,12 +58,17 @@ struct ModelConfig {
   bool use_sliding_window = false;             // Qwen2's switch, as written
   std::optional<std::int64_t> max_window_layers;
   std::vector<AttentionKind> layer_types;      // resolved: one entry per layer
+  std::vector<bool> nope_layers;               // true where a layer's attention has no RoPE (SmolLM3); empty: none
+  MoeConfig moe;
   std::string dtype;                           // `dtype` or `torch_dtype`, e.g. "bfloat16"; empty if absent
   std::optional<std::int64_t> bos_token_id;
   std::vector<std::int64_t> eos_token_ids;
 
   std::int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }
+  // The layer's RoPE; on a NoPE layer, RoPE over 0 channels (partial_rotary_factor 0): the identity.
   const RopeConfig& rope_for(std::int64_t layer) const;
+  bool is_nope(std::int64_t layer) const;
+  bool is_sparse(std::int64_t layer) const;  // a routed MoE MLP
   bool has_sliding_layers() const;
 };
 
@@ -68,5 +84,10 @@ std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const Co
 // layers from `max_window_layers` on slide.
 void read_qwen_window_layers(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg);
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg);
+// Shared by the MoE families: the expert count (num_experts or num_local_experts, aliases in every MoE config class),
+// num_experts_per_tok, each expert's width (`width_key`, or the dense intermediate_size when null), checked; every
+// layer routed. The family sets the rest of cfg.moe.
+void read_moe(const JsonObject& root, std::int64_t default_experts, std::int64_t default_top_k, const char* width_key,
+              std::int64_t default_width, ModelConfig& cfg);
 
 }  // namespace linearize

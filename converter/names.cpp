@@ -60,6 +60,19 @@ std::string module_path(std::int64_t layer, LayerModule module) { return layer_p
 std::string weight(std::int64_t layer, LayerModule module) { return module_path(layer, module) + ".weight"; }
 std::string bias(std::int64_t layer, LayerModule module) { return module_path(layer, module) + ".bias"; }
 
+namespace {
+const char* expert_scope(ExpertNames naming) { return naming == ExpertNames::mlp_experts ? "mlp." : "block_sparse_moe."; }
+}  // namespace
+
+std::string router_weight(std::int64_t layer, ExpertNames naming) { return layer_prefix(layer) + expert_scope(naming) + "gate.weight"; }
+
+std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming) {
+  static constexpr std::array<const char*, 3> kQwen{"gate_proj", "up_proj", "down_proj"}, kMixtral{"w1", "w3", "w2"};
+  const auto& parts = naming == ExpertNames::mlp_experts ? kQwen : kMixtral;
+  return layer_prefix(layer) + expert_scope(naming) + "experts." + std::to_string(expert) + "." +
+         parts[static_cast<std::size_t>(projection)] + ".weight";
+}
+
 std::string recipe_tensor(std::int64_t layer, const std::string& name) { return layer_prefix(layer) + "self_attn." + name; }
 
 std::string qwen3_5_linear_attn(std::int64_t layer, const std::string& part) {

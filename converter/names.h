@@ -33,6 +33,14 @@ std::string module_path(std::int64_t layer, LayerModule module);  // "model.laye
 std::string weight(std::int64_t layer, LayerModule module);        // module_path + ".weight"
 std::string bias(std::int64_t layer, LayerModule module);          // module_path + ".bias"
 
+// A routed MoE MLP's tensors, by the family's naming: the router [experts, hidden] and each expert's SwiGLU projections.
+//   mlp_experts       model.layers.{i}.mlp.gate.weight, ...mlp.experts.{e}.{gate,up,down}_proj.weight (Qwen3-MoE, OLMoE)
+//   block_sparse_moe  model.layers.{i}.block_sparse_moe.gate.weight, ...block_sparse_moe.experts.{e}.{w1,w3,w2}.weight (Mixtral)
+enum class ExpertNames { mlp_experts, block_sparse_moe };
+enum class ExpertProjection { gate, up, down };
+std::string router_weight(std::int64_t layer, ExpertNames naming);
+std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming);
+
 // The model's own tensors outside the layers.
 inline constexpr const char* kEmbedTokens = "model.embed_tokens.weight";
 inline constexpr const char* kFinalNorm = "model.norm.weight";

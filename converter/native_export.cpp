@@ -88,9 +88,12 @@ void add(std::vector<NativeInexact>& out, std::string field, std::optional<std::
 std::vector<NativeInexact> shared_checks(const Conversion& c, const std::string& name) {
   const auto& cfg = c.config;
   std::vector<NativeInexact> out;
-  if (cfg.block.sandwich_norms)
+  if (cfg.block.norms == NormPlacement::Sandwich)
     add(out, "pre_feedforward_layernorm", {}, "sandwich norms (Gemma): " + name + "'s block has one norm before the mixer and one before the MLP");
+  if (cfg.block.norms == NormPlacement::Post)
+    add(out, "post_feedforward_layernorm", {}, "post-norms (OLMo 2): " + name + "'s block normalises the mixer's and the MLP's inputs");
   if (cfg.block.final_logit_softcap) add(out, "final_logit_softcapping", {}, name + " does not soft-cap its logits");
+  if (cfg.moe.experts > 0) add(out, "num_experts", {}, "routed MoE MLPs; " + name + "'s export writes one dense MLP per layer");
   if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
     add(out, "hidden_act", {}, "'" + cfg.hidden_act + "': " + name + "'s MLP and conv use silu (llama.cpp hard-codes it)");
   if (cfg.mlp_bias) add(out, "mlp_bias", {}, name + "'s MLP has no biases");
@@ -107,6 +110,7 @@ std::vector<NativeInexact> shared_checks(const Conversion& c, const std::string&
     for (const auto m : {LayerModule::q_proj, LayerModule::k_proj, LayerModule::v_proj, LayerModule::o_proj})
       if (has(i, m)) add(out, names::module_in_layer(m) + ".bias", i, "attention biases (llama.cpp's graph has none)");
     if (cfg.rope_for(i).type != RopeType::Default) add(out, "rope_scaling", i, name + "'s export writes default RoPE only");
+    if (cfg.is_nope(i)) add(out, "no_rope_layers", i, "a kept softmax layer without RoPE (SmolLM3's NoPE); " + name + "'s attention layers all rotate");
   }
   return out;
 }
@@ -115,9 +119,11 @@ std::vector<NativeInexact> qwen3_5_check(const Conversion& c) {
   const auto& cfg = c.config;
   auto out = shared_checks(c, "Qwen3.5");
   if (cfg.block.embedding_scale != 1.0) add(out, "embed_tokens", {}, "the source scales its embeddings; Qwen3.5 does not");
+  if (cfg.block.residual_scale != 1.0) add(out, "residual_multiplier", {}, "the source scales its residual branches; Qwen3.5 does not");
+  if (cfg.block.logits_divisor != 1.0) add(out, "logits_scaling", {}, "the source divides its logits; Qwen3.5 does not");
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
     if (c.converted[static_cast<std::size_t>(i)]) continue;
-    if (!cfg.block.qk_norm)
+    if (cfg.block.qk_norm != QkNorm::PerHead)
       add(out, names::module_in_layer(LayerModule::q_norm), i,
           "a kept softmax layer without per-head q/k RMSNorms: Qwen3.5's attention always has them (convert a Qwen3 "
           "source, or keep no softmax layers)");
@@ -174,9 +180,9 @@ void qwen3_5_attention_layer(const Conversion& c, std::int64_t i, DeferredTensor
   }));
   for (const auto m : {LayerModule::k_proj, LayerModule::v_proj}) out.push_back(copied(c, names::weight(i, m), names::weight(i, m)));
   out.push_back(computed(c, o, w.tensor(o).scalar_type(), w.tensor(o).sizes().vec(), {o}, [&w, o] { return w.tensor(o) * 2; }));
-  if (cfg.block.qk_norm) {
+  if (cfg.block.qk_norm == QkNorm::PerHead) {
     for (const auto m : {LayerModule::q_norm, LayerModule::k_norm}) out.push_back(one_plus_norm(c, names::weight(i, m), names::weight(i, m)));
-  } else {  // inexact (allowed): Qwen3.5 normalises anyway; weight 1
+  } else {  // inexact (allowed): Qwen3.5 normalises each head anyway; weight 1
     for (const auto m : {LayerModule::q_norm, LayerModule::k_norm})
       out.push_back(computed(c, names::weight(i, m), at::kFloat, {d}, {}, [d] { return at::zeros({d}, at::kFloat); }));
   }
@@ -257,14 +263,14 @@ std::int64_t granite_mamba_heads(const ModelConfig& cfg) { return 2 * cfg.hidden
 std::vector<NativeInexact> granite_check(const Conversion& c) {
   const auto& cfg = c.config;
   auto out = shared_checks(c, "Granite");
-  if (cfg.block.norm != NormStyle::Weight) add(out, "rms_norm", {}, "(1 + w) norms; Granite's are w");
+  if (cfg.block.norm != NormStyle::Weight) add(out, "rms_norm", {}, "the source's norms are (1 + w) or take w in fp32; Granite's are Llama's");
   if ((2 * cfg.hidden_size) % cfg.head_dim != 0 || cfg.num_attention_heads > granite_mamba_heads(cfg))
     add(out, "head_dim", {}, "llama.cpp's granitehybrid needs d_inner = 2 x hidden_size as whole heads of head_dim, at least the query heads");
   bool kept = false;
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
     if (c.converted[static_cast<std::size_t>(i)]) continue;
     kept = true;
-    if (cfg.block.qk_norm)
+    if (cfg.block.qk_norm != QkNorm::None)
       add(out, names::module_in_layer(LayerModule::q_norm), i, "a kept softmax layer with q/k RMSNorms: Granite's attention has none");
     if (cfg.rope_for(i).partial_rotary_factor != 1.0) add(out, "partial_rotary_factor", i, "Granite's attention rotates the whole head");
   }
@@ -362,8 +368,8 @@ NativePlan granite_plan(const Conversion& c) {
                       {"num_experts_per_tok", 0},
                       {"attention_multiplier", cfg.block.attention_scale.value_or(1.0 / std::sqrt(double(cfg.head_dim)))},
                       {"embedding_multiplier", cfg.block.embedding_scale},
-                      {"residual_multiplier", 1.0},
-                      {"logits_scaling", 1.0},
+                      {"residual_multiplier", cfg.block.residual_scale},
+                      {"logits_scaling", cfg.block.logits_divisor},
                       {"position_embedding_type", "rope"},
                       {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", cfg.rope.theta}}},
                       {"mamba_n_heads", Hm},

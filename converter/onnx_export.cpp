@@ -82,10 +82,13 @@ class SoftmaxLayers {
   std::map<std::int64_t, std::string> masks_;
 };
 
-std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
+// down(act(gate x) * up x) on the given matrices and biases (empty: none).
+std::string gated_mlp(OnnxLayer& layer, const std::string& x, const std::string& gate_weight, const std::string& gate_bias,
+                      const std::string& up_weight, const std::string& up_bias, const std::string& down_weight,
+                      const std::string& down_bias) {
   auto& o = layer.ops();
-  const auto gate = o.linear(x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj));
-  const auto up = o.linear(x, layer.weight(LayerModule::up_proj), layer.bias(LayerModule::up_proj));
+  const auto gate = o.linear(x, gate_weight, gate_bias);
+  const auto up = o.linear(x, up_weight, up_bias);
   std::string act;
   if (layer.config().block.activation == MlpActivation::GeluTanh && layer.opset() >= 20) {
     static const std::vector<Attribute> tanh_approximation{{"approximate", std::string("tanh")}};
@@ -98,7 +101,37 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x) {
   } else {
     act = o.mul(gate, o.sigmoid(gate));  // SiLU
   }
-  return o.linear(o.mul(act, up), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
+  return o.linear(o.mul(act, up), down_weight, down_bias);
+}
+
+// A routed MoE MLP (MoeConfig) as dense masked experts: every expert runs on every token and is weighted by its routing
+// weight, 0 where the token did not choose it (softmax, TopK, renormalise, ScatterElements into a [B, S, experts]
+// weight). Exact, standard operators, one static graph; the cost is every expert's, experts / top_k times the routed
+// compute (16x for Qwen3-30B-A3B): the graph proves parity, it is not a fast MoE server (per-expert Gather would need
+// data-dependent shapes inside the graph).
+std::string routed_mlp(OnnxLayer& layer, const std::string& x) {
+  using names::ExpertProjection;
+  auto& o = layer.ops();
+  const auto& moe = layer.config().moe;
+  const auto probabilities = o.softmax(o.linear(x, layer.router()));
+  const auto top = o.graph().node("TopK", {probabilities, o.i64({moe.top_k})}, 2, {{"axis", std::int64_t{-1}}});
+  auto weights = top[0];
+  if (moe.normalize_top_k) weights = o.div(weights, o.reduce_sum(weights, -1));
+  const auto dense = o.op("ScatterElements", {o.mul(probabilities, o.f32(0.0f)), top[1], weights}, {{"axis", std::int64_t{-1}}});
+  std::string sum;
+  for (std::int64_t e = 0; e < moe.experts; ++e) {
+    const auto y = gated_mlp(layer, x, layer.expert(e, ExpertProjection::gate), "", layer.expert(e, ExpertProjection::up), "",
+                             layer.expert(e, ExpertProjection::down), "");
+    const auto weighted = o.mul(y, o.slice(dense, -1, e, e + 1));
+    sum = sum.empty() ? weighted : o.add(sum, weighted);
+  }
+  return sum;
+}
+
+std::string mlp(OnnxLayer& layer, const std::string& x) {
+  if (layer.config().is_sparse(layer.index())) return routed_mlp(layer, x);
+  return gated_mlp(layer, x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj), layer.weight(LayerModule::up_proj),
+                   layer.bias(LayerModule::up_proj), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
 }
 
 // What onnxruntime-genai (0.18) carries between calls, finding each by its input name: a layer's key/value
@@ -149,9 +182,9 @@ nlohmann::ordered_json genai_config(const ModelConfig& c, const std::string& gra
     model["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::ordered_json(c.eos_token_ids.front()) : nlohmann::ordered_json(c.eos_token_ids);
     model["pad_token_id"] = c.eos_token_ids.front();
   }
-  // A conversion's model_type ("linearize") is no type genai knows; "decoder" is its generic decoder-only one
-  // (the graph is ours either way: the type picks no family-specific inputs).
-  model["type"] = converted ? "decoder" : c.model_type;
+  // "decoder", genai's generic decoder-only type, for sources and conversions alike: the graph is ours, so the type
+  // picks no family-specific inputs, and genai knows neither "linearize" nor several source families (olmo3, smollm3).
+  model["type"] = "decoder";
   model["vocab_size"] = c.vocab_size;
   // present = concat(past, new): the caches are not shared buffers of a fixed length.
   nlohmann::ordered_json search = {{"do_sample", false}, {"max_length", c.max_position_embeddings}, {"min_length", 0},
@@ -229,13 +262,15 @@ OnnxExportResult export_onnx(const OnnxExportOptions& options) {
       const std::function<std::string(const std::string&)> emit_mixer;
       std::string norm(const std::string& v, BlockNorm which) { return rms_norm(v, names::weight(layer.index(), norm_module(which))); }
       std::string mixer(const std::string& v) { return emit_mixer(v); }
-      std::string mlp(const std::string& v) { return gated_mlp(layer, v); }
+      std::string mlp(const std::string& v) { return linearize::mlp(layer, v); }
+      std::string scale(const std::string& v, double s) { return layer.ops().mul(v, layer.ops().f32(static_cast<float>(s))); }
       std::string add(const std::string& a, const std::string& b) { return layer.ops().add(a, b); }
     } ops{layer, norm, [&](const std::string& v) { return is_converted ? recipe->recipe->emit_onnx(layer, v) : softmax.emit(i, v); }};
     h = block_program(ops, block, h).out;
   }
   h = norm(h, names::kFinalNorm);
   auto logits = o.linear(h, context.matrix(config.tie_word_embeddings ? names::kEmbedTokens : names::kLmHead));
+  if (block.logits_divisor != 1.0) logits = o.div(logits, o.f32(static_cast<float>(block.logits_divisor)));
   if (block.final_logit_softcap) {
     const auto cap = o.f32(static_cast<float>(*block.final_logit_softcap));
     logits = o.mul(o.op("Tanh", {o.div(logits, cap)}), cap);

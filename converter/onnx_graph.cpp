@@ -145,6 +145,12 @@ std::string OnnxLayer::bias(names::LayerModule module) {
   return context_.checkpoint.contains(name) ? context_.weight(name) : std::string();
 }
 
+std::string OnnxLayer::router() { return context_.matrix(names::router_weight(layer_, config().block.expert_names)); }
+
+std::string OnnxLayer::expert(std::int64_t e, names::ExpertProjection projection) {
+  return context_.matrix(names::expert_weight(layer_, e, projection, config().block.expert_names));
+}
+
 std::string OnnxLayer::recipe_tensor(const std::string& name) { return context_.weight(names::recipe_tensor(layer_, name)); }
 
 std::vector<std::int64_t> OnnxLayer::recipe_tensor_shape(const std::string& name) const {
@@ -157,10 +163,17 @@ OnnxLayer::Heads OnnxLayer::project_heads(const std::string& x) {
   using names::LayerModule;
   auto h = project(x, /*with_bias=*/true);
   const auto& c = config();
-  if (c.block.qk_norm) {
+  if (c.block.qk_norm != QkNorm::None) {
     auto& o = ops();
-    h.q = o.rms_norm(h.q, weight(LayerModule::q_norm), c.rms_norm_eps, c.block.norm);
-    h.k = o.rms_norm(h.k, weight(LayerModule::k_norm), c.rms_norm_eps, c.block.norm);
+    // Heads are [B, count, S, D]; OLMo 2's norm spans all heads of a token: back to [B, S, count D] and again.
+    const auto norm = [&](const std::string& heads, LayerModule module, std::int64_t count) {
+      if (c.block.qk_norm == QkNorm::PerHead) return o.rms_norm(heads, weight(module), c.rms_norm_eps, c.block.norm);
+      const auto flat = o.reshape(o.transpose(heads, {0, 2, 1, 3}), {0, 0, count * c.head_dim});
+      const auto normed = o.rms_norm(flat, weight(module), c.rms_norm_eps, c.block.norm);
+      return o.transpose(o.reshape(normed, {0, 0, count, c.head_dim}), {0, 2, 1, 3});
+    };
+    h.q = norm(h.q, LayerModule::q_norm, c.num_attention_heads);
+    h.k = norm(h.k, LayerModule::k_norm, c.num_key_value_heads);
   }
   return h;
 }
@@ -181,6 +194,7 @@ std::string OnnxLayer::rope(const std::string& heads) {
   auto& o = ops();
   const auto& rope = config().rope_for(layer_);
   const std::int64_t D = config().head_dim, rotary = kernels::rotary_dim(rope, D), half = rotary / 2;
+  if (rotary == 0) return heads;  // a NoPE layer
   const auto [cos, sin] = context_.rope_tables(rope, D);
   const auto rotated = rotary == D ? heads : o.slice(heads, -1, 0, rotary);
   // q cos + rotate_half(q) sin, rotate_half(x) = [-x2, x1] (transformers' apply_rotary_pos_emb).

@@ -168,6 +168,9 @@ class OnnxLayer {
   std::string bias(names::LayerModule module);  // empty when the checkpoint has none
   std::string recipe_tensor(const std::string& name);
   std::vector<std::int64_t> recipe_tensor_shape(const std::string& name) const;
+  // A routed MoE layer's matrices: the router, and expert e's projection.
+  std::string router();
+  std::string expert(std::int64_t e, names::ExpertProjection projection);
 
   // The source attention's heads of x [B, S, hidden]: q [B, H, S, D], k and v [B, Hkv, S, D] (after q/k
   // norms, before RoPE); RoPE at the call's positions; o [B, H, S, D] -> o_proj -> [B, S, hidden].

@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 
+#include "converter/model_config.h"
 #include "distill/metrics.h"
 
 namespace linearize {
@@ -27,6 +28,16 @@ void write_report(const fs::path& out, const RunConfig& config, const DistillRes
   report.title = "linearize distill: " + config.recipe.name + " on " + config.model;
   report.summary = {{"model", config.model}, {"recipe", config.recipe.name}, {"steps", std::to_string(result.step)}};
   auto figure = [](double v) { return std::to_string(v); };
+  // What trained and what stayed as the source had it (a MoE source's experts and routers among the latter).
+  std::string targets;
+  for (const auto& t : config.stage2.lora.targets) targets += (targets.empty() ? "" : ", ") + t;
+  report.summary.emplace_back("trained", "the recipe's tensors (stage 1), LoRA on " + targets + " (stage 2)");
+  const auto source = load_model_config(fs::path(config.model) / "config.json");
+  std::int64_t routed = 0;
+  for (std::int64_t i = 0; i < source.num_hidden_layers; ++i) routed += source.is_sparse(i) ? 1 : 0;
+  report.summary.emplace_back("frozen", routed == 0 ? "every source weight"
+                                                    : "every source weight, the experts and routers of " + std::to_string(routed) +
+                                                          " MoE layers included (no router drift)");
   if (result.initial_transfer_loss && result.final_transfer_loss) {
     report.summary.emplace_back("stage 1 validation loss", figure(*result.initial_transfer_loss) + " -> " +
                                                                figure(*result.final_transfer_loss));

@@ -87,6 +87,17 @@ std::vector<std::string> JsonObject::get_string_list(const std::string& key) con
   return out;
 }
 
+std::vector<std::int64_t> JsonObject::get_int_list(const std::string& key) const {
+  const auto& v = at(key);
+  if (!v.is_array()) fail(key, "expected a list of integers, got " + v.dump());
+  std::vector<std::int64_t> out;
+  for (const auto& item : v) {
+    if (!item.is_number_integer()) fail(key, "expected a list of integers, got " + v.dump());
+    out.push_back(item.get<std::int64_t>());
+  }
+  return out;
+}
+
 std::optional<JsonObject> JsonObject::get_optional_object(const std::string& key) const {
   if (!has(key)) return std::nullopt;
   const auto& v = value_->at(key);

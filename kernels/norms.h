@@ -12,6 +12,10 @@ namespace linearize::kernels {
 // models round exactly where the reference rounds.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// OLMo 2's RMSNorm (T5-style): w * x / sqrt(mean(x^2) + eps), the product taken in fp32 before the cast back
+// (transformers' Olmo2RMSNorm).
+at::Tensor rms_norm_weight_in_fp32(const at::Tensor& x, const at::Tensor& weight, double eps);
+
 // Gemma's RMSNorm: (1 + w) * x / sqrt(mean(x^2) + eps), the product taken in fp32 before the cast back
 // (transformers' Gemma3RMSNorm), so the zero-centred weight w keeps its precision in bf16 models.
 at::Tensor rms_norm_one_plus(const at::Tensor& x, const at::Tensor& weight, double eps);

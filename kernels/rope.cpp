@@ -111,6 +111,7 @@ RopeCosSin rope_cos_sin(const RopeFrequencies& freqs, const at::Tensor& position
 
 at::Tensor apply_rope(const at::Tensor& x, const RopeCosSin& cs) {
   const std::int64_t rot = cs.cos.size(-1), dim = x.size(-1);
+  if (rot == 0) return x;  // a layer without RoPE (rotary_dim 0)
   const auto rotated = rot == dim ? x : x.narrow(-1, 0, rot);
   const auto halves = rotated.chunk(2, -1);
   const auto rotate_half = at::cat({-halves[1], halves[0]}, -1);

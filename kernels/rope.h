@@ -17,7 +17,7 @@ const char* rope_type_name(RopeType type);
 struct RopeConfig {
   RopeType type = RopeType::Default;
   double theta = 10000.0;
-  double partial_rotary_factor = 1.0;
+  double partial_rotary_factor = 1.0;  // 0: no channel rotates (a NoPE layer)
   double factor = 1.0;                                            // linear, dynamic, llama3, yarn
   std::optional<double> low_freq_factor, high_freq_factor;        // llama3
   std::optional<std::int64_t> original_max_position_embeddings;   // llama3, yarn

@@ -73,4 +73,14 @@ CommandResult run_linearize(const std::vector<std::string>& args) {
 
 std::filesystem::path fixtures_dir() { return LINEARIZE_FIXTURES; }
 
+std::vector<std::string> fixture_models() {
+  std::vector<std::string> names{"deep-llama"};
+  for (const auto& entry : std::filesystem::directory_iterator(fixtures_dir())) {
+    const auto name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("tiny-", 0) == 0) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 }  // namespace linearize::test

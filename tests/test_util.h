@@ -40,5 +40,8 @@ struct CommandResult {
 CommandResult run_linearize(const std::vector<std::string>& args);
 
 std::filesystem::path fixtures_dir();
+// The decoder fixtures every family-wide test runs on: each tiny-* directory (one per registered family, checked by
+// Fixtures.EveryRegisteredFamilyHasOne) and deep-llama, sorted.
+std::vector<std::string> fixture_models();
 
 }  // namespace linearize::test

@@ -1,13 +1,15 @@
 // What one decoder family is: the `architectures[0]` names it answers to, the config keys it reads beyond
 // the common decoder ones (with its own defaults), its sliding-window rule, its block (as data, refined
-// from config.json by its reader) and the tensors it expects. One file per family (llama.cpp, mistral.cpp,
-// qwen2.cpp, qwen3.cpp, gemma3.cpp) defines one of these; registry.cpp lists them.
+// from config.json by its reader) and the tensors it expects. One file per family in this folder defines one of
+// these; registry.cpp lists them.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "converter/names.h"
 
 namespace linearize {
 
@@ -23,26 +25,39 @@ struct ConfigDefaults {
   std::optional<std::int64_t> head_dim = std::nullopt;  // nullopt: hidden_size / num_attention_heads
   bool tie_word_embeddings = false;
   double rope_theta = 10000.0;  // where config.json gives none (its config class's default_theta)
+  double rms_norm_eps = 1e-6;
 };
 
-// RMSNorm's weight: y = w * x / rms(x) (Llama), or y = (1 + w) * x / rms(x) with the product taken in fp32
-// (Gemma's zero-centred weights).
-enum class NormStyle { Weight, OnePlusWeight };
+// RMSNorm's weight: y = w * x / rms(x) rounded to x's dtype before w multiplies it (Llama), w * x / rms(x) with the
+// product taken in fp32 (OLMo 2's T5-style norm), or (1 + w) * x / rms(x) with the product in fp32 (Gemma's
+// zero-centred weights). The three differ only in 16-bit models.
+enum class NormStyle { Weight, WeightInFp32, OnePlusWeight };
 enum class MlpActivation { Silu, GeluTanh };  // the gate's activation: silu, gelu_pytorch_tanh
 
+// Where the block's RMSNorms sit (llama.cpp's per-architecture graphs spell them out per family):
+//   Pre       h = x + mixer(input(x));                 out = h + mlp(post_attention(h))               (Llama)
+//   Sandwich  h = x + post_attention(mixer(input(x))); out = h + post_ff(mlp(pre_ff(h)))               (Gemma)
+//   Post      h = x + post_attention(mixer(x));        out = h + post_ff(mlp(h))                       (OLMo 2)
+enum class NormPlacement { Pre, Sandwich, Post };
+
+// q_norm / k_norm, an RMSNorm on q and k before RoPE: none, over head_dim on each head (Qwen3, Gemma 3), or over the
+// whole projection width, all heads at once (OLMo 2).
+enum class QkNorm { None, PerHead, FullWidth };
+
 // A decoder block beyond the layout every family shares (norm -> mixer -> residual -> norm -> gated MLP ->
-// residual, as llama.cpp's per-architecture graphs spell out per family).
+// residual). Every scale defaults to the identity.
 struct BlockSpec {
   NormStyle norm = NormStyle::Weight;
-  // Gemma's sandwich: post_attention_layernorm normalises the mixer's output before the residual add,
-  // pre_feedforward_layernorm the MLP's input and post_feedforward_layernorm its output. Without it,
-  // post_attention_layernorm is the MLP's input norm (Llama).
-  bool sandwich_norms = false;
-  bool qk_norm = false;  // q_norm / k_norm: RMSNorm over head_dim on each head of q and k before RoPE
+  NormPlacement norms = NormPlacement::Pre;
+  QkNorm qk_norm = QkNorm::None;
   MlpActivation activation = MlpActivation::Silu;
-  double embedding_scale = 1.0;                // embeddings times this (Gemma: sqrt(hidden_size))
+  double embedding_scale = 1.0;                // embeddings times this (Gemma: sqrt(hidden_size), Granite: embedding_multiplier)
+  bool embedding_scale_in_weight_dtype = false;  // Gemma: the scale is a buffer rounded to the weights' dtype first
+  double residual_scale = 1.0;                 // x + r * branch, for the mixer's and the MLP's (Granite: residual_multiplier)
+  double logits_divisor = 1.0;                 // logits / s (Granite: logits_scaling)
   std::optional<double> final_logit_softcap;   // logits = c tanh(logits / c)
   std::optional<double> attention_scale;       // scores q.k times this; default head_dim^-1/2
+  names::ExpertNames expert_names = names::ExpertNames::mlp_experts;  // a MoE family's tensor names
 };
 
 struct TensorSpec {
@@ -63,8 +78,8 @@ struct Architecture {
   BlockSpec block{};                        // the family's block before its reader refines it
 };
 
-// The tensors of the decoder (embeddings, per-layer q/k/v/o + gated MLP + two norms, and q/k norms and the
-// sandwich's two extra norms where the block has them, final norm, lm_head) with shapes and biases from
+// The tensors of the decoder (embeddings, per-layer q/k/v/o + gated MLP + the norms its placement has, q/k norms
+// where the block has them, final norm, lm_head) with shapes and biases from
 // the resolved config.
 std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelConfig& cfg);
 

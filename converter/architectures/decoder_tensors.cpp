@@ -16,19 +16,31 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
       specs.push_back({names::weight(i, m), {out, in}});
       if (bias) specs.push_back({names::bias(i, m), {out}});
     };
-    vector(LayerModule::input_layernorm, d);
+    const auto placement = cfg.block.norms;
+    if (placement != NormPlacement::Post) vector(LayerModule::input_layernorm, d);
     linear(LayerModule::q_proj, q_out, d, qkv_bias);
     linear(LayerModule::k_proj, kv_out, d, qkv_bias);
     linear(LayerModule::v_proj, kv_out, d, qkv_bias);
     linear(LayerModule::o_proj, d, q_out, cfg.attention_bias);
-    if (cfg.block.qk_norm) {
-      vector(LayerModule::q_norm, cfg.head_dim);
-      vector(LayerModule::k_norm, cfg.head_dim);
+    if (cfg.block.qk_norm != QkNorm::None) {
+      const bool full = cfg.block.qk_norm == QkNorm::FullWidth;
+      vector(LayerModule::q_norm, full ? q_out : cfg.head_dim);
+      vector(LayerModule::k_norm, full ? kv_out : cfg.head_dim);
     }
     vector(LayerModule::post_attention_layernorm, d);
-    if (cfg.block.sandwich_norms) {
-      vector(LayerModule::pre_feedforward_layernorm, d);
-      vector(LayerModule::post_feedforward_layernorm, d);
+    if (placement == NormPlacement::Sandwich) vector(LayerModule::pre_feedforward_layernorm, d);
+    if (placement != NormPlacement::Pre) vector(LayerModule::post_feedforward_layernorm, d);
+    if (cfg.is_sparse(i)) {
+      const auto naming = cfg.block.expert_names;
+      const std::int64_t width = cfg.moe.intermediate_size;
+      using names::ExpertProjection;
+      specs.push_back({names::router_weight(i, naming), {cfg.moe.experts, d}});
+      for (std::int64_t e = 0; e < cfg.moe.experts; ++e) {
+        specs.push_back({names::expert_weight(i, e, ExpertProjection::gate, naming), {width, d}});
+        specs.push_back({names::expert_weight(i, e, ExpertProjection::up, naming), {width, d}});
+        specs.push_back({names::expert_weight(i, e, ExpertProjection::down, naming), {d, width}});
+      }
+      continue;
     }
     linear(LayerModule::gate_proj, ff, d, cfg.mlp_bias);
     linear(LayerModule::up_proj, ff, d, cfg.mlp_bias);

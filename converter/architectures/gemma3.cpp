@@ -24,6 +24,7 @@ void read_gemma3_config(const JsonObject& root, const ConfigDefaults& defaults, 
   if (!(query_scalar > 0)) root.fail("query_pre_attn_scalar", "must be positive");
   cfg.block.attention_scale = 1.0 / std::sqrt(query_scalar);
   cfg.block.embedding_scale = std::sqrt(static_cast<double>(cfg.hidden_size));
+  cfg.block.embedding_scale_in_weight_dtype = true;  // Gemma3TextScaledWordEmbedding's buffer
   if (root.has("final_logit_softcapping")) {
     cfg.block.final_logit_softcap = root.get_double("final_logit_softcapping");
     if (!(*cfg.block.final_logit_softcap > 0)) root.fail("final_logit_softcapping", "must be positive or null");
@@ -67,8 +68,8 @@ Architecture gemma3_architecture() {
                     defaults,
                     read_gemma3_config};
   arch.block.norm = NormStyle::OnePlusWeight;
-  arch.block.sandwich_norms = true;
-  arch.block.qk_norm = true;
+  arch.block.norms = NormPlacement::Sandwich;
+  arch.block.qk_norm = QkNorm::PerHead;
   return arch;
 }
 

@@ -21,7 +21,7 @@ Architecture qwen3_architecture() {
   Architecture arch{"qwen3", {"Qwen3ForCausalLM"},
                     {"attention_bias", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
                     defaults, read_qwen3_config};
-  arch.block.qk_norm = true;
+  arch.block.qk_norm = QkNorm::PerHead;
   return arch;
 }
 

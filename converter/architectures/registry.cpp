@@ -11,7 +11,14 @@ namespace linearize {
   X(mistral)                       \
   X(qwen2)                         \
   X(qwen3)                         \
-  X(gemma3)
+  X(gemma3)                        \
+  X(granite)                       \
+  X(smollm3)                       \
+  X(olmo2)                         \
+  X(olmo3)                         \
+  X(qwen3_moe)                     \
+  X(mixtral)                       \
+  X(olmoe)
 
 #define LINEARIZE_DECLARE_ARCHITECTURE(family) Architecture family##_architecture();
 #define LINEARIZE_CALL_ARCHITECTURE(family) family##_architecture(),

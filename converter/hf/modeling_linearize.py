@@ -235,16 +235,20 @@ class LinearizedAttention(nn.Module):
             source_attn.q_proj, source_attn.k_proj, source_attn.v_proj, source_attn.o_proj)
         self.q_norm = getattr(source_attn, "q_norm", None)
         self.k_norm = getattr(source_attn, "k_norm", None)
+        # OLMo 2's q/k norms span the whole projection (all heads at once), the others' each head.
+        self.qk_norm_full_width = self.q_norm is not None and self.q_norm.weight.shape[0] != self.head_dim
+        self.use_rope = getattr(source_attn, "use_rope", True)  # SmolLM3's NoPE layers: False
         for name, shape in program["tensors"].items():
             add_parameter(self, name, shape)
 
     def project(self, x):
         """q [B, T, H, D], k and v [B, T, Hkv, D]: after the family's q/k norm, before RoPE."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, -1, self.head_dim)
-        k = self.k_proj(x).view(B, T, -1, self.head_dim)
-        v = self.v_proj(x).view(B, T, -1, self.head_dim)
-        if self.q_norm is not None:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm_full_width:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
+        if self.q_norm is not None and not self.qk_norm_full_width:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
@@ -323,7 +327,7 @@ class ProgramRun:
         return self.layer.project_weights(x)
 
     def rope(self, op, v):
-        return rope(v, self.cos, self.sin)
+        return rope(v, self.cos, self.sin) if self.layer.use_rope else v
 
     def repeat_kv(self, op, v):
         return repeat_heads(v, self.layer.heads)
@@ -509,6 +513,7 @@ class LinearizeForCausalLM(LinearizePreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.logit_softcap = getattr(source, "final_logit_softcapping", None)
+        self.logits_scaling = getattr(source, "logits_scaling", 1.0)  # Granite divides its logits
         for i, layer in enumerate(self.model.layers):
             if i not in config.softmax_layers:
                 layer.self_attn = LinearizedAttention(layer.self_attn, source, config.linearize["program"], i)
@@ -534,6 +539,8 @@ class LinearizeForCausalLM(LinearizePreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
+        if self.logits_scaling != 1.0:
+            logits = logits / self.logits_scaling
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         loss = None

@@ -1,9 +1,11 @@
 // The decoder block written once (docs/architecture.md, "One model, pluggable token mixers"): norm -> token mixer
-// -> residual -> norm -> gated MLP -> residual, with Gemma's sandwich norms where the BlockSpec says so. CausalLM
-// (tensors) and export-onnx (value names in the graph) instantiate it with their own four primitives:
-//   norm(x, which)   the layer's RMSNorm `which` (plain or (1+w), the family's)
+// -> residual -> norm -> gated MLP -> residual, with the norms where the BlockSpec places them (pre, Gemma's sandwich,
+// OLMo 2's post) and Granite's residual multiplier. CausalLM (tensors) and export-onnx (value names in the graph)
+// instantiate it with their own five primitives:
+//   norm(x, which)   the layer's RMSNorm `which` (the family's NormStyle)
 //   mixer(x)         the layer's token mixer (the source's attention or the recipe's program)
 //   mlp(x)           the gated MLP
+//   scale(x, s)      x times the constant s
 //   add(a, b)        the residual
 #pragma once
 
@@ -12,8 +14,9 @@
 
 namespace linearize {
 
-// The block's RMSNorms by their Hugging Face names: input_layernorm, post_attention_layernorm (the MLP's input
-// norm, or with the sandwich the mixer's output norm), pre/post_feedforward_layernorm (sandwich only).
+// The block's RMSNorms by their Hugging Face names: input_layernorm (the mixer's input norm; none when post-norm),
+// post_attention_layernorm (the MLP's input norm, or with the sandwich and post-norm the mixer's output norm),
+// pre_feedforward_layernorm (sandwich only), post_feedforward_layernorm (the MLP's output norm: sandwich, post-norm).
 enum class BlockNorm { input, post_attention, pre_feedforward, post_feedforward };
 
 inline names::LayerModule norm_module(BlockNorm which) {
@@ -26,8 +29,8 @@ inline names::LayerModule norm_module(BlockNorm which) {
   return names::LayerModule::post_feedforward_layernorm;
 }
 
-// attn_out and mlp_out are the mixer's and the MLP's own outputs (what verify and distill compare): the
-// sandwich's output norms act after them.
+// attn_out and mlp_out are the mixer's and the MLP's own outputs (what verify and distill compare): output norms
+// and the residual multiplier act after them.
 template <class Value>
 struct BlockValues {
   Value attn_in, attn_out, mlp_out, out;
@@ -35,12 +38,20 @@ struct BlockValues {
 
 template <class Ops>
 BlockValues<typename Ops::Value> block_program(Ops& o, const BlockSpec& block, const typename Ops::Value& x) {
-  const bool sandwich = block.sandwich_norms;
-  const auto normed = o.norm(x, BlockNorm::input);
-  const auto attn = o.mixer(normed);
-  const auto mid = o.add(x, sandwich ? o.norm(attn, BlockNorm::post_attention) : attn);
-  const auto mlp = o.mlp(o.norm(mid, sandwich ? BlockNorm::pre_feedforward : BlockNorm::post_attention));
-  return {normed, attn, mlp, o.add(mid, sandwich ? o.norm(mlp, BlockNorm::post_feedforward) : mlp)};
+  using Value = typename Ops::Value;
+  const auto placement = block.norms;
+  const auto residual = [&](const Value& base, const Value& branch, BlockNorm output_norm) {
+    const auto normed = placement == NormPlacement::Pre ? branch : o.norm(branch, output_norm);
+    return o.add(base, block.residual_scale == 1.0 ? normed : o.scale(normed, block.residual_scale));
+  };
+  const auto mixer_in = placement == NormPlacement::Post ? x : o.norm(x, BlockNorm::input);
+  const auto attn = o.mixer(mixer_in);
+  const auto mid = residual(x, attn, BlockNorm::post_attention);
+  const auto mlp_in = placement == NormPlacement::Pre        ? o.norm(mid, BlockNorm::post_attention)
+                      : placement == NormPlacement::Sandwich ? o.norm(mid, BlockNorm::pre_feedforward)
+                                                             : mid;
+  const auto mlp = o.mlp(mlp_in);
+  return {mixer_in, attn, mlp, residual(mid, mlp, BlockNorm::post_feedforward)};
 }
 
 }  // namespace linearize

@@ -9,7 +9,7 @@
 #include "formats/error.h"
 #include "kernels/checkpoint.h"
 #include "kernels/linear.h"
-#include "kernels/norms.h"
+#include "converter/model/rms_norm.h"
 
 namespace linearize {
 
@@ -38,6 +38,26 @@ at::Tensor GatedMlp::forward(const at::Tensor& x) const {
   if (!adapters_) return kernels::linear_projection(act(gate_up[0]) * gate_up[1], down_, down_bias_);
   const auto hidden = act(adapters_->apply(Projection::gate, x, gate_up[0])) * adapters_->apply(Projection::up, x, gate_up[1]);
   return adapters_->apply(Projection::down, hidden, kernels::linear_projection(hidden, down_, down_bias_));
+}
+
+RoutedMlp::RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k)
+    : router_(std::move(router)), experts_(std::move(experts)), top_k_(top_k), normalize_top_k_(normalize_top_k) {}
+
+at::Tensor RoutedMlp::forward(const at::Tensor& x) const {
+  const auto flat = x.reshape({-1, x.size(-1)});
+  const auto probabilities = at::softmax(kernels::linear_projection(flat, router_), -1, at::kFloat);
+  auto [weights, chosen] = at::topk(probabilities, top_k_, -1);
+  if (normalize_top_k_) weights = weights / weights.sum(-1, /*keepdim=*/true);
+  weights = weights.to(x.scalar_type());
+  auto out = at::zeros_like(flat);
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    const auto hit = chosen.eq(static_cast<std::int64_t>(e));  // [N, k]: a token picks an expert at most once
+    const auto rows = hit.any(-1).nonzero().squeeze(-1);
+    if (rows.numel() == 0) continue;
+    const auto weight = weights.index_select(0, rows).masked_fill(hit.index_select(0, rows).logical_not(), 0).sum(-1, true);
+    out = out.index_add(0, rows, experts_[e].forward(flat.index_select(0, rows)) * weight);
+  }
+  return out.view(x.sizes());
 }
 
 at::Tensor DecoderLayer::weight(Projection projection) const {
@@ -80,7 +100,8 @@ SoftmaxAttentionShape attention_shape(const ModelConfig& config, std::int64_t la
           config.layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? config.sliding_window : std::nullopt,
           config.block.attention_scale.value_or(0.0),
           config.block.norm,
-          config.rms_norm_eps};
+          config.rms_norm_eps,
+          config.block.qk_norm};
 }
 
 CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& options, const MixerOverrides* overrides) {
@@ -108,12 +129,11 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     const auto weight = [i](LayerModule m) { return names::weight(i, m); };
     const auto bias = [i](LayerModule m) { return names::bias(i, m); };
     DecoderLayer layer;
-    layer.input_norm = w.get(weight(LayerModule::input_layernorm));
+    // The norms the placement has (decoder_tensors lists exactly these).
+    layer.input_norm = w.optional(weight(LayerModule::input_layernorm));
     layer.post_attention_norm = w.get(weight(LayerModule::post_attention_layernorm));
-    if (cfg.block.sandwich_norms) {
-      layer.pre_feedforward_norm = w.get(weight(LayerModule::pre_feedforward_layernorm));
-      layer.post_feedforward_norm = w.get(weight(LayerModule::post_feedforward_layernorm));
-    }
+    layer.pre_feedforward_norm = w.optional(weight(LayerModule::pre_feedforward_layernorm));
+    layer.post_feedforward_norm = w.optional(weight(LayerModule::post_feedforward_layernorm));
     // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
     AttentionProjections proj{w.take(weight(LayerModule::q_proj)), w.take(weight(LayerModule::k_proj)),
                               w.take(weight(LayerModule::v_proj)), w.get(weight(LayerModule::o_proj)),
@@ -124,10 +144,22 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     layer.attention = softmax->projections();
     if (overrides) layer.mixer = overrides->make(i, *softmax, w);
     if (!layer.mixer) layer.mixer = std::move(softmax);
-    layer.mlp = GatedMlp(w.take(weight(LayerModule::gate_proj)), w.take(weight(LayerModule::up_proj)),
-                         w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
-                         w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
-                         layer.adapters);
+    if (cfg.is_sparse(i)) {
+      using names::ExpertProjection;
+      const auto naming = cfg.block.expert_names;
+      std::vector<GatedMlp> experts;
+      for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
+        experts.emplace_back(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
+                             w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
+                             w.get(names::expert_weight(i, e, ExpertProjection::down, naming)), at::Tensor(), at::Tensor(),
+                             at::Tensor(), cfg.block.activation);
+      layer.routed_mlp = RoutedMlp(w.get(names::router_weight(i, naming)), std::move(experts), cfg.moe.top_k, cfg.moe.normalize_top_k);
+    } else {
+      layer.mlp = GatedMlp(w.take(weight(LayerModule::gate_proj)), w.take(weight(LayerModule::up_proj)),
+                           w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
+                           w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
+                           layer.adapters);
+    }
     w.release_taken();
     model.layers_.push_back(std::move(layer));
   }
@@ -153,13 +185,13 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
   const auto& block = config_.block;
   // By value: checkpointed blocks call it again in the backward, after run() has returned.
   const auto norm = [this](const at::Tensor& x, const at::Tensor& weight) {
-    const double eps = config_.rms_norm_eps;
-    return config_.block.norm == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus(x, weight, eps)
-                                                          : kernels::rms_norm(x, weight, eps);
+    return rms_norm(config_.block.norm, x, weight, config_.rms_norm_eps);
   };
   auto h = at::embedding(embed_, ids.to(embed_.device()));
-  // Gemma scales by sqrt(hidden) rounded to the weights' dtype first, as transformers does.
-  if (block.embedding_scale != 1.0) h = h * at::scalar_tensor(block.embedding_scale, embed_.options());
+  // Gemma scales by sqrt(hidden) rounded to the weights' dtype first (a buffer), Granite by its multiplier as a
+  // Python float (a wrapped scalar, applied in fp32), as transformers does.
+  if (block.embedding_scale != 1.0)
+    h = block.embedding_scale_in_weight_dtype ? h * at::scalar_tensor(block.embedding_scale, embed_.options()) : h * block.embedding_scale;
   if (capture) capture(names::kEmbedCapture, h);
   // One block on its input x, from position `start` (state: the layer's, or null).
   const auto run_block = [this, norm, start, form, token_mask, positions](std::size_t i, const at::Tensor& x, MixerState* layer_state,
@@ -184,7 +216,8 @@ at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState*
         return rms_norm(v, layer.post_feedforward_norm);
       }
       at::Tensor mixer(const at::Tensor& v) const { return layer.mixer->forward(v, start, state, call); }
-      at::Tensor mlp(const at::Tensor& v) const { return layer.mlp.forward(v); }
+      at::Tensor mlp(const at::Tensor& v) const { return layer.routed_mlp.defined() ? layer.routed_mlp.forward(v) : layer.mlp.forward(v); }
+      static at::Tensor scale(const at::Tensor& v, double s) { return v * s; }
       static at::Tensor add(const at::Tensor& a, const at::Tensor& b) { return a + b; }
     } ops{layers_[i], norm, MixerCall{listen, names::mixer_scope(layer_index), form, token_mask, positions}, start, layer_state};
     auto v = block_program(ops, config_.block, x);
@@ -219,6 +252,7 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& ids) const {
 
 at::Tensor CausalLM::logits_of(const at::Tensor& hidden) const {
   auto logits = kernels::linear_projection(hidden, lm_head_);
+  if (config_.block.logits_divisor != 1.0) logits = logits / config_.block.logits_divisor;
   const auto& cap = config_.block.final_logit_softcap;
   return cap ? at::tanh(logits / *cap) * *cap : logits;
 }
@@ -247,6 +281,7 @@ CausalLM CausalLM::source_model() const {
     copy.post_feedforward_norm = layer.post_feedforward_norm;
     copy.mixer = std::make_unique<SoftmaxAttentionMixer>(layer.mixer->source_attention().without_adapters());
     copy.mlp = layer.mlp.without_adapters();
+    copy.routed_mlp = layer.routed_mlp;
     copy.attention = layer.attention;
     source.layers_.push_back(std::move(copy));
   }

@@ -1,7 +1,7 @@
-// One decoder for every model: embeddings (scaled where the family says), N blocks (RMSNorm -> token mixer
-// [-> RMSNorm] -> residual -> RMSNorm -> gated MLP [-> RMSNorm] -> residual, the bracketed norms Gemma's
-// sandwich), final norm, lm_head (tied or not), an optional logit soft-cap. The block is what the
-// family's BlockSpec says. Source and converted models differ only in their list of mixers.
+// One decoder for every model: embeddings (scaled where the family says), N blocks (token mixer -> residual ->
+// gated MLP -> residual, with RMSNorms before or after each as the BlockSpec places them: block_program.h), final
+// norm, lm_head (tied or not), logits divided and soft-capped where the family says. The block is what the family's
+// BlockSpec says. Source and converted models differ only in their list of mixers.
 #pragma once
 
 #include <filesystem>
@@ -30,8 +30,9 @@ class GatedMlp {
            std::shared_ptr<const LayerAdapters> adapters = nullptr);
   // down(act(gate x) * up x): SwiGLU with silu, GeGLU with gelu-tanh (Shazeer 2020, eqs. 5-6).
   at::Tensor forward(const at::Tensor& x) const;
-  at::Tensor gate() const { return gate_up_.narrow(0, 0, gate_up_.size(0) / 2); }
-  at::Tensor up() const { return gate_up_.narrow(0, gate_up_.size(0) / 2, gate_up_.size(0) / 2); }
+  // Undefined for a layer whose MLP is routed (RoutedMlp).
+  at::Tensor gate() const { return gate_up_.defined() ? gate_up_.narrow(0, 0, gate_up_.size(0) / 2) : at::Tensor(); }
+  at::Tensor up() const { return gate_up_.defined() ? gate_up_.narrow(0, gate_up_.size(0) / 2, gate_up_.size(0) / 2) : at::Tensor(); }
   const at::Tensor& down() const { return down_; }
   at::Tensor gate_bias() const { return gate_up_bias_.defined() ? gate_up_bias_.narrow(0, 0, gate_up_bias_.size(0) / 2) : at::Tensor(); }
   at::Tensor up_bias() const {
@@ -49,12 +50,32 @@ class GatedMlp {
   std::shared_ptr<const LayerAdapters> adapters_;
 };
 
+// A routed mixture of gated experts (MoeConfig, Shazeer et al. 2017 eqs. 1-3): p = softmax(router x) in fp32, the top
+// k of p (renormalised where the family says) cast to x's dtype, y = sum over the chosen e of p_e expert_e(x), each
+// expert's rows gathered and added back in ascending expert order, as transformers' Qwen3MoeExperts does. Only the
+// experts some token chose run. The experts are frozen: no adapters act here.
+class RoutedMlp {
+ public:
+  RoutedMlp() = default;
+  RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k);
+  at::Tensor forward(const at::Tensor& x) const;
+  bool defined() const { return router_.defined(); }
+  const at::Tensor& router() const { return router_; }
+  const std::vector<GatedMlp>& experts() const { return experts_; }
+
+ private:
+  at::Tensor router_;  // [experts, hidden]
+  std::vector<GatedMlp> experts_;
+  std::int64_t top_k_ = 0;
+  bool normalize_top_k_ = false;
+};
+
 struct DecoderLayer {
-  // RMSNorm weights [d], by their HF names: input_layernorm, post_attention_layernorm (the MLP's input norm,
-  // or with the sandwich the mixer's output norm), pre/post_feedforward_layernorm (sandwich only).
+  // RMSNorm weights [d], by their HF names (block_program.h's BlockNorm); undefined where the placement has none.
   at::Tensor input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm;
   std::unique_ptr<TokenMixer> mixer;
-  GatedMlp mlp;
+  GatedMlp mlp;          // the dense MLP, or...
+  RoutedMlp routed_mlp;  // ...on a MoE layer (ModelConfig::is_sparse) the routed experts, `mlp` then empty
   AttentionProjections attention;  // the source attention's weights (views), which converted mixers reuse
   std::shared_ptr<LayerAdapters> adapters = std::make_shared<LayerAdapters>();  // shared with mixer and MLP
 

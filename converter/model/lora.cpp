@@ -73,6 +73,9 @@ std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std:
     for (const auto& target : targets) {
       const auto projection = find_projection(target);
       if (!projection) throw std::invalid_argument("attach_lora: unknown projection " + target);
+      if (!layer.weight(*projection).defined())  // a routed MoE layer: its experts stay frozen
+        throw std::invalid_argument("lora.targets: " + target + ": layer " + std::to_string(i) +
+                                    "'s MLP is routed experts, which are not adapted (target the attention)");
       auto lora = std::make_shared<LoraLinear>(names::module_path(static_cast<std::int64_t>(i), layer_module(*projection)), layer.weight(*projection),
                                                layer.bias(*projection), options, generator);
       layer.adapters->attach(*projection, lora);
@@ -96,6 +99,7 @@ std::vector<std::shared_ptr<LoraLinear>> attach_peft_adapter(CausalLM& model, co
                                               std::to_string(model.layers().size() - 1) + ": " + projection_names() + ")");
     auto& target = model.layers()[layer];
     const auto weight = target.weight(*projection);
+    if (!weight.defined()) throw InputError(file, module.path, "is a routed MoE layer's MLP, which has no dense projection to adapt");
     if (module.a.size(1) != weight.size(1) || module.b.size(0) != weight.size(0))
       throw InputError(file, module.path, "LoRA shapes A [" + std::to_string(module.a.size(0)) + ", " + std::to_string(module.a.size(1)) +
                                               "] and B [" + std::to_string(module.b.size(0)) + ", " + std::to_string(module.b.size(1)) +

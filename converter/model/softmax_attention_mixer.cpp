@@ -6,7 +6,7 @@
 
 #include "converter/names.h"
 #include "kernels/linear.h"
-#include "kernels/norms.h"
+#include "converter/model/rms_norm.h"
 #include "kernels/softmax_attention.h"
 
 namespace linearize {
@@ -97,10 +97,15 @@ ProjectedHeads SoftmaxAttentionMixer::split_projection(const at::Tensor& x, cons
 
 ProjectedHeads SoftmaxAttentionMixer::project_heads(const at::Tensor& x) const {
   auto heads = split_projection(x, qkv_bias_);
-  if (proj_.q_norm.defined()) {
-    const auto norm = shape_.qk_norm_style == NormStyle::OnePlusWeight ? kernels::rms_norm_one_plus : kernels::rms_norm;
-    heads.q = norm(heads.q, proj_.q_norm, shape_.qk_norm_eps);
-    heads.k = norm(heads.k, proj_.k_norm, shape_.qk_norm_eps);
+  if (shape_.qk_norm != QkNorm::None) {
+    // OLMo 2 normalises the whole projection ([B, T, H D]), the others each head ([B, T, H, D]).
+    const bool full = shape_.qk_norm == QkNorm::FullWidth;
+    const auto norm = [&](const at::Tensor& h, const at::Tensor& weight) {
+      const auto y = rms_norm(shape_.qk_norm_style, full ? h.flatten(2) : h, weight, shape_.qk_norm_eps);
+      return full ? y.view(h.sizes()) : y;
+    };
+    heads.q = norm(heads.q, proj_.q_norm);
+    heads.k = norm(heads.k, proj_.k_norm);
   }
   return heads;
 }

@@ -14,7 +14,7 @@ namespace linearize {
 struct AttentionProjections {
   at::Tensor q, k, v, o;                    // [out, in] weights
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when absent
-  at::Tensor q_norm, k_norm;                  // [head_dim] per-head RMSNorm weights (Qwen3, Gemma 3), or undefined
+  at::Tensor q_norm, k_norm;  // RMSNorm weights: [head_dim] per head (Qwen3, Gemma 3), [heads x head_dim] (OLMo 2), or undefined
 };
 
 // q, k, v of one projection call in fla's sequence-first layout: [B, T, H, D], [B, T, Hkv, D] x 2 (q and k
@@ -30,6 +30,7 @@ struct SoftmaxAttentionShape {
   double scale = 0;                          // of q.k; 0: head_dim^-1/2 (Gemma: query_pre_attn_scalar^-1/2)
   NormStyle qk_norm_style = NormStyle::Weight;
   double qk_norm_eps = 1e-6;
+  QkNorm qk_norm = QkNorm::None;  // per head, or over all heads of q (and of k) at once
 
   double effective_scale() const;
 };

@@ -1,5 +1,7 @@
 #include "converter/model/weights.h"
 
+#include <algorithm>
+
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -41,10 +43,14 @@ void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpe
   if (missing.empty() && misshaped.empty() && unexpected.empty()) return;
 
   std::ostringstream msg;
+  // The first few of each kind: a MoE checkpoint read with the wrong expert count misses thousands, and one line
+  // must stay readable.
+  constexpr std::size_t kShown = 6;
   const auto list = [&](const char* what, const std::vector<std::string>& items) {
     if (items.empty()) return;
     msg << (msg.tellp() > 0 ? "; " : "") << items.size() << ' ' << what << ": ";
-    for (std::size_t i = 0; i < items.size(); ++i) msg << (i ? ", " : "") << items[i];
+    for (std::size_t i = 0; i < std::min(items.size(), kShown); ++i) msg << (i ? ", " : "") << items[i];
+    if (items.size() > kShown) msg << ", ... (" << items.size() - kShown << " more)";
   };
   list("missing", missing);
   list("mis-shaped", misshaped);

@@ -160,7 +160,7 @@ TEST(Cli, RecipesListsTheRegistryWithItsParameters) {
 }
 
 TEST(Cli, InspectReadsEveryFixture) {
-  for (const char* model : {"tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"}) {
+  for (const auto& model : test::fixture_models()) {
     const auto r = test::run_linearize({"inspect", "--json", (test::fixtures_dir() / model).string()});
     EXPECT_EQ(r.exit_code, 0) << model << ": " << r.err;
     EXPECT_NE(r.out.find("\"architecture\""), std::string::npos) << model;

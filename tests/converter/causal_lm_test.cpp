@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 
+#include "converter/architectures/registry.h"
 #include "converter/model/causal_lm.h"
+#include "converter/model_config.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
 
@@ -131,7 +134,14 @@ std::string fixture_test_name(const testing::TestParamInfo<std::string>& param) 
   return name;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"),
+// Every family-wide test iterates test::fixture_models(): each registered family must have a fixture there.
+TEST(Fixtures, EveryRegisteredFamilyHasOne) {
+  std::set<std::string> covered;
+  for (const auto& model : test::fixture_models()) covered.insert(load_model_config(test::fixtures_dir() / model / "config.json").family->model_type);
+  for (const auto& arch : architectures()) EXPECT_TRUE(covered.count(arch.model_type)) << arch.model_type << " has no fixture";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceForward, testing::ValuesIn(test::fixture_models()),
                          fixture_test_name);
 
 }  // namespace

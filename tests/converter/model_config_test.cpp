@@ -1,5 +1,5 @@
-// config.json -> ModelConfig for Llama, Mistral and Qwen2: legacy and v5 RoPE keys, head_dim, GQA,
-// window rules per family, and errors that name the file and the key.
+// config.json -> ModelConfig for the registered families: legacy and v5 RoPE keys, head_dim, GQA, window rules
+// per family, the block traits, and errors that name the file and the key.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -131,6 +131,99 @@ TEST_F(ConfigTest, Gemma3RopeBasesDefaultAsGemma3TextConfigDoes) {
     ASSERT_TRUE(config.sliding_rope.has_value()) << c.keys;
     EXPECT_DOUBLE_EQ(config.sliding_rope->theta, c.sliding) << c.keys;
   }
+}
+
+// The 2026 families' config traits; expected values as transformers 5.22.2's config classes print them
+// (SmolLM3Config(num_hidden_layers=8).no_rope_layers, Olmo3Config(num_hidden_layers=4, rope_scaling=...)).
+TEST_F(ConfigTest, SmolLM3NoRopeLayersDefaultToEveryFourthAndWindowOnlyThose) {
+  auto j = base("smollm3", "SmolLM3ForCausalLM");
+  j["num_hidden_layers"] = 8;
+  auto c = load(j);
+  EXPECT_EQ(c.nope_layers, (std::vector<bool>{false, false, false, true, false, false, false, true}));  // [1,1,1,0,...]
+  EXPECT_DOUBLE_EQ(c.rope.theta, 2e6);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.rope_for(3).partial_rotary_factor, 0.0);  // the identity rotation
+  EXPECT_EQ(c.rope_for(2).partial_rotary_factor, 1.0);
+  EXPECT_FALSE(c.has_sliding_layers());
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 64;
+  c = load(j);
+  EXPECT_EQ(c.layer_types[3], AttentionKind::Sliding);
+  EXPECT_EQ(c.layer_types[2], AttentionKind::Full);
+  j["no_rope_layers"] = {1, 0, 1};
+  EXPECT_EQ(error(j).rfind(error_prefix("no_rope_layers") + "has 3 entries for 8 layers", 0), 0u) << error(j);
+  j["no_rope_layers"] = {1, 2, 1, 1, 1, 1, 1, 1};
+  EXPECT_EQ(error(j).rfind(error_prefix("no_rope_layers"), 0), 0u) << error(j);
+}
+
+TEST_F(ConfigTest, GraniteMultipliersAndOlmoBlocks) {
+  auto j = base("granite", "GraniteForCausalLM");
+  j.update({{"embedding_multiplier", 12.0}, {"attention_multiplier", 0.0078125}, {"residual_multiplier", 0.22}, {"logits_scaling", 16.0}});
+  auto c = load(j);
+  EXPECT_DOUBLE_EQ(c.block.embedding_scale, 12.0);
+  EXPECT_DOUBLE_EQ(*c.block.attention_scale, 0.0078125);
+  EXPECT_DOUBLE_EQ(c.block.residual_scale, 0.22);
+  EXPECT_DOUBLE_EQ(c.block.logits_divisor, 16.0);
+  j["residual_multiplier"] = 0;
+  EXPECT_EQ(error(j).rfind(error_prefix("residual_multiplier") + "must be positive", 0), 0u) << error(j);
+
+  c = load(base("olmo2", "Olmo2ForCausalLM"));
+  EXPECT_EQ(c.block.norms, NormPlacement::Post);
+  EXPECT_EQ(c.block.qk_norm, QkNorm::FullWidth);
+  EXPECT_EQ(c.block.norm, NormStyle::WeightInFp32);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);  // Olmo2Config's default
+
+  j = base("olmo3", "Olmo3ForCausalLM");
+  j["rope_theta"] = 5e5;
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 8.0}, {"original_max_position_embeddings", 8192}};
+  c = load(j);
+  EXPECT_EQ(c.layer_types, (std::vector<AttentionKind>{AttentionKind::Sliding, AttentionKind::Sliding, AttentionKind::Sliding, AttentionKind::Full}));
+  EXPECT_EQ(*c.sliding_window, 4096);
+  EXPECT_EQ(c.rope_for(3).type, RopeType::Yarn);       // full: the legacy rope_scaling
+  EXPECT_EQ(c.rope_for(0).type, RopeType::Default);    // sliding: default RoPE at rope_theta
+  EXPECT_DOUBLE_EQ(c.rope_for(0).theta, 5e5);
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 8.0}};
+  EXPECT_EQ(error(j).rfind(error_prefix("rope_parameters") + "OLMo 3 reads one object per layer type", 0), 0u) << error(j);
+}
+
+// Which layers route, as Qwen3MoeDecoderLayer decides: not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0.
+TEST_F(ConfigTest, MoeRoutingKeys) {
+  auto j = base("qwen3_moe", "Qwen3MoeForCausalLM");
+  j.update({{"num_experts", 8}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 32}, {"norm_topk_prob", true},
+            {"decoder_sparse_step", 2}, {"mlp_only_layers", {3}}});
+  auto c = load(j);
+  EXPECT_EQ(c.moe.sparse_layers, (std::vector<bool>{false, true, false, false}));
+  EXPECT_EQ(c.moe.intermediate_size, 32);
+  EXPECT_TRUE(c.moe.normalize_top_k);
+  j["num_experts_per_tok"] = 9;
+  EXPECT_EQ(error(j).rfind(error_prefix("num_experts_per_tok") + "must be in 1..8", 0), 0u) << error(j);
+  j["num_experts_per_tok"] = 2;
+  j["mlp_only_layers"] = {7};
+  EXPECT_EQ(error(j).rfind(error_prefix("mlp_only_layers") + "layer 7 does not exist", 0), 0u) << error(j);
+
+  j["num_local_experts"] = 16;  // Qwen3MoeConfig.attribute_map: the same key
+  EXPECT_EQ(error(j).rfind(error_prefix("num_local_experts") + "differs from num_experts", 0), 0u) << error(j);
+  j.erase("num_experts");
+  j["mlp_only_layers"] = {3};
+  EXPECT_EQ(load(j).moe.experts, 16);  // as transformers 5.22 writes Qwen3MoeConfig
+
+  auto mixtral = base("mixtral", "MixtralForCausalLM");
+  mixtral["num_key_value_heads"] = 2;
+  c = load(mixtral);
+  EXPECT_EQ(c.moe.experts, 8);  // MixtralConfig's defaults
+  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.intermediate_size, c.intermediate_size);
+  EXPECT_TRUE(c.moe.normalize_top_k);
+  EXPECT_EQ(c.block.expert_names, names::ExpertNames::block_sparse_moe);
+
+  j = base("olmoe", "OlmoeForCausalLM");
+  c = load(j);
+  EXPECT_EQ(c.moe.experts, 64);  // OlmoeConfig's defaults
+  EXPECT_FALSE(c.moe.normalize_top_k);
+  EXPECT_EQ(c.block.qk_norm, QkNorm::FullWidth);
+  j["clip_qkv"] = 8.0;
+  EXPECT_EQ(error(j).rfind(error_prefix("clip_qkv"), 0), 0u) << error(j);
 }
 
 TEST_F(ConfigTest, MistralWindowCoversEveryLayerAndKvDefaultIsEight) {

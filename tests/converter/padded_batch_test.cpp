@@ -27,7 +27,8 @@ const std::vector<std::int64_t> kLengths = {100, 70, 1};
 // scripts/fetch_real_model.py); rounding grows with depth and width about as their square roots, so a 32-layer
 // 8B model stays near 1e-5. 1e-4 leaves a margin of 10. A
 // padded token seen by a real one (one key in a window of 64, one write into a state, a shifted position)
-// moves logits by 1e-2 and more: the unmasked batch below must exceed the tolerance a hundredfold.
+// moves logits by 1e-2 and more (2.2e-3 on tiny-granite's fresh gated-deltanet, whose 0.22 residual multiplier damps
+// every branch): the unmasked batch below must exceed the tolerance tenfold, so the masked check can fail.
 constexpr double kTolerance = 1e-4;
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
@@ -77,10 +78,8 @@ void expect_padding_is_a_no_op(const CausalLM& model, const std::string& what) {
   }
   // Without the mask the padding is read as tokens: the comparison above can fail.
   const auto unmasked = model.forward(batch.ids, {}, kernels::MixerForm::chunked);
-  EXPECT_GT(worst_row_error(model, batch, unmasked, kernels::MixerForm::chunked), 100 * kTolerance) << what << " unmasked";
+  EXPECT_GT(worst_row_error(model, batch, unmasked, kernels::MixerForm::chunked), 10 * kTolerance) << what << " unmasked";
 }
-
-const std::vector<std::string> kFixtures = {"tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"};
 
 // "source" and every registered recipe.
 std::vector<std::string> models() {
@@ -101,7 +100,7 @@ TEST_P(PaddedBatchEqualsEachAlone, InTheChunkedAndParallelForms) {
   expect_padding_is_a_no_op(load_model(test::convert_fixture(dir, fixture, model)), fixture + " " + model);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, PaddedBatchEqualsEachAlone, testing::Combine(testing::ValuesIn(kFixtures), testing::ValuesIn(models())),
+INSTANTIATE_TEST_SUITE_P(Fixtures, PaddedBatchEqualsEachAlone, testing::Combine(testing::ValuesIn(test::fixture_models()), testing::ValuesIn(models())),
                          [](const testing::TestParamInfo<std::tuple<std::string, std::string>>& param) {
                            auto name = std::get<0>(param.param) + "_" + std::get<1>(param.param);
                            std::replace(name.begin(), name.end(), '-', '_');

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 
 #include "kernels/norms.h"
 #include "kernels/softmax_attention.h"
@@ -75,6 +76,11 @@ TEST(RmsNorm, NormalisesInFp32AndScales) {
   const auto x32 = xb.to(at::kFloat);
   const auto ref = wb * (x32 / (x32.pow(2).mean(-1, true) + 1e-5).sqrt()).to(at::kBFloat16);
   EXPECT_TRUE(rms_norm(xb, wb, 1e-5).equal(ref));
+  // OLMo 2's form: the product w * normalised in fp32, rounded once (Olmo2RMSNorm). It must differ from the Llama form
+  // above on most bf16 elements (two roundings against one), or the test could not tell them apart.
+  const auto wide_ref = (wb.to(at::kFloat) * (x32 / (x32.pow(2).mean(-1, true) + 1e-5).sqrt())).to(at::kBFloat16);
+  EXPECT_TRUE(rms_norm_weight_in_fp32(xb, wb, 1e-5).equal(wide_ref));
+  EXPECT_FALSE(wide_ref.equal(ref));
 }
 
 // The fused CPU loop (no autograd) against the ATen form (taken when x wants a gradient) on the same input:
@@ -83,14 +89,15 @@ TEST(RmsNorm, NormalisesInFp32AndScales) {
 // bf16 / fp16: a value next to a rounding boundary may round the other way, one step of the dtype (at most
 // 2^-7 / 2^-10 relative), and the normalised row's step passes through the weight's product before that
 // rounds too: at most two steps, on a few elements. A rounding skipped or added (the normalised row not
-// cast back before the weight, or Gemma's product cast twice) would move most elements.
+// cast back before the weight, or Gemma's / OLMo's product cast twice) would move most elements.
 TEST(RmsNorm, FusedLoopEqualsTheAtenForm) {
   at::manual_seed(5);
   const auto x64 = at::randn({37, 200}, at::kDouble) * 3, w64 = at::randn({200}, at::kDouble);
-  for (const bool one_plus : {false, true}) {
-    const auto norm = one_plus ? rms_norm_one_plus : rms_norm;
+  const std::pair<const char*, decltype(&rms_norm)> forms[] = {
+      {"w", rms_norm}, {"w in fp32", rms_norm_weight_in_fp32}, {"1 + w", rms_norm_one_plus}};
+  for (const auto& [label, norm] : forms) {
     for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
-      SCOPED_TRACE(std::string(c10::toString(dtype)) + (one_plus ? " one_plus" : ""));
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + " " + label);
       const auto x = x64.to(dtype), w = w64.to(dtype);
       const auto fused = norm(x, w, 1e-6);
       const auto aten = norm(x.clone().requires_grad_(), w, 1e-6).detach();

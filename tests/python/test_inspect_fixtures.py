@@ -3,6 +3,7 @@
 The oracle is transformers' own config classes (after their defaults and RoPE standardisation) and the
 model they build, plus safetensors' view of the shards, never our own output.
 """
+import glob
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 LINEARIZE = os.environ["LINEARIZE_BINARY"]
 FIXTURES = os.environ["LINEARIZE_FIXTURES"]
-MODELS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "deep-llama"]
+MODELS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(FIXTURES, "tiny-*"))) + ["deep-llama"]
 
 
 def weight_files(model_dir):
@@ -65,15 +66,36 @@ class InspectFixtures(unittest.TestCase):
 
         # The block, against the modules transformers built.
         layer, block = model.model.layers[0], got["block"]
-        self.assertEqual(block["qk_norm"], hasattr(attn, "q_norm"))
-        self.assertEqual(block["sandwich_norms"], hasattr(layer, "pre_feedforward_layernorm"))
+        q_norm = getattr(attn, "q_norm", None)
+        self.assertEqual(block["qk_norm"], "none" if q_norm is None else
+                         "per_head" if q_norm.weight.shape[0] == attn.head_dim else "full_width")
+        self.assertEqual(block["norm_placement"], "sandwich" if hasattr(layer, "pre_feedforward_layernorm") else
+                         "post" if not hasattr(layer, "input_layernorm") else "pre")
         self.assertEqual(block["activation"], getattr(cfg, "hidden_activation", None) or cfg.hidden_act)
-        self.assertAlmostEqual(block["embedding_scale"], float(getattr(model.model.embed_tokens, "scalar_embed_scale", 1.0)))
+        embed_scale = getattr(model.model.embed_tokens, "scalar_embed_scale", None) or getattr(model.model, "embedding_multiplier", 1.0)
+        self.assertAlmostEqual(block["embedding_scale"], float(embed_scale))
         self.assertAlmostEqual(block["attention_scale"], attn.scaling)
+        self.assertAlmostEqual(block["residual_scale"], getattr(layer, "residual_multiplier", 1.0))
+        self.assertAlmostEqual(block["logits_divisor"], getattr(cfg, "logits_scaling", 1.0))
         self.assertEqual(block.get("final_logit_softcap"), getattr(cfg, "final_logit_softcapping", None))
+        nope = [i for i, l in enumerate(model.model.layers) if not getattr(l.self_attn, "use_rope", True)]
+        self.assertEqual(block.get("nope_layers", []), nope)
+
+        # Routed MLPs: the layers whose MLP module has experts, and its router's settings.
+        mlps = [getattr(l, "mlp", None) or getattr(l, "block_sparse_moe") for l in model.model.layers]
+        sparse = [i for i, m in enumerate(mlps) if hasattr(m, "experts")]
+        if not sparse:
+            self.assertNotIn("moe", got)
+        else:
+            moe, router = got["moe"], mlps[sparse[0]].gate
+            self.assertEqual(moe["sparse_layers"], sparse)
+            self.assertEqual(moe["experts"], router.num_experts)
+            self.assertEqual(moe["top_k"], router.top_k)
+            self.assertEqual(moe["expert_intermediate_size"], mlps[sparse[0]].experts.intermediate_dim)
+            self.assertEqual(moe["normalize_top_k"], getattr(router, "norm_topk_prob", True))  # Mixtral's always
 
         layer_types = getattr(cfg, "layer_types", None)
-        if cfg.model_type == "mistral":  # MistralConfig: one window for all layers, when set
+        if cfg.model_type in ("mistral", "mixtral"):  # one window for all layers, when set
             expected_sliding = list(range(cfg.num_hidden_layers)) if cfg.sliding_window else []
         else:
             expected_sliding = [i for i, t in enumerate(layer_types or []) if t == "sliding_attention"]
@@ -97,23 +119,11 @@ class InspectFixtures(unittest.TestCase):
         self.assertIn(cfg.architectures[0], text)
         self.assertIn(f"{got['parameters']}", text)
 
-    def test_llama(self):
-        self.check("tiny-llama")
-
-    def test_mistral(self):
-        self.check("tiny-mistral")
-
-    def test_qwen2(self):
-        self.check("tiny-qwen2")
-
-    def test_qwen3(self):
-        self.check("tiny-qwen3")
-
-    def test_gemma3(self):
-        self.check("tiny-gemma3")
-
-    def test_deep_llama(self):
-        self.check("deep-llama")
+    def test_every_fixture(self):
+        self.assertGreaterEqual(len(MODELS), 13)  # the glob found the fixtures
+        for name in MODELS:
+            with self.subTest(name):
+                self.check(name)
 
 
 if __name__ == "__main__":

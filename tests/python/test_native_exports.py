@@ -221,10 +221,12 @@ def main():
         # Refusals: one line naming the file, the field and the layer; nothing written.
         refusals = [("qwen3_5", "llama-d64", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
                     ("qwen3_5", "tiny-gemma3", [], "pre_feedforward_layernorm:"),
+                    ("qwen3_5", "tiny-olmo2", [], "post_feedforward_layernorm:"),
                     ("qwen3_5", "tiny-qwen3", ["norm_eps=1e-5"], "linearize.params.norm_eps:"),
                     ("granitehybrid", "tiny-llama", [], "head_dim: llama.cpp's granitehybrid needs d_inner = 2 x hidden_size"),
                     ("granitehybrid", "tiny-qwen2", ["softmax_layers=[1]"], "self_attn.q_proj.bias: layer 1:"),
-                    ("granitehybrid", "tiny-mistral", ["softmax_layers=[0]"], "sliding_window: layer 0:")]
+                    ("granitehybrid", "tiny-mistral", ["softmax_layers=[0]"], "sliding_window: layer 0:"),
+                    ("granitehybrid", "tiny-smollm3", ["softmax_layers=[1]"], "no_rope_layers: layer 1:")]
         recipes = {"qwen3_5": "gated-deltanet", "granitehybrid": "mamba2"}
         for j, (layout, family, params, expected) in enumerate(refusals):
             conversion = convert(source_dir(family, tmp), recipes[layout], os.path.join(tmp, f"r{j}"), params)
