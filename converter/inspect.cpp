@@ -16,11 +16,15 @@ nlohmann::ordered_json rope_json(const RopeConfig& rope) {
   j["type"] = rope_type_name(rope.type);
   j["theta"] = rope.theta;
   if (rope.partial_rotary_factor != 1.0) j["partial_rotary_factor"] = rope.partial_rotary_factor;
-  if (rope.type != RopeType::Default) j["factor"] = rope.factor;
+  if (rope.type != RopeType::Default && rope.factor > 0) j["factor"] = rope.factor;
   if (rope.low_freq_factor) j["low_freq_factor"] = *rope.low_freq_factor;
   if (rope.high_freq_factor) j["high_freq_factor"] = *rope.high_freq_factor;
   if (rope.original_max_position_embeddings) j["original_max_position_embeddings"] = *rope.original_max_position_embeddings;
   if (rope.attention_factor) j["attention_factor"] = *rope.attention_factor;
+  if (rope.type == RopeType::LongRope) {
+    j["short_factor"] = rope.short_factor;
+    j["long_factor"] = rope.long_factor;
+  }
   if (rope.type == RopeType::Yarn) {
     j["beta_fast"] = rope.beta_fast;
     j["beta_slow"] = rope.beta_slow;

@@ -244,10 +244,14 @@ ConvertResult convert_checkpoint(const ConvertOptions& options) {
   // rotated at the lengths seen so far, so prefill and decode would compute different functions
   // (transformers' own cached decode differs from its prefill there too). Every other RoPE type the
   // families use (default, linear, llama3, yarn) rotates position t the same way whatever the length.
-  if (config.rope.type == RopeType::Dynamic || (config.sliding_rope && config.sliding_rope->type == RopeType::Dynamic))
-    throw InputError(config.source, "rope_scaling.rope_type",
-                     "'dynamic' rescales RoPE by the total sequence length, which a recurrent state cannot follow; "
-                     "convert a copy whose config uses a fixed scaling (default, linear, llama3 or yarn)");
+  // LongRoPE switches every rotation to its long factors once the sequence passes original_max_position_embeddings:
+  // the same problem.
+  for (const auto* rope : {&config.rope, config.sliding_rope ? &*config.sliding_rope : nullptr})
+    if (rope && kernels::rope_depends_on_length(*rope))
+      throw InputError(config.source, "rope_scaling.rope_type",
+                       std::string("'") + rope_type_name(rope->type) +
+                           "' rescales RoPE by the total sequence length, which a recurrent state cannot follow; convert a copy "
+                           "whose config uses a fixed scaling (default, linear, llama3, yarn, or longrope with long_factor = short_factor)");
   const auto& recipe = find_recipe(options.recipe, "command line", "--recipe");
   if (recipe.check_source) recipe.check_source(config);
   ConvertResult result;

@@ -21,7 +21,8 @@ RopeType parse_rope_type(const JsonObject& obj, const std::string& key, const st
   if (name == "dynamic") return RopeType::Dynamic;
   if (name == "llama3") return RopeType::Llama3;
   if (name == "yarn") return RopeType::Yarn;
-  obj.fail(key, "unsupported RoPE type '" + name + "' (supported: default, linear, dynamic, llama3, yarn)");
+  if (name == "longrope") return RopeType::LongRope;
+  obj.fail(key, "unsupported RoPE type '" + name + "' (supported: default, linear, dynamic, llama3, yarn, longrope)");
 }
 
 // One RoPE: the top-level rope_theta (else the family's default) / partial_rotary_factor, overridden by `params`
@@ -41,7 +42,16 @@ RopeConfig parse_rope(const JsonObject& root, const std::optional<JsonObject>& p
   const std::string type_name = p.has(type_key) ? p.get_string(type_key) : "default";
   rope.type = parse_rope_type(p, type_key, type_name);
 
-  if (rope.type != RopeType::Default) {
+  if (rope.type == RopeType::LongRope) {
+    // Phi3Config's top-level original_max_position_embeddings wins over the parameters' (standardize_rope_params).
+    rope.original_max_position_embeddings = root.get_optional_int("original_max_position_embeddings")
+                                                .value_or(p.get_optional_int("original_max_position_embeddings").value_or(max_positions));
+    if (*rope.original_max_position_embeddings <= 0) p.fail("original_max_position_embeddings", "must be positive");
+    rope.short_factor = p.get_double_list("short_factor");
+    rope.long_factor = p.get_double_list("long_factor");
+    rope.factor = p.get_optional_double("factor").value_or(0.0);  // 0: max_position_embeddings / the original
+    rope.attention_factor = p.get_optional_double("attention_factor");
+  } else if (rope.type != RopeType::Default) {
     rope.factor = p.get_double("factor");
     if (rope.factor < 1.0 && rope.type != RopeType::Llama3) p.fail("factor", "must be >= 1, got " + std::to_string(rope.factor));
     if (rope.factor <= 0.0) p.fail("factor", "must be positive");
@@ -224,6 +234,15 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   }
   const auto rotary = static_cast<std::int64_t>(std::llround(cfg.head_dim * cfg.rope.partial_rotary_factor));
   if (rotary % 2 != 0) root.fail("head_dim", "rotary dimension " + std::to_string(rotary) + " is odd");
+  for (const auto* rope : {&cfg.rope, cfg.sliding_rope ? &*cfg.sliding_rope : nullptr}) {
+    if (!rope || rope->type != RopeType::LongRope) continue;
+    const auto frequencies = static_cast<std::size_t>(kernels::rotary_dim(*rope, cfg.head_dim) / 2);
+    const char* key = root.has("rope_scaling") ? "rope_scaling" : "rope_parameters";
+    for (const auto* list : {&rope->short_factor, &rope->long_factor})
+      if (list->size() != frequencies)
+        root.fail(std::string(key) + (list == &rope->short_factor ? ".short_factor" : ".long_factor"),
+                  "has " + std::to_string(list->size()) + " entries for " + std::to_string(frequencies) + " rotary frequencies");
+  }
   cfg.tie_word_embeddings = root.get_bool("tie_word_embeddings", family.tie_word_embeddings);
   cfg.block = cfg.family->block;
   cfg.family->read_family_config(root, family, cfg);

@@ -14,7 +14,7 @@ struct ModuleEntry {
   const char* parent;  // "self_attn." or "mlp." or "" (the norms sit on the layer)
 };
 
-constexpr std::array<ModuleEntry, 13> kModules{{
+constexpr std::array<ModuleEntry, 15> kModules{{
     {"input_layernorm", ""},
     {"post_attention_layernorm", ""},
     {"pre_feedforward_layernorm", ""},
@@ -28,6 +28,8 @@ constexpr std::array<ModuleEntry, 13> kModules{{
     {"gate_proj", "mlp."},
     {"up_proj", "mlp."},
     {"down_proj", "mlp."},
+    {"qkv_proj", "self_attn."},
+    {"gate_up_proj", "mlp."},
 }};
 
 constexpr std::array<const char*, 4> kCaptures{"attn_in", "attn_out", "mlp_out", "out"};

@@ -25,6 +25,8 @@ enum class LayerModule {
   gate_proj,
   up_proj,
   down_proj,
+  qkv_proj,      // Phi-3's fused [q; k; v] and [gate; up] (BlockSpec::fused_projections)
+  gate_up_proj,
 };
 
 const char* module_name(LayerModule module);                       // "q_proj"

@@ -94,6 +94,7 @@ std::vector<NativeInexact> shared_checks(const Conversion& c, const std::string&
     add(out, "post_feedforward_layernorm", {}, "post-norms (OLMo 2): " + name + "'s block normalises the mixer's and the MLP's inputs");
   if (cfg.block.final_logit_softcap) add(out, "final_logit_softcapping", {}, name + " does not soft-cap its logits");
   if (cfg.moe.experts > 0) add(out, "num_experts", {}, "routed MoE MLPs; " + name + "'s export writes one dense MLP per layer");
+  if (cfg.block.fused_projections) add(out, names::module_in_layer(LayerModule::qkv_proj), {}, "fused projections (Phi-3); " + name + "'s export reads q, k, v apart");
   if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
     add(out, "hidden_act", {}, "'" + cfg.hidden_act + "': " + name + "'s MLP and conv use silu (llama.cpp hard-codes it)");
   if (cfg.mlp_bias) add(out, "mlp_bias", {}, name + "'s MLP has no biases");

@@ -90,9 +90,9 @@ std::string OnnxModelContext::matrix(const std::string& name) {
 }
 
 std::pair<std::string, std::string> OnnxModelContext::rope_tables(const RopeConfig& rope, std::int64_t head_dim) {
-  if (rope.type == RopeType::Dynamic)
+  if (kernels::rope_depends_on_length(rope))
     throw InputError(config.source, "rope_scaling.rope_type",
-                     "dynamic RoPE rescales with the sequence length; export-onnx takes fixed frequencies only");
+                     std::string(rope_type_name(rope.type)) + " RoPE rescales with the sequence length; export-onnx takes fixed frequencies only");
   const auto freqs = kernels::rope_frequencies(rope, head_dim, config.max_position_embeddings);
   const auto inv = freqs.inv_freq.contiguous();
   std::vector<float> values(inv.data_ptr<float>(), inv.data_ptr<float>() + inv.numel());
@@ -130,6 +130,18 @@ std::string OnnxModelContext::mask_of_tokens() {
 
 std::string OnnxLayer::weight(names::LayerModule module) {
   using names::LayerModule;
+  const auto& c = config();
+  const bool attention = module == LayerModule::q_proj || module == LayerModule::k_proj || module == LayerModule::v_proj;
+  if (c.block.fused_projections && (attention || module == LayerModule::gate_proj || module == LayerModule::up_proj)) {
+    // Phi-3: the rows of qkv_proj = [q; k; v] or gate_up_proj = [gate; up] (a Slice of a constant, folded on load).
+    const std::int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim, ff = c.intermediate_size;
+    const auto fused = context_.matrix(names::weight(layer_, attention ? LayerModule::qkv_proj : LayerModule::gate_up_proj));
+    const std::int64_t start = module == LayerModule::k_proj ? q : module == LayerModule::v_proj ? q + kv : module == LayerModule::up_proj ? ff : 0;
+    const std::int64_t rows = module == LayerModule::q_proj ? q : attention ? kv : ff;
+    const auto part = ops().slice(fused, 0, start, start + rows);
+    if (ops().is_half(fused)) context_.half_matrices.insert(part);  // still fp16 values: linear() multiplies in fp16
+    return part;
+  }
   const auto name = names::weight(layer_, module);
   switch (module) {
     case LayerModule::q_proj: case LayerModule::k_proj: case LayerModule::v_proj: case LayerModule::o_proj:

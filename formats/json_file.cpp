@@ -98,6 +98,17 @@ std::vector<std::int64_t> JsonObject::get_int_list(const std::string& key) const
   return out;
 }
 
+std::vector<double> JsonObject::get_double_list(const std::string& key) const {
+  const auto& v = at(key);
+  if (!v.is_array()) fail(key, "expected a list of numbers, got " + v.dump());
+  std::vector<double> out;
+  for (const auto& item : v) {
+    if (!item.is_number()) fail(key, "expected a list of numbers, got " + v.dump());
+    out.push_back(item.get<double>());
+  }
+  return out;
+}
+
 std::optional<JsonObject> JsonObject::get_optional_object(const std::string& key) const {
   if (!has(key)) return std::nullopt;
   const auto& v = value_->at(key);

@@ -32,6 +32,7 @@ class JsonObject {
   std::optional<std::string> get_optional_string(const std::string& key) const;
   std::vector<std::string> get_string_list(const std::string& key) const;
   std::vector<std::int64_t> get_int_list(const std::string& key) const;
+  std::vector<double> get_double_list(const std::string& key) const;
   std::optional<JsonObject> get_optional_object(const std::string& key) const;
 
  private:

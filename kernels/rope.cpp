@@ -12,6 +12,7 @@ const char* rope_type_name(RopeType type) {
     case RopeType::Dynamic: return "dynamic";
     case RopeType::Llama3: return "llama3";
     case RopeType::Yarn: return "yarn";
+    case RopeType::LongRope: return "longrope";
   }
   return "?";
 }
@@ -71,7 +72,30 @@ RopeFrequencies yarn_frequencies(const RopeConfig& rope, std::int64_t dim) {
   return {interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor, attention};
 }
 
+// LongRoPE (Ding et al. 2024; Phi-3): 1 / (f_i base^(2i/d)) with f the short factors, or the long ones past the
+// original context, and cos/sin scaled by attention_factor, by default sqrt(1 + ln(s) / ln(L_orig)) for the extension
+// s = factor (else max_position_embeddings / L_orig), 1 when s <= 1 (transformers' _compute_longrope_parameters).
+RopeFrequencies longrope_frequencies(const RopeConfig& rope, std::int64_t dim, std::int64_t max_position_embeddings,
+                                     std::int64_t seq_len) {
+  const auto original = *rope.original_max_position_embeddings;
+  const auto& ext = seq_len > original ? rope.long_factor : rope.short_factor;
+  const auto factors = at::tensor(std::vector<float>(ext.begin(), ext.end()));  // torch.tensor(list, float32)
+  const auto exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  double attention = 1.0;
+  if (rope.attention_factor) {
+    attention = *rope.attention_factor;
+  } else {
+    const double factor = rope.factor > 0 ? rope.factor : static_cast<double>(max_position_embeddings) / static_cast<double>(original);
+    if (factor > 1.0) attention = std::sqrt(1 + std::log(factor) / std::log(static_cast<double>(original)));
+  }
+  return {1.0 / (factors * at::pow(rope.theta, exponents)), attention};
+}
+
 }  // namespace
+
+bool rope_depends_on_length(const RopeConfig& rope) {
+  return rope.type == RopeType::Dynamic || (rope.type == RopeType::LongRope && rope.long_factor != rope.short_factor);
+}
 
 std::int64_t rotary_dim(const RopeConfig& rope, std::int64_t head_dim) {
   return static_cast<std::int64_t>(static_cast<double>(head_dim) * rope.partial_rotary_factor);
@@ -93,6 +117,7 @@ RopeFrequencies rope_frequencies(const RopeConfig& rope, std::int64_t head_dim, 
     }
     case RopeType::Llama3: return {llama3_inv_freq(rope, dim), 1.0};
     case RopeType::Yarn: return yarn_frequencies(rope, dim);
+    case RopeType::LongRope: return longrope_frequencies(rope, dim, max_position_embeddings, seq_len);
   }
   return {};
 }

@@ -6,12 +6,13 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include <ATen/ATen.h>
 
 namespace linearize {
 
-enum class RopeType { Default, Linear, Dynamic, Llama3, Yarn };
+enum class RopeType { Default, Linear, Dynamic, Llama3, Yarn, LongRope };
 const char* rope_type_name(RopeType type);
 
 struct RopeConfig {
@@ -25,17 +26,23 @@ struct RopeConfig {
   std::optional<double> mscale, mscale_all_dim;                   // yarn (DeepSeek-style attention factor)
   double beta_fast = 32.0, beta_slow = 1.0;                       // yarn
   bool truncate = true;                                           // yarn: round the correction range
+  std::vector<double> short_factor, long_factor;                  // longrope: one per rotary frequency
 };
 
 namespace kernels {
+
+// Whether the rotation of position t depends on the sequence's length: dynamic NTK past max_position_embeddings,
+// LongRoPE's switch to long_factor past original_max_position_embeddings (where the two factor lists differ).
+bool rope_depends_on_length(const RopeConfig& rope);
 
 struct RopeFrequencies {
   at::Tensor inv_freq;             // fp32 [rotary_dim / 2]
   double attention_scaling = 1.0;  // multiplies cos and sin (yarn's attention factor)
 };
 
-// `seq_len` matters only for dynamic NTK scaling, which rescales the base once a sequence passes
-// `max_position_embeddings` (transformers' dynamic_rope_update: seq_len = max position + 1).
+// `seq_len` matters only where rope_depends_on_length: dynamic NTK rescales the base once a sequence passes
+// `max_position_embeddings`, LongRoPE takes long_factor once it passes `original_max_position_embeddings`
+// (transformers' dynamic_rope_update and longrope_frequency_update: seq_len = max position + 1).
 RopeFrequencies rope_frequencies(const RopeConfig& rope, std::int64_t head_dim, std::int64_t max_position_embeddings,
                                  std::int64_t seq_len = 0);
 

@@ -58,6 +58,7 @@ struct BlockSpec {
   std::optional<double> final_logit_softcap;   // logits = c tanh(logits / c)
   std::optional<double> attention_scale;       // scores q.k times this; default head_dim^-1/2
   names::ExpertNames expert_names = names::ExpertNames::mlp_experts;  // a MoE family's tensor names
+  bool fused_projections = false;  // Phi-3: q, k, v stored as one qkv_proj, gate and up as one gate_up_proj
 };
 
 struct TensorSpec {

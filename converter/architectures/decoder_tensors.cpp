@@ -18,9 +18,14 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
     };
     const auto placement = cfg.block.norms;
     if (placement != NormPlacement::Post) vector(LayerModule::input_layernorm, d);
-    linear(LayerModule::q_proj, q_out, d, qkv_bias);
-    linear(LayerModule::k_proj, kv_out, d, qkv_bias);
-    linear(LayerModule::v_proj, kv_out, d, qkv_bias);
+    const bool fused = cfg.block.fused_projections;
+    if (fused) {
+      linear(LayerModule::qkv_proj, q_out + 2 * kv_out, d, qkv_bias);
+    } else {
+      linear(LayerModule::q_proj, q_out, d, qkv_bias);
+      linear(LayerModule::k_proj, kv_out, d, qkv_bias);
+      linear(LayerModule::v_proj, kv_out, d, qkv_bias);
+    }
     linear(LayerModule::o_proj, d, q_out, cfg.attention_bias);
     if (cfg.block.qk_norm != QkNorm::None) {
       const bool full = cfg.block.qk_norm == QkNorm::FullWidth;
@@ -42,8 +47,12 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
       }
       continue;
     }
-    linear(LayerModule::gate_proj, ff, d, cfg.mlp_bias);
-    linear(LayerModule::up_proj, ff, d, cfg.mlp_bias);
+    if (fused) {
+      linear(LayerModule::gate_up_proj, 2 * ff, d, cfg.mlp_bias);
+    } else {
+      linear(LayerModule::gate_proj, ff, d, cfg.mlp_bias);
+      linear(LayerModule::up_proj, ff, d, cfg.mlp_bias);
+    }
     linear(LayerModule::down_proj, d, ff, cfg.mlp_bias);
   }
   specs.push_back({names::kFinalNorm, {d}});

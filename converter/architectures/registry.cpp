@@ -18,7 +18,8 @@ namespace linearize {
   X(olmo3)                         \
   X(qwen3_moe)                     \
   X(mixtral)                       \
-  X(olmoe)
+  X(olmoe)                         \
+  X(phi3)
 
 #define LINEARIZE_DECLARE_ARCHITECTURE(family) Architecture family##_architecture();
 #define LINEARIZE_CALL_ARCHITECTURE(family) family##_architecture(),

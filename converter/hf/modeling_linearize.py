@@ -41,8 +41,12 @@ def rotate_half(x):
 
 
 def rope(x, cos, sin):
-    """RoPE on [B, T, H, D] with the family's cos, sin [B, T, D] (transformers' rotary embedding of this layer)."""
-    return x * cos.unsqueeze(2).to(x.dtype) + rotate_half(x) * sin.unsqueeze(2).to(x.dtype)
+    """RoPE on [B, T, H, D] with the family's cos, sin [B, T, R] (transformers' rotary embedding of this layer): the
+    first R channels rotate, the rest pass (a partial rotary factor, Phi-4-mini's 0.75)."""
+    rotary = cos.shape[-1]
+    rotated, passed = x[..., :rotary], x[..., rotary:]
+    out = rotated * cos.unsqueeze(2).to(x.dtype) + rotate_half(rotated) * sin.unsqueeze(2).to(x.dtype)
+    return out if rotary == x.shape[-1] else torch.cat([out, passed], -1)
 
 
 def repeat_heads(x, heads):
@@ -231,8 +235,11 @@ class LinearizedAttention(nn.Module):
         self.head_dim = source_attn.head_dim
         self.scaling = source_attn.scaling  # of q.k in the window branch: the source's (Gemma 3's query_pre_attn_scalar)
         self.program = program
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
-            source_attn.q_proj, source_attn.k_proj, source_attn.v_proj, source_attn.o_proj)
+        self.o_proj = source_attn.o_proj
+        # Phi-3 stores [q; k; v] as one qkv_proj; the others three projections.
+        self.qkv_proj = getattr(source_attn, "qkv_proj", None)
+        if self.qkv_proj is None:
+            self.q_proj, self.k_proj, self.v_proj = source_attn.q_proj, source_attn.k_proj, source_attn.v_proj
         self.q_norm = getattr(source_attn, "q_norm", None)
         self.k_norm = getattr(source_attn, "k_norm", None)
         # OLMo 2's q/k norms span the whole projection (all heads at once), the others' each head.
@@ -244,21 +251,28 @@ class LinearizedAttention(nn.Module):
     def project(self, x):
         """q [B, T, H, D], k and v [B, T, Hkv, D]: after the family's q/k norm, before RoPE."""
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.linear_qkv(x)
         if self.qk_norm_full_width:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
+        q, k, v = (t.reshape(B, T, -1, self.head_dim) for t in (q, k, v))
         if self.q_norm is not None and not self.qk_norm_full_width:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
+    def linear_qkv(self, x, with_bias=True):
+        """q, k, v of x [B, T, hidden], flat: three projections, or Phi-3's fused one split; without biases on request."""
+        def apply(proj):
+            y = proj(x)
+            return y if with_bias or proj.bias is None else y - proj.bias
+        if self.qkv_proj is None:
+            return apply(self.q_proj), apply(self.k_proj), apply(self.v_proj)
+        kv = self.kv_heads * self.head_dim
+        return apply(self.qkv_proj).split([self.heads * self.head_dim, kv, kv], -1)
+
     def project_weights(self, x):
         """q, k, v through the weights alone (a PEFT adapter's delta included): no biases, no q/k norm."""
         B, T, _ = x.shape
-        def heads(proj):
-            y = proj(x)
-            return (y if proj.bias is None else y - proj.bias).view(B, T, -1, self.head_dim)
-        return heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        return tuple(t.reshape(B, T, -1, self.head_dim) for t in self.linear_qkv(x, with_bias=False))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 linearize_padding_mask=None, **kwargs):

@@ -135,8 +135,23 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
     layer.pre_feedforward_norm = w.optional(weight(LayerModule::pre_feedforward_layernorm));
     layer.post_feedforward_norm = w.optional(weight(LayerModule::post_feedforward_layernorm));
     // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
-    AttentionProjections proj{w.take(weight(LayerModule::q_proj)), w.take(weight(LayerModule::k_proj)),
-                              w.take(weight(LayerModule::v_proj)), w.get(weight(LayerModule::o_proj)),
+    // Phi-3's fused matrices as row views (the mixer and the MLP copy them into their own fused matrices anyway).
+    const auto q_rows = cfg.num_attention_heads * cfg.head_dim, kv_rows = cfg.num_key_value_heads * cfg.head_dim;
+    const auto qkv = cfg.block.fused_projections ? w.take(weight(LayerModule::qkv_proj)) : at::Tensor();
+    const auto gate_up = cfg.block.fused_projections ? w.take(weight(LayerModule::gate_up_proj)) : at::Tensor();
+    const auto projection = [&](LayerModule m) {
+      if (!qkv.defined()) return w.take(weight(m));
+      return m == LayerModule::q_proj ? qkv.narrow(0, 0, q_rows)
+             : m == LayerModule::k_proj ? qkv.narrow(0, q_rows, kv_rows)
+                                        : qkv.narrow(0, q_rows + kv_rows, kv_rows);
+    };
+    const auto mlp_projection = [&](LayerModule m) {
+      if (!gate_up.defined()) return w.take(weight(m));
+      const auto ff = gate_up.size(0) / 2;
+      return gate_up.narrow(0, m == LayerModule::gate_proj ? 0 : ff, ff);
+    };
+    AttentionProjections proj{projection(LayerModule::q_proj), projection(LayerModule::k_proj),
+                              projection(LayerModule::v_proj), w.get(weight(LayerModule::o_proj)),
                               w.take(bias(LayerModule::q_proj)), w.take(bias(LayerModule::k_proj)),
                               w.take(bias(LayerModule::v_proj)), w.optional(bias(LayerModule::o_proj)),
                               w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm))};
@@ -155,7 +170,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
                              at::Tensor(), cfg.block.activation);
       layer.routed_mlp = RoutedMlp(w.get(names::router_weight(i, naming)), std::move(experts), cfg.moe.top_k, cfg.moe.normalize_top_k);
     } else {
-      layer.mlp = GatedMlp(w.take(weight(LayerModule::gate_proj)), w.take(weight(LayerModule::up_proj)),
+      layer.mlp = GatedMlp(mlp_projection(LayerModule::gate_proj), mlp_projection(LayerModule::up_proj),
                            w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
                            w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
                            layer.adapters);

@@ -73,6 +73,9 @@ std::vector<std::shared_ptr<LoraLinear>> attach_lora(CausalLM& model, const std:
     for (const auto& target : targets) {
       const auto projection = find_projection(target);
       if (!projection) throw std::invalid_argument("attach_lora: unknown projection " + target);
+      if (model.config().block.fused_projections && *projection != Projection::o && *projection != Projection::down)
+        throw std::invalid_argument("lora.targets: " + target + " is a row block of Phi-3's fused qkv_proj / gate_up_proj, which "
+                                    "PEFT adapts as one module; target o_proj or down_proj");
       if (!layer.weight(*projection).defined())  // a routed MoE layer: its experts stay frozen
         throw std::invalid_argument("lora.targets: " + target + ": layer " + std::to_string(i) +
                                     "'s MLP is routed experts, which are not adapted (target the attention)");

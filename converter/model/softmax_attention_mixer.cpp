@@ -125,15 +125,15 @@ kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(std::int64_t start, std::int6
 }
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const at::Tensor& positions, const at::Tensor& like) const {
-  // The longest sequence only matters to dynamic RoPE: no device sync otherwise.
-  const std::int64_t seq_len = rope_.type == RopeType::Dynamic ? positions.max().item<std::int64_t>() + 1 : 0;
+  // The longest sequence only matters to length-dependent RoPE: no device sync otherwise.
+  const std::int64_t seq_len = kernels::rope_depends_on_length(rope_) ? positions.max().item<std::int64_t>() + 1 : 0;
   auto cs = cos_sin(positions, seq_len, like);
   return {cs.cos.unsqueeze(1), cs.sin.unsqueeze(1)};  // [B, 1, T, rot]: one row per sequence, heads first
 }
 
 kernels::RopeCosSin SoftmaxAttentionMixer::cos_sin(const at::Tensor& positions, std::int64_t seq_len, const at::Tensor& like) const {
-  // Dynamic NTK RoPE follows transformers' dynamic_rope_update: frequencies for the longest position seen.
-  if (rope_.type == RopeType::Dynamic && seq_len > shape_.max_position_embeddings)
+  // Dynamic NTK and LongRoPE follow transformers' dynamic_rope_update: frequencies for the longest position seen.
+  if (kernels::rope_depends_on_length(rope_))
     return kernels::rope_cos_sin(kernels::rope_frequencies(rope_, shape_.head_dim, shape_.max_position_embeddings, seq_len),
                                  positions, like.scalar_type());
   return kernels::rope_cos_sin(freqs_, positions, like.scalar_type());

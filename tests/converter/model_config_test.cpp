@@ -2,6 +2,8 @@
 // per family, the block traits, and errors that name the file and the key.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
@@ -226,6 +228,34 @@ TEST_F(ConfigTest, MoeRoutingKeys) {
   EXPECT_EQ(error(j).rfind(error_prefix("clip_qkv"), 0), 0u) << error(j);
 }
 
+TEST_F(ConfigTest, Phi3FusedProjectionsPartialRotaryAndLongRopeNamed) {
+  auto j = base("phi3", "Phi3ForCausalLM");
+  j.update({{"partial_rotary_factor", 0.75}, {"sliding_window", 2047}});
+  const auto c = load(j);
+  EXPECT_TRUE(c.block.fused_projections);
+  EXPECT_DOUBLE_EQ(c.rope.partial_rotary_factor, 0.75);
+  EXPECT_EQ(c.layer_types, std::vector<AttentionKind>(4, AttentionKind::Sliding));  // Phi3Attention: every layer
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);  // Phi3Config's default
+  const auto names = decoder_tensors(*c.family, c);
+  const auto has = [&](const std::string& name) {
+    return std::any_of(names.begin(), names.end(), [&](const TensorSpec& t) { return t.name == name; });
+  };
+  EXPECT_TRUE(has("model.layers.0.self_attn.qkv_proj.weight"));
+  EXPECT_TRUE(has("model.layers.0.mlp.gate_up_proj.weight"));
+  EXPECT_FALSE(has("model.layers.0.self_attn.q_proj.weight"));
+  // Phi-3.5 / Phi-4-mini's LongRoPE: one factor per rotary frequency (12 of 16 channels rotate: 6), the top-level
+  // original_max_position_embeddings winning (Phi3Config.standardize_rope_params).
+  j["original_max_position_embeddings"] = 64;
+  j["rope_scaling"] = {{"type", "longrope"}, {"short_factor", {1.0}}, {"long_factor", {2.0}}, {"original_max_position_embeddings", 32}};
+  EXPECT_EQ(error(j).rfind(error_prefix("rope_scaling.short_factor") + "has 1 entries for 6 rotary frequencies", 0), 0u) << error(j);
+  j["rope_scaling"]["short_factor"] = std::vector<double>(6, 1.0);
+  j["rope_scaling"]["long_factor"] = std::vector<double>(6, 2.0);
+  const auto longrope = load(j);
+  EXPECT_EQ(longrope.rope.type, RopeType::LongRope);
+  EXPECT_EQ(*longrope.rope.original_max_position_embeddings, 64);
+  EXPECT_TRUE(kernels::rope_depends_on_length(longrope.rope));
+}
+
 TEST_F(ConfigTest, MistralWindowCoversEveryLayerAndKvDefaultIsEight) {
   auto j = base("mistral", "MistralForCausalLM");
   j["num_attention_heads"] = 8;
@@ -291,8 +321,8 @@ TEST_F(ConfigTest, ImpossibleValues) {
 
 TEST_F(ConfigTest, RopeErrorsNameTheNestedKey) {
   auto j = base("llama", "LlamaForCausalLM");
-  j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
-  EXPECT_EQ(error(j), error_prefix("rope_scaling.rope_type") + "unsupported RoPE type 'longrope' (supported: default, linear, dynamic, llama3, yarn)");
+  j["rope_scaling"] = {{"rope_type", "mrope"}, {"factor", 2.0}};
+  EXPECT_EQ(error(j), error_prefix("rope_scaling.rope_type") + "unsupported RoPE type 'mrope' (supported: default, linear, dynamic, llama3, yarn, longrope)");
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0}};
   EXPECT_EQ(error(j), error_prefix("rope_scaling.low_freq_factor") + "required key is missing");
   j["rope_scaling"] = {{"type", "dynamic"}};

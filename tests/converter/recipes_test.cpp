@@ -10,6 +10,7 @@
 #include <map>
 
 #include "converter/linearized.h"
+#include "converter/model/lora.h"
 #include "converter/names.h"
 #include "converter/recipes/program_recorder.h"
 #include "converter/recipes/torch_mixer_ops.h"
@@ -117,6 +118,31 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, EveryRecipe,
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// Phi-3's LongRoPE with long factors unlike the short ones switches every rotation past original_max_position_embeddings
+// (64 here): a recurrent state cannot follow, so convert refuses it by name with nothing written, as dynamic RoPE. And
+// Phi-3's q, k, v (gate, up) are row blocks of the fused qkv_proj (gate_up_proj), which PEFT adapts as one module: LoRA
+// on them is refused, o_proj and down_proj take it.
+TEST(Recipes, Phi3RefusesASwitchingLongRopeAndLoraOnItsFusedRows) {
+  test::TempDir dir;
+  test::copy_fixture("tiny-phi3", dir / "src", [](nlohmann::json& c) { c["rope_parameters"]["long_factor"] = std::vector<double>(6, 4.0); });
+  ConvertOptions options;
+  options.source = dir / "src";
+  options.out = dir / "out";
+  options.recipe = "lolcats";
+  try {
+    convert_checkpoint(options);
+    ADD_FAILURE() << "converted a switching LongRoPE";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_scaling.rope_type: 'longrope' rescales RoPE by the total sequence length"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(options.out / "config.json"));
+
+  auto model = CausalLM::load(test::fixtures_dir() / "tiny-phi3");
+  EXPECT_THROW(attach_lora(model, {"q_proj"}, {}), std::invalid_argument);
+  EXPECT_THROW(attach_lora(model, {"up_proj"}, {}), std::invalid_argument);
+  EXPECT_EQ(attach_lora(model, {"o_proj", "down_proj"}, {}).size(), 4u);  // 2 layers x 2
+}
 
 // Gemma scores q.k by query_pre_attn_scalar^-1/2, which need not be head_dim (Gemma 3 27B: 168 vs 128): the
 // window branches score with the source's scale. LoLCATs with a window covering the prompt is exactly the
