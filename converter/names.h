@@ -14,13 +14,13 @@ namespace linearize::names {
 enum class LayerModule {
   input_layernorm,
   post_attention_layernorm,
-  pre_feedforward_layernorm,   // Gemma's sandwich norms
+  pre_feedforward_layernorm,   // Gemma's sandwich norms (post_feedforward_layernorm also OLMo 2's post-norm)
   post_feedforward_layernorm,
   q_proj,
   k_proj,
   v_proj,
   o_proj,
-  q_norm,  // Qwen3 / Gemma 3 per-head RMSNorm of q and k
+  q_norm,  // RMSNorm of q and k: per head (Qwen3, Gemma 3) or over the whole projection (OLMo 2, OLMoE)
   k_norm,
   gate_proj,
   up_proj,
@@ -114,8 +114,8 @@ std::optional<std::int64_t> layer_of(const std::string& tensor_name);
 
 // What the forward captures of each layer: layers.{i}.<what>.
 enum class Capture {
-  attn_in,   // the mixer's input (after the input norm)
-  attn_out,  // the mixer's output (before a sandwich norm)
+  attn_in,   // the mixer's input (after the input norm; the residual stream itself with post-norms)
+  attn_out,  // the mixer's output (before an output norm and the residual scale)
   mlp_out,   // the MLP's output
   out,       // the residual stream after the layer
 };
