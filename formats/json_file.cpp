@@ -76,37 +76,29 @@ std::optional<std::string> JsonObject::get_optional_string(const std::string& ke
   return get_string(key);
 }
 
-std::vector<std::string> JsonObject::get_string_list(const std::string& key) const {
+template <class T>
+std::vector<T> JsonObject::get_list(const std::string& key, const char* what,
+                                    bool (nlohmann::json::*accepts)() const noexcept) const {
   const auto& v = at(key);
-  if (!v.is_array()) fail(key, "expected a list of strings, got " + v.dump());
-  std::vector<std::string> out;
+  if (!v.is_array()) fail(key, std::string("expected a list of ") + what + ", got " + v.dump());
+  std::vector<T> out;
   for (const auto& item : v) {
-    if (!item.is_string()) fail(key, "expected a list of strings, got " + v.dump());
-    out.push_back(item.get<std::string>());
+    if (!(item.*accepts)()) fail(key, std::string("expected a list of ") + what + ", got " + v.dump());
+    out.push_back(item.get<T>());
   }
   return out;
+}
+
+std::vector<std::string> JsonObject::get_string_list(const std::string& key) const {
+  return get_list<std::string>(key, "strings", &nlohmann::json::is_string);
 }
 
 std::vector<std::int64_t> JsonObject::get_int_list(const std::string& key) const {
-  const auto& v = at(key);
-  if (!v.is_array()) fail(key, "expected a list of integers, got " + v.dump());
-  std::vector<std::int64_t> out;
-  for (const auto& item : v) {
-    if (!item.is_number_integer()) fail(key, "expected a list of integers, got " + v.dump());
-    out.push_back(item.get<std::int64_t>());
-  }
-  return out;
+  return get_list<std::int64_t>(key, "integers", &nlohmann::json::is_number_integer);
 }
 
 std::vector<double> JsonObject::get_double_list(const std::string& key) const {
-  const auto& v = at(key);
-  if (!v.is_array()) fail(key, "expected a list of numbers, got " + v.dump());
-  std::vector<double> out;
-  for (const auto& item : v) {
-    if (!item.is_number()) fail(key, "expected a list of numbers, got " + v.dump());
-    out.push_back(item.get<double>());
-  }
-  return out;
+  return get_list<double>(key, "numbers", &nlohmann::json::is_number);
 }
 
 std::optional<JsonObject> JsonObject::get_optional_object(const std::string& key) const {

@@ -37,6 +37,9 @@ class JsonObject {
 
  private:
   const nlohmann::json& at(const std::string& key) const;
+  // The list under `key` whose every item `accepts` (what: "strings", ...), as T.
+  template <class T>
+  std::vector<T> get_list(const std::string& key, const char* what, bool (nlohmann::json::*accepts)() const noexcept) const;
   const nlohmann::json* value_;  // not owned: lives as long as the parsed document
   std::string file_;
   std::string prefix_;
