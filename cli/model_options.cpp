@@ -4,11 +4,14 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <fstream>
+#include <optional>
 
 #include <ATen/Context.h>
 
 #include "cli/id_list.h"
 #include "converter/linearized.h"
+#include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
 
@@ -20,7 +23,50 @@ void add_model_options(CLI::App& cmd, ModelOptions& opts) {
   auto* text = cmd.add_option("--prompt", opts.prompt, "Prompt text, encoded with the model's tokenizer.json");
   ids->excludes(text);
   add_device_options(cmd, opts);
+  add_stream_option(cmd, opts);
 }
+
+void add_stream_option(CLI::App& cmd, ModelOptions& opts) {
+  cmd.add_option("--stream-layers", opts.stream_layers,
+                 "Copy one decoder layer in at a time from the mapped checkpoint (any size runs in bounded memory; every "
+                 "forward reads the weights again): on, off, or auto (on when the weights at --dtype would take over half "
+                 "the available memory)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+}
+
+namespace {
+
+// MemAvailable of /proc/meminfo in bytes; nullopt where there is none (not Linux).
+std::optional<double> available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return std::nullopt;
+}
+
+// Whether `model`'s weights go through one layer at a time: --stream-layers on, or auto on the CPU with weights (at the
+// compute dtype) over half the available memory, the other half left to the activations, logits and the page cache.
+bool stream_layers(const ModelOptions& opts, const std::filesystem::path& model, const LoadOptions& load) {
+  if (opts.stream_layers != "auto" || model.empty()) return opts.stream_layers == "on";
+  const auto available = available_memory();
+  if (!available || load.device.type() != at::kCPU) return false;
+  const auto checkpoint = CheckpointWeights::open(model);
+  double bytes = 0;
+  for (const auto& name : checkpoint.names()) {
+    double count = 1;
+    for (const auto d : checkpoint.entry(name).shape) count *= static_cast<double>(d);
+    bytes += count * static_cast<double>(c10::elementSize(load.dtype));
+  }
+  if (bytes <= *available / 2) return false;
+  spdlog::info("streaming the layers of {}: its weights take {:.1f} GB as {}, over half of the {:.1f} GB available (--stream-layers auto)",
+               model.string(), bytes / 1e9, c10::toString(load.dtype), *available / 1e9);
+  return true;
+}
+
+}  // namespace
 
 void add_device_options(CLI::App& cmd, ModelOptions& opts) {
   cmd.add_option("--device", opts.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -28,18 +74,19 @@ void add_device_options(CLI::App& cmd, ModelOptions& opts) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
 }
 
-LoadOptions load_options(const ModelOptions& opts) {
+LoadOptions load_options(const ModelOptions& opts, const std::filesystem::path& model) {
   LoadOptions load;
   load.dtype = opts.dtype == "bf16" ? at::kBFloat16 : opts.dtype == "fp16" ? at::kHalf : at::kFloat;
   if (opts.device == "cuda") {
     if (!at::hasCUDA()) throw InputError("command line", "--device", "cuda was asked for but no CUDA device is usable here");
     load.device = at::Device(at::kCUDA);
   }
+  load.stream_layers = stream_layers(opts, model, load);
   return load;
 }
 
 CausalLM load_model(const ModelOptions& opts) {
-  const auto load = load_options(opts);
+  const auto load = load_options(opts, opts.dir);
   const auto started = std::chrono::steady_clock::now();
   auto model = load_model(opts.dir, load);
   spdlog::info("loaded {} ({} layers) as {} on {} in {:.2f} s", opts.dir, model.config().num_hidden_layers, opts.dtype,

@@ -35,11 +35,12 @@ void add_verify_flags(CLI::App& cmd, VerifyFlags& flags) {
   cmd.add_option("--generate-tokens", flags.thresholds.generate_tokens, "Tokens per greedy continuation compared with the source (0: none)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{4096}));
   add_device_options(cmd, flags.device);
+  add_stream_option(cmd, flags.device);
 }
 
 void apply_verify_flags(const VerifyFlags& flags, const std::filesystem::path& model_dir, VerifyOptions& options) {
   options.thresholds = flags.thresholds;
-  options.load = load_options(flags.device);
+  options.load = load_options(flags.device, model_dir);
   if (!flags.prompt_ids.empty()) {
     options.prompts.ids.push_back(parse_id_list(flags.prompt_ids, "--prompt-ids"));
     options.prompts.origin = "--prompt-ids";

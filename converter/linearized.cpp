@@ -79,18 +79,17 @@ CausalLM load_mixers(const std::filesystem::path& dir, const LoadOptions& option
   if (config.linearize.is_null()) return CausalLM::load(dir, std::move(config), options, nullptr);
 
   const auto of = recipe_of(config);
-  const Recipe& recipe = *of.recipe;
-  const RecipeParams& params = of.params;
   MixerOverrides overrides;
   overrides.extra_tensors = recipe_tensors(config, of);
-  // The factory runs inside CausalLM::load, which owns `config` by then: it keeps its own copy.
-  overrides.make = [&recipe, &params, cfg = config](std::int64_t layer, const SoftmaxAttentionMixer& source,
-                                                    const ModelWeights& weights) -> std::unique_ptr<TokenMixer> {
-    if (is_softmax_layer(params, layer)) return nullptr;
-    const LayerContext ctx{cfg, layer, params};
+  // The factory runs inside CausalLM::load, and for a streamed model whenever a layer is copied in: it keeps its
+  // own copies of the config and the parameters (the recipe is a registry entry).
+  overrides.make = [of, cfg = config](std::int64_t layer, const SoftmaxAttentionMixer& source,
+                                      const ModelWeights& weights) -> std::unique_ptr<TokenMixer> {
+    if (is_softmax_layer(of.params, layer)) return nullptr;
+    const LayerContext ctx{cfg, layer, of.params};
     LayerTensors tensors;
-    for (const auto& t : recipe.new_tensors(ctx)) tensors[t.name] = weights.get(names::recipe_tensor(layer, t.name));
-    return recipe.make_mixer(ctx, source, tensors);
+    for (const auto& t : of.recipe->new_tensors(ctx)) tensors[t.name] = weights.get(names::recipe_tensor(layer, t.name));
+    return of.recipe->make_mixer(ctx, source, tensors);
   };
   return CausalLM::load(dir, std::move(config), options, &overrides);
 }
@@ -111,7 +110,7 @@ std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t la
   if (config.linearize.is_null()) return nullptr;
   const auto of = recipe_of(config);
   if (is_softmax_layer(of.params, layer)) return nullptr;
-  const auto& decoder_layer = model.layers()[static_cast<std::size_t>(layer)];
+  const auto& decoder_layer = model.layer(layer);
   const auto cast = [dtype](const at::Tensor& t) { return t.defined() ? t.detach().to(dtype) : t; };
   const auto& a = decoder_layer.attention;
   const SoftmaxAttentionMixer source({cast(a.q), cast(a.k), cast(a.v), cast(a.o), cast(a.q_bias), cast(a.k_bias),
@@ -129,8 +128,12 @@ std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t la
 }
 
 CausalLM load_model(const std::filesystem::path& dir, const LoadOptions& options) {
+  const auto adapter = dir / kPeftAdapterDir / kPeftConfigFile;
+  // Attaching adapts every layer at once; a streamed model copies its layers in one at a time.
+  if (options.stream_layers && std::filesystem::exists(adapter))
+    throw InputError(adapter.string(), "stream_layers", "a PEFT adapter is attached to resident layers only: load this model without --stream-layers");
   CausalLM model = load_mixers(dir, options);
-  if (std::filesystem::exists(dir / kPeftAdapterDir / kPeftConfigFile)) attach_peft_adapter(model, dir / kPeftAdapterDir);
+  if (std::filesystem::exists(adapter)) attach_peft_adapter(model, dir / kPeftAdapterDir);
   return model;
 }
 

@@ -4,9 +4,11 @@
 Random weights (N(0, 0.02), norms 1: activations stay finite through every layer), stored in the real
 model's dtype and sharded like `save_pretrained` (shards of at most --max-shard-size bytes, in state-dict
 order, with model.safetensors.index.json). One shard is held in memory at a time. The tokenizer is the tiny
-fixture's (its ids are all below the real vocabulary). Never commit the output: Llama-3-8B's shape is 16 GB.
+fixture's (its ids are all below the real vocabulary). Never commit the output: Llama-3-8B's shape is 16 GB,
+Qwen3-30B-A3B's cut to 20 of its 48 layers 25 GB (more than a 24 GB machine's memory: streamed verify's case).
 
   scripts/make_synthetic_checkpoint.py --out /tmp/llama3-8b [--shape llama3-8b] [--layers N]
+  scripts/make_synthetic_checkpoint.py --out /tmp/qwen3-moe --shape qwen3-30b-a3b --layers 20
 """
 import argparse
 import json
@@ -34,6 +36,16 @@ SHAPES = {
                           "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
                           "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
                           "tie_word_embeddings": True},
+    # Qwen3-30B-A3B (Qwen3MoeForCausalLM): 128 experts of 768, 8 routed per token, q/k RMSNorm, every layer sparse.
+    "qwen3-30b-a3b": {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True,
+        "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 48, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "attention_bias": False,
+        "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+        "initializer_range": 0.02, "use_sliding_window": False, "sliding_window": None,
+    },
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,18 +54,30 @@ TOKENIZER_DIR = os.path.join(HERE, "..", "tests", "fixtures", "tiny-llama")
 
 def tensor_shapes(c):
     """(name, shape) in the order transformers' state dict lists them."""
-    d, ff, hd = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
-    kv = c["num_key_value_heads"] * hd
+    d, ff = c["hidden_size"], c["intermediate_size"]
+    hd = c.get("head_dim", d // c["num_attention_heads"])
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    moe = c["model_type"] == "qwen3_moe"
     yield "model.embed_tokens.weight", (c["vocab_size"], d)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        yield p + "self_attn.q_proj.weight", (d, d)
+        yield p + "self_attn.q_proj.weight", (q, d)
         yield p + "self_attn.k_proj.weight", (kv, d)
         yield p + "self_attn.v_proj.weight", (kv, d)
-        yield p + "self_attn.o_proj.weight", (d, d)
-        yield p + "mlp.gate_proj.weight", (ff, d)
-        yield p + "mlp.up_proj.weight", (ff, d)
-        yield p + "mlp.down_proj.weight", (d, ff)
+        yield p + "self_attn.o_proj.weight", (d, q)
+        if moe:
+            yield p + "self_attn.q_norm.weight", (hd,)
+            yield p + "self_attn.k_norm.weight", (hd,)
+        if moe and i not in c["mlp_only_layers"] and (i + 1) % c["decoder_sparse_step"] == 0:
+            yield p + "mlp.gate.weight", (c["num_experts"], d)
+            for e in range(c["num_experts"]):
+                yield p + f"mlp.experts.{e}.gate_proj.weight", (c["moe_intermediate_size"], d)
+                yield p + f"mlp.experts.{e}.up_proj.weight", (c["moe_intermediate_size"], d)
+                yield p + f"mlp.experts.{e}.down_proj.weight", (d, c["moe_intermediate_size"])
+        else:
+            yield p + "mlp.gate_proj.weight", (ff, d)
+            yield p + "mlp.up_proj.weight", (ff, d)
+            yield p + "mlp.down_proj.weight", (d, ff)
         yield p + "input_layernorm.weight", (d,)
         yield p + "post_attention_layernorm.weight", (d,)
     yield "model.norm.weight", (d,)

@@ -1,5 +1,7 @@
 #include "converter/model/causal_lm.h"
 
+#include <optional>
+
 #include "converter/model/block_program.h"
 
 #include "converter/model/softmax_attention_mixer.h"
@@ -88,7 +90,8 @@ at::Tensor DecoderLayer::bias(Projection projection) const {
 
 std::int64_t DecodeState::bytes() const {
   std::int64_t total = 0;
-  for (const auto& layer : layers) total += layer->bytes();
+  for (const auto& layer : layers)
+    if (layer) total += layer->bytes();
   return total;
 }
 
@@ -108,6 +111,76 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
   return load(dir, load_model_config(dir / "config.json"), options, overrides);
 }
 
+namespace {
+
+// Layer i of a decoder from its loaded weights: norms, the source attention (or the mixer `overrides` makes), the
+// dense or routed MLP. The copies into fused matrices release their mapped pages as they go.
+DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w, const MixerOverrides* overrides) {
+  using names::LayerModule;
+  const auto weight = [i](LayerModule m) { return names::weight(i, m); };
+  const auto bias = [i](LayerModule m) { return names::bias(i, m); };
+  DecoderLayer layer;
+  // The norms the placement has (decoder_tensors lists exactly these).
+  layer.input_norm = w.optional(weight(LayerModule::input_layernorm));
+  layer.post_attention_norm = w.get(weight(LayerModule::post_attention_layernorm));
+  layer.pre_feedforward_norm = w.optional(weight(LayerModule::pre_feedforward_layernorm));
+  layer.post_feedforward_norm = w.optional(weight(LayerModule::post_feedforward_layernorm));
+  // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
+  // Phi-3's fused matrices as row views (the mixer and the MLP copy them into their own fused matrices anyway).
+  const auto q_rows = cfg.num_attention_heads * cfg.head_dim, kv_rows = cfg.num_key_value_heads * cfg.head_dim;
+  const auto qkv = cfg.block.fused_projections ? w.take(weight(LayerModule::qkv_proj)) : at::Tensor();
+  const auto gate_up = cfg.block.fused_projections ? w.take(weight(LayerModule::gate_up_proj)) : at::Tensor();
+  const auto projection = [&](LayerModule m) {
+    if (!qkv.defined()) return w.take(weight(m));
+    return m == LayerModule::q_proj ? qkv.narrow(0, 0, q_rows)
+           : m == LayerModule::k_proj ? qkv.narrow(0, q_rows, kv_rows)
+                                      : qkv.narrow(0, q_rows + kv_rows, kv_rows);
+  };
+  const auto mlp_projection = [&](LayerModule m) {
+    if (!gate_up.defined()) return w.take(weight(m));
+    const auto ff = gate_up.size(0) / 2;
+    return gate_up.narrow(0, m == LayerModule::gate_proj ? 0 : ff, ff);
+  };
+  AttentionProjections proj{projection(LayerModule::q_proj), projection(LayerModule::k_proj),
+                            projection(LayerModule::v_proj), w.get(weight(LayerModule::o_proj)),
+                            w.take(bias(LayerModule::q_proj)), w.take(bias(LayerModule::k_proj)),
+                            w.take(bias(LayerModule::v_proj)), w.optional(bias(LayerModule::o_proj)),
+                            w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm))};
+  auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), attention_shape(cfg, i), cfg.rope_for(i), layer.adapters);
+  layer.attention = softmax->projections();
+  if (overrides) layer.mixer = overrides->make(i, *softmax, w);
+  if (!layer.mixer) layer.mixer = std::move(softmax);
+  if (cfg.is_sparse(i)) {
+    using names::ExpertProjection;
+    const auto naming = cfg.block.expert_names;
+    std::vector<GatedMlp> experts;
+    for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
+      experts.emplace_back(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
+                           w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
+                           w.get(names::expert_weight(i, e, ExpertProjection::down, naming)), at::Tensor(), at::Tensor(),
+                           at::Tensor(), cfg.block.activation);
+    layer.routed_mlp = RoutedMlp(w.get(names::router_weight(i, naming)), std::move(experts), cfg.moe.top_k, cfg.moe.normalize_top_k);
+  } else {
+    layer.mlp = GatedMlp(mlp_projection(LayerModule::gate_proj), mlp_projection(LayerModule::up_proj),
+                         w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
+                         w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
+                         layer.adapters);
+  }
+  w.release_taken();
+  return layer;
+}
+
+}  // namespace
+
+// A streamed model's source of layers: the checkpoint stays mapped (address space, not memory: each layer's pages
+// are released once copied), with each layer's tensor specs, checked against the checkpoint once at load.
+struct CausalLM::LayerStream {
+  CheckpointWeights checkpoint;
+  std::vector<std::vector<TensorSpec>> layer_specs;
+  std::optional<MixerOverrides> overrides;
+  std::optional<std::int64_t> resident;  // the layer copied in now
+};
+
 CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, const LoadOptions& options,
                         const MixerOverrides* overrides) {
   if (!config.linearize.is_null() && !overrides)
@@ -117,148 +190,223 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   model.options_ = options;
   const ModelConfig& cfg = model.config_;
 
-  const auto checkpoint = CheckpointWeights::open(dir);
+  auto checkpoint = CheckpointWeights::open(dir);
   auto specs = decoder_tensors(*cfg.family, cfg);
   if (overrides) specs.insert(specs.end(), overrides->extra_tensors.begin(), overrides->extra_tensors.end());
-  auto w = ModelWeights::load(checkpoint, specs, options.dtype, options.device);
-  using names::LayerModule;
+  check_tensors(checkpoint, specs);
+  // The model's own tensors (embeddings, final norm, head) and each layer's.
+  std::vector<TensorSpec> own;
+  std::vector<std::vector<TensorSpec>> per_layer(static_cast<std::size_t>(cfg.num_hidden_layers));
+  for (auto& spec : specs) {
+    const auto layer = names::layer_of(spec.name);
+    (layer ? per_layer.at(static_cast<std::size_t>(*layer)) : own).push_back(std::move(spec));
+  }
+  auto w = ModelWeights::read(checkpoint, own, options.dtype, options.device);
   model.embed_ = w.get(names::kEmbedTokens);
   model.final_norm_ = w.get(names::kFinalNorm);
   model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get(names::kLmHead);
+  model.layers_.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
+  if (options.stream_layers) {
+    model.stream_ = std::make_shared<LayerStream>(LayerStream{std::move(checkpoint), std::move(per_layer), std::nullopt, std::nullopt});
+    if (overrides) model.stream_->overrides = *overrides;
+    return model;
+  }
   for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    const auto weight = [i](LayerModule m) { return names::weight(i, m); };
-    const auto bias = [i](LayerModule m) { return names::bias(i, m); };
-    DecoderLayer layer;
-    // The norms the placement has (decoder_tensors lists exactly these).
-    layer.input_norm = w.optional(weight(LayerModule::input_layernorm));
-    layer.post_attention_norm = w.get(weight(LayerModule::post_attention_layernorm));
-    layer.pre_feedforward_norm = w.optional(weight(LayerModule::pre_feedforward_layernorm));
-    layer.post_feedforward_norm = w.optional(weight(LayerModule::post_feedforward_layernorm));
-    // take(): the mixer and the MLP copy q/k/v and gate/up into fused matrices; get(): kept as they are.
-    // Phi-3's fused matrices as row views (the mixer and the MLP copy them into their own fused matrices anyway).
-    const auto q_rows = cfg.num_attention_heads * cfg.head_dim, kv_rows = cfg.num_key_value_heads * cfg.head_dim;
-    const auto qkv = cfg.block.fused_projections ? w.take(weight(LayerModule::qkv_proj)) : at::Tensor();
-    const auto gate_up = cfg.block.fused_projections ? w.take(weight(LayerModule::gate_up_proj)) : at::Tensor();
-    const auto projection = [&](LayerModule m) {
-      if (!qkv.defined()) return w.take(weight(m));
-      return m == LayerModule::q_proj ? qkv.narrow(0, 0, q_rows)
-             : m == LayerModule::k_proj ? qkv.narrow(0, q_rows, kv_rows)
-                                        : qkv.narrow(0, q_rows + kv_rows, kv_rows);
-    };
-    const auto mlp_projection = [&](LayerModule m) {
-      if (!gate_up.defined()) return w.take(weight(m));
-      const auto ff = gate_up.size(0) / 2;
-      return gate_up.narrow(0, m == LayerModule::gate_proj ? 0 : ff, ff);
-    };
-    AttentionProjections proj{projection(LayerModule::q_proj), projection(LayerModule::k_proj),
-                              projection(LayerModule::v_proj), w.get(weight(LayerModule::o_proj)),
-                              w.take(bias(LayerModule::q_proj)), w.take(bias(LayerModule::k_proj)),
-                              w.take(bias(LayerModule::v_proj)), w.optional(bias(LayerModule::o_proj)),
-                              w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm))};
-    auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), attention_shape(cfg, i), cfg.rope_for(i), layer.adapters);
-    layer.attention = softmax->projections();
-    if (overrides) layer.mixer = overrides->make(i, *softmax, w);
-    if (!layer.mixer) layer.mixer = std::move(softmax);
-    if (cfg.is_sparse(i)) {
-      using names::ExpertProjection;
-      const auto naming = cfg.block.expert_names;
-      std::vector<GatedMlp> experts;
-      for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
-        experts.emplace_back(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
-                             w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
-                             w.get(names::expert_weight(i, e, ExpertProjection::down, naming)), at::Tensor(), at::Tensor(),
-                             at::Tensor(), cfg.block.activation);
-      layer.routed_mlp = RoutedMlp(w.get(names::router_weight(i, naming)), std::move(experts), cfg.moe.top_k, cfg.moe.normalize_top_k);
-    } else {
-      layer.mlp = GatedMlp(mlp_projection(LayerModule::gate_proj), mlp_projection(LayerModule::up_proj),
-                           w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
-                           w.take(bias(LayerModule::up_proj)), w.optional(bias(LayerModule::down_proj)), cfg.block.activation,
-                           layer.adapters);
-    }
-    w.release_taken();
-    model.layers_.push_back(std::move(layer));
+    auto layer_weights = ModelWeights::read(checkpoint, per_layer[static_cast<std::size_t>(i)], options.dtype, options.device);
+    model.layers_[static_cast<std::size_t>(i)] = build_layer(cfg, i, layer_weights, overrides);
   }
   return model;
 }
 
-at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
-                         kernels::MixerForm form, bool last_only, bool hidden_only, const at::Tensor& attention_mask) const {
-  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
-  // A padded batch: which tokens are real, and each row's positions counting its real tokens (transformers'
-  // cumsum - 1; a padding's own position is irrelevant, every real token ignores it).
-  at::Tensor token_mask, positions;
-  if (attention_mask.defined()) {
-    TORCH_CHECK(state == nullptr, "CausalLM: a padded batch (attention_mask) runs stateless");
-    TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "CausalLM: attention_mask must be [B, T] like ids");
-    token_mask = attention_mask.to(embed_.device()).to(at::kBool);
-    // Left padding only: a row's tokens are contiguous at its end, so index distances are token distances (the
-    // windows, the conv taps and the LoLCATs shift count columns).
-    TORCH_CHECK(ids.size(1) < 2 || token_mask.narrow(1, 1, ids.size(1) - 1).ge(token_mask.narrow(1, 0, ids.size(1) - 1)).all().item<bool>(),
-                "CausalLM: attention_mask must be left padding (0s, then 1s, in every row)");
-    positions = (token_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
-  }
+std::vector<DecoderLayer>& CausalLM::layers() {
+  TORCH_CHECK(!stream_, "CausalLM: a streamed model holds one layer at a time; use layer(i)");
+  return layers_;
+}
+
+const std::vector<DecoderLayer>& CausalLM::layers() const {
+  TORCH_CHECK(!stream_, "CausalLM: a streamed model holds one layer at a time; use layer(i)");
+  return layers_;
+}
+
+const DecoderLayer& CausalLM::layer(std::int64_t i) const {
+  auto& slot = layers_.at(static_cast<std::size_t>(i));
+  if (!stream_ || stream_->resident == i) return slot;
+  if (stream_->resident) layers_[static_cast<std::size_t>(*stream_->resident)] = DecoderLayer{};  // dropped before the copy
+  stream_->resident.reset();
+  auto w = ModelWeights::read(stream_->checkpoint, stream_->layer_specs[static_cast<std::size_t>(i)], options_.dtype, options_.device);
+  slot = build_layer(config_, i, w, stream_->overrides ? &*stream_->overrides : nullptr);
+  stream_->resident = i;
+  return slot;
+}
+
+std::int64_t CausalLM::resident_layers() const {
+  if (stream_) return stream_->resident ? 1 : 0;
+  return static_cast<std::int64_t>(layers_.size());
+}
+
+at::Tensor CausalLM::embed(const at::Tensor& ids, const CaptureFn& capture) const {
   const auto& block = config_.block;
-  // By value: checkpointed blocks call it again in the backward, after run() has returned.
-  const auto norm = [this](const at::Tensor& x, const at::Tensor& weight) {
-    return rms_norm(config_.block.norm, x, weight, config_.rms_norm_eps);
-  };
   auto h = at::embedding(embed_, ids.to(embed_.device()));
   // Gemma scales by sqrt(hidden) rounded to the weights' dtype first (a buffer), Granite by its multiplier as a
   // Python float (a wrapped scalar, applied in fp32), as transformers does.
   if (block.embedding_scale != 1.0)
     h = block.embedding_scale_in_weight_dtype ? h * at::scalar_tensor(block.embedding_scale, embed_.options()) : h * block.embedding_scale;
   if (capture) capture(names::kEmbedCapture, h);
-  // One block on its input x, from position `start` (state: the layer's, or null).
-  const auto run_block = [this, norm, start, form, token_mask, positions](std::size_t i, const at::Tensor& x, MixerState* layer_state,
-                                                   const CaptureFn& listen) {
-    const auto layer_index = static_cast<std::int64_t>(i);
-    // The block's primitives (converter/model/block_program.h) on this layer's tensors.
-    using RmsNorm = decltype(norm);
-    struct Ops {
-      using Value = at::Tensor;
-      const DecoderLayer& layer;
-      const RmsNorm& rms_norm;
-      MixerCall call;
-      std::int64_t start;
-      MixerState* state;
-      at::Tensor norm(const at::Tensor& v, BlockNorm which) const {
-        switch (which) {
-          case BlockNorm::input: return rms_norm(v, layer.input_norm);
-          case BlockNorm::post_attention: return rms_norm(v, layer.post_attention_norm);
-          case BlockNorm::pre_feedforward: return rms_norm(v, layer.pre_feedforward_norm);
-          case BlockNorm::post_feedforward: break;
-        }
-        return rms_norm(v, layer.post_feedforward_norm);
-      }
-      at::Tensor mixer(const at::Tensor& v) const { return layer.mixer->forward(v, start, state, call); }
-      at::Tensor mlp(const at::Tensor& v) const { return layer.routed_mlp.defined() ? layer.routed_mlp.forward(v) : layer.mlp.forward(v); }
-      static at::Tensor scale(const at::Tensor& v, double s) { return v * s; }
-      static at::Tensor add(const at::Tensor& a, const at::Tensor& b) { return a + b; }
-    } ops{layers_[i], norm, MixerCall{listen, names::mixer_scope(layer_index), form, token_mask, positions}, start, layer_state};
-    auto v = block_program(ops, config_.block, x);
-    if (listen) {
-      listen(names::capture(layer_index, names::Capture::attn_in), v.attn_in);
-      listen(names::capture(layer_index, names::Capture::attn_out), v.attn_out);
-      listen(names::capture(layer_index, names::Capture::mlp_out), v.mlp_out);
-      listen(names::capture(layer_index, names::Capture::out), v.out);
-    }
-    return std::move(v.out);
-  };
-  // A stateless training forward may keep only each block's input (kernels/checkpoint.h).
-  const bool checkpoint = checkpoint_blocks_ && state == nullptr && !capture;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    if (checkpoint)
-      h = kernels::checkpointed([run_block, i](const at::Tensor& x) { return run_block(i, x, nullptr, CaptureFn()); }, h);
-    else
-      h = run_block(i, h, state ? state->layers[i].get() : nullptr, capture);
+  return h;
+}
+
+at::Tensor CausalLM::block(std::size_t i, const at::Tensor& x, const BlockCall& call, DecodeState* state,
+                           const CaptureFn& listen) const {
+  const auto layer_index = static_cast<std::int64_t>(i);
+  const DecoderLayer& this_layer = layer(layer_index);
+  MixerState* layer_state = nullptr;
+  if (state) {
+    auto& slot = state->layers.at(i);
+    if (!slot) slot = this_layer.mixer->new_state();
+    layer_state = slot.get();
   }
+  const auto rms = [this](const at::Tensor& v, const at::Tensor& weight) {
+    return rms_norm(config_.block.norm, v, weight, config_.rms_norm_eps);
+  };
+  // The block's primitives (converter/model/block_program.h) on this layer's tensors.
+  using RmsNorm = decltype(rms);
+  struct Ops {
+    using Value = at::Tensor;
+    const DecoderLayer& layer;
+    const RmsNorm& rms_norm;
+    MixerCall call;
+    std::int64_t start;
+    MixerState* state;
+    at::Tensor norm(const at::Tensor& v, BlockNorm which) const {
+      switch (which) {
+        case BlockNorm::input: return rms_norm(v, layer.input_norm);
+        case BlockNorm::post_attention: return rms_norm(v, layer.post_attention_norm);
+        case BlockNorm::pre_feedforward: return rms_norm(v, layer.pre_feedforward_norm);
+        case BlockNorm::post_feedforward: break;
+      }
+      return rms_norm(v, layer.post_feedforward_norm);
+    }
+    at::Tensor mixer(const at::Tensor& v) const { return layer.mixer->forward(v, start, state, call); }
+    at::Tensor mlp(const at::Tensor& v) const { return layer.routed_mlp.defined() ? layer.routed_mlp.forward(v) : layer.mlp.forward(v); }
+    static at::Tensor scale(const at::Tensor& v, double s) { return v * s; }
+    static at::Tensor add(const at::Tensor& a, const at::Tensor& b) { return a + b; }
+  } ops{this_layer, rms, MixerCall{listen, names::mixer_scope(layer_index), call.form, call.token_mask, call.positions}, call.start,
+        layer_state};
+  auto v = block_program(ops, config_.block, x);
+  if (listen) {
+    listen(names::capture(layer_index, names::Capture::attn_in), v.attn_in);
+    listen(names::capture(layer_index, names::Capture::attn_out), v.attn_out);
+    listen(names::capture(layer_index, names::Capture::mlp_out), v.mlp_out);
+    listen(names::capture(layer_index, names::Capture::out), v.out);
+  }
+  return std::move(v.out);
+}
+
+at::Tensor CausalLM::finish(at::Tensor h, const CaptureFn& capture, bool last_only, bool hidden_only) const {
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
-  h = norm(h, final_norm_);
+  h = rms_norm(config_.block.norm, h, final_norm_, config_.rms_norm_eps);
   if (capture) capture(names::kNormCapture, h);
   if (hidden_only) return h;
   auto logits = logits_of(h);
   if (capture) capture(names::kLogitsCapture, logits);
   return logits;
+}
+
+at::Tensor CausalLM::run(const at::Tensor& ids, std::int64_t start, DecodeState* state, const CaptureFn& capture,
+                         kernels::MixerForm form, bool last_only, bool hidden_only, const at::Tensor& attention_mask) const {
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
+  BlockCall call{start, form, {}, {}};
+  // A padded batch: which tokens are real, and each row's positions counting its real tokens (transformers'
+  // cumsum - 1; a padding's own position is irrelevant, every real token ignores it).
+  if (attention_mask.defined()) {
+    TORCH_CHECK(state == nullptr, "CausalLM: a padded batch (attention_mask) runs stateless");
+    TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "CausalLM: attention_mask must be [B, T] like ids");
+    call.token_mask = attention_mask.to(embed_.device()).to(at::kBool);
+    const auto& token_mask = call.token_mask;
+    // Left padding only: a row's tokens are contiguous at its end, so index distances are token distances (the
+    // windows, the conv taps and the LoLCATs shift count columns).
+    TORCH_CHECK(ids.size(1) < 2 || token_mask.narrow(1, 1, ids.size(1) - 1).ge(token_mask.narrow(1, 0, ids.size(1) - 1)).all().item<bool>(),
+                "CausalLM: attention_mask must be left padding (0s, then 1s, in every row)");
+    call.positions = (token_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+  }
+  auto h = embed(ids, capture);
+  // A stateless training forward may keep only each block's input (kernels/checkpoint.h); checkpointed blocks
+  // run again in the backward, after run() has returned: the lambda holds its own copy of `call`.
+  const bool checkpoint = checkpoint_blocks_ && state == nullptr && !capture;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (checkpoint)
+      h = kernels::checkpointed([this, i, call](const at::Tensor& x) { return block(i, x, call, nullptr, CaptureFn()); }, h);
+    else
+      h = block(i, h, call, state, capture);
+  }
+  return finish(std::move(h), capture, last_only, hidden_only);
+}
+
+std::vector<at::Tensor> CausalLM::run_layer_major(const std::vector<SequenceRun>& runs) const {
+  // Each run's pieces as prefill() cuts them, and each piece's hidden states between layers.
+  struct Pending {
+    std::vector<std::int64_t> cuts;  // piece lengths after prefill's own cutting
+    std::vector<bool> ends_piece;    // whether a cut ends one of the caller's pieces (its logits are returned)
+    std::vector<at::Tensor> hidden;  // per cut
+    DecodeState state;
+  };
+  std::vector<Pending> pending(runs.size());
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    const auto& run = runs[r];
+    TORCH_CHECK(run.ids.dim() == 2 && run.ids.scalar_type() == at::kLong, "CausalLM: ids must be int64 [B, T]");
+    auto& p = pending[r];
+    const auto ids = run.ids.to(embed_.device());
+    if (run.pieces.empty()) {
+      p.cuts = {ids.size(1)};
+      p.ends_piece = {true};
+    } else {
+      TORCH_CHECK(!run.capture && run.form == kernels::MixerForm::chunked, "CausalLM: a piece run is chunked, without capture (as prefill)");
+      p.state = new_state();
+      std::int64_t total = 0;
+      for (const auto piece : run.pieces) {
+        for (const auto cut : prefill_pieces(piece, /*capture=*/false)) p.cuts.push_back(cut), p.ends_piece.push_back(false);
+        p.ends_piece.back() = true;
+        total += piece;
+      }
+      TORCH_CHECK(total == ids.size(1), "CausalLM: a run's pieces must add up to its length");
+    }
+    std::int64_t from = 0;
+    for (const auto cut : p.cuts) {
+      p.hidden.push_back(embed(ids.narrow(1, from, cut), p.cuts.size() == 1 ? run.capture : CaptureFn()));
+      from += cut;
+    }
+  }
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    for (std::size_t r = 0; r < runs.size(); ++r) {
+      auto& p = pending[r];
+      const bool stateless = runs[r].pieces.empty();
+      std::int64_t start = 0;
+      for (auto& h : p.hidden) {
+        h = block(i, h, BlockCall{start, runs[r].form, {}, {}}, stateless ? nullptr : &p.state, runs[r].capture);
+        start += h.size(1);
+      }
+    }
+  std::vector<at::Tensor> out;
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    auto& p = pending[r];
+    if (runs[r].pieces.empty()) {
+      out.push_back(finish(std::move(p.hidden[0]), runs[r].capture, /*last_only=*/false, /*hidden_only=*/false));
+      continue;
+    }
+    std::vector<at::Tensor> rows;
+    for (std::size_t c = 0; c < p.cuts.size(); ++c)
+      if (p.ends_piece[c]) rows.push_back(finish(std::move(p.hidden[c]), {}, /*last_only=*/true, /*hidden_only=*/false));
+    out.push_back(at::cat(rows, 1));
+  }
+  return out;
+}
+
+void CausalLM::warm_up(const at::Tensor& ids) const {
+  if (!stream_) {
+    forward(ids);
+    return;
+  }
+  block(0, embed(ids, {}), BlockCall{}, nullptr, {});
 }
 
 at::Tensor CausalLM::hidden_states(const at::Tensor& ids) const {
@@ -278,6 +426,7 @@ at::Tensor CausalLM::forward(const at::Tensor& ids, const CaptureFn& capture, ke
 }
 
 CausalLM CausalLM::source_model() const {
+  TORCH_CHECK(!stream_, "CausalLM: source_model() shares resident layers; a streamed model has none");
   CausalLM source;
   source.config_ = config_;
   if (config_.linearize.is_object()) {  // a converted model's config names the source architecture
@@ -305,22 +454,30 @@ CausalLM CausalLM::source_model() const {
 
 DecodeState CausalLM::new_state() const {
   DecodeState state;
-  for (const auto& layer : layers_) state.layers.push_back(layer.mixer->new_state());
+  for (const auto& layer : layers_) state.layers.push_back(layer.mixer ? layer.mixer->new_state() : nullptr);
   return state;
+}
+
+std::vector<std::int64_t> CausalLM::prefill_pieces(std::int64_t T, bool capture) const {
+  const std::int64_t piece = capture || !config_.linearize.is_object() ? T : kPrefillPiece;
+  std::vector<std::int64_t> pieces;
+  for (std::int64_t first = 0; first < T; first += piece) pieces.push_back(std::min(piece, T - first));
+  return pieces;
 }
 
 at::Tensor CausalLM::prefill(const at::Tensor& ids, DecodeState& state, const CaptureFn& capture) const {
   // Only the last position's logits are needed to continue: project just that row through lm_head, and only
   // after the last piece (a mixer program's full-length temporaries, ~60 hidden-size rows per token in a
   // Mamba-2 layer, made a 16K-token prefill 1 GiB larger than its source's before pieces).
-  const std::int64_t T = ids.size(1), piece = capture || !config_.linearize.is_object() ? T : kPrefillPiece;
+  const auto pieces = prefill_pieces(ids.size(1), static_cast<bool>(capture));
   at::Tensor out;
-  for (std::int64_t first = 0; first < T; first += piece) {
-    const std::int64_t n = std::min(piece, T - first);
-    const bool last = first + n == T;
-    out = run(ids.narrow(1, first, n), state.position, &state, capture, kernels::MixerForm::chunked, /*last_only=*/true,
+  std::int64_t first = 0;
+  for (std::size_t p = 0; p < pieces.size(); ++p) {
+    const bool last = p + 1 == pieces.size();
+    out = run(ids.narrow(1, first, pieces[p]), state.position, &state, capture, kernels::MixerForm::chunked, /*last_only=*/true,
               /*hidden_only=*/!last);
-    state.position += n;
+    state.position += pieces[p];
+    first += pieces[p];
   }
   return out.select(1, 0);
 }

@@ -84,7 +84,8 @@ struct DecoderLayer {
   at::Tensor bias(Projection projection) const;
 };
 
-// Per-sequence decode state: every layer's mixer state and the next position.
+// Per-sequence decode state: every layer's mixer state and the next position. A streamed model's layer has its
+// state made when a forward first reaches it (null until then).
 struct DecodeState {
   std::vector<std::unique_ptr<MixerState>> layers;
   std::int64_t position = 0;
@@ -94,6 +95,19 @@ struct DecodeState {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // computation dtype; weights are converted on load
   at::Device device = at::kCPU;
+  // Streams the decoder layers from the mapped checkpoint (docs/architecture.md#streamed-layers): the embeddings,
+  // final norm and head stay resident; a layer's weights are copied in when a forward reaches it and dropped
+  // when another layer is copied in, so one layer is resident at a time, whatever the depth.
+  bool stream_layers = false;
+};
+
+// A sequence fed in pieces, the state carried from each to the next, as prefill() and step() feed it; or, with no
+// pieces, one stateless forward() (CausalLM::run_layer_major).
+struct SequenceRun {
+  at::Tensor ids;                     // int64 [B, T]
+  std::vector<std::int64_t> pieces;   // lengths summing to T; empty: stateless
+  kernels::MixerForm form = kernels::MixerForm::chunked;  // a stateless run's
+  CaptureFn capture;                  // a stateless run's
 };
 
 class ModelWeights;
@@ -149,6 +163,18 @@ class CausalLM {
   // One token per sequence: ids [B] -> logits [B, vocab].
   at::Tensor step(const at::Tensor& ids, DecodeState& state) const;
 
+  // Many sequences layer by layer: every run through layer i before any reaches layer i + 1, so a streamed model
+  // reads each layer once for all of them (their activations are kept between layers). Each run computes what
+  // forward() (no pieces) or prefill() per piece computes, the same operations on the same shapes, so the same
+  // bits. Per run: a stateless run's logits [B, T, vocab]; a piece run's [B, pieces, vocab], each piece's last
+  // position (what prefill returns for it).
+  std::vector<at::Tensor> run_layer_major(const std::vector<SequenceRun>& runs) const;
+
+  // One discarded computation before any recorded one (verify's warm-up: the first GEMMs of a process may split
+  // their work differently while the BLAS threads start): the whole forward, or a streamed model's first block
+  // alone, which starts the threads as well without reading every layer.
+  void warm_up(const at::Tensor& ids) const;
+
   // Training memory: a stateless forward without capture keeps only each block's input and recomputes the
   // block in the backward (kernels/checkpoint.h). Off by default; the source model() does not inherit it.
   void set_checkpoint_blocks(bool on) { checkpoint_blocks_ = on; }
@@ -156,10 +182,31 @@ class CausalLM {
 
   const ModelConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
-  std::vector<DecoderLayer>& layers() { return layers_; }
-  const std::vector<DecoderLayer>& layers() const { return layers_; }
+  // Every layer, resident (a streamed model has none: it throws; use layer()).
+  std::vector<DecoderLayer>& layers();
+  const std::vector<DecoderLayer>& layers() const;
+  // Layer i; a streamed model copies it in now, dropping the one resident before (a reference to that one
+  // dangles then).
+  const DecoderLayer& layer(std::int64_t i) const;
+  bool streams_layers() const { return stream_ != nullptr; }
+  // How many layers hold their weights now (all of them unless streamed; 0 or 1 when streamed).
+  std::int64_t resident_layers() const;
 
  private:
+  // Per-call settings of the blocks: the first position, the form, and a padded batch's token mask and positions.
+  struct BlockCall {
+    std::int64_t start = 0;
+    kernels::MixerForm form = kernels::MixerForm::chunked;
+    at::Tensor token_mask, positions;
+  };
+  at::Tensor embed(const at::Tensor& ids, const CaptureFn& capture) const;
+  // Layer i's block on its input x (state: the layer's, or null); a streamed layer is copied in first.
+  at::Tensor block(std::size_t i, const at::Tensor& x, const BlockCall& call, DecodeState* state, const CaptureFn& listen) const;
+  // The final norm (of the last position alone when last_only) and, unless hidden_only, the logits.
+  at::Tensor finish(at::Tensor h, const CaptureFn& capture, bool last_only, bool hidden_only) const;
+  // The lengths prefill() feeds a piece of T tokens in: kPrefillPiece at a time for a converted model without capture.
+  std::vector<std::int64_t> prefill_pieces(std::int64_t T, bool capture) const;
+
   // Everything above, from absolute position `start`; state may be null. `last_only` runs the final norm
   // and lm_head on the last position alone (all a decoder continuing the sequence needs); `hidden_only`
   // stops before lm_head.
@@ -169,7 +216,10 @@ class CausalLM {
   ModelConfig config_;
   LoadOptions options_;
   at::Tensor embed_, final_norm_, lm_head_;
-  std::vector<DecoderLayer> layers_;
+  // Mutable for a streamed model, whose layers are copied in and dropped as forwards reach them.
+  mutable std::vector<DecoderLayer> layers_;
+  struct LayerStream;  // the mapped checkpoint and each layer's tensor specs (causal_lm.cpp)
+  std::shared_ptr<LayerStream> stream_;
   bool checkpoint_blocks_ = false;
 };
 

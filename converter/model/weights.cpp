@@ -58,9 +58,8 @@ void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpe
   throw InputError(weights.listing_path(), "tensors", msg.str() + " (for the shapes config.json implies)");
 }
 
-ModelWeights ModelWeights::load(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs,
+ModelWeights ModelWeights::read(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs,
                                 at::ScalarType dtype, const at::Device& device) {
-  check_tensors(weights, specs);
   ModelWeights out;
   out.checkpoint_ = &weights;
   for (const auto& spec : specs) {

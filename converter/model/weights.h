@@ -23,10 +23,11 @@ void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpe
 // holds about one copy of the model, not two.
 class ModelWeights {
  public:
-  // Checks `specs` against the checkpoint (which must outlive this object), converts dtype/device where
-  // they differ; tensors already in the compute dtype stay views of the mapping until handed out.
-  static ModelWeights load(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs,
-                           at::ScalarType dtype, const at::Device& device);
+  // The tensors of `specs` (checked against the whole checkpoint by check_tensors first: a model reads its own
+  // tensors and each layer's apart), converted where dtype/device differ; tensors already in the compute dtype stay
+  // views of the mapping until handed out. The checkpoint must outlive this object.
+  static ModelWeights read(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs, at::ScalarType dtype,
+                           const at::Device& device);
 
   // A tensor in the model's own memory (copied out of the mapping on first use); throws if absent.
   const at::Tensor& get(const std::string& name) const;

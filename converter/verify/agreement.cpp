@@ -27,16 +27,12 @@ struct Agreement {
   std::vector<double> layer_error;
 };
 
-void compare_prompt(const CausalLM& model, const SourceOutputs& source, std::size_t n, const std::vector<std::int64_t>& prompt,
+// One prompt's next-token figures, from the model's logits for it.
+void compare_prompt(const at::Tensor& model_logits, const SourceOutputs& source, std::size_t n, const std::vector<std::int64_t>& prompt,
                     Agreement& a) {
-  const auto ids = as_batch(prompt, model.options().device);
-  std::map<std::string, at::Tensor> hidden;
-  const auto keep_out = [&hidden](const std::string& name, const at::Tensor& t) {
-    const auto what = names::parse_capture(name);
-    if (what && what->what == names::Capture::out) hidden[name] = t;
-  };
-  const auto ls = at::log_softmax(source.logits[n].to(at::kDouble), -1);
-  const auto lm = at::log_softmax(model.forward(ids, keep_out)[0].to(at::kDouble), -1);
+  const auto ids = as_batch(prompt, at::kCPU);
+  const auto ls = at::log_softmax(source.logits[n].to(at::kCPU, at::kDouble), -1);
+  const auto lm = at::log_softmax(model_logits.to(at::kCPU, at::kDouble), -1);
   const auto kl = kl_per_row(ls, lm);
   for (std::int64_t t = 0; t < kl.size(0); ++t) a.kls.push_back(kl[t].item<double>());
   a.agree += ls.argmax(-1).eq(lm.argmax(-1)).sum().item<double>();
@@ -45,10 +41,6 @@ void compare_prompt(const CausalLM& model, const SourceOutputs& source, std::siz
   a.nll_source += nll_sum(ls.narrow(0, 0, ids.size(1) - 1), next).item<double>();
   a.nll_model += nll_sum(lm.narrow(0, 0, ids.size(1) - 1), next).item<double>();
   a.targets += static_cast<double>(ids.size(1) - 1);
-  for (std::size_t i = 0; i < a.layer_error.size(); ++i) {
-    const auto name = names::capture(static_cast<std::int64_t>(i), names::Capture::out);
-    a.layer_error[i] = worse(a.layer_error[i], relative_error(hidden.at(name), source.captured[n].at(name)));
-  }
 }
 
 void add_distribution_rows(Agreement& a, const VerifyThresholds& thresholds, ReportBuilder& r) {
@@ -103,7 +95,15 @@ void check_agreement(const CausalLM& model, const SourceOutputs& source, const P
                      const VerifyThresholds& thresholds, ReportBuilder& r) {
   Agreement a;
   a.layer_error.assign(static_cast<std::size_t>(model.config().num_hidden_layers), 0.0);
-  for (std::size_t n = 0; n < prompts.size(); ++n) compare_prompt(model, source, n, prompts[n], a);
+  // Each layer's output compared as the forward makes it (every prompt at a layer before the next layer).
+  const auto compare_layer = [&a, &source](std::size_t n, const std::string& name, const at::Tensor& t) {
+    const auto what = names::parse_capture(name);
+    if (!what || what->what != names::Capture::out) return;
+    auto& error = a.layer_error[static_cast<std::size_t>(what->layer)];
+    error = worse(error, relative_error(t, source.captured[n].at(name)));
+  };
+  const auto logits = forward_prompts(model, prompts, kernels::MixerForm::chunked, compare_layer);
+  for (std::size_t n = 0; n < prompts.size(); ++n) compare_prompt(logits[n], source, n, prompts[n], a);
   add_distribution_rows(a, thresholds, r);
   add_generation_row(model, source, prompts, thresholds, r);
   add_layer_rows(a.layer_error, thresholds.layer_budget, r);

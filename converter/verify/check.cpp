@@ -31,8 +31,19 @@ at::Tensor as_batch(const std::vector<std::int64_t>& ids, const at::Device& devi
 
 std::string dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : t == at::kHalf ? "fp16" : "fp32"; }
 
-void warm_up(const CausalLM& model, const Prompts& prompts) {
-  model.forward(as_batch(prompts.front(), model.options().device));
+void warm_up(const CausalLM& model, const Prompts& prompts) { model.warm_up(as_batch(prompts.front(), model.options().device)); }
+
+std::vector<at::Tensor> forward_prompts(const CausalLM& model, const Prompts& prompts, kernels::MixerForm form,
+                                        const PromptCaptureFn& capture) {
+  std::vector<SequenceRun> runs;
+  for (std::size_t n = 0; n < prompts.size(); ++n) {
+    SequenceRun run{as_batch(prompts[n], model.options().device), {}, form, {}};
+    if (capture) run.capture = [&capture, n](const std::string& name, const at::Tensor& t) { capture(n, name, t); };
+    runs.push_back(std::move(run));
+  }
+  auto logits = model.run_layer_major(runs);
+  for (auto& l : logits) l = l[0];
+  return logits;
 }
 
 std::vector<std::int64_t> kept_softmax_layers(const ModelConfig& config) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -51,8 +52,16 @@ std::string dtype_name(at::ScalarType t);  // "fp32", "bf16", "fp16"
 
 // One discarded forward before any recorded or compared one: the first GEMMs of a process may run while
 // MKL's threads are still starting and split the work differently (seen on a busy machine: 1 verify in 12
-// rounded its first forward differently; none in 36 with this warm-up).
+// rounded its first forward differently; none in 36 with this warm-up). CausalLM::warm_up.
 void warm_up(const CausalLM& model, const Prompts& prompts);
+
+// What a capture of forward_prompts is told: the prompt's index, then the capture's name and tensor.
+using PromptCaptureFn = std::function<void(std::size_t prompt, const std::string& name, const at::Tensor& t)>;
+// Each prompt's logits [T, vocab], every prompt through the model layer by layer (CausalLM::run_layer_major: a
+// streamed model reads its weights once for all of them), computing what forward() computes for each.
+std::vector<at::Tensor> forward_prompts(const CausalLM& model, const Prompts& prompts,
+                                        kernels::MixerForm form = kernels::MixerForm::chunked,
+                                        const PromptCaptureFn& capture = {});
 
 // The layers a conversion kept as the source's softmax attention (none for a plain checkpoint), and the
 // tensors a distill export changed on purpose (stage 2's LoRA merged in: config.json's linearize.lora_merged).

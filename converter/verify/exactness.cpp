@@ -18,7 +18,7 @@ std::set<std::int64_t> trained_layers(const CausalLM& model, const std::vector<s
   std::set<std::int64_t> trained;
   for (const auto layer : kept)
     for (const auto p : kAttentionProjections)
-      if (model.layers()[static_cast<std::size_t>(layer)].adapters->has(p) || merged.count(names::weight(layer, layer_module(p))))
+      if (model.layer(layer).adapters->has(p) || merged.count(names::weight(layer, layer_module(p))))
         trained.insert(layer);
   return trained;
 }
@@ -36,11 +36,13 @@ void check_exactness(const CausalLM& model, const SourceOutputs& source, double 
   }
   const CaptureFn none;
   double worst = 0;
-  for (const auto& seen : source.captured) {
-    for (const auto layer : kept) {
-      if (trained.count(layer)) continue;
-      const auto out = model.layers()[static_cast<std::size_t>(layer)].mixer->forward(
-          seen.at(names::capture(layer, names::Capture::attn_in)), 0, nullptr, MixerCall{none, names::mixer_scope(layer)});
+  // Layer by layer, every prompt at each (a streamed model copies each kept layer in once).
+  for (const auto layer : kept) {
+    if (trained.count(layer)) continue;
+    const auto& mixer = *model.layer(layer).mixer;
+    for (const auto& seen : source.captured) {
+      const auto out = mixer.forward(seen.at(names::capture(layer, names::Capture::attn_in)), 0, nullptr,
+                                     MixerCall{none, names::mixer_scope(layer)});
       worst = worse(worst, relative_error(out, seen.at(names::capture(layer, names::Capture::attn_out))));
     }
   }

@@ -1,5 +1,6 @@
 // L1: the forms agree. Per layer in fp64 (the exactness claim, to 1e-10), then end to end in the compute dtype
 // (rounding only, against a bound derived from the dtype, the prompt length, the depth and the activations).
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -84,7 +85,7 @@ LayerForms layer_forms(const CausalLM& model, std::int64_t layer, const std::vec
                        std::set<std::int64_t>& applied) {
   const CaptureFn none;
   const auto mixer = rebuild_mixer(model, layer, at::kDouble);
-  const auto& own = *model.layers()[static_cast<std::size_t>(layer)].mixer;
+  const auto& own = *model.layer(layer).mixer;
   const auto scope = names::mixer_scope(layer);
   LayerForms f;
   for (std::size_t n = 0; n < inputs.size(); ++n) {
@@ -143,17 +144,6 @@ void check_layer_forms(const CausalLM& model, const SampleForward& sample, doubl
         where(carry, sampled) + "; cut at " + cut_list);
 }
 
-// The model's logits for the last `steps` positions of `ids` as `generate` computes them: a chunked prefill of
-// the rest, then one step per token (the logits of the position each step feeds).
-at::Tensor decode_tail(const CausalLM& model, const std::vector<std::int64_t>& ids, std::int64_t steps) {
-  const auto length = static_cast<std::int64_t>(ids.size());
-  const auto batch = as_batch(ids, model.options().device);
-  auto state = model.new_state();
-  std::vector<at::Tensor> rows{model.prefill(batch.narrow(1, 0, length - steps), state)[0]};
-  for (std::int64_t t = length - steps; t < length - 1; ++t) rows.push_back(model.step(batch.select(1, t), state)[0]);
-  return at::stack(rows);
-}
-
 // L1 end to end, in the compute dtype: chunked prefill vs the parallel form vs decode steps after a chunked
 // prefill, and a prompt split in two with the state carried, through the whole model. The forms are exact (the fp64 rows
 // above); here they differ by rounding only, and the bound says how much rounding a model of this depth and
@@ -168,28 +158,42 @@ at::Tensor decode_tail(const CausalLM& model, const std::vector<std::int64_t>& i
 // add, the normalisation after the sum). A fault that the fp64 rows would miss changes logits by far more.
 // Returns the bound, which L2 applies when it cannot ask for bit identity.
 double check_drift(const CausalLM& model, const SampleForward& sample, ReportBuilder& r) {
-  double parallel = 0, recurrent = 0, carry = 0;
+  // Every form's runs go through the model together, layer by layer (a streamed model reads each layer once):
+  // the parallel form of each prompt, each prompt of 2 tokens or more as two prefills carrying the state, and the
+  // longest prompt decoded as `generate` does, a chunked prefill then one step per token (the logits of the
+  // position each step feeds).
+  std::vector<SequenceRun> runs;
+  std::vector<std::size_t> split_prompts;
   std::int64_t longest = 0, decode_prompt = -1;
   for (std::size_t n = 0; n < sample.prompts.size(); ++n) {
     const auto ids = as_batch(sample.prompts[n], model.options().device);
     const std::int64_t T = ids.size(1);
     if (T > longest) longest = T, decode_prompt = static_cast<std::int64_t>(n);
-    const auto& chunked = sample.logits[n];
-    parallel = worse(parallel, relative_error(model.forward(ids, {}, kernels::MixerForm::parallel)[0], chunked));
+    runs.push_back({ids, {}, kernels::MixerForm::parallel, {}});
     if (T < 2) continue;
-    auto split = model.new_state();
-    const std::int64_t half = T / 2;
-    model.prefill(ids.narrow(1, 0, half), split);
-    const auto last = model.prefill(ids.narrow(1, half, T - half), split)[0];
-    carry = worse(carry, relative_error(last, chunked[T - 1]));
+    runs.push_back({ids, {T / 2, T - T / 2}, kernels::MixerForm::chunked, {}});
+    split_prompts.push_back(n);
   }
-  // Prefill, then decode the last tokens of the longest prompt one step each.
+  // Prefill, then decode the last tokens of the longest prompt one step each (a one-token prompt has nothing to decode).
   const auto steps = std::min<std::int64_t>(kDriftDecodeTokens, longest - 1);
   const auto prefix = longest - steps;
-  if (steps > 0) {  // a one-token prompt has nothing to decode
-    const auto index = static_cast<std::size_t>(decode_prompt);
-    recurrent = relative_error(decode_tail(model, sample.prompts[index], steps), sample.logits[index].narrow(0, prefix - 1, steps));
+  if (steps > 0) {
+    std::vector<std::int64_t> pieces{prefix};
+    pieces.resize(static_cast<std::size_t>(steps), 1);
+    const auto& ids = sample.prompts[static_cast<std::size_t>(decode_prompt)];
+    runs.push_back({as_batch(ids, model.options().device).narrow(1, 0, longest - 1), std::move(pieces), kernels::MixerForm::chunked, {}});
   }
+  const auto logits = model.run_layer_major(runs);
+  double parallel = 0, recurrent = 0, carry = 0;
+  std::size_t next = 0;
+  for (std::size_t n = 0; n < sample.prompts.size(); ++n) {
+    const auto& chunked = sample.logits[n];
+    parallel = worse(parallel, relative_error(logits[next++][0], chunked));
+    if (std::find(split_prompts.begin(), split_prompts.end(), n) == split_prompts.end()) continue;
+    carry = worse(carry, relative_error(logits[next++][0][1], chunked[chunked.size(0) - 1]));
+  }
+  if (steps > 0)
+    recurrent = relative_error(logits[next][0], sample.logits[static_cast<std::size_t>(decode_prompt)].narrow(0, prefix - 1, steps));
   const double u = unit_roundoff(model.options().dtype);
   const auto layers = static_cast<double>(model.config().num_hidden_layers);
   const double bound = 4 * u * std::sqrt(static_cast<double>(longest)) * layers * sample.outlier_ratio;
@@ -220,8 +224,8 @@ SampleForward run_sample(const CausalLM& model, Prompts prompts) {
     const double rms = h.pow(2).mean().sqrt().item<double>();
     if (rms > 0) out.outlier_ratio = worse(out.outlier_ratio, h.abs().max().item<double>() / rms);
   };
-  for (const auto& p : out.prompts)
-    out.logits.push_back(model.forward(as_batch(p, model.options().device), capture, kernels::MixerForm::chunked)[0]);
+  out.logits = forward_prompts(model, out.prompts, kernels::MixerForm::chunked,
+                               [&capture](std::size_t, const std::string& name, const at::Tensor& t) { capture(name, t); });
   return out;
 }
 

@@ -35,13 +35,20 @@ void check_reload(const std::filesystem::path& dir, const CausalLM& model, doubl
     const auto it = recorded.metadata().find(key);
     exact = exact && it != recorded.metadata().end() && it->second == value;
   }
-  double worst = 0;
+  Prompts prompts;
+  std::vector<at::Tensor> expected;
   for (std::size_t i = 0;; ++i) {
     const auto* ids = recorded.find(ids_name(i));
     if (!ids) break;
-    const auto expected = recorded.tensor(logits_name(i));
-    const auto got = model.forward(recorded.tensor(ids->name).unsqueeze(0).to(model.options().device))[0].to(at::kCPU);
-    worst = worse(worst, exact ? (got.to(at::kFloat) - expected).abs().max().item<double>() : relative_error(got, expected));
+    const auto t = recorded.tensor(ids->name).contiguous();
+    prompts.emplace_back(t.data_ptr<std::int64_t>(), t.data_ptr<std::int64_t>() + t.numel());
+    expected.push_back(recorded.tensor(logits_name(i)));
+  }
+  const auto got = forward_prompts(model, prompts);
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const auto g = got[i].to(at::kCPU);
+    worst = worse(worst, exact ? (g.to(at::kFloat) - expected[i]).abs().max().item<double>() : relative_error(g, expected[i]));
   }
   if (exact) r.add("reload reproduces the recorded logits (bit-identical)", worst, "==", 0);
   else r.add("reload reproduces the recorded logits (other device/dtype/threads)", worst, "<=", drift_bound);
@@ -58,11 +65,11 @@ const Check kReloadCheck{"L2", "L2", kModel | kDriftBound, [](VerifyContext& c) 
 void record_verify_logits(const std::filesystem::path& dir, const CausalLM& model,
                           const std::vector<std::vector<std::int64_t>>& prompts) {
   checks::warm_up(model, prompts);
+  const auto logits = checks::forward_prompts(model, prompts);
   NamedTensors tensors;
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    const auto ids = checks::as_batch(prompts[i], model.options().device);
-    tensors.emplace_back(checks::ids_name(i), ids[0].to(at::kCPU));
-    tensors.emplace_back(checks::logits_name(i), model.forward(ids)[0].to(at::kCPU, at::kFloat).contiguous());
+    tensors.emplace_back(checks::ids_name(i), at::tensor(prompts[i], at::kLong));
+    tensors.emplace_back(checks::logits_name(i), logits[i].to(at::kCPU, at::kFloat).contiguous());
   }
   write_safetensors(dir / kVerifyLogitsFile, tensors, checks::run_conditions(model));
 }

@@ -37,14 +37,11 @@ SourceOutputs run_source(const std::filesystem::path& dir, const ModelConfig& co
     wanted.insert(names::capture(layer, names::Capture::attn_out));
   }
   SourceOutputs out;
-  for (const auto& p : prompts) {
-    std::map<std::string, at::Tensor> seen;
-    const auto keep = [&seen, &wanted](const std::string& name, const at::Tensor& t) {
-      if (wanted.count(name)) seen[name] = t;
-    };
-    out.logits.push_back(source.forward(as_batch(p, source.options().device), keep)[0]);
-    out.captured.push_back(std::move(seen));
-  }
+  out.captured.resize(prompts.size());
+  out.logits = forward_prompts(source, prompts, kernels::MixerForm::chunked,
+                               [&out, &wanted](std::size_t n, const std::string& name, const at::Tensor& t) {
+                                 if (wanted.count(name)) out.captured[n][name] = t;
+                               });
   out.continuations = greedy(source, generation_prompts(prompts), options.thresholds.generate_tokens);
   return out;
 }

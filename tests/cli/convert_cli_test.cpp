@@ -78,10 +78,12 @@ TEST(ConvertCli, ConvertsVerifiesAndRecordsTheReport) {
 
 // Above --max-shard-size the export is sharded as save_pretrained shards (index last, every file holding
 // the copies' hashes), verifies (L0 checks each shard's copies), and a forced rewrite into one file leaves
-// no shard behind. The verify flags apply to the verification convert runs (bf16 compute here).
+// no shard behind. The verify flags apply to the verification convert runs (bf16 compute here, its layers streamed
+// from the shards).
 TEST(ConvertCli, ShardsAboveTheSizeLimitAndVerifiesInBf16) {
   test::TempDir dir;
-  const auto r = convert("lolcats", dir / "out", {"--max-shard-size", "200KB", "--dtype", "bf16", "--prompt-ids", "1,5,9,13,17,21,25,29"});
+  const auto r = convert("lolcats", dir / "out",
+                         {"--max-shard-size", "200KB", "--dtype", "bf16", "--prompt-ids", "1,5,9,13,17,21,25,29", "--stream-layers", "on"});
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("verify: PASS"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("drift in bf16"), std::string::npos) << r.out;
@@ -112,6 +114,13 @@ TEST(ConvertCli, VerifyIsDeterministic) {
   EXPECT_EQ(first.exit_code, 0);
   EXPECT_EQ(first.out, second.out);
   EXPECT_EQ(first_json, test::read_file(dir / "out" / "verify.json"));
+  // Streamed layers: the same report, row for row (docs/architecture.md#streamed-layers).
+  auto streamed = args;
+  streamed.insert(streamed.end(), {"--stream-layers", "on"});
+  const auto third = test::run_linearize(streamed);
+  EXPECT_EQ(third.exit_code, 0) << third.err;
+  EXPECT_EQ(first.out, third.out);
+  EXPECT_EQ(test::run_linearize({"verify", "--model", (dir / "out").string(), "--stream-layers", "sometimes"}).exit_code, 2);
 }
 
 TEST(ConvertCli, VerifyOnAPlainCheckpointChecksFormsAndWritesNothingThere) {
