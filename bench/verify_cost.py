@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What convert and verify cost (scripts/bench.sh section `verify`): wall time and peak resident memory of
 `linearize convert` (which records and verifies on the built-in prompts) and of `linearize verify --text`
-over a text of exactly N tokens, each in a fresh process.
+over a text of exactly N tokens, resident and with its layers streamed (the same report, row for row), each in a
+fresh process.
 
     verify_cost.py --linearize BIN --source DIR --recipe R --work DIR --text-tokens 4096 --out FILE.json
 """
@@ -60,11 +61,14 @@ def main():
 
     lin = [a.linearize, "--log-level", "warn"]
     convert_s, convert_rss, convert_out = timed(lin + ["convert", "--model", a.source, "--recipe", a.recipe, "--out", str(converted), "--force"])
-    verify_s, verify_rss, verify_out = timed(lin + ["verify", "--model", str(converted), "--source", a.source, "--text", str(text)])
+    verify = lin + ["verify", "--model", str(converted), "--source", a.source, "--text", str(text), "--stream-layers"]
+    verify_s, verify_rss, verify_out = timed(verify + ["off"])
+    streamed_s, streamed_rss, streamed_out = timed(verify + ["on"])
     result = {
         "source": a.source, "recipe": a.recipe, "text_tokens": tokens, "cpus": os.cpu_count(),
         "convert_s": convert_s, "convert_peak_rss": convert_rss, "convert_passed": "verify: PASS" in convert_out,
         "verify_text_s": verify_s, "verify_text_peak_rss": verify_rss, "verify_text_passed": "verify: PASS" in verify_out,
+        "streamed_s": streamed_s, "streamed_peak_rss": streamed_rss, "streamed_same_report": streamed_out == verify_out,
         "convert_table": convert_out, "verify_table": verify_out,
     }
     Path(a.out).write_text(json.dumps(result, indent=2))

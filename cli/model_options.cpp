@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <optional>
 
 #include <ATen/Context.h>
@@ -82,6 +83,18 @@ LoadOptions load_options(const ModelOptions& opts, const std::filesystem::path& 
     load.device = at::Device(at::kCUDA);
   }
   load.stream_layers = stream_layers(opts, model, load);
+  if (load.stream_layers) {
+    // At most one line every 15 s: a greedy token streams every layer again.
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>();
+    auto copies = std::make_shared<std::int64_t>(0);
+    load.layer_streamed = [last, copies](std::int64_t layer, double seconds) {
+      ++*copies;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - *last < std::chrono::seconds(15)) return;
+      *last = now;
+      spdlog::info("streamed layer {} in ({:.2f} s to copy in; {} layer copies so far)", layer, seconds, *copies);
+    };
+  }
   return load;
 }
 

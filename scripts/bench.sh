@@ -271,7 +271,7 @@ PYEOF
 # LINEARIZE_BENCH_VERIFY_1B=1 adds a random TinyLlama-1.1B-shaped bf16 checkpoint.
 section_verify() {
   local models=("$LINEARIZE_BENCH_DIR/llama-135m")
-  echo "== verify: convert and verify --text 4096 tokens, wall time and peak RSS"
+  echo "== verify: convert and verify --text 4096 tokens (resident and streamed layers), wall time and peak RSS"
   "$PY" bench/decoder_transformers.py make --out "$LINEARIZE_BENCH_DIR/llama-135m" --size 135m --tokenizer tests/fixtures/tiny-llama
   [ -d tests/fixtures/deep-llama ] && models+=(tests/fixtures/deep-llama)
   if [ "${LINEARIZE_BENCH_VERIFY_1B:-0}" = 1 ]; then
@@ -295,6 +295,9 @@ for path in sys.argv[1:]:
           f" [{'PASS' if r['convert_passed'] else 'FAIL'}]; verify --text {r['text_tokens']} tokens {r['verify_text_s']:.1f} s, "
           f"peak RSS {r['verify_text_peak_rss'] / gib:.2f} GiB [{'PASS' if r['verify_text_passed'] else 'FAIL'}]"
           + ("   target <= 60 s: " + ("PASS" if r['verify_text_s'] <= 60 else "FAIL") if "135m" in r["source"] else ""))
+    print(f"    streamed layers: {r['streamed_s']:.1f} s ({r['streamed_s'] / r['verify_text_s']:.2f}x resident), peak RSS "
+          f"{r['streamed_peak_rss'] / gib:.2f} GiB ({r['streamed_peak_rss'] / r['verify_text_peak_rss']:.2f}x resident), "
+          f"same report: {'PASS' if r['streamed_same_report'] else 'FAIL'}")
 PYEOF
 )
 }

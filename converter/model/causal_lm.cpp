@@ -1,5 +1,8 @@
 #include "converter/model/causal_lm.h"
 
+#include <algorithm>
+#include <chrono>
+#include <map>
 #include <optional>
 
 #include "converter/model/block_program.h"
@@ -45,6 +48,20 @@ at::Tensor GatedMlp::forward(const at::Tensor& x) const {
 RoutedMlp::RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k)
     : router_(std::move(router)), experts_(std::move(experts)), top_k_(top_k), normalize_top_k_(normalize_top_k) {}
 
+RoutedMlp::RoutedMlp(at::Tensor router, std::int64_t experts, ExpertLoader load, std::int64_t top_k, bool normalize_top_k)
+    : router_(std::move(router)), experts_(static_cast<std::size_t>(experts)), load_(std::move(load)), top_k_(top_k),
+      normalize_top_k_(normalize_top_k) {}
+
+const std::vector<GatedMlp>& RoutedMlp::experts() const {
+  TORCH_CHECK(!load_, "RoutedMlp: a streamed layer copies its experts in as tokens pick them");
+  return experts_;
+}
+
+const GatedMlp& RoutedMlp::expert(std::size_t e) const {
+  if (load_ && !experts_[e].down().defined()) experts_[e] = load_(static_cast<std::int64_t>(e));
+  return experts_[e];
+}
+
 at::Tensor RoutedMlp::forward(const at::Tensor& x) const {
   const auto flat = x.reshape({-1, x.size(-1)});
   const auto probabilities = at::softmax(kernels::linear_projection(flat, router_), -1, at::kFloat);
@@ -57,7 +74,7 @@ at::Tensor RoutedMlp::forward(const at::Tensor& x) const {
     const auto rows = hit.any(-1).nonzero().squeeze(-1);
     if (rows.numel() == 0) continue;
     const auto weight = weights.index_select(0, rows).masked_fill(hit.index_select(0, rows).logical_not(), 0).sum(-1, true);
-    out = out.index_add(0, rows, experts_[e].forward(flat.index_select(0, rows)) * weight);
+    out = out.index_add(0, rows, expert(e).forward(flat.index_select(0, rows)) * weight);
   }
   return out.view(x.sizes());
 }
@@ -113,9 +130,22 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
 
 namespace {
 
+// Expert e of layer i's routed MLP from its loaded weights (its three projections; gate and up copied into one matrix).
+GatedMlp build_expert(names::ExpertNames naming, MlpActivation activation, std::int64_t i, std::int64_t e, ModelWeights& w) {
+  using names::ExpertProjection;
+  GatedMlp expert(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
+                  w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
+                  w.get(names::expert_weight(i, e, ExpertProjection::down, naming)), at::Tensor(), at::Tensor(), at::Tensor(),
+                  activation);
+  w.release_taken();
+  return expert;
+}
+
 // Layer i of a decoder from its loaded weights: norms, the source attention (or the mixer `overrides` makes), the
 // dense or routed MLP. The copies into fused matrices release their mapped pages as they go.
-DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w, const MixerOverrides* overrides) {
+// `experts`: a streamed layer's loader of its experts (`w` then holds none of them); empty: every expert from `w`.
+DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w, const MixerOverrides* overrides,
+                         const RoutedMlp::ExpertLoader& experts = {}) {
   using names::LayerModule;
   const auto weight = [i](LayerModule m) { return names::weight(i, m); };
   const auto bias = [i](LayerModule m) { return names::bias(i, m); };
@@ -151,15 +181,14 @@ DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w
   if (overrides) layer.mixer = overrides->make(i, *softmax, w);
   if (!layer.mixer) layer.mixer = std::move(softmax);
   if (cfg.is_sparse(i)) {
-    using names::ExpertProjection;
-    const auto naming = cfg.block.expert_names;
-    std::vector<GatedMlp> experts;
-    for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
-      experts.emplace_back(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
-                           w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
-                           w.get(names::expert_weight(i, e, ExpertProjection::down, naming)), at::Tensor(), at::Tensor(),
-                           at::Tensor(), cfg.block.activation);
-    layer.routed_mlp = RoutedMlp(w.get(names::router_weight(i, naming)), std::move(experts), cfg.moe.top_k, cfg.moe.normalize_top_k);
+    const auto router = w.get(names::router_weight(i, cfg.block.expert_names));
+    if (experts) {
+      layer.routed_mlp = RoutedMlp(router, cfg.moe.experts, experts, cfg.moe.top_k, cfg.moe.normalize_top_k);
+    } else {
+      std::vector<GatedMlp> all;
+      for (std::int64_t e = 0; e < cfg.moe.experts; ++e) all.push_back(build_expert(cfg.block.expert_names, cfg.block.activation, i, e, w));
+      layer.routed_mlp = RoutedMlp(router, std::move(all), cfg.moe.top_k, cfg.moe.normalize_top_k);
+    }
   } else {
     layer.mlp = GatedMlp(mlp_projection(LayerModule::gate_proj), mlp_projection(LayerModule::up_proj),
                          w.get(weight(LayerModule::down_proj)), w.take(bias(LayerModule::gate_proj)),
@@ -176,7 +205,8 @@ DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w
 // are released once copied), with each layer's tensor specs, checked against the checkpoint once at load.
 struct CausalLM::LayerStream {
   CheckpointWeights checkpoint;
-  std::vector<std::vector<TensorSpec>> layer_specs;
+  std::vector<std::vector<TensorSpec>> layer_specs;                  // each layer's, its experts' apart
+  std::vector<std::vector<std::vector<TensorSpec>>> expert_specs;    // [layer][expert]: a routed layer's
   std::optional<MixerOverrides> overrides;
   std::optional<std::int64_t> resident;  // the layer copied in now
 };
@@ -207,7 +237,23 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get(names::kLmHead);
   model.layers_.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
   if (options.stream_layers) {
-    model.stream_ = std::make_shared<LayerStream>(LayerStream{std::move(checkpoint), std::move(per_layer), std::nullopt, std::nullopt});
+    // A routed layer's experts apart from the rest of the layer: copied in one at a time, as tokens pick them.
+    std::vector<std::vector<std::vector<TensorSpec>>> per_expert(per_layer.size());
+    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+      if (!cfg.is_sparse(i)) continue;
+      std::map<std::string, std::int64_t> expert_of;
+      for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
+        for (const auto p : {names::ExpertProjection::gate, names::ExpertProjection::up, names::ExpertProjection::down})
+          expert_of[names::expert_weight(i, e, p, cfg.block.expert_names)] = e;
+      auto& layer = per_layer[static_cast<std::size_t>(i)];
+      auto& experts = per_expert[static_cast<std::size_t>(i)];
+      experts.resize(static_cast<std::size_t>(cfg.moe.experts));
+      const auto rest = std::stable_partition(layer.begin(), layer.end(), [&](const TensorSpec& s) { return !expert_of.count(s.name); });
+      for (auto it = rest; it != layer.end(); ++it) experts[static_cast<std::size_t>(expert_of.at(it->name))].push_back(*it);
+      layer.erase(rest, layer.end());
+    }
+    model.stream_ = std::make_shared<LayerStream>(
+        LayerStream{std::move(checkpoint), std::move(per_layer), std::move(per_expert), std::nullopt, std::nullopt});
     if (overrides) model.stream_->overrides = *overrides;
     return model;
   }
@@ -233,9 +279,18 @@ const DecoderLayer& CausalLM::layer(std::int64_t i) const {
   if (!stream_ || stream_->resident == i) return slot;
   if (stream_->resident) layers_[static_cast<std::size_t>(*stream_->resident)] = DecoderLayer{};  // dropped before the copy
   stream_->resident.reset();
+  const auto started = std::chrono::steady_clock::now();
   auto w = ModelWeights::read(stream_->checkpoint, stream_->layer_specs[static_cast<std::size_t>(i)], options_.dtype, options_.device);
-  slot = build_layer(config_, i, w, stream_->overrides ? &*stream_->overrides : nullptr);
+  RoutedMlp::ExpertLoader experts;
+  if (config_.is_sparse(i))
+    experts = [stream = stream_, i, naming = config_.block.expert_names, activation = config_.block.activation, options = options_](std::int64_t e) {
+      auto expert = ModelWeights::read(stream->checkpoint, stream->expert_specs[static_cast<std::size_t>(i)][static_cast<std::size_t>(e)],
+                                       options.dtype, options.device);
+      return build_expert(naming, activation, i, e, expert);
+    };
+  slot = build_layer(config_, i, w, stream_->overrides ? &*stream_->overrides : nullptr, experts);
   stream_->resident = i;
+  if (options_.layer_streamed) options_.layer_streamed(i, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return slot;
 }
 

@@ -56,16 +56,25 @@ class GatedMlp {
 // experts some token chose run. The experts are frozen: no adapters act here.
 class RoutedMlp {
  public:
+  // Expert e, copied in from wherever the experts are kept.
+  using ExpertLoader = std::function<GatedMlp(std::int64_t expert)>;
   RoutedMlp() = default;
   RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k);
+  // A streamed layer's: each expert copied in when a token first picks it (a decode step of a 128-expert layer
+  // reads the few experts its tokens chose, not all of them).
+  RoutedMlp(at::Tensor router, std::int64_t experts, ExpertLoader load, std::int64_t top_k, bool normalize_top_k);
   at::Tensor forward(const at::Tensor& x) const;
   bool defined() const { return router_.defined(); }
   const at::Tensor& router() const { return router_; }
-  const std::vector<GatedMlp>& experts() const { return experts_; }
+  // Every expert (a resident layer's: a streamed one throws).
+  const std::vector<GatedMlp>& experts() const;
 
  private:
+  const GatedMlp& expert(std::size_t e) const;
+
   at::Tensor router_;  // [experts, hidden]
-  std::vector<GatedMlp> experts_;
+  mutable std::vector<GatedMlp> experts_;  // a streamed layer's are copied in on first use
+  ExpertLoader load_;
   std::int64_t top_k_ = 0;
   bool normalize_top_k_ = false;
 };
@@ -99,6 +108,9 @@ struct LoadOptions {
   // final norm and head stay resident; a layer's weights are copied in when a forward reaches it and dropped
   // when another layer is copied in, so one layer is resident at a time, whatever the depth.
   bool stream_layers = false;
+  // Told each time a streamed layer has been copied in (its index, the copy's wall seconds): a streamed pass over a
+  // large model takes minutes, and the CLI shows where it is.
+  std::function<void(std::int64_t layer, double seconds)> layer_streamed;
 };
 
 // A sequence fed in pieces, the state carried from each to the next, as prefill() and step() feed it; or, with no

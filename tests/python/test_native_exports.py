@@ -20,6 +20,7 @@ the logits rows of transformers and llama.cpp (Qwen3.5), a conv tap swapped in t
 and vLLM's, and one swapped in model.onnx fails genai's; what a layout
 cannot hold is refused by name (exit 2, nothing written) and `--allow-inexact` writes it anyway.
 """
+import argparse
 import os
 import shutil
 import subprocess
@@ -170,6 +171,9 @@ def norm_as_weight(t):
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", default="0/1", help="K/N: the cases whose index is K mod N, and with K = 0 the refusals")
+    part, parts = (int(x) for x in parser.parse_args().part.split("/"))
     failures = []
     everywhere = ("transformers", "llama.cpp", "vllm")
     cases = [("qwen3_5", "gated-deltanet", family, [], ("transformers",))
@@ -186,6 +190,8 @@ def main():
               ("granitehybrid", "mamba2", "llama-d32", ["softmax_layers=[1]"], ("llama.cpp", "vllm", GENAI))]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (layout, recipe, family, params, runtimes) in enumerate(cases):
+            if i % parts != part:
+                continue
             label = f"{layout} {family}" + (" hybrid" if params else "")
             conversion = convert(source_dir(family, tmp), recipe, os.path.join(tmp, f"c{i}"), params)
             as_if_trained(conversion, seed=i)
@@ -218,6 +224,8 @@ def main():
                     failures.append("planted conv tap in granitehybrid: a llama.cpp or vLLM row still passes")
                 shutil.rmtree(planted)
 
+        if part != 0:
+            return report_failures(failures)
         # Refusals: one line naming the file, the field and the layer; nothing written.
         refusals = [("qwen3_5", "llama-d64", ["softmax_layers=[1]"], "self_attn.q_norm: layer 1:"),
                     ("qwen3_5", "tiny-gemma3", [], "pre_feedforward_layernorm:"),
@@ -249,6 +257,10 @@ def main():
                     os.path.join(tmp, "never"))
         if wrong.returncode != 2 or "linearize: not a conversion" not in wrong.stderr:
             failures.append(f"a source checkpoint: expected exit 2 'not a conversion', got {wrong.returncode}: {wrong.stderr}")
+    return report_failures(failures)
+
+
+def report_failures(failures):
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
