@@ -92,7 +92,7 @@ LoadOptions load_options(const ModelOptions& opts, const std::filesystem::path& 
       const auto now = std::chrono::steady_clock::now();
       if (now - *last < std::chrono::seconds(15)) return;
       *last = now;
-      spdlog::info("streamed layer {} in ({:.2f} s to copy in; {} layer copies so far)", layer, seconds, *copies);
+      spdlog::info("streaming: layer {} copied in ({:.2f} s; {} layer copies so far)", layer, seconds, *copies);
     };
   }
   return load;
