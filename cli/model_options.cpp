@@ -13,6 +13,7 @@
 
 #include "cli/id_list.h"
 #include "converter/linearized.h"
+#include "converter/model/weights.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/tokenizer.h"
@@ -55,13 +56,7 @@ bool stream_layers(const ModelOptions& opts, const std::filesystem::path& model,
   if (opts.stream_layers != "auto" || model.empty()) return opts.stream_layers == "on";
   const auto available = available_memory();
   if (!available || load.device.type() != at::kCPU) return false;
-  const auto checkpoint = CheckpointWeights::open(model);
-  double bytes = 0;
-  for (const auto& name : checkpoint.names()) {
-    double count = 1;
-    for (const auto d : checkpoint.entry(name).shape) count *= static_cast<double>(d);
-    bytes += count * static_cast<double>(c10::elementSize(load.dtype));
-  }
+  const double bytes = weight_bytes(CheckpointWeights::open(model), load.dtype);
   if (bytes <= *available / 2) return false;
   spdlog::info("streaming the layers of {}: its weights take {:.1f} GB as {}, over half of the {:.1f} GB available (--stream-layers auto)",
                model.string(), bytes / 1e9, c10::toString(load.dtype), *available / 1e9);

@@ -295,8 +295,7 @@ const DecoderLayer& CausalLM::layer(std::int64_t i) const {
 }
 
 std::int64_t CausalLM::resident_layers() const {
-  if (stream_) return stream_->resident ? 1 : 0;
-  return static_cast<std::int64_t>(layers_.size());
+  return std::count_if(layers_.begin(), layers_.end(), [](const DecoderLayer& layer) { return layer.mixer != nullptr; });
 }
 
 at::Tensor CausalLM::embed(const at::Tensor& ids, const CaptureFn& capture) const {

@@ -201,7 +201,7 @@ class CausalLM {
   // dangles then).
   const DecoderLayer& layer(std::int64_t i) const;
   bool streams_layers() const { return stream_ != nullptr; }
-  // How many layers hold their weights now (all of them unless streamed; 0 or 1 when streamed).
+  // How many layers hold their weights now, counted over the layers themselves (all of them unless streamed).
   std::int64_t resident_layers() const;
 
  private:

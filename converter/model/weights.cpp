@@ -58,6 +58,16 @@ void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpe
   throw InputError(weights.listing_path(), "tensors", msg.str() + " (for the shapes config.json implies)");
 }
 
+double weight_bytes(const CheckpointWeights& weights, at::ScalarType dtype) {
+  double bytes = 0;
+  for (const auto& name : weights.names()) {
+    double count = 1;
+    for (const auto d : weights.entry(name).shape) count *= static_cast<double>(d);
+    bytes += count * static_cast<double>(c10::elementSize(dtype));
+  }
+  return bytes;
+}
+
 ModelWeights ModelWeights::read(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs,
                                 at::ScalarType dtype, const at::Device& device) {
   ModelWeights out;

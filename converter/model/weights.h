@@ -17,6 +17,9 @@ namespace linearize {
 // every problem at once: missing tensors, unexpected ones, and shapes that differ (expected vs found).
 void check_tensors(const CheckpointWeights& weights, const std::vector<TensorSpec>& specs);
 
+// The bytes the checkpoint's tensors take in `dtype` (what loading them all would hold).
+double weight_bytes(const CheckpointWeights& weights, at::ScalarType dtype);
+
 // Each tensor is copied exactly once out of the file mapping, into memory of the model's own: GEMMs over
 // page-cache pages ran 4x (prefill) to 11x (decode) slower on the 100M bench model than over anonymous
 // memory (huge pages, no TLB thrash); and every copied range is released from the mapping, so loading
