@@ -101,6 +101,7 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
                                {"residual_scale", b.residual_scale},
                                {"logits_divisor", b.logits_divisor}};
   if (b.final_logit_softcap) block["final_logit_softcap"] = *b.final_logit_softcap;
+  if (b.attention_sinks) block["attention_sinks"] = true;
   if (!cfg.nope_layers.empty()) {
     std::vector<std::int64_t> nope;
     for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
@@ -116,7 +117,11 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
                 {"top_k", cfg.moe.top_k},
                 {"expert_intermediate_size", cfg.moe.intermediate_size},
                 {"normalize_top_k", cfg.moe.normalize_top_k},
-                {"sparse_layers", sparse}};
+                {"sparse_layers", sparse},
+                {"stacked_experts", b.expert_names == names::ExpertNames::stacked},
+                {"router_bias", b.expert_names == names::ExpertNames::stacked}};
+    if (const auto& act = cfg.moe.expert_activation; act && act->kind == MlpActivation::ClampedSwiglu)
+      r["moe"]["expert_activation"] = {{"clamped_swiglu_alpha", act->alpha}, {"clamped_swiglu_limit", act->limit}};
   }
   r["tie_word_embeddings"] = cfg.tie_word_embeddings;
   r["attention_bias"] = cfg.attention_bias;

@@ -114,7 +114,7 @@ std::unique_ptr<TokenMixer> rebuild_mixer(const CausalLM& model, std::int64_t la
   const auto cast = [dtype](const at::Tensor& t) { return t.defined() ? t.detach().to(dtype) : t; };
   const auto& a = decoder_layer.attention;
   const SoftmaxAttentionMixer source({cast(a.q), cast(a.k), cast(a.v), cast(a.o), cast(a.q_bias), cast(a.k_bias),
-                                      cast(a.v_bias), cast(a.o_bias), cast(a.q_norm), cast(a.k_norm)},
+                                      cast(a.v_bias), cast(a.o_bias), cast(a.q_norm), cast(a.k_norm), cast(a.sinks)},
                                      attention_shape(config, layer), config.rope_for(layer), decoder_layer.adapters);
   const LayerContext ctx{config, layer, of.params};
   const auto held = decoder_layer.mixer->trainable();

@@ -194,6 +194,11 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   } else {
     cfg.family = &find_architecture(cfg.architecture, cfg.source);
   }
+  // Quantized weights (gpt-oss's MXFP4 experts, GPTQ, AWQ, ...) are blocks and scales, not the tensors a decoder reads.
+  if (const auto quantization = root.get_optional_object("quantization_config"))
+    root.fail("quantization_config", "quantized checkpoints ('" + quantization->get_optional_string("quant_method").value_or("unknown") +
+                                         "') are not read: convert the bf16 or fp32 weights (e.g. gpt-oss dequantized by transformers' "
+                                         "Mxfp4Config(dequantize=True) and saved)");
   if (cfg.linearize.is_null()) cfg.model_type = root.get_optional_string("model_type").value_or(cfg.family->model_type);
   const auto& family = cfg.family->defaults;
 

@@ -21,14 +21,17 @@ namespace linearize {
 
 enum class AttentionKind { Full, Sliding };
 
-// A routed mixture of SwiGLU experts in place of the dense MLP on some layers (Mixtral, Qwen3-MoE, OLMoE; Shazeer et al.
-// 2017 eqs. 1-3): p = softmax(router x) over the experts in fp32, the top_k of p (renormalised to sum 1 where the family
-// says), y = sum over the chosen e of p_e expert_e(x). The tensors' names are the family's (BlockSpec::expert_names).
+// A routed mixture of SwiGLU experts in place of the dense MLP on some layers (Mixtral, Qwen3-MoE, OLMoE, gpt-oss; Shazeer
+// et al. 2017 eqs. 1-3): p = softmax(router x + b) over the experts in fp32 (b: gpt-oss's router bias), the top_k of p
+// (renormalised to sum 1 where the family says), y = sum over the chosen e of p_e expert_e(x). gpt-oss's softmax over
+// the top k logits is the renormalised top k of p (softmax is monotonic and the renormalisation cancels its
+// denominator). The tensors' names are the family's (BlockSpec::expert_names).
 struct MoeConfig {
   std::int64_t experts = 0;            // 0: every layer's MLP dense
   std::int64_t top_k = 0;
   std::int64_t intermediate_size = 0;  // each expert's
   bool normalize_top_k = false;
+  std::optional<GatedActivation> expert_activation;  // gpt-oss's clamped SwiGLU; nullopt: the dense MLP's (hidden_act)
   std::vector<bool> sparse_layers;     // per layer: routed, else the dense MLP of ModelConfig::intermediate_size
 };
 
@@ -69,6 +72,7 @@ struct ModelConfig {
   const RopeConfig& rope_for(std::int64_t layer) const;
   bool is_nope(std::int64_t layer) const;
   bool is_sparse(std::int64_t layer) const;  // a routed MoE MLP
+  GatedActivation expert_activation() const { return moe.expert_activation.value_or(GatedActivation(block.activation)); }
   bool has_sliding_layers() const;
 };
 

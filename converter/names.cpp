@@ -63,10 +63,23 @@ std::string weight(std::int64_t layer, LayerModule module) { return module_path(
 std::string bias(std::int64_t layer, LayerModule module) { return module_path(layer, module) + ".bias"; }
 
 namespace {
-const char* expert_scope(ExpertNames naming) { return naming == ExpertNames::mlp_experts ? "mlp." : "block_sparse_moe."; }
+const char* expert_scope(ExpertNames naming) { return naming == ExpertNames::block_sparse_moe ? "block_sparse_moe." : "mlp."; }
+const char* router_module(ExpertNames naming) { return naming == ExpertNames::stacked ? "router" : "gate"; }
 }  // namespace
 
-std::string router_weight(std::int64_t layer, ExpertNames naming) { return layer_prefix(layer) + expert_scope(naming) + "gate.weight"; }
+std::string router_weight(std::int64_t layer, ExpertNames naming) {
+  return layer_prefix(layer) + expert_scope(naming) + router_module(naming) + ".weight";
+}
+std::string router_bias(std::int64_t layer, ExpertNames naming) {
+  return layer_prefix(layer) + expert_scope(naming) + router_module(naming) + ".bias";
+}
+
+std::string stacked_experts(std::int64_t layer, StackedExperts tensor) {
+  static constexpr std::array<const char*, 4> kParts{"gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"};
+  return layer_prefix(layer) + "mlp.experts." + kParts[static_cast<std::size_t>(tensor)];
+}
+
+std::string attention_sinks(std::int64_t layer) { return layer_prefix(layer) + "self_attn.sinks"; }
 
 std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming) {
   static constexpr std::array<const char*, 3> kQwen{"gate_proj", "up_proj", "down_proj"}, kMixtral{"w1", "w3", "w2"};

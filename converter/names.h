@@ -38,10 +38,20 @@ std::string bias(std::int64_t layer, LayerModule module);          // module_pat
 // A routed MoE MLP's tensors, by the family's naming: the router [experts, hidden] and each expert's SwiGLU projections.
 //   mlp_experts       model.layers.{i}.mlp.gate.weight, ...mlp.experts.{e}.{gate,up,down}_proj.weight (Qwen3-MoE, OLMoE)
 //   block_sparse_moe  model.layers.{i}.block_sparse_moe.gate.weight, ...block_sparse_moe.experts.{e}.{w1,w3,w2}.weight (Mixtral)
-enum class ExpertNames { mlp_experts, block_sparse_moe };
+//   stacked           model.layers.{i}.mlp.router.{weight,bias}, every expert in one tensor per projection (gpt-oss):
+//                     mlp.experts.gate_up_proj [experts, hidden, 2 ff] (x @ it; gate and up columns interleaved,
+//                     gate even), .gate_up_proj_bias [experts, 2 ff], .down_proj [experts, ff, hidden], .down_proj_bias
+enum class ExpertNames { mlp_experts, block_sparse_moe, stacked };
 enum class ExpertProjection { gate, up, down };
 std::string router_weight(std::int64_t layer, ExpertNames naming);
+std::string router_bias(std::int64_t layer, ExpertNames naming);
+// Per-expert tensors (mlp_experts, block_sparse_moe).
 std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming);
+enum class StackedExperts { gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias };
+std::string stacked_experts(std::int64_t layer, StackedExperts tensor);  // model.layers.{i}.mlp.experts.gate_up_proj
+
+// gpt-oss's learned attention sinks, one logit per query head: model.layers.{i}.self_attn.sinks.
+std::string attention_sinks(std::int64_t layer);
 
 // The model's own tensors outside the layers.
 inline constexpr const char* kEmbedTokens = "model.embed_tokens.weight";

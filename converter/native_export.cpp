@@ -93,8 +93,6 @@ std::vector<NativeInexact> shared_checks(const Conversion& c, const std::string&
   if (cfg.block.norms == NormPlacement::Post)
     add(out, "post_feedforward_layernorm", {}, "post-norms (OLMo 2): " + name + "'s block normalises the mixer's and the MLP's inputs");
   if (cfg.block.final_logit_softcap) add(out, "final_logit_softcapping", {}, name + " does not soft-cap its logits");
-  if (cfg.moe.experts > 0) add(out, "num_experts", {}, "routed MoE MLPs; " + name + "'s export writes one dense MLP per layer");
-  if (cfg.block.fused_projections) add(out, names::module_in_layer(LayerModule::qkv_proj), {}, "fused projections (Phi-3); " + name + "'s export reads q, k, v apart");
   if (cfg.block.activation != MlpActivation::Silu || cfg.hidden_act != "silu")
     add(out, "hidden_act", {}, "'" + cfg.hidden_act + "': " + name + "'s MLP and conv use silu (llama.cpp hard-codes it)");
   if (cfg.mlp_bias) add(out, "mlp_bias", {}, name + "'s MLP has no biases");
@@ -444,6 +442,14 @@ NativeExportResult export_native(const NativeExportOptions& options) {
   const auto weights = CheckpointWeights::open(options.model);
   Conversion c{config, weights, recipe.params, std::vector<bool>(static_cast<std::size_t>(config.num_hidden_layers), false)};
   for (const auto i : converted_layers(config)) c.converted[static_cast<std::size_t>(i)] = true;
+
+  // What the layouts have no slot for, so that --allow-inexact cannot write it either.
+  const auto unwritable = [&](const std::string& field, const std::string& what) {
+    throw InputError(config_json.string(), field, what + "; layout " + layout.name + " has no place for it (not even with --allow-inexact)");
+  };
+  if (config.moe.experts > 0) unwritable("num_experts", "routed MoE MLPs: the export writes one dense MLP per layer");
+  if (config.block.fused_projections)
+    unwritable(names::module_in_layer(LayerModule::qkv_proj), "fused projections (Phi-3): the export writes q, k, v and gate, up apart");
 
   NativeExportResult result;
   result.inexact = layout.check(c);

@@ -59,7 +59,13 @@ class SoftmaxLayers {
     const std::int64_t window =
         c.layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? c.sliding_window.value_or(0) : 0;
     const auto masked = o.op("Where", {mask(window), scores, o.f32(std::numeric_limits<float>::lowest())});
-    const auto out = o.matmul(o.softmax(masked), grouped(values, 1));
+    auto weights = o.softmax(masked);
+    if (c.block.attention_sinks) {
+      // The sink's logit as one more column of every row ([B, Hkv, G, S, 1]), in the softmax, then dropped.
+      const auto sink = o.add(o.mul(o.slice(masked, -1, 0, 1), o.f32(0.0f)), o.reshape(l.attention_sinks(), {1, Hkv, G, 1, 1}));
+      weights = o.slice(o.softmax(o.concat({masked, sink}, -1)), -1, 0, -1);
+    }
+    const auto out = o.matmul(weights, grouped(values, 1));
     return l.project_output(o.reshape(out, {0, c.num_attention_heads, -1, D}));
   }
 
@@ -82,18 +88,21 @@ class SoftmaxLayers {
   std::map<std::int64_t, std::string> masks_;
 };
 
-// down(act(gate x) * up x) on the given matrices and biases (empty: none).
-std::string gated_mlp(OnnxLayer& layer, const std::string& x, const std::string& gate_weight, const std::string& gate_bias,
-                      const std::string& up_weight, const std::string& up_bias, const std::string& down_weight,
-                      const std::string& down_bias) {
+// act(gate) * up (GatedActivation; gate and up already projected).
+std::string gated(OnnxLayer& layer, const GatedActivation& activation, const std::string& gate, const std::string& up) {
   auto& o = layer.ops();
-  const auto gate = o.linear(x, gate_weight, gate_bias);
-  const auto up = o.linear(x, up_weight, up_bias);
   std::string act;
-  if (layer.config().block.activation == MlpActivation::GeluTanh && layer.opset() >= 20) {
+  if (activation.kind == MlpActivation::ClampedSwiglu) {
+    // GptOssExperts._apply_gate: g = min(gate, limit), g sigmoid(alpha g) (clamp(up, -limit, limit) + 1).
+    const auto limit = static_cast<float>(activation.limit);
+    const auto g = o.op("Min", {gate, o.f32(limit)});
+    const auto u = o.op("Clip", {up, o.f32(-limit), o.f32(limit)});
+    return o.mul(o.mul(g, o.sigmoid(o.mul(g, o.f32(static_cast<float>(activation.alpha))))), o.add(u, o.f32(1.0f)));
+  }
+  if (activation.kind == MlpActivation::GeluTanh && layer.opset() >= 20) {
     static const std::vector<Attribute> tanh_approximation{{"approximate", std::string("tanh")}};
     act = o.op("Gelu", {gate}, tanh_approximation);
-  } else if (layer.config().block.activation == MlpActivation::GeluTanh) {
+  } else if (activation.kind == MlpActivation::GeluTanh) {
     // Before opset 20 (no Gelu): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), gelu_pytorch_tanh's formula.
     const auto cube = o.mul(o.mul(gate, gate), gate);
     const auto inner = o.mul(o.f32(0.7978845608028654f), o.add(gate, o.mul(o.f32(0.044715f), cube)));
@@ -101,7 +110,29 @@ std::string gated_mlp(OnnxLayer& layer, const std::string& x, const std::string&
   } else {
     act = o.mul(gate, o.sigmoid(gate));  // SiLU
   }
-  return o.linear(o.mul(act, up), down_weight, down_bias);
+  return o.mul(act, up);
+}
+
+// down(act(gate x) * up x) on the given matrices and biases (empty: none).
+std::string gated_mlp(OnnxLayer& layer, const GatedActivation& activation, const std::string& x, const std::string& gate_weight,
+                      const std::string& gate_bias, const std::string& up_weight, const std::string& up_bias,
+                      const std::string& down_weight, const std::string& down_bias) {
+  auto& o = layer.ops();
+  return o.linear(gated(layer, activation, o.linear(x, gate_weight, gate_bias), o.linear(x, up_weight, up_bias)), down_weight,
+                  down_bias);
+}
+
+// Expert e of stacked tensors (gpt-oss): x @ gate_up_proj[e] + its bias, gate and up its even and odd columns; then
+// @ down_proj[e] + its bias.
+std::string stacked_expert(OnnxLayer& layer, const std::string& x, std::int64_t e) {
+  using names::StackedExperts;
+  auto& o = layer.ops();
+  const auto pick = [&](StackedExperts tensor) {
+    return o.op("Gather", {layer.stacked_experts(tensor), o.scalar_i64(e)}, {{"axis", std::int64_t{0}}});
+  };
+  const auto gate_up = o.add(o.matmul(x, pick(StackedExperts::gate_up_proj)), pick(StackedExperts::gate_up_proj_bias));
+  const auto hidden = gated(layer, layer.config().expert_activation(), o.strided(gate_up, -1, 0, 2), o.strided(gate_up, -1, 1, 2));
+  return o.add(o.matmul(hidden, pick(StackedExperts::down_proj)), pick(StackedExperts::down_proj_bias));
 }
 
 // A routed MoE MLP (MoeConfig) as dense masked experts: every expert runs on every token and is weighted by its routing
@@ -113,15 +144,17 @@ std::string routed_mlp(OnnxLayer& layer, const std::string& x) {
   using names::ExpertProjection;
   auto& o = layer.ops();
   const auto& moe = layer.config().moe;
-  const auto probabilities = o.softmax(o.linear(x, layer.router()));
+  const auto probabilities = o.softmax(o.linear(x, layer.router(), layer.router_bias()));
   const auto top = o.graph().node("TopK", {probabilities, o.i64({moe.top_k})}, 2, {{"axis", std::int64_t{-1}}});
   auto weights = top[0];
   if (moe.normalize_top_k) weights = o.div(weights, o.reduce_sum(weights, -1));
   const auto dense = o.op("ScatterElements", {o.mul(probabilities, o.f32(0.0f)), top[1], weights}, {{"axis", std::int64_t{-1}}});
   std::string sum;
   for (std::int64_t e = 0; e < moe.experts; ++e) {
-    const auto y = gated_mlp(layer, x, layer.expert(e, ExpertProjection::gate), "", layer.expert(e, ExpertProjection::up), "",
-                             layer.expert(e, ExpertProjection::down), "");
+    const auto y = layer.config().block.expert_names == names::ExpertNames::stacked
+                       ? stacked_expert(layer, x, e)
+                       : gated_mlp(layer, layer.config().expert_activation(), x, layer.expert(e, ExpertProjection::gate), "",
+                                   layer.expert(e, ExpertProjection::up), "", layer.expert(e, ExpertProjection::down), "");
     const auto weighted = o.mul(y, o.slice(dense, -1, e, e + 1));
     sum = sum.empty() ? weighted : o.add(sum, weighted);
   }
@@ -130,7 +163,7 @@ std::string routed_mlp(OnnxLayer& layer, const std::string& x) {
 
 std::string mlp(OnnxLayer& layer, const std::string& x) {
   if (layer.config().is_sparse(layer.index())) return routed_mlp(layer, x);
-  return gated_mlp(layer, x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj), layer.weight(LayerModule::up_proj),
+  return gated_mlp(layer, layer.config().block.activation, x, layer.weight(LayerModule::gate_proj), layer.bias(LayerModule::gate_proj), layer.weight(LayerModule::up_proj),
                    layer.bias(LayerModule::up_proj), layer.weight(LayerModule::down_proj), layer.bias(LayerModule::down_proj));
 }
 

@@ -159,6 +159,15 @@ std::string OnnxLayer::bias(names::LayerModule module) {
 
 std::string OnnxLayer::router() { return context_.matrix(names::router_weight(layer_, config().block.expert_names)); }
 
+std::string OnnxLayer::router_bias() {
+  const auto name = names::router_bias(layer_, config().block.expert_names);
+  return context_.checkpoint.contains(name) ? context_.weight(name) : std::string();
+}
+
+std::string OnnxLayer::stacked_experts(names::StackedExperts tensor) { return context_.weight(names::stacked_experts(layer_, tensor)); }
+
+std::string OnnxLayer::attention_sinks() { return context_.weight(names::attention_sinks(layer_)); }
+
 std::string OnnxLayer::expert(std::int64_t e, names::ExpertProjection projection) {
   return context_.matrix(names::expert_weight(layer_, e, projection, config().block.expert_names));
 }

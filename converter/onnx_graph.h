@@ -75,6 +75,10 @@ class OnnxOps {
   std::string slice(const std::string& a, std::int64_t axis, const std::string& start, const std::string& end) {
     return op("Slice", {a, start, end, i64({axis})});
   }
+  // a[start::step] along `axis`.
+  std::string strided(const std::string& a, std::int64_t axis, std::int64_t start, std::int64_t step) {
+    return op("Slice", {a, i64({start}), i64({std::numeric_limits<std::int64_t>::max()}), i64({axis}), i64({step})});
+  }
   std::string reduce_sum(const std::string& a, std::int64_t axis, bool keep = true) {
     return op("ReduceSum", {a, i64({axis})}, {{"keepdims", std::int64_t{keep}}});
   }
@@ -168,9 +172,13 @@ class OnnxLayer {
   std::string bias(names::LayerModule module);  // empty when the checkpoint has none
   std::string recipe_tensor(const std::string& name);
   std::vector<std::int64_t> recipe_tensor_shape(const std::string& name) const;
-  // A routed MoE layer's matrices: the router, and expert e's projection.
+  // A routed MoE layer's matrices: the router (and its bias, empty when none), and expert e's projection; or, for
+  // stacked experts (gpt-oss), one stacked tensor.
   std::string router();
+  std::string router_bias();
   std::string expert(std::int64_t e, names::ExpertProjection projection);
+  std::string stacked_experts(names::StackedExperts tensor);
+  std::string attention_sinks();  // [H], the source attention's (gpt-oss)
 
   // The source attention's heads of x [B, S, hidden]: q [B, H, S, D], k and v [B, Hkv, S, D] (after q/k
   // norms, before RoPE); RoPE at the call's positions; o [B, H, S, D] -> o_proj -> [B, S, hidden].

@@ -17,6 +17,9 @@ struct SoftmaxAttentionOptions {
   // A padded batch: [B, S] bool, false for padding. No query sees a padded key; a padded query sees itself
   // alone (its row stays finite, so no NaN reaches a real row through a zero weight). Undefined: none.
   at::Tensor key_valid{};
+  // gpt-oss's attention sinks: [H] logits, one per query head, each joining its head's softmax denominator
+  // (p_ij = exp(s_ij) / (exp(sink_h) + sum_j' exp(s_ij'))). Undefined: none.
+  at::Tensor sinks{};
 };
 
 // q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (query head h reads kv head h / (H/Hkv)).

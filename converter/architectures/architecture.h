@@ -32,7 +32,14 @@ struct ConfigDefaults {
 // product taken in fp32 (OLMo 2's T5-style norm), or (1 + w) * x / rms(x) with the product in fp32 (Gemma's
 // zero-centred weights). The three differ only in 16-bit models.
 enum class NormStyle { Weight, WeightInFp32, OnePlusWeight };
-enum class MlpActivation { Silu, GeluTanh };  // the gate's activation: silu, gelu_pytorch_tanh
+// A gated MLP's activation: act(gate) * up with silu or gelu_pytorch_tanh (Shazeer 2020, eqs. 5-6), or gpt-oss's
+// clamped SwiGLU (its experts): g = min(gate, limit), u = clamp(up, -limit, limit), g sigmoid(alpha g) (u + 1).
+enum class MlpActivation { Silu, GeluTanh, ClampedSwiglu };
+struct GatedActivation {
+  MlpActivation kind = MlpActivation::Silu;
+  double alpha = 1.702, limit = 7.0;  // ClampedSwiglu's (GptOssConfig's swiglu_alpha, swiglu_limit)
+  GatedActivation(MlpActivation k = MlpActivation::Silu) : kind(k) {}  // NOLINT: every other activation is its kind alone
+};
 
 // Where the block's RMSNorms sit (llama.cpp's per-architecture graphs spell them out per family):
 //   Pre       h = x + mixer(input(x));                 out = h + mlp(post_attention(h))               (Llama)
@@ -59,6 +66,9 @@ struct BlockSpec {
   std::optional<double> attention_scale;       // scores q.k times this; default head_dim^-1/2
   names::ExpertNames expert_names = names::ExpertNames::mlp_experts;  // a MoE family's tensor names
   bool fused_projections = false;  // Phi-3: q, k, v stored as one qkv_proj, gate and up as one gate_up_proj
+  // gpt-oss: a learned logit s_h per query head joins every softmax's denominator (a key no query can match, whose
+  // value is 0): p_ij = exp(s_ij) / (exp(s_h) + sum_j' exp(s_ij')). Only the source's softmax layers have it.
+  bool attention_sinks = false;
 };
 
 struct TensorSpec {

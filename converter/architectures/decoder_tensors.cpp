@@ -27,6 +27,7 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
       linear(LayerModule::v_proj, kv_out, d, qkv_bias);
     }
     linear(LayerModule::o_proj, d, q_out, cfg.attention_bias);
+    if (cfg.block.attention_sinks) specs.push_back({names::attention_sinks(i), {cfg.num_attention_heads}});
     if (cfg.block.qk_norm != QkNorm::None) {
       const bool full = cfg.block.qk_norm == QkNorm::FullWidth;
       vector(LayerModule::q_norm, full ? q_out : cfg.head_dim);
@@ -40,6 +41,16 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
       const std::int64_t width = cfg.moe.intermediate_size;
       using names::ExpertProjection;
       specs.push_back({names::router_weight(i, naming), {cfg.moe.experts, d}});
+      if (naming == names::ExpertNames::stacked) {
+        using names::StackedExperts;
+        const std::int64_t experts = cfg.moe.experts;
+        specs.push_back({names::router_bias(i, naming), {experts}});
+        specs.push_back({names::stacked_experts(i, StackedExperts::gate_up_proj), {experts, d, 2 * width}});
+        specs.push_back({names::stacked_experts(i, StackedExperts::gate_up_proj_bias), {experts, 2 * width}});
+        specs.push_back({names::stacked_experts(i, StackedExperts::down_proj), {experts, width, d}});
+        specs.push_back({names::stacked_experts(i, StackedExperts::down_proj_bias), {experts, d}});
+        continue;
+      }
       for (std::int64_t e = 0; e < cfg.moe.experts; ++e) {
         specs.push_back({names::expert_weight(i, e, ExpertProjection::gate, naming), {width, d}});
         specs.push_back({names::expert_weight(i, e, ExpertProjection::up, naming), {width, d}});

@@ -19,7 +19,8 @@ namespace linearize {
   X(qwen3_moe)                     \
   X(mixtral)                       \
   X(olmoe)                         \
-  X(phi3)
+  X(phi3)                          \
+  X(gpt_oss)
 
 #define LINEARIZE_DECLARE_ARCHITECTURE(family) Architecture family##_architecture();
 #define LINEARIZE_CALL_ARCHITECTURE(family) family##_architecture(),

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, CacheLayerMixin, get_layer_types_and_kwargs
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.qwen3_next.modeling_qwen3_next import (
     torch_chunk_gated_delta_rule,
     torch_recurrent_gated_delta_rule,
@@ -47,6 +48,13 @@ def rope(x, cos, sin):
     rotated, passed = x[..., :rotary], x[..., rotary:]
     out = rotated * cos.unsqueeze(2).to(x.dtype) + rotate_half(rotated) * sin.unsqueeze(2).to(x.dtype)
     return out if rotary == x.shape[-1] else torch.cat([out, passed], -1)
+
+
+def rotary_dim(config, head_dim):
+    """The channels of a head RoPE rotates: head_dim times the family's partial rotary factor (Phi-4-mini's 0.75)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    params = params.get("full_attention", params)  # one object per layer type (Gemma 3): the factor is shared
+    return int(head_dim * params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0))
 
 
 def repeat_heads(x, heads):
@@ -245,6 +253,11 @@ class LinearizedAttention(nn.Module):
         # OLMo 2's q/k norms span the whole projection (all heads at once), the others' each head.
         self.qk_norm_full_width = self.q_norm is not None and self.q_norm.weight.shape[0] != self.head_dim
         self.use_rope = getattr(source_attn, "use_rope", True)  # SmolLM3's NoPE layers: False
+        self.rotary_dim = rotary_dim(config, self.head_dim)
+        # gpt-oss's attention sinks stay in the checkpoint (it holds the source's tensors), but a converted layer has
+        # none: the recipe's normaliser replaces the softmax's (README, recipes x families).
+        if hasattr(source_attn, "sinks"):
+            self.sinks = source_attn.sinks
         for name, shape in program["tensors"].items():
             add_parameter(self, name, shape)
 
@@ -312,6 +325,10 @@ class ProgramRun:
     def __init__(self, layer, x, position_embeddings, valid, cache):
         self.layer, self.x, self.valid, self.cache = layer, x, valid, cache
         self.cos, self.sin = position_embeddings if position_embeddings is not None else (None, None)
+        if self.cos is not None and 2 * self.cos.shape[-1] == layer.rotary_dim:
+            # gpt-oss's rotary embedding gives each frequency once (its rotation takes the halves); `rope` takes them
+            # over both halves, as every other family gives them.
+            self.cos, self.sin = torch.cat([self.cos, self.cos], -1), torch.cat([self.sin, self.sin], -1)
         self.compute = wide(x).dtype
         self.B, self.T = x.shape[:2]
 
@@ -523,7 +540,11 @@ class LinearizeForCausalLM(LinearizePreTrainedModel, GenerationMixin):
             raise ValueError(f"config.json: linearize.program is missing: the export of recipe '{config.recipe}' "
                              "does not record its mixer program (convert it again with this Linearize)")
         source = config.source_config()
-        self.model = AutoModel.from_config(source, attn_implementation=config._attn_implementation or "sdpa")
+        attention = config._attn_implementation or "sdpa"
+        # gpt-oss's sinks have no SDPA form in transformers: its kept layers run its own eager attention.
+        if attention == "sdpa" and not MODEL_MAPPING[type(source)]._supports_sdpa:
+            attention = "eager"
+        self.model = AutoModel.from_config(source, attn_implementation=attention)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.logit_softcap = getattr(source, "final_logit_softcapping", None)

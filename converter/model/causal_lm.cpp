@@ -19,7 +19,7 @@
 namespace linearize {
 
 GatedMlp::GatedMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
-                   const at::Tensor& up_bias, at::Tensor down_bias, MlpActivation activation,
+                   const at::Tensor& up_bias, at::Tensor down_bias, GatedActivation activation,
                    std::shared_ptr<const LayerAdapters> adapters)
     : gate_up_(at::cat({gate, up})), down_(std::move(down)), down_bias_(std::move(down_bias)), activation_(activation),
       adapters_(std::move(adapters)) {
@@ -34,23 +34,35 @@ GatedMlp GatedMlp::without_adapters() const {
   return copy;
 }
 
-at::Tensor GatedMlp::act(const at::Tensor& gate) const {
-  return activation_ == MlpActivation::GeluTanh ? at::gelu(gate, "tanh") : at::silu(gate);
+at::Tensor GatedMlp::gated(const at::Tensor& gate, const at::Tensor& up) const {
+  switch (activation_.kind) {
+    case MlpActivation::Silu: return at::silu(gate) * up;
+    case MlpActivation::GeluTanh: return at::gelu(gate, "tanh") * up;
+    case MlpActivation::ClampedSwiglu: {
+      // GptOssExperts._apply_gate, op by op.
+      const auto g = gate.clamp_max(activation_.limit);
+      return g * at::sigmoid(g * activation_.alpha) * (up.clamp(-activation_.limit, activation_.limit) + 1);
+    }
+  }
+  return {};
 }
 
 at::Tensor GatedMlp::forward(const at::Tensor& x) const {
   const auto gate_up = kernels::linear_projection(x, gate_up_, gate_up_bias_).chunk(2, -1);
-  if (!adapters_) return kernels::linear_projection(act(gate_up[0]) * gate_up[1], down_, down_bias_);
-  const auto hidden = act(adapters_->apply(Projection::gate, x, gate_up[0])) * adapters_->apply(Projection::up, x, gate_up[1]);
+  if (!adapters_) return kernels::linear_projection(gated(gate_up[0], gate_up[1]), down_, down_bias_);
+  const auto hidden = gated(adapters_->apply(Projection::gate, x, gate_up[0]), adapters_->apply(Projection::up, x, gate_up[1]));
   return adapters_->apply(Projection::down, hidden, kernels::linear_projection(hidden, down_, down_bias_));
 }
 
-RoutedMlp::RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k)
-    : router_(std::move(router)), experts_(std::move(experts)), top_k_(top_k), normalize_top_k_(normalize_top_k) {}
-
-RoutedMlp::RoutedMlp(at::Tensor router, std::int64_t experts, ExpertLoader load, std::int64_t top_k, bool normalize_top_k)
-    : router_(std::move(router)), experts_(static_cast<std::size_t>(experts)), load_(std::move(load)), top_k_(top_k),
+RoutedMlp::RoutedMlp(at::Tensor router, at::Tensor router_bias, std::vector<GatedMlp> experts, std::int64_t top_k,
+                     bool normalize_top_k)
+    : router_(std::move(router)), router_bias_(std::move(router_bias)), experts_(std::move(experts)), top_k_(top_k),
       normalize_top_k_(normalize_top_k) {}
+
+RoutedMlp::RoutedMlp(at::Tensor router, at::Tensor router_bias, std::int64_t experts, ExpertLoader load, std::int64_t top_k,
+                     bool normalize_top_k)
+    : router_(std::move(router)), router_bias_(std::move(router_bias)), experts_(static_cast<std::size_t>(experts)),
+      load_(std::move(load)), top_k_(top_k), normalize_top_k_(normalize_top_k) {}
 
 const std::vector<GatedMlp>& RoutedMlp::experts() const {
   TORCH_CHECK(!load_, "RoutedMlp: a streamed layer copies its experts in as tokens pick them");
@@ -64,7 +76,7 @@ const GatedMlp& RoutedMlp::expert(std::size_t e) const {
 
 at::Tensor RoutedMlp::forward(const at::Tensor& x) const {
   const auto flat = x.reshape({-1, x.size(-1)});
-  const auto probabilities = at::softmax(kernels::linear_projection(flat, router_), -1, at::kFloat);
+  const auto probabilities = at::softmax(kernels::linear_projection(flat, router_, router_bias_), -1, at::kFloat);
   auto [weights, chosen] = at::topk(probabilities, top_k_, -1);
   if (normalize_top_k_) weights = weights / weights.sum(-1, /*keepdim=*/true);
   weights = weights.to(x.scalar_type());
@@ -131,7 +143,7 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, const LoadOptions& opt
 namespace {
 
 // Expert e of layer i's routed MLP from its loaded weights (its three projections; gate and up copied into one matrix).
-GatedMlp build_expert(names::ExpertNames naming, MlpActivation activation, std::int64_t i, std::int64_t e, ModelWeights& w) {
+GatedMlp build_expert(names::ExpertNames naming, GatedActivation activation, std::int64_t i, std::int64_t e, ModelWeights& w) {
   using names::ExpertProjection;
   GatedMlp expert(w.take(names::expert_weight(i, e, ExpertProjection::gate, naming)),
                   w.take(names::expert_weight(i, e, ExpertProjection::up, naming)),
@@ -139,6 +151,23 @@ GatedMlp build_expert(names::ExpertNames naming, MlpActivation activation, std::
                   activation);
   w.release_taken();
   return expert;
+}
+
+// Every expert of layer i from stacked tensors (names::ExpertNames::stacked, gpt-oss): expert e's gate and up are the
+// even and odd columns of gate_up_proj[e] ([hidden, 2 ff], applied as x @ it), transposed to GatedMlp's [out, in].
+std::vector<GatedMlp> build_stacked_experts(const ModelConfig& cfg, std::int64_t i, ModelWeights& w) {
+  using names::StackedExperts;
+  const auto gate_up = w.take(names::stacked_experts(i, StackedExperts::gate_up_proj));
+  const auto gate_up_bias = w.take(names::stacked_experts(i, StackedExperts::gate_up_proj_bias));
+  const auto down = w.take(names::stacked_experts(i, StackedExperts::down_proj));
+  const auto down_bias = w.take(names::stacked_experts(i, StackedExperts::down_proj_bias));
+  const auto even = [](const at::Tensor& t, std::int64_t first) { return t.slice(-1, first, std::nullopt, 2); };
+  std::vector<GatedMlp> experts;
+  for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
+    experts.emplace_back(even(gate_up[e], 0).t(), even(gate_up[e], 1).t(), down[e].t().contiguous(), even(gate_up_bias[e], 0),
+                         even(gate_up_bias[e], 1), down_bias[e].clone(), cfg.expert_activation());
+  w.release_taken();
+  return experts;
 }
 
 // Layer i of a decoder from its loaded weights: norms, the source attention (or the mixer `overrides` makes), the
@@ -175,19 +204,26 @@ DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w
                             projection(LayerModule::v_proj), w.get(weight(LayerModule::o_proj)),
                             w.take(bias(LayerModule::q_proj)), w.take(bias(LayerModule::k_proj)),
                             w.take(bias(LayerModule::v_proj)), w.optional(bias(LayerModule::o_proj)),
-                            w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm))};
+                            w.optional(weight(LayerModule::q_norm)), w.optional(weight(LayerModule::k_norm)),
+                            w.optional(names::attention_sinks(i))};
   auto softmax = std::make_unique<SoftmaxAttentionMixer>(std::move(proj), attention_shape(cfg, i), cfg.rope_for(i), layer.adapters);
   layer.attention = softmax->projections();
   if (overrides) layer.mixer = overrides->make(i, *softmax, w);
   if (!layer.mixer) layer.mixer = std::move(softmax);
   if (cfg.is_sparse(i)) {
-    const auto router = w.get(names::router_weight(i, cfg.block.expert_names));
+    const auto naming = cfg.block.expert_names;
+    const auto router = w.get(names::router_weight(i, naming));
+    const auto router_bias = w.optional(names::router_bias(i, naming));
     if (experts) {
-      layer.routed_mlp = RoutedMlp(router, cfg.moe.experts, experts, cfg.moe.top_k, cfg.moe.normalize_top_k);
+      layer.routed_mlp = RoutedMlp(router, router_bias, cfg.moe.experts, experts, cfg.moe.top_k, cfg.moe.normalize_top_k);
     } else {
       std::vector<GatedMlp> all;
-      for (std::int64_t e = 0; e < cfg.moe.experts; ++e) all.push_back(build_expert(cfg.block.expert_names, cfg.block.activation, i, e, w));
-      layer.routed_mlp = RoutedMlp(router, std::move(all), cfg.moe.top_k, cfg.moe.normalize_top_k);
+      if (naming == names::ExpertNames::stacked) {
+        all = build_stacked_experts(cfg, i, w);
+      } else {
+        for (std::int64_t e = 0; e < cfg.moe.experts; ++e) all.push_back(build_expert(naming, cfg.expert_activation(), i, e, w));
+      }
+      layer.routed_mlp = RoutedMlp(router, router_bias, std::move(all), cfg.moe.top_k, cfg.moe.normalize_top_k);
     }
   } else {
     layer.mlp = GatedMlp(mlp_projection(LayerModule::gate_proj), mlp_projection(LayerModule::up_proj),
@@ -238,9 +274,10 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   model.layers_.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
   if (options.stream_layers) {
     // A routed layer's experts apart from the rest of the layer: copied in one at a time, as tokens pick them.
+    // Stacked experts (gpt-oss) come with their layer, all at once.
     std::vector<std::vector<std::vector<TensorSpec>>> per_expert(per_layer.size());
     for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-      if (!cfg.is_sparse(i)) continue;
+      if (!cfg.is_sparse(i) || cfg.block.expert_names == names::ExpertNames::stacked) continue;
       std::map<std::string, std::int64_t> expert_of;
       for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
         for (const auto p : {names::ExpertProjection::gate, names::ExpertProjection::up, names::ExpertProjection::down})
@@ -282,8 +319,8 @@ const DecoderLayer& CausalLM::layer(std::int64_t i) const {
   const auto started = std::chrono::steady_clock::now();
   auto w = ModelWeights::read(stream_->checkpoint, stream_->layer_specs[static_cast<std::size_t>(i)], options_.dtype, options_.device);
   RoutedMlp::ExpertLoader experts;
-  if (config_.is_sparse(i))
-    experts = [stream = stream_, i, naming = config_.block.expert_names, activation = config_.block.activation, options = options_](std::int64_t e) {
+  if (config_.is_sparse(i) && config_.block.expert_names != names::ExpertNames::stacked)
+    experts = [stream = stream_, i, naming = config_.block.expert_names, activation = config_.expert_activation(), options = options_](std::int64_t e) {
       auto expert = ModelWeights::read(stream->checkpoint, stream->expert_specs[static_cast<std::size_t>(i)][static_cast<std::size_t>(e)],
                                        options.dtype, options.device);
       return build_expert(naming, activation, i, e, expert);

@@ -26,9 +26,10 @@ class GatedMlp {
   // [2 ff, d] matrix (one GEMM instead of two); gate() and up() are views of it.
   // `adapters`: the layer's; adapters on gate/up/down_proj add their deltas.
   GatedMlp(const at::Tensor& gate, const at::Tensor& up, at::Tensor down, const at::Tensor& gate_bias,
-           const at::Tensor& up_bias, at::Tensor down_bias, MlpActivation activation,
+           const at::Tensor& up_bias, at::Tensor down_bias, GatedActivation activation,
            std::shared_ptr<const LayerAdapters> adapters = nullptr);
-  // down(act(gate x) * up x): SwiGLU with silu, GeGLU with gelu-tanh (Shazeer 2020, eqs. 5-6).
+  // down(act(gate x) * up x): SwiGLU with silu, GeGLU with gelu-tanh (Shazeer 2020, eqs. 5-6); gpt-oss's clamped
+  // SwiGLU (GatedActivation).
   at::Tensor forward(const at::Tensor& x) const;
   // Undefined for a layer whose MLP is routed (RoutedMlp).
   at::Tensor gate() const { return gate_up_.defined() ? gate_up_.narrow(0, 0, gate_up_.size(0) / 2) : at::Tensor(); }
@@ -43,10 +44,10 @@ class GatedMlp {
   GatedMlp without_adapters() const;
 
  private:
-  at::Tensor act(const at::Tensor& gate) const;
+  at::Tensor gated(const at::Tensor& gate, const at::Tensor& up) const;
 
   at::Tensor gate_up_, gate_up_bias_, down_, down_bias_;
-  MlpActivation activation_ = MlpActivation::Silu;
+  GatedActivation activation_;
   std::shared_ptr<const LayerAdapters> adapters_;
 };
 
@@ -59,20 +60,24 @@ class RoutedMlp {
   // Expert e, copied in from wherever the experts are kept.
   using ExpertLoader = std::function<GatedMlp(std::int64_t expert)>;
   RoutedMlp() = default;
-  RoutedMlp(at::Tensor router, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k);
+  // router_bias: gpt-oss's [experts], undefined for none.
+  RoutedMlp(at::Tensor router, at::Tensor router_bias, std::vector<GatedMlp> experts, std::int64_t top_k, bool normalize_top_k);
   // A streamed layer's: each expert copied in when a token first picks it (a decode step of a 128-expert layer
   // reads the few experts its tokens chose, not all of them).
-  RoutedMlp(at::Tensor router, std::int64_t experts, ExpertLoader load, std::int64_t top_k, bool normalize_top_k);
+  RoutedMlp(at::Tensor router, at::Tensor router_bias, std::int64_t experts, ExpertLoader load, std::int64_t top_k,
+            bool normalize_top_k);
   at::Tensor forward(const at::Tensor& x) const;
   bool defined() const { return router_.defined(); }
   const at::Tensor& router() const { return router_; }
+  const at::Tensor& router_bias() const { return router_bias_; }
   // Every expert (a resident layer's: a streamed one throws).
   const std::vector<GatedMlp>& experts() const;
 
  private:
   const GatedMlp& expert(std::size_t e) const;
 
-  at::Tensor router_;  // [experts, hidden]
+  at::Tensor router_;       // [experts, hidden]
+  at::Tensor router_bias_;  // [experts] or undefined
   mutable std::vector<GatedMlp> experts_;  // a streamed layer's are copied in on first use
   ExpertLoader load_;
   std::int64_t top_k_ = 0;

@@ -164,6 +164,7 @@ at::Tensor SoftmaxAttentionMixer::forward(const at::Tensor& x, std::int64_t star
   options.key_start = start;
   options.window = shape_.window;
   options.scale = shape_.effective_scale();
+  options.sinks = proj_.sinks;
   if (call.token_mask.defined()) options.key_valid = call.token_mask;
   auto* cache = static_cast<KvCache*>(state);
   if (cache) {
@@ -188,7 +189,11 @@ at::Tensor SoftmaxAttentionMixer::attention_weights(const at::Tensor& x) const {
   kernels::SoftmaxAttentionOptions options;
   options.window = shape_.window;
   const auto hidden = kernels::causal_window_mask(T, T, options, x.device()).logical_not();
-  return at::softmax(scores.masked_fill(hidden, -std::numeric_limits<double>::infinity()), -1);
+  const auto masked = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+  if (!proj_.sinks.defined()) return at::softmax(masked, -1);
+  // The sink's column joins the softmax and leaves the weights (transformers' eager_attention_forward).
+  const auto sink = proj_.sinks.to(compute).view({1, -1, 1, 1}).expand({masked.size(0), masked.size(1), T, 1});
+  return at::softmax(at::cat({masked, sink}, -1), -1).narrow(-1, 0, T);
 }
 
 std::unique_ptr<MixerState> SoftmaxAttentionMixer::new_state() const { return std::make_unique<KvCache>(); }

@@ -1,5 +1,6 @@
-// The source models' token mixer: grouped-query softmax attention with RoPE, optional q/k/v/o biases and
-// an optional sliding window, with a KV cache for decode (trimmed to the window on sliding layers).
+// The source models' token mixer: grouped-query softmax attention with RoPE, optional q/k/v/o biases,
+// an optional sliding window and optional attention sinks (gpt-oss), with a KV cache for decode (trimmed to the
+// window on sliding layers).
 #pragma once
 
 #include <optional>
@@ -15,6 +16,7 @@ struct AttentionProjections {
   at::Tensor q, k, v, o;                    // [out, in] weights
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when absent
   at::Tensor q_norm, k_norm;  // RMSNorm weights: [head_dim] per head (Qwen3, Gemma 3), [heads x head_dim] (OLMo 2), or undefined
+  at::Tensor sinks;           // [heads] logits joining each softmax's denominator (gpt-oss), or undefined
 };
 
 // q, k, v of one projection call in fla's sequence-first layout: [B, T, H, D], [B, T, Hkv, D] x 2 (q and k
@@ -44,8 +46,8 @@ class SoftmaxAttentionMixer final : public TokenMixer {
   at::Tensor forward(const at::Tensor& x, std::int64_t start, MixerState* state, const MixerCall& call) const override;
   std::unique_ptr<MixerState> new_state() const override;
   std::string kind() const override { return shape_.window ? "softmax-window" : "softmax"; }
-  // softmax(q_i.k_j / sqrt(d)) over the visible keys (causal, and the window on sliding layers): the
-  // teacher's weights in Hedgehog's attention distillation.
+  // softmax(q_i.k_j / sqrt(d)) over the visible keys (causal, and the window on sliding layers; a sink's share
+  // left out, so its rows sum to less than 1): the teacher's weights in Hedgehog's attention distillation.
   at::Tensor attention_weights(const at::Tensor& x) const override;
   const SoftmaxAttentionMixer& source_attention() const override { return *this; }
   // This mixer with no adapters, sharing every tensor (the teacher of a LoRA-trained student).

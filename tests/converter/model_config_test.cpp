@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -226,6 +227,50 @@ TEST_F(ConfigTest, MoeRoutingKeys) {
   EXPECT_EQ(c.block.qk_norm, QkNorm::FullWidth);
   j["clip_qkv"] = 8.0;
   EXPECT_EQ(error(j).rfind(error_prefix("clip_qkv"), 0), 0u) << error(j);
+}
+
+// gpt-oss with GptOssConfig's defaults (its __post_init__: sliding layers first and alternating, YaRN factor 32 over
+// 4096 positions, not truncated), its block and tensors; a quantized (MXFP4) checkpoint refused by its key.
+TEST_F(ConfigTest, GptOssDefaultsBlockTensorsAndQuantizedRefusal) {
+  auto j = base("gpt_oss", "GptOssForCausalLM");
+  j["num_key_value_heads"] = 2;
+  const auto c = load(j);
+  EXPECT_EQ(c.layer_types, (std::vector<AttentionKind>{AttentionKind::Sliding, AttentionKind::Full, AttentionKind::Sliding,
+                                                       AttentionKind::Full}));
+  EXPECT_EQ(c.sliding_window, 128);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.rope.type, RopeType::Yarn);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 32.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
+  EXPECT_FALSE(c.rope.truncate);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 150000.0);
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_EQ(c.moe.experts, 128);
+  EXPECT_EQ(c.moe.top_k, 4);
+  EXPECT_EQ(c.moe.intermediate_size, 128);  // each expert's is intermediate_size
+  EXPECT_TRUE(c.moe.normalize_top_k);
+  ASSERT_TRUE(c.moe.expert_activation);
+  EXPECT_EQ(c.moe.expert_activation->kind, MlpActivation::ClampedSwiglu);
+  EXPECT_DOUBLE_EQ(c.moe.expert_activation->alpha, 1.702);
+  EXPECT_DOUBLE_EQ(c.moe.expert_activation->limit, 7.0);
+  EXPECT_EQ(c.block.activation, MlpActivation::Silu);  // hidden_act: no dense MLP uses it
+  EXPECT_TRUE(c.block.attention_sinks);
+  EXPECT_EQ(c.block.norm, NormStyle::WeightInFp32);
+  std::map<std::string, std::vector<std::int64_t>> shapes;
+  for (const auto& spec : decoder_tensors(*c.family, c)) shapes[spec.name] = spec.shape;
+  EXPECT_EQ(shapes.at("model.layers.1.self_attn.sinks"), (std::vector<std::int64_t>{4}));
+  EXPECT_EQ(shapes.at("model.layers.1.self_attn.o_proj.bias"), (std::vector<std::int64_t>{64}));
+  EXPECT_EQ(shapes.at("model.layers.1.mlp.router.bias"), (std::vector<std::int64_t>{128}));
+  EXPECT_EQ(shapes.at("model.layers.1.mlp.experts.gate_up_proj"), (std::vector<std::int64_t>{128, 64, 256}));
+  EXPECT_EQ(shapes.at("model.layers.1.mlp.experts.down_proj"), (std::vector<std::int64_t>{128, 128, 64}));
+  EXPECT_EQ(shapes.at("model.layers.1.mlp.experts.down_proj_bias"), (std::vector<std::int64_t>{128, 64}));
+  EXPECT_EQ(shapes.count("model.layers.1.mlp.experts.0.gate_proj.weight"), 0u);
+
+  auto quantized = j;
+  quantized["quantization_config"] = {{"quant_method", "mxfp4"}, {"modules_to_not_convert", {"model.layers.*.self_attn"}}};
+  EXPECT_EQ(error(quantized).rfind(error_prefix("quantization_config") + "quantized checkpoints ('mxfp4')", 0), 0u) << error(quantized);
+  j["swiglu_limit"] = 0.0;
+  EXPECT_EQ(error(j).rfind(error_prefix("swiglu_limit") + "must be positive", 0), 0u) << error(j);
 }
 
 TEST_F(ConfigTest, Phi3FusedProjectionsPartialRotaryAndLongRopeNamed) {

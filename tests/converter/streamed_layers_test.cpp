@@ -97,6 +97,11 @@ TEST(StreamedLayers, AMoeSourceComputesTheResidentBitsOnEveryPath) {
   expect_streamed_equals_resident(test::fixtures_dir() / "tiny-qwen3-moe");
 }
 
+// gpt-oss: stacked experts come with their layer (no per-expert loader), attention sinks with the attention.
+TEST(StreamedLayers, GptOssStackedExpertsAndSinksComputeTheResidentBits) {
+  expect_streamed_equals_resident(test::fixtures_dir() / "tiny-gpt-oss");
+}
+
 // A conversion with a kept softmax layer and a window: the recipe's tensors are copied in with their layer.
 TEST(StreamedLayers, AConversionComputesTheResidentBitsOnEveryPath) {
   test::TempDir dir;

@@ -502,6 +502,31 @@ TEST(Distill, AMoeSourceTrainsAttentionOnlyAndKeepsItsExpertsAndRouters) {
   EXPECT_NE(report.find("LoRA on q_proj, k_proj, v_proj, o_proj"), std::string::npos);
 }
 
+// gpt-oss (stacked experts with biases, a router bias, attention sinks): a run with activation checkpointing and the
+// teacher cache trains, keeps every MLP tensor and every sink byte for byte, and verifies.
+TEST(Distill, GptOssTrainsAttentionOnlyAndKeepsItsStackedExpertsRoutersAndSinks) {
+  test::TempDir dir;
+  const auto source = test::fixtures_dir() / "tiny-gpt-oss";
+  auto config = small_run(dir / "run", 2, 2);
+  config.model = source.string();
+  config.device.activation_checkpointing = true;
+  config.stage2.teacher_cache_top_k = 16;
+  config.stage2.merge = true;
+  run_distill(DistillOptions{config, false, stderr, std::nullopt});
+  ASSERT_EQ(losses(dir / "run" / "metrics.jsonl").size(), 4u);
+  const auto exported = CheckpointWeights::open(dir / "run" / "model"), original = CheckpointWeights::open(source);
+  std::int64_t compared = 0;
+  for (const auto& name : original.names()) {
+    if (name.find(".mlp.") == std::string::npos && name.find(".sinks") == std::string::npos) continue;
+    EXPECT_TRUE(exported.tensor(name).equal(original.tensor(name))) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2 * (2 + 4 + 1));  // per layer: router weight and bias, 4 stacked expert tensors, sinks
+  const auto report = test::read_file(dir / "run" / "report.html");
+  EXPECT_NE(report.find("the experts and routers of 2 MoE layers included"), std::string::npos);
+  EXPECT_NE(report.find("LoRA on q_proj, k_proj, v_proj, o_proj"), std::string::npos);
+}
+
 // Two processes on one run directory (two ranks launched with the same out, a second terminal): the one that
 // finds it locked stops with exit 2 before writing anything.
 TEST(DistillCli, ARunDirectoryInUseIsBadInputAndLeftAlone) {

@@ -1,5 +1,6 @@
 // softmax_attention against the textbook formula in fp64: softmax(q k^T / sqrt(d) + mask) v with each
-// query head reading kv head h / groups, for plain causal, windowed, offset (KV cache) and trimmed caches.
+// query head reading kv head h / groups, for plain causal, windowed, offset (KV cache) and trimmed caches, with and
+// without attention sinks (gpt-oss: exp(sink_h) joins each row's denominator).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,7 +14,7 @@ namespace {
 
 // Loops, no fused kernels, no masks built the same way: an independent oracle.
 at::Tensor naive_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::int64_t query_start,
-                           std::int64_t key_start, std::optional<std::int64_t> window) {
+                           std::int64_t key_start, std::optional<std::int64_t> window, const at::Tensor& sinks = {}) {
   const std::int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2), groups = H / k.size(1);
   auto out = at::zeros_like(q);
   for (std::int64_t b = 0; b < B; ++b)
@@ -28,6 +29,7 @@ at::Tensor naive_attention(const at::Tensor& q, const at::Tensor& k, const at::T
           visible.push_back(s);
           scores.push_back((q[b][h][t] * k[b][h / groups][s]).sum() / std::sqrt(static_cast<double>(q.size(3))));
         }
+        if (sinks.defined()) scores.push_back(sinks[h]);  // the sink's logit: in the softmax, then dropped
         const auto weights = at::softmax(at::stack(scores), 0);
         for (std::size_t j = 0; j < visible.size(); ++j) out[b][h][t] += weights[static_cast<std::int64_t>(j)] * v[b][h / groups][visible[j]];
       }
@@ -38,6 +40,7 @@ struct Case {
   const char* label;
   std::int64_t T, S, query_start, key_start;
   std::optional<std::int64_t> window;
+  bool sinks = false;
 };
 
 class SoftmaxAttention : public testing::TestWithParam<Case> {};
@@ -51,9 +54,11 @@ TEST_P(SoftmaxAttention, EqualsTheFormulaInFp64) {
   o.query_start = c.query_start;
   o.key_start = c.key_start;
   o.window = c.window;
+  // Sinks of either sign and a large one (a head that mostly attends to nothing).
+  if (c.sinks) o.sinks = at::tensor({-1.5, 0.0, 0.7, 3.0}, opts);
   const auto got = softmax_attention(q, k, v, o);
   // fp64 throughout: only summation order differs, ~1e-16 per op.
-  EXPECT_LE((got - naive_attention(q, k, v, c.query_start, c.key_start, c.window)).abs().max().item<double>(), 1e-12);
+  EXPECT_LE((got - naive_attention(q, k, v, c.query_start, c.key_start, c.window, o.sinks)).abs().max().item<double>(), 1e-12);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -62,8 +67,34 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"DecodeOneTokenAfterCache", 1, 10, 9, 0, std::nullopt},
                     Case{"ChunkAfterCache", 3, 10, 7, 0, std::nullopt},
                     Case{"WindowedDecodeOnTrimmedCache", 1, 4, 20, 17, 4},
-                    Case{"WindowedChunkOnTrimmedCache", 5, 8, 20, 17, 4}),
+                    Case{"WindowedChunkOnTrimmedCache", 5, 8, 20, 17, 4},
+                    Case{"SinksPlainCausal", 9, 9, 0, 0, std::nullopt, true},
+                    Case{"SinksWindow", 12, 12, 0, 0, 4, true},
+                    Case{"SinksDecodeOneTokenAfterCache", 1, 10, 9, 0, std::nullopt, true},
+                    Case{"SinksWindowedChunkOnTrimmedCache", 5, 8, 20, 17, 4, true}),
     [](const testing::TestParamInfo<Case>& param) { return std::string(param.param.label); });
+
+// With sinks the mask is per head, so queries go in blocks of ~16M mask elements: 64 heads over 4096 keys give blocks of
+// 64 rows, and 150 queries three blocks, the last partial. The oracle is the formula in one piece (fp64).
+TEST(SoftmaxAttentionSinks, QueryBlocksEqualOnePiece) {
+  at::manual_seed(11);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const std::int64_t H = 64, Hkv = 8, T = 150, S = 4096, D = 8;
+  const auto q = at::randn({1, H, T, D}, opts), k = at::randn({1, Hkv, S, D}, opts), v = at::randn({1, Hkv, S, D}, opts);
+  SoftmaxAttentionOptions o;
+  o.query_start = S - T;  // the last T of S tokens (a chunk after a cache), with a window
+  o.window = 1000;
+  o.sinks = at::randn({H}, opts);
+  const auto got = softmax_attention(q, k, v, o);
+  const auto kk = k.repeat_interleave(H / Hkv, 1), vv = v.repeat_interleave(H / Hkv, 1);
+  const auto scores = at::matmul(q, kk.transpose(-1, -2)) / std::sqrt(double(D));
+  const auto qpos = at::arange(S - T, S, at::kLong).unsqueeze(1), kpos = at::arange(0, S, at::kLong).unsqueeze(0);
+  const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - 1000));
+  const auto masked = scores.masked_fill(visible.logical_not(), -INFINITY);
+  const auto with_sink = at::cat({masked, o.sinks.view({1, H, 1, 1}).expand({1, H, T, 1})}, -1);
+  const auto expected = at::matmul(at::softmax(with_sink, -1).narrow(-1, 0, S), vv);
+  EXPECT_LE((got - expected).abs().max().item<double>(), 1e-12);
+}
 
 TEST(RmsNorm, NormalisesInFp32AndScales) {
   const auto x = at::randn({3, 16}, at::kDouble);

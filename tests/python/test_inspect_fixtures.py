@@ -78,6 +78,7 @@ class InspectFixtures(unittest.TestCase):
         self.assertAlmostEqual(block["residual_scale"], getattr(layer, "residual_multiplier", 1.0))
         self.assertAlmostEqual(block["logits_divisor"], getattr(cfg, "logits_scaling", 1.0))
         self.assertEqual(block.get("final_logit_softcap"), getattr(cfg, "final_logit_softcapping", None))
+        self.assertEqual(block.get("attention_sinks", False), hasattr(attn, "sinks"))
         nope = [i for i, l in enumerate(model.model.layers) if not getattr(l.self_attn, "use_rope", True)]
         self.assertEqual(block.get("nope_layers", []), nope)
 
@@ -87,12 +88,23 @@ class InspectFixtures(unittest.TestCase):
         if not sparse:
             self.assertNotIn("moe", got)
         else:
-            moe, router = got["moe"], mlps[sparse[0]].gate
+            routed = mlps[sparse[0]]
+            moe, router, experts = got["moe"], getattr(routed, "router", None) or routed.gate, routed.experts
             self.assertEqual(moe["sparse_layers"], sparse)
             self.assertEqual(moe["experts"], router.num_experts)
             self.assertEqual(moe["top_k"], router.top_k)
-            self.assertEqual(moe["expert_intermediate_size"], mlps[sparse[0]].experts.intermediate_dim)
-            self.assertEqual(moe["normalize_top_k"], getattr(router, "norm_topk_prob", True))  # Mixtral's always
+            self.assertEqual(moe["expert_intermediate_size"], getattr(experts, "intermediate_dim", None) or experts.intermediate_size)
+            # Mixtral always renormalises; gpt-oss's softmax over the top k logits is the renormalised top k.
+            self.assertEqual(moe["normalize_top_k"], getattr(router, "norm_topk_prob", True))
+            self.assertEqual(moe["router_bias"], getattr(router, "bias", None) is not None)
+            with safe_open(os.path.join(model_dir, weight_files(model_dir)[0]), framework="pt") as f:
+                stacked = any(k.endswith("mlp.experts.gate_up_proj") for k in f.keys())
+            self.assertEqual(moe["stacked_experts"], stacked)
+            if hasattr(experts, "limit"):  # gpt-oss's clamped SwiGLU
+                self.assertAlmostEqual(moe["expert_activation"]["clamped_swiglu_alpha"], experts.alpha)
+                self.assertAlmostEqual(moe["expert_activation"]["clamped_swiglu_limit"], experts.limit)
+            else:
+                self.assertNotIn("expert_activation", moe)
 
         layer_types = getattr(cfg, "layer_types", None)
         if cfg.model_type in ("mistral", "mixtral", "phi3"):  # one window for all layers, when set
@@ -120,7 +132,7 @@ class InspectFixtures(unittest.TestCase):
         self.assertIn(f"{got['parameters']}", text)
 
     def test_every_fixture(self):
-        self.assertGreaterEqual(len(MODELS), 14)  # the glob found the fixtures
+        self.assertGreaterEqual(len(MODELS), 15)  # the glob found the fixtures
         for name in MODELS:
             with self.subTest(name):
                 self.check(name)

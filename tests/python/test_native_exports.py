@@ -244,6 +244,15 @@ def main():
             print(f"refusal {layout} {family} {params}: exit {done.returncode}: {line}")
             if done.returncode != 2 or expected not in line or "config.json" not in line or os.path.exists(out):
                 failures.append(f"refusal {family} {params}: expected exit 2 naming {expected!r}, got {done.returncode}: {line}")
+        # What no layout has a slot for is refused with --allow-inexact too (it once failed inside the writer, exit 3).
+        for j, (family, expected) in enumerate([("tiny-gpt-oss", "num_experts:"), ("tiny-phi3", "self_attn.qkv_proj:")]):
+            conversion = convert(source_dir(family, tmp), "gated-deltanet", os.path.join(tmp, f"u{j}"), [])
+            out = os.path.join(tmp, f"un{j}")
+            done = export_native(conversion, out, "--allow-inexact")
+            line = done.stderr.strip()
+            print(f"unwritable {family} with --allow-inexact: exit {done.returncode}: {line}")
+            if done.returncode != 2 or expected not in line or "config.json" not in line or os.path.exists(out):
+                failures.append(f"unwritable {family}: expected exit 2 naming {expected!r}, got {done.returncode}: {line}")
         allowed = export_native(os.path.join(tmp, "r0"), os.path.join(tmp, "allowed"), "--allow-inexact")
         text = open(os.path.join(tmp, "allowed", "config.json")).read() if allowed.returncode == 0 else ""
         if allowed.returncode != 0 or "self_attn.q_norm" not in text:
