@@ -119,7 +119,7 @@ nlohmann::ordered_json inspect_checkpoint(const std::filesystem::path& dir) {
                 {"normalize_top_k", cfg.moe.normalize_top_k},
                 {"sparse_layers", sparse},
                 {"stacked_experts", b.expert_names == names::ExpertNames::stacked},
-                {"router_bias", b.expert_names == names::ExpertNames::stacked}};
+                {"router_bias", names::has_router_bias(b.expert_names)}};
     if (const auto& act = cfg.moe.expert_activation; act && act->kind == MlpActivation::ClampedSwiglu)
       r["moe"]["expert_activation"] = {{"clamped_swiglu_alpha", act->alpha}, {"clamped_swiglu_limit", act->limit}};
   }

@@ -75,6 +75,8 @@ std::string router_bias(std::int64_t layer, ExpertNames naming) {
   return layer_prefix(layer) + expert_scope(naming) + router_module(naming) + ".bias";
 }
 
+bool has_router_bias(ExpertNames naming) { return naming == ExpertNames::stacked; }
+
 std::string stacked_experts(std::int64_t layer, StackedExperts tensor) {
   static constexpr std::array<const char*, 4> kParts{"gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"};
   return layer_prefix(layer) + "mlp.experts." + kParts[static_cast<std::size_t>(tensor)];

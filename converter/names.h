@@ -44,7 +44,8 @@ std::string bias(std::int64_t layer, LayerModule module);          // module_pat
 enum class ExpertNames { mlp_experts, block_sparse_moe, stacked };
 enum class ExpertProjection { gate, up, down };
 std::string router_weight(std::int64_t layer, ExpertNames naming);
-std::string router_bias(std::int64_t layer, ExpertNames naming);
+std::string router_bias(std::int64_t layer, ExpertNames naming);  // where has_router_bias
+bool has_router_bias(ExpertNames naming);                          // gpt-oss's (stacked) router has one
 // Per-expert tensors (mlp_experts, block_sparse_moe).
 std::string expert_weight(std::int64_t layer, std::int64_t expert, ExpertProjection projection, ExpertNames naming);
 enum class StackedExperts { gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias };

@@ -59,12 +59,12 @@ class SoftmaxLayers {
     const std::int64_t window =
         c.layer_types[static_cast<std::size_t>(layer)] == AttentionKind::Sliding ? c.sliding_window.value_or(0) : 0;
     const auto masked = o.op("Where", {mask(window), scores, o.f32(std::numeric_limits<float>::lowest())});
-    auto weights = o.softmax(masked);
-    if (c.block.attention_sinks) {
-      // The sink's logit as one more column of every row ([B, Hkv, G, S, 1]), in the softmax, then dropped.
+    // gpt-oss's sink: its logit as one more column of every row ([B, Hkv, G, S, 1]), in the softmax, then dropped.
+    const auto sinked = [&] {
       const auto sink = o.add(o.mul(o.slice(masked, -1, 0, 1), o.f32(0.0f)), o.reshape(l.attention_sinks(), {1, Hkv, G, 1, 1}));
-      weights = o.slice(o.softmax(o.concat({masked, sink}, -1)), -1, 0, -1);
-    }
+      return o.slice(o.softmax(o.concat({masked, sink}, -1)), -1, 0, -1);
+    };
+    const auto weights = c.block.attention_sinks ? sinked() : o.softmax(masked);
     const auto out = o.matmul(weights, grouped(values, 1));
     return l.project_output(o.reshape(out, {0, c.num_attention_heads, -1, D}));
   }
@@ -127,9 +127,7 @@ std::string gated_mlp(OnnxLayer& layer, const GatedActivation& activation, const
 std::string stacked_expert(OnnxLayer& layer, const std::string& x, std::int64_t e) {
   using names::StackedExperts;
   auto& o = layer.ops();
-  const auto pick = [&](StackedExperts tensor) {
-    return o.op("Gather", {layer.stacked_experts(tensor), o.scalar_i64(e)}, {{"axis", std::int64_t{0}}});
-  };
+  const auto pick = [&](StackedExperts tensor) { return layer.stacked_expert(e, tensor); };
   const auto gate_up = o.add(o.matmul(x, pick(StackedExperts::gate_up_proj)), pick(StackedExperts::gate_up_proj_bias));
   const auto hidden = gated(layer, layer.config().expert_activation(), o.strided(gate_up, -1, 0, 2), o.strided(gate_up, -1, 1, 2));
   return o.add(o.matmul(hidden, pick(StackedExperts::down_proj)), pick(StackedExperts::down_proj_bias));

@@ -56,8 +56,8 @@ std::string OnnxOps::rms_norm(const std::string& x, const std::string& weight, d
   return mul(y, style == NormStyle::OnePlusWeight ? add(weight, f32(1.0f)) : weight);
 }
 
-std::string OnnxModelContext::weight(const std::string& name) {
-  if (const auto it = weights.find(name); it != weights.end()) return it->second;
+std::pair<std::string, ElementType> OnnxModelContext::stored(const std::string& name) {
+  if (const auto it = stored_types.find(name); it != stored_types.end()) return {name, it->second};
   const auto tensor = checkpoint.tensor(name);
   ElementType type;
   switch (tensor.scalar_type()) {
@@ -70,7 +70,14 @@ std::string OnnxModelContext::weight(const std::string& name) {
   auto held = std::make_shared<at::Tensor>(tensor);
   model.initializer(name, type, tensor.sizes().vec(), held->data_ptr(), std::shared_ptr<const void>(held, held.get()),
                     [this, name] { checkpoint.release(name); });
-  const auto value = type == ElementType::f32 ? name : ops.cast(name, ElementType::f32);
+  stored_types.emplace(name, type);
+  return {name, type};
+}
+
+std::string OnnxModelContext::weight(const std::string& name) {
+  if (const auto it = weights.find(name); it != weights.end()) return it->second;
+  const auto [initializer, type] = stored(name);
+  const auto value = type == ElementType::f32 ? initializer : ops.cast(initializer, ElementType::f32);
   weights.emplace(name, value);
   return value;
 }
@@ -160,11 +167,18 @@ std::string OnnxLayer::bias(names::LayerModule module) {
 std::string OnnxLayer::router() { return context_.matrix(names::router_weight(layer_, config().block.expert_names)); }
 
 std::string OnnxLayer::router_bias() {
-  const auto name = names::router_bias(layer_, config().block.expert_names);
-  return context_.checkpoint.contains(name) ? context_.weight(name) : std::string();
+  const auto naming = config().block.expert_names;
+  return names::has_router_bias(naming) ? context_.weight(names::router_bias(layer_, naming)) : std::string();
 }
 
-std::string OnnxLayer::stacked_experts(names::StackedExperts tensor) { return context_.weight(names::stacked_experts(layer_, tensor)); }
+std::string OnnxLayer::stacked_expert(std::int64_t e, names::StackedExperts tensor) {
+  // Gathered from the initializer as stored, then widened: a Cast of the whole stack would be folded into an fp32 copy
+  // of every expert when the runtime loads the graph.
+  auto& o = ops();
+  const auto stored = context_.stored(names::stacked_experts(layer_, tensor));
+  const auto one = o.op("Gather", {stored.first, o.scalar_i64(e)}, {{"axis", std::int64_t{0}}});
+  return stored.second == onnx_model::ElementType::f32 ? one : o.cast(one, onnx_model::ElementType::f32);
+}
 
 std::string OnnxLayer::attention_sinks() { return context_.weight(names::attention_sinks(layer_)); }
 

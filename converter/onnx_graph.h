@@ -131,6 +131,7 @@ struct OnnxModelContext {
   const CheckpointWeights& checkpoint;
   std::string input_ids = "input_ids", attention_mask = "attention_mask", position_ids = "position_ids";
   std::map<std::string, std::string> weights;  // tensor name -> its fp32 value
+  std::map<std::string, onnx_model::ElementType> stored_types;  // tensor name -> its initializer's type
   std::map<std::string, std::pair<std::string, std::string>> cos_sin;
   std::optional<std::string> token_mask;       // [B, 1, S, 1]
   std::int64_t opset = 0;
@@ -142,8 +143,9 @@ struct OnnxModelContext {
   std::map<std::int64_t, std::set<std::string>> carried;
   static constexpr const char* kKeyValues = "key/value cache";
 
-  // A checkpoint tensor as an initializer (its bytes as stored, named as in model.safetensors), cast to fp32
-  // in the graph when stored narrower.
+  // A checkpoint tensor as an initializer (its bytes as stored, named as in model.safetensors), and its type.
+  std::pair<std::string, onnx_model::ElementType> stored(const std::string& name);
+  // stored(name) cast to fp32 in the graph when stored narrower.
   std::string weight(const std::string& name);
   // A projection or embedding matrix: weight(name), or with fp16_matrices the tensor rounded to fp16 (InputError
   // when a value does not fit fp16's range).
@@ -177,7 +179,7 @@ class OnnxLayer {
   std::string router();
   std::string router_bias();
   std::string expert(std::int64_t e, names::ExpertProjection projection);
-  std::string stacked_experts(names::StackedExperts tensor);
+  std::string stacked_expert(std::int64_t e, names::StackedExperts tensor);  // expert e's slice, fp32
   std::string attention_sinks();  // [H], the source attention's (gpt-oss)
 
   // The source attention's heads of x [B, S, hidden]: q [B, H, S, D], k and v [B, Hkv, S, D] (after q/k

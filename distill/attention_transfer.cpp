@@ -50,7 +50,9 @@ at::Tensor student_weights(const CausalLM& student, std::int64_t layer, const at
 
 at::Tensor attention_weight_xent(const at::Tensor& teacher, const at::Tensor& student) {
   // The clamp is LoLCATs' (distill_attention_xent_mse.py): a weight that underflows to 0 where the teacher's
-  // is not would make the loss infinite. Masked keys have teacher weight 0 and add nothing.
+  // is not would make the loss infinite. Masked keys have teacher weight 0 and add nothing. A teacher with sinks
+  // (gpt-oss) leaves the sink's share out, so its rows sum to m < 1: the student's optimum is then the teacher's
+  // weights renormalised over the keys (minimising -sum p log q over distributions q gives q = p / m).
   return -(teacher * student.clamp_min(1e-12).log()).sum(-1).mean();
 }
 

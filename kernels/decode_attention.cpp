@@ -23,7 +23,7 @@ enum class Pass { scores, weighted_values };
 // passes, vectorised by ATen). weighted_values: numerator and denominator from the exponentials.
 template <typename Acc, typename KV, bool kBf16>
 LINEARIZE_INLINE void heads(Pass pass, const Acc* q, const KV* k, const KV* v, Acc* scores, Acc* numerator,
-                            Acc* denominator, const Layout& L, Acc scale, int64_t begin, int64_t end) {
+                            Acc* denominator, Acc* maxima, const Layout& L, Acc scale, int64_t begin, int64_t end) {
   const int64_t G = L.G, S = L.S;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / L.Hkv, h = bh % L.Hkv;
@@ -37,6 +37,7 @@ LINEARIZE_INLINE void heads(Pass pass, const Acc* q, const KV* k, const KV* v, A
         Acc* row = s + g * S;
         const Acc c = *std::max_element(row, row + S);
         for (int64_t j = 0; j < S; ++j) row[j] -= c;
+        maxima[bh * G + g] = c;
       }
       continue;
     }
@@ -58,8 +59,8 @@ LINEARIZE_INLINE void heads(Pass pass, const Acc* q, const KV* k, const KV* v, A
 
 #define LINEARIZE_DECODE_HEADS(name, Acc, KV, kBf16)                                                              \
   LINEARIZE_MULTIVERSION void name(Pass pass, const Acc* q, const KV* k, const KV* v, Acc* s, Acc* num, Acc* den, \
-                                   const Layout& L, Acc scale, int64_t begin, int64_t end) {                     \
-    heads<Acc, KV, kBf16>(pass, q, k, v, s, num, den, L, scale, begin, end);                                      \
+                                   Acc* maxima, const Layout& L, Acc scale, int64_t begin, int64_t end) {           \
+    heads<Acc, KV, kBf16>(pass, q, k, v, s, num, den, maxima, L, scale, begin, end);                                 \
   }
 LINEARIZE_DECODE_HEADS(heads_fp32, float, float, false)
 LINEARIZE_DECODE_HEADS(heads_fp64, double, double, false)
@@ -91,7 +92,8 @@ DecodeAttentionParts decode_attention_parts(const at::Tensor& q, const at::Tenso
   const auto acc = k.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor qc = q.to(acc).contiguous();
   const auto opts = qc.options();
-  at::Tensor scores = at::empty({B, H, S}, opts), numerator = at::empty({B, H, V}, opts), denominator = at::empty({B, H}, opts);
+  at::Tensor scores = at::empty({B, H, S}, opts), numerator = at::empty({B, H, V}, opts), denominator = at::empty({B, H}, opts),
+             row_max = at::empty({B, H}, opts);
   const Layout L{Hkv, H / Hkv, S, D, V, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2)};
   // A kv head's scores and values are the unit of work; tiny problems stay on the calling thread, where a
   // fork would cost more than the arithmetic (~32K multiply-adds per task).
@@ -102,26 +104,27 @@ DecodeAttentionParts decode_attention_parts(const at::Tensor& q, const at::Tenso
         case at::kFloat:
           heads_fp32(pass, qc.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
                      scores.mutable_data_ptr<float>(), numerator.mutable_data_ptr<float>(),
-                     denominator.mutable_data_ptr<float>(), L, static_cast<float>(scale), begin, end);
+                     denominator.mutable_data_ptr<float>(), row_max.mutable_data_ptr<float>(), L, static_cast<float>(scale),
+                     begin, end);
           break;
         case at::kDouble:
           heads_fp64(pass, qc.const_data_ptr<double>(), k.const_data_ptr<double>(), v.const_data_ptr<double>(),
                      scores.mutable_data_ptr<double>(), numerator.mutable_data_ptr<double>(),
-                     denominator.mutable_data_ptr<double>(), L, scale, begin, end);
+                     denominator.mutable_data_ptr<double>(), row_max.mutable_data_ptr<double>(), L, scale, begin, end);
           break;
         default:
           (k.scalar_type() == at::kBFloat16 ? heads_bf16 : heads_fp16)(
               pass, qc.const_data_ptr<float>(), reinterpret_cast<const std::uint16_t*>(k.const_data_ptr()),
               reinterpret_cast<const std::uint16_t*>(v.const_data_ptr()), scores.mutable_data_ptr<float>(),
-              numerator.mutable_data_ptr<float>(), denominator.mutable_data_ptr<float>(), L, static_cast<float>(scale),
-              begin, end);
+              numerator.mutable_data_ptr<float>(), denominator.mutable_data_ptr<float>(), row_max.mutable_data_ptr<float>(), L,
+              static_cast<float>(scale), begin, end);
       }
     });
   };
   run(Pass::scores);
   scores.exp_();  // every exponent <= 0, the row max's exactly 0: the denominator is >= 1
   run(Pass::weighted_values);
-  return {numerator, denominator};
+  return {numerator, denominator, row_max};
 }
 
 }  // namespace linearize::kernels

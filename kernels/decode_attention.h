@@ -16,6 +16,7 @@ namespace linearize::kernels {
 struct DecodeAttentionParts {
   at::Tensor numerator;    // [B, H, V]: sum_j exp(s_j - c) v_j, c = max_j s_j (fp32; fp64 for fp64 inputs)
   at::Tensor denominator;  // [B, H]:    sum_j exp(s_j - c) >= 1
+  at::Tensor row_max;      // [B, H]:    c (a term exp(s - c) joining the denominator: gpt-oss's sinks)
 };
 
 // Whether decode_attention_parts takes these inputs: CPU, no gradient wanted, k and v of one dtype (fp32,

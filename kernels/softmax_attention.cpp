@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include <torch/version.h>
@@ -10,8 +12,8 @@
 #include "kernels/decode_attention.h"
 
 namespace linearize::kernels {
-#if !(TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
 namespace {
+#if !(TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
 
 // SDPA learnt grouped-query heads (enable_gqa) in LibTorch 2.5; before that the kv heads are repeated.
 at::Tensor repeat_kv(const at::Tensor& x, std::int64_t groups) {
@@ -20,9 +22,7 @@ at::Tensor repeat_kv(const at::Tensor& x, std::int64_t groups) {
   return x.unsqueeze(2).expand({s[0], s[1], groups, s[2], s[3]}).reshape({s[0], s[1] * groups, s[2], s[3]});
 }
 
-}  // namespace
 #endif
-namespace {
 
 at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
                 bool is_causal, double scale) {
@@ -34,36 +34,64 @@ at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
 #endif
 }
 
-// Attention with sinks through SDPA's own kernels, exactly: a zero key and value appended to every kv head, and a float
-// mask whose last column is the query head's sink logit (q.0 scale + sink_h = sink_h), so exp(sink_h) joins each row's
-// denominator and nothing its numerator, as the sink column transformers' eager_attention_forward concatenates. The
-// mask is per head ([B|1, H, rows, S + 1]), so queries go in blocks that keep it near 16M elements (64 MB in fp32)
-// whatever the context.
+// Attention with sinks (gpt-oss), exactly: exp(sink_h) joins each row's denominator and nothing its numerator, as the
+// sink column transformers' eager_attention_forward concatenates. Decode: the fused loop's parts, relative to the row
+// max c, take exp(sink_h - c) into the denominator. Otherwise SDPA with a zero key and value put before the keys and a
+// float mask whose first column is the query head's sink logit (q.0 scale + sink_h = sink_h). That mask is per head, so
+// queries go in blocks of about 16M mask elements (64 MB in fp32) each against the keys it can see: a sliding layer's
+// block reads its window, never the whole context.
 at::Tensor attention_with_sinks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const SoftmaxAttentionOptions& options,
                                 double scale) {
-  const std::int64_t H = q.size(1), T = q.size(2), S = k.size(2);
+  const std::int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
   TORCH_CHECK(options.sinks.dim() == 1 && options.sinks.size(0) == H, "softmax_attention: sinks must be [", H, "]");
-  auto zero_slot = [](const at::Tensor& t) {
+  const bool padded = options.key_valid.defined();
+  if (!padded && T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
+    const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;
+    const auto parts = decode_attention_parts(q.select(2, 0), k.narrow(2, first, S - first), v.narrow(2, first, S - first), scale);
+    const auto denominator = parts.denominator + (options.sinks.to(parts.row_max.scalar_type()).view({1, H}) - parts.row_max).exp();
+    return (parts.numerator / denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
+  }
+  const auto slot = [](const at::Tensor& t) {
     auto sizes = t.sizes().vec();
     sizes[2] = 1;
-    return at::cat({t, at::zeros(sizes, t.options())}, 2);
+    return at::zeros(sizes, t.options());
   };
-  const auto keys = zero_slot(k), values = zero_slot(v);
+  const auto zero_key = slot(k), zero_value = slot(v);
+  // Keys [from, from + count) after the zero slot: a copy of the window for a block that starts past key 0, else views
+  // of one copy of every key that the blocks share (full layers; a sliding layer's first blocks).
+  std::optional<std::pair<at::Tensor, at::Tensor>> all;
+  const auto slotted = [&](std::int64_t from, std::int64_t count) -> std::pair<at::Tensor, at::Tensor> {
+    if (from > 0) return {at::cat({zero_key, k.narrow(2, from, count)}, 2), at::cat({zero_value, v.narrow(2, from, count)}, 2)};
+    if (!all) all.emplace(at::cat({zero_key, k}, 2), at::cat({zero_value, v}, 2));
+    return {all->first.narrow(2, 0, count + 1), all->second.narrow(2, 0, count + 1)};
+  };
   const auto sinks = options.sinks.to(q.scalar_type()).view({1, H, 1, 1});
-  const std::int64_t rows = std::max<std::int64_t>(1, (std::int64_t{1} << 24) / (H * (S + 1)));
+  // Rows per block for a mask of at most `cells` = 16M / (B H) rows x columns: n (n + W) <= cells with a window W
+  // (its block sees at most W - 1 + n keys and the slot), n (S + 1) <= cells without.
+  const double cells = double(std::int64_t{1} << 24) / double(B * H);
+  const std::int64_t rows = std::max<std::int64_t>(
+      1, options.window && *options.window < S
+             ? static_cast<std::int64_t>((std::sqrt(double(*options.window) * double(*options.window) + 4 * cells) - double(*options.window)) / 2)
+             : static_cast<std::int64_t>(cells / double(S + 1)));
   std::vector<at::Tensor> blocks;
   for (std::int64_t first = 0; first < T; first += rows) {
     const auto n = std::min(rows, T - first);
+    // The keys this block's queries can see: from the first one's window on, up to the last one.
+    const std::int64_t first_position = options.query_start + first;
+    const std::int64_t begin = options.window ? std::max<std::int64_t>(0, first_position - *options.window + 1 - options.key_start) : 0;
+    const std::int64_t end = std::min(S, first_position + n - options.key_start);
     auto block = options;
-    block.query_start = options.query_start + first;
-    auto visible = causal_window_mask(n, S, block, q.device());  // [n, S] or [B, 1, n, S]
-    if (visible.dim() == 2) visible = visible.view({1, 1, n, S});
+    block.query_start = first_position;
+    block.key_start = options.key_start + begin;
+    if (options.key_valid.defined()) block.key_valid = options.key_valid.narrow(1, begin, end - begin);
+    auto visible = causal_window_mask(n, end - begin, block, q.device());  // [n, keys] or [B, 1, n, keys]
+    if (visible.dim() == 2) visible = visible.view({1, 1, n, end - begin});
     const auto batch = visible.size(0);
-    const auto scores = at::zeros({batch, 1, n, S}, q.options())
+    const auto scores = at::zeros({batch, 1, n, end - begin}, q.options())
                             .masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity())
-                            .expand({batch, H, n, S});
-    const auto mask = at::cat({scores, sinks.expand({batch, H, n, 1})}, -1);
-    blocks.push_back(sdpa(q.narrow(2, first, n), keys, values, mask, false, scale));
+                            .expand({batch, H, n, end - begin});
+    const auto [keys, values] = slotted(begin, end - begin);
+    blocks.push_back(sdpa(q.narrow(2, first, n), keys, values, at::cat({sinks.expand({batch, H, n, 1}), scores}, -1), false, scale));
   }
   return blocks.size() == 1 ? blocks.front() : at::cat(blocks, 2);
 }
@@ -100,8 +128,8 @@ at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "softmax_attention: ", q.size(1), " query heads for ", k.size(1), " kv heads");
   const std::int64_t T = q.size(2), S = k.size(2);
   const double scale = options.scale > 0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  // One new token whose keys end with it (decode): the visible keys are a suffix, the fused decode loop's.
   if (options.sinks.defined()) return attention_with_sinks(q, k, v, options, scale);
+  // One new token whose keys end with it (decode): the visible keys are a suffix, the fused decode loop's.
   const bool padded = options.key_valid.defined();
   if (!padded && T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
     const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;

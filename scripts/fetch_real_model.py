@@ -96,7 +96,7 @@ def check(out, binary):
         raise InputError(f"{binary}: not an executable (build it with scripts/build.sh, or give --binary or --no-check)")
     ids = AutoTokenizer.from_pretrained(out)(TEXT).input_ids
     theirs = [int(t) for t in linearize(binary, "tokenize", "--tokenizer", out, "--text", TEXT).split()]
-    err, same = forward_parity(out, binary, ids)
+    err, same, _ = forward_parity(out, binary, ids)
     print(f"tokenize: {'same' if theirs == ids else 'DIFFERENT'} ids as transformers ({len(ids)} tokens)")
     print(f"forward:  max|err| / max|logit| = {err:.3g} (<= {TOLERANCE:g}), argmax equal at {same}/{len(ids)} positions")
     return theirs == ids and err <= TOLERANCE and same == len(ids)

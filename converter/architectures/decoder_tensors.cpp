@@ -41,10 +41,10 @@ std::vector<TensorSpec> decoder_tensors(const Architecture& arch, const ModelCon
       const std::int64_t width = cfg.moe.intermediate_size;
       using names::ExpertProjection;
       specs.push_back({names::router_weight(i, naming), {cfg.moe.experts, d}});
+      if (names::has_router_bias(naming)) specs.push_back({names::router_bias(i, naming), {cfg.moe.experts}});
       if (naming == names::ExpertNames::stacked) {
         using names::StackedExperts;
         const std::int64_t experts = cfg.moe.experts;
-        specs.push_back({names::router_bias(i, naming), {experts}});
         specs.push_back({names::stacked_experts(i, StackedExperts::gate_up_proj), {experts, d, 2 * width}});
         specs.push_back({names::stacked_experts(i, StackedExperts::gate_up_proj_bias), {experts, 2 * width}});
         specs.push_back({names::stacked_experts(i, StackedExperts::down_proj), {experts, width, d}});

@@ -30,8 +30,8 @@ void read_gpt_oss_config(const JsonObject& root, const ConfigDefaults& defaults,
   read_moe(root, 128, 4, nullptr, 0, cfg);
   cfg.moe.normalize_top_k = true;  // softmax over the top k logits: the renormalised top k of the softmax
   GatedActivation clamped(MlpActivation::ClampedSwiglu);
-  clamped.alpha = root.get_optional_double("swiglu_alpha").value_or(1.702);
-  clamped.limit = root.get_optional_double("swiglu_limit").value_or(7.0);
+  clamped.alpha = root.get_optional_double("swiglu_alpha").value_or(clamped.alpha);
+  clamped.limit = root.get_optional_double("swiglu_limit").value_or(clamped.limit);
   if (!(clamped.alpha > 0.0)) root.fail("swiglu_alpha", "must be positive");
   if (!(clamped.limit > 0.0)) root.fail("swiglu_limit", "must be positive");
   cfg.moe.expert_activation = clamped;

@@ -161,11 +161,11 @@ std::vector<GatedMlp> build_stacked_experts(const ModelConfig& cfg, std::int64_t
   const auto gate_up_bias = w.take(names::stacked_experts(i, StackedExperts::gate_up_proj_bias));
   const auto down = w.take(names::stacked_experts(i, StackedExperts::down_proj));
   const auto down_bias = w.take(names::stacked_experts(i, StackedExperts::down_proj_bias));
-  const auto even = [](const at::Tensor& t, std::int64_t first) { return t.slice(-1, first, std::nullopt, 2); };
+  const auto every_other = [](const at::Tensor& t, std::int64_t first) { return t.slice(-1, first, std::nullopt, 2); };
   std::vector<GatedMlp> experts;
   for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
-    experts.emplace_back(even(gate_up[e], 0).t(), even(gate_up[e], 1).t(), down[e].t().contiguous(), even(gate_up_bias[e], 0),
-                         even(gate_up_bias[e], 1), down_bias[e].clone(), cfg.expert_activation());
+    experts.emplace_back(every_other(gate_up[e], 0).t(), every_other(gate_up[e], 1).t(), down[e].t().contiguous(),
+                         every_other(gate_up_bias[e], 0), every_other(gate_up_bias[e], 1), down_bias[e].clone(), cfg.expert_activation());
   w.release_taken();
   return experts;
 }
@@ -213,7 +213,7 @@ DecoderLayer build_layer(const ModelConfig& cfg, std::int64_t i, ModelWeights& w
   if (cfg.is_sparse(i)) {
     const auto naming = cfg.block.expert_names;
     const auto router = w.get(names::router_weight(i, naming));
-    const auto router_bias = w.optional(names::router_bias(i, naming));
+    const auto router_bias = names::has_router_bias(naming) ? w.get(names::router_bias(i, naming)) : at::Tensor();
     if (experts) {
       layer.routed_mlp = RoutedMlp(router, router_bias, cfg.moe.experts, experts, cfg.moe.top_k, cfg.moe.normalize_top_k);
     } else {

@@ -74,26 +74,47 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"SinksWindowedChunkOnTrimmedCache", 5, 8, 20, 17, 4, true}),
     [](const testing::TestParamInfo<Case>& param) { return std::string(param.param.label); });
 
-// With sinks the mask is per head, so queries go in blocks of ~16M mask elements: 64 heads over 4096 keys give blocks of
-// 64 rows, and 150 queries three blocks, the last partial. The oracle is the formula in one piece (fp64).
-TEST(SoftmaxAttentionSinks, QueryBlocksEqualOnePiece) {
+// With sinks the mask is per head, so queries go in blocks of ~16M mask elements, each against the keys it can see. The
+// oracle is the formula in one piece (fp64): softmax over [scores | sink], the sink's column dropped.
+at::Tensor sinks_in_one_piece(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& visible,
+                              const at::Tensor& sinks) {
+  const auto H = q.size(1), G = H / k.size(1);
+  const auto scores = at::matmul(q, k.repeat_interleave(G, 1).transpose(-1, -2)) / std::sqrt(double(q.size(3)));
+  const auto masked = scores.masked_fill(visible.logical_not(), -INFINITY);
+  const auto sink = sinks.view({1, H, 1, 1}).expand({q.size(0), H, q.size(2), 1});
+  return at::matmul(at::softmax(at::cat({masked, sink}, -1), -1).narrow(-1, 0, k.size(2)), v.repeat_interleave(G, 1));
+}
+
+// A full layer's chunk after a cache: 64 heads over 4096 keys give blocks of 63 rows, 150 queries three blocks (the last
+// partial), all views of one copy of the keys.
+TEST(SoftmaxAttentionSinks, FullLayerQueryBlocksEqualOnePiece) {
   at::manual_seed(11);
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const std::int64_t H = 64, Hkv = 8, T = 150, S = 4096, D = 8;
   const auto q = at::randn({1, H, T, D}, opts), k = at::randn({1, Hkv, S, D}, opts), v = at::randn({1, Hkv, S, D}, opts);
   SoftmaxAttentionOptions o;
-  o.query_start = S - T;  // the last T of S tokens (a chunk after a cache), with a window
-  o.window = 1000;
+  o.query_start = S - T;
   o.sinks = at::randn({H}, opts);
-  const auto got = softmax_attention(q, k, v, o);
-  const auto kk = k.repeat_interleave(H / Hkv, 1), vv = v.repeat_interleave(H / Hkv, 1);
-  const auto scores = at::matmul(q, kk.transpose(-1, -2)) / std::sqrt(double(D));
   const auto qpos = at::arange(S - T, S, at::kLong).unsqueeze(1), kpos = at::arange(0, S, at::kLong).unsqueeze(0);
-  const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - 1000));
-  const auto masked = scores.masked_fill(visible.logical_not(), -INFINITY);
-  const auto with_sink = at::cat({masked, o.sinks.view({1, H, 1, 1}).expand({1, H, T, 1})}, -1);
-  const auto expected = at::matmul(at::softmax(with_sink, -1).narrow(-1, 0, S), vv);
-  EXPECT_LE((got - expected).abs().max().item<double>(), 1e-12);
+  EXPECT_LE((softmax_attention(q, k, v, o) - sinks_in_one_piece(q, k, v, kpos.le(qpos), o.sinks)).abs().max().item<double>(), 1e-12);
+}
+
+// A sliding layer's prefill of a left-padded batch: 2 x 16 heads, window 64, give blocks of 692 rows, so 1200 queries
+// take two, the second against a copy of its window alone (keys from 629 on), its padding flags narrowed alike.
+TEST(SoftmaxAttentionSinks, SlidingLayerBlocksSeeTheirWindowOnlyWithPadding) {
+  at::manual_seed(12);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const std::int64_t B = 2, H = 16, Hkv = 4, T = 1200, D = 8, W = 64;
+  const auto q = at::randn({B, H, T, D}, opts), k = at::randn({B, Hkv, T, D}, opts), v = at::randn({B, Hkv, T, D}, opts);
+  SoftmaxAttentionOptions o;
+  o.window = W;
+  o.sinks = at::randn({H}, opts);
+  o.key_valid = at::ones({B, T}, at::kBool);
+  o.key_valid[1].narrow(0, 0, 50).fill_(false);  // row 1: 50 tokens of left padding
+  const auto pos = at::arange(0, T, at::kLong);
+  const auto qpos = pos.view({1, 1, T, 1}), kpos = pos.view({1, 1, 1, T});
+  const auto visible = kpos.le(qpos).logical_and(kpos.gt(qpos - W)).logical_and(o.key_valid.view({B, 1, 1, T})).logical_or(kpos.eq(qpos));
+  EXPECT_LE((softmax_attention(q, k, v, o) - sinks_in_one_piece(q, k, v, visible, o.sinks)).abs().max().item<double>(), 1e-12);
 }
 
 TEST(RmsNorm, NormalisesInFp32AndScales) {
