@@ -1,6 +1,7 @@
 #include "converter/model/causal_lm.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -153,19 +154,30 @@ GatedMlp build_expert(names::ExpertNames naming, GatedActivation activation, std
   return expert;
 }
 
-// Every expert of layer i from stacked tensors (names::ExpertNames::stacked, gpt-oss): expert e's gate and up are the
-// even and odd columns of gate_up_proj[e] ([hidden, 2 ff], applied as x @ it), transposed to GatedMlp's [out, in].
-std::vector<GatedMlp> build_stacked_experts(const ModelConfig& cfg, std::int64_t i, ModelWeights& w) {
-  using names::StackedExperts;
-  const auto gate_up = w.take(names::stacked_experts(i, StackedExperts::gate_up_proj));
-  const auto gate_up_bias = w.take(names::stacked_experts(i, StackedExperts::gate_up_proj_bias));
-  const auto down = w.take(names::stacked_experts(i, StackedExperts::down_proj));
-  const auto down_bias = w.take(names::stacked_experts(i, StackedExperts::down_proj_bias));
+// One expert of stacked tensors (names::ExpertNames::stacked, gpt-oss) from its slices [e] of the four stacks: gate and
+// up are the even and odd columns of gate_up ([hidden, 2 ff], applied as x @ it), transposed to GatedMlp's [out, in].
+GatedMlp stacked_expert(const at::Tensor& gate_up, const at::Tensor& gate_up_bias, const at::Tensor& down, const at::Tensor& down_bias,
+                        GatedActivation activation) {
   const auto every_other = [](const at::Tensor& t, std::int64_t first) { return t.slice(-1, first, std::nullopt, 2); };
+  return GatedMlp(every_other(gate_up, 0).t(), every_other(gate_up, 1).t(), down.t().contiguous(), every_other(gate_up_bias, 0),
+                  every_other(gate_up_bias, 1), down_bias.clone(), activation);
+}
+
+// The four stacks of layer i, in StackedExperts order.
+std::array<std::string, 4> stack_names(std::int64_t i) {
+  using names::StackedExperts;
+  return {names::stacked_experts(i, StackedExperts::gate_up_proj), names::stacked_experts(i, StackedExperts::gate_up_proj_bias),
+          names::stacked_experts(i, StackedExperts::down_proj), names::stacked_experts(i, StackedExperts::down_proj_bias)};
+}
+
+// Every expert of layer i from its loaded stacks.
+std::vector<GatedMlp> build_stacked_experts(const ModelConfig& cfg, std::int64_t i, ModelWeights& w) {
+  std::array<at::Tensor, 4> stacks;
+  const auto names = stack_names(i);
+  for (std::size_t t = 0; t < names.size(); ++t) stacks[t] = w.take(names[t]);
   std::vector<GatedMlp> experts;
   for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
-    experts.emplace_back(every_other(gate_up[e], 0).t(), every_other(gate_up[e], 1).t(), down[e].t().contiguous(),
-                         every_other(gate_up_bias[e], 0), every_other(gate_up_bias[e], 1), down_bias[e].clone(), cfg.expert_activation());
+    experts.push_back(stacked_expert(stacks[0][e], stacks[1][e], stacks[2][e], stacks[3][e], cfg.expert_activation()));
   w.release_taken();
   return experts;
 }
@@ -273,11 +285,19 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, ModelConfig config, co
   model.lm_head_ = cfg.tie_word_embeddings ? model.embed_ : w.get(names::kLmHead);
   model.layers_.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
   if (options.stream_layers) {
-    // A routed layer's experts apart from the rest of the layer: copied in one at a time, as tokens pick them.
-    // Stacked experts (gpt-oss) come with their layer, all at once.
+    // A routed layer's experts apart from the rest of the layer: copied in one at a time, as tokens pick them (stacked
+    // experts as slices of their stacks, read from the mapping by the loader).
     std::vector<std::vector<std::vector<TensorSpec>>> per_expert(per_layer.size());
     for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-      if (!cfg.is_sparse(i) || cfg.block.expert_names == names::ExpertNames::stacked) continue;
+      if (!cfg.is_sparse(i)) continue;
+      if (cfg.block.expert_names == names::ExpertNames::stacked) {
+        const auto stacks = stack_names(i);
+        auto& layer = per_layer[static_cast<std::size_t>(i)];
+        layer.erase(std::remove_if(layer.begin(), layer.end(),
+                                   [&](const TensorSpec& s) { return std::find(stacks.begin(), stacks.end(), s.name) != stacks.end(); }),
+                    layer.end());
+        continue;
+      }
       std::map<std::string, std::int64_t> expert_of;
       for (std::int64_t e = 0; e < cfg.moe.experts; ++e)
         for (const auto p : {names::ExpertProjection::gate, names::ExpertProjection::up, names::ExpertProjection::down})
@@ -319,12 +339,25 @@ const DecoderLayer& CausalLM::layer(std::int64_t i) const {
   const auto started = std::chrono::steady_clock::now();
   auto w = ModelWeights::read(stream_->checkpoint, stream_->layer_specs[static_cast<std::size_t>(i)], options_.dtype, options_.device);
   RoutedMlp::ExpertLoader experts;
-  if (config_.is_sparse(i) && config_.block.expert_names != names::ExpertNames::stacked)
+  if (config_.is_sparse(i) && config_.block.expert_names == names::ExpertNames::stacked) {
+    // Expert e's slices of the mapped stacks, copied (a 128-expert layer's stacks take GBs; a token reads 4 experts),
+    // then the stacks' pages released.
+    experts = [stream = stream_, i, activation = config_.expert_activation(), options = options_](std::int64_t e) {
+      std::array<at::Tensor, 4> slices;
+      const auto names = stack_names(i);
+      for (std::size_t t = 0; t < names.size(); ++t) {
+        slices[t] = stream->checkpoint.tensor(names[t]).select(0, e).to(options.device, options.dtype, false, /*copy=*/true);
+        stream->checkpoint.release(names[t]);
+      }
+      return stacked_expert(slices[0], slices[1], slices[2], slices[3], activation);
+    };
+  } else if (config_.is_sparse(i)) {
     experts = [stream = stream_, i, naming = config_.block.expert_names, activation = config_.expert_activation(), options = options_](std::int64_t e) {
       auto expert = ModelWeights::read(stream->checkpoint, stream->expert_specs[static_cast<std::size_t>(i)][static_cast<std::size_t>(e)],
                                        options.dtype, options.device);
       return build_expert(naming, activation, i, e, expert);
     };
+  }
   slot = build_layer(config_, i, w, stream_->overrides ? &*stream_->overrides : nullptr, experts);
   stream_->resident = i;
   if (options_.layer_streamed) options_.layer_streamed(i, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());

@@ -97,9 +97,12 @@ TEST(StreamedLayers, AMoeSourceComputesTheResidentBitsOnEveryPath) {
   expect_streamed_equals_resident(test::fixtures_dir() / "tiny-qwen3-moe");
 }
 
-// gpt-oss: stacked experts come with their layer (no per-expert loader), attention sinks with the attention.
+// gpt-oss: each expert copied in as its slices of the four stacks when a token first picks it (the streamed layer holds
+// no expert list), attention sinks with the attention.
 TEST(StreamedLayers, GptOssStackedExpertsAndSinksComputeTheResidentBits) {
   expect_streamed_equals_resident(test::fixtures_dir() / "tiny-gpt-oss");
+  const auto stream = load_model(test::fixtures_dir() / "tiny-gpt-oss", streamed());
+  EXPECT_THROW(stream.layer(0).routed_mlp.experts(), c10::Error);
 }
 
 // A conversion with a kept softmax layer and a window: the recipe's tensors are copied in with their layer.
