@@ -133,6 +133,13 @@ void read_moe(const JsonObject& root, std::int64_t default_experts, std::int64_t
   moe.sparse_layers.assign(static_cast<std::size_t>(cfg.num_hidden_layers), true);
 }
 
+void read_interleaved_layers(const JsonObject& root, const ConfigDefaults& defaults, std::int64_t full_every, ModelConfig& cfg) {
+  cfg.sliding_window = read_sliding_window(root, defaults);
+  if (read_layer_types(root, cfg)) return;
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+    cfg.layer_types.push_back((i + 1) % full_every != 0 && cfg.sliding_window ? AttentionKind::Sliding : AttentionKind::Full);
+}
+
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg) {
   if (!root.has("layer_types")) return false;
   const auto names = root.get_string_list("layer_types");

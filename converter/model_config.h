@@ -88,6 +88,9 @@ std::optional<std::int64_t> read_sliding_window(const JsonObject& root, const Co
 // layers from `max_window_layers` on slide.
 void read_qwen_window_layers(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg);
 bool read_layer_types(const JsonObject& root, ModelConfig& cfg);
+// Gemma 3's, OLMo 3's and gpt-oss's rule: `sliding_window`, then `layer_types` if given, else every `full_every`-th
+// layer (counting from 1) full and the others sliding, while a window is in effect.
+void read_interleaved_layers(const JsonObject& root, const ConfigDefaults& defaults, std::int64_t full_every, ModelConfig& cfg);
 // Shared by the MoE families: the expert count (num_experts or num_local_experts, aliases in every MoE config class),
 // num_experts_per_tok, each expert's width (`width_key`, or the dense intermediate_size when null), checked; every
 // layer routed. The family sets the rest of cfg.moe.

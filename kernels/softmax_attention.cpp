@@ -34,23 +34,14 @@ at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
 #endif
 }
 
-// Attention with sinks (gpt-oss), exactly: exp(sink_h) joins each row's denominator and nothing its numerator, as the
-// sink column transformers' eager_attention_forward concatenates. Decode: the fused loop's parts, relative to the row
-// max c, take exp(sink_h - c) into the denominator. Otherwise SDPA with a zero key and value put before the keys and a
-// float mask whose first column is the query head's sink logit (q.0 scale + sink_h = sink_h). That mask is per head, so
-// queries go in blocks of about 16M mask elements (64 MB in fp32) each against the keys it can see: a sliding layer's
-// block reads its window, never the whole context.
+// Prefill and chunks with sinks (gpt-oss), exactly: exp(sink_h) joins each row's denominator and nothing its numerator,
+// as the sink column transformers' eager_attention_forward concatenates. SDPA with a zero key and value put before the
+// keys and a float mask whose first column is the query head's sink logit (q.0 scale + sink_h = sink_h). That mask is
+// per head, so queries go in blocks of about 16M mask elements (64 MB in fp32) each against the keys it can see: a
+// sliding layer's block reads its window, never the whole context.
 at::Tensor attention_with_sinks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const SoftmaxAttentionOptions& options,
                                 double scale) {
   const std::int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
-  TORCH_CHECK(options.sinks.dim() == 1 && options.sinks.size(0) == H, "softmax_attention: sinks must be [", H, "]");
-  const bool padded = options.key_valid.defined();
-  if (!padded && T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
-    const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;
-    const auto parts = decode_attention_parts(q.select(2, 0), k.narrow(2, first, S - first), v.narrow(2, first, S - first), scale);
-    const auto denominator = parts.denominator + (options.sinks.to(parts.row_max.scalar_type()).view({1, H}) - parts.row_max).exp();
-    return (parts.numerator / denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
-  }
   const auto slot = [](const at::Tensor& t) {
     auto sizes = t.sizes().vec();
     sizes[2] = 1;
@@ -87,11 +78,11 @@ at::Tensor attention_with_sinks(const at::Tensor& q, const at::Tensor& k, const 
     auto visible = causal_window_mask(n, end - begin, block, q.device());  // [n, keys] or [B, 1, n, keys]
     if (visible.dim() == 2) visible = visible.view({1, 1, n, end - begin});
     const auto batch = visible.size(0);
-    const auto scores = at::zeros({batch, 1, n, end - begin}, q.options())
+    const auto hidden = at::zeros({batch, 1, n, end - begin}, q.options())
                             .masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity())
                             .expand({batch, H, n, end - begin});
     const auto [keys, values] = slotted(begin, end - begin);
-    blocks.push_back(sdpa(q.narrow(2, first, n), keys, values, at::cat({sinks.expand({batch, H, n, 1}), scores}, -1), false, scale));
+    blocks.push_back(sdpa(q.narrow(2, first, n), keys, values, at::cat({sinks.expand({batch, H, n, 1}), hidden}, -1), false, scale));
   }
   return blocks.size() == 1 ? blocks.front() : at::cat(blocks, 2);
 }
@@ -128,14 +119,20 @@ at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "softmax_attention: ", q.size(1), " query heads for ", k.size(1), " kv heads");
   const std::int64_t T = q.size(2), S = k.size(2);
   const double scale = options.scale > 0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  if (options.sinks.defined()) return attention_with_sinks(q, k, v, options, scale);
+  TORCH_CHECK(!options.sinks.defined() || (options.sinks.dim() == 1 && options.sinks.size(0) == q.size(1)),
+              "softmax_attention: sinks must be [", q.size(1), "]");
   // One new token whose keys end with it (decode): the visible keys are a suffix, the fused decode loop's.
   const bool padded = options.key_valid.defined();
   if (!padded && T == 1 && options.key_start + S == options.query_start + 1 && decode_attention_applies(q.select(2, 0), k, v)) {
     const std::int64_t first = options.window ? std::max<std::int64_t>(0, S - *options.window) : 0;
     const auto parts = decode_attention_parts(q.select(2, 0), k.narrow(2, first, S - first), v.narrow(2, first, S - first), scale);
-    return (parts.numerator / parts.denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
+    auto denominator = parts.denominator;
+    // A sink's exp(sink_h - c), relative to the row max c as the parts are.
+    if (options.sinks.defined())
+      denominator = denominator + (options.sinks.to(parts.row_max.scalar_type()).view({1, -1}) - parts.row_max).exp();
+    return (parts.numerator / denominator.unsqueeze(-1)).to(q.scalar_type()).unsqueeze(2);
   }
+  if (options.sinks.defined()) return attention_with_sinks(q, k, v, options, scale);
   // Plain causal (queries and keys aligned from position 0, no window) lets SDPA pick its fused kernels;
   // note that SDPA's is_causal aligns the mask top-left, which is right only when T == S.
   const bool plain_causal = !padded && !options.window && T == S && options.query_start == options.key_start;

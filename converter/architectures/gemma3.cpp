@@ -29,13 +29,9 @@ void read_gemma3_config(const JsonObject& root, const ConfigDefaults& defaults, 
     cfg.block.final_logit_softcap = root.get_double("final_logit_softcapping");
     if (!(*cfg.block.final_logit_softcap > 0)) root.fail("final_logit_softcapping", "must be positive or null");
   }
-  cfg.sliding_window = read_sliding_window(root, defaults);
-  if (!read_layer_types(root, cfg)) {
-    const auto pattern = root.get_optional_int("sliding_window_pattern").value_or(6);
-    if (pattern <= 0) root.fail("sliding_window_pattern", "must be positive");
-    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
-      cfg.layer_types.push_back((i + 1) % pattern != 0 && cfg.sliding_window ? AttentionKind::Sliding : AttentionKind::Full);
-  }
+  const auto pattern = root.get_optional_int("sliding_window_pattern").value_or(6);
+  if (pattern <= 0) root.fail("sliding_window_pattern", "must be positive");
+  read_interleaved_layers(root, defaults, pattern, cfg);
   // The sliding layers' base is their own parameters' rope_theta, else rope_local_base_freq, else 1e4, never the
   // top-level rope_theta (Gemma3TextConfig.convert_rope_params_to_dict). The legacy form has one rope_theta (and
   // rope_scaling) for the full layers and the sliding ones unscaled.

@@ -13,11 +13,7 @@ namespace {
 
 void read_gpt_oss_config(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg) {
   cfg.attention_bias = root.get_bool("attention_bias", true);
-  cfg.sliding_window = read_sliding_window(root, defaults);
-  if (!read_layer_types(root, cfg)) {
-    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
-      cfg.layer_types.push_back(i % 2 == 0 && cfg.sliding_window ? AttentionKind::Sliding : AttentionKind::Full);
-  }
+  read_interleaved_layers(root, defaults, 2, cfg);  // sliding first
   // GptOssConfig's RoPE when the file names none (its __post_init__): YaRN, factor 32 over 4096 positions, not truncated.
   if (!root.has("rope_scaling") && !root.has("rope_parameters")) {
     cfg.rope.type = RopeType::Yarn;

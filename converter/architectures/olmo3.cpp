@@ -14,11 +14,7 @@ namespace {
 
 void read_olmo3_config(const JsonObject& root, const ConfigDefaults& defaults, ModelConfig& cfg) {
   cfg.attention_bias = root.get_bool("attention_bias", false);
-  cfg.sliding_window = read_sliding_window(root, defaults);
-  if (!read_layer_types(root, cfg)) {
-    for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i)
-      cfg.layer_types.push_back((i + 1) % 4 != 0 && cfg.sliding_window ? AttentionKind::Sliding : AttentionKind::Full);
-  }
+  read_interleaved_layers(root, defaults, 4, cfg);
   if (cfg.sliding_rope) return;  // one object per layer type, read already
   const auto params = root.get_optional_object("rope_parameters");
   if (!root.has("rope_scaling") && params && !params->has("full_attention"))

@@ -255,7 +255,8 @@ class LinearizedAttention(nn.Module):
         self.use_rope = getattr(source_attn, "use_rope", True)  # SmolLM3's NoPE layers: False
         self.rotary_dim = rotary_dim(config, self.head_dim)
         # gpt-oss's attention sinks stay in the checkpoint (it holds the source's tensors), but a converted layer has
-        # none: the recipe's normaliser replaces the softmax's (README, recipes x families).
+        # none: the recipe's normaliser replaces the softmax's (README, the gpt-oss row). Kept, unused, so that the
+        # checkpoint loads without unexpected keys.
         if hasattr(source_attn, "sinks"):
             self.sinks = source_attn.sinks
         for name, shape in program["tensors"].items():
